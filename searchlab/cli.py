@@ -1,0 +1,107 @@
+"""The ``searchlab`` command: parse, call the API, print. Heavy modules load only inside the commands."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from searchlab.errors import ConfigError
+
+
+class BadInput(click.ClickException):
+    """One line on stderr and exit code 2, for any bad input (flags, files, URLs)."""
+
+    exit_code = 2
+
+
+class OneLineErrors(click.Group):
+    """A group whose usage errors print as one line, like every other bad input."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
+            raise BadInput(error.format_message() + hint) from None
+        except ConfigError as error:
+            raise BadInput(str(error)) from None
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="searchlab")
+def main() -> None:
+    """searchlab: hyperparameter search for PyTorch, tracked in MLflow.
+
+    Write a study file (data, model, task, search space), then `searchlab run FILE`.
+    """
+
+
+def store_options(command: Any) -> Any:
+    """--storage and --study-name, shared by every command that reads a study."""
+    command = click.option("--study-name", help="Optuna study and MLflow experiment name [default: the study's name].")(
+        command)
+    return click.option("--storage", help="Optuna storage: sqlite:///FILE, postgresql://USER@HOST/DB or a journal "
+                        "file path [default: searchlab.journal here; env SEARCHLAB_STORAGE].")(command)
+
+
+TRACKING_HELP = "MLflow tracking URI [default: env SEARCHLAB_TRACKING_URI, MLFLOW_TRACKING_URI, sqlite:///mlflow.db]."
+
+
+@main.command()
+@click.argument("file")
+@click.option("--trials", "n_trials", type=int, help="Trials to run in this invocation [default: the study's].")
+@click.option("--timeout", type=float, help="Start no new trial after this many seconds.")
+@click.option("--sampler", type=click.Choice(["tpe", "random"]), help="Optuna sampler [default: tpe].")
+@click.option("--seed", type=int, help="Study seed: sampler, data split and every trial's seed [default: 0].")
+@store_options
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--max-epochs", type=int, help="Most epochs per trial (early stopping may end sooner).")
+def run(file: str, **flags: Any) -> None:
+    """Search the study declared in FILE and track every trial in MLflow.
+
+    Settings come from the study file, then SEARCHLAB_* variables, then these flags.
+    Running again with the same study name continues the study.
+    """
+    from searchlab.config import resolve_config
+    from searchlab.execute import StudyInterrupted, run_study
+    from searchlab.study import load_study_file
+
+    study = load_study_file(file)
+    try:
+        summary = run_study(study, resolve_config(study, flags))
+    except StudyInterrupted as interrupted:
+        click.echo("interrupted: every open trial was failed and its MLflow run closed", err=True)
+        click.echo("\n".join(interrupted.summary.lines()))
+        sys.exit(130)
+    click.echo("\n".join(summary.lines()))
+
+
+@main.command()
+@click.argument("file", required=False)
+@store_options
+def trials(file: str | None, storage: str | None, study_name: str | None) -> None:
+    """List a study's trials: number, state, value, params and MLflow run id."""
+    from searchlab.results import format_trials, open_results
+
+    click.echo(format_trials(open_results(file, storage, study_name).trials))
+
+
+@main.command()
+@click.argument("file", required=False)
+@store_options
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--export", "export_path", type=click.Path(dir_okay=False),
+              help="Write the best trial's weights (a state_dict) to this file.")
+def best(file: str | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
+         export_path: str | None) -> None:
+    """Show the best trial's params, value and run id; --export writes its state_dict."""
+    from searchlab.results import best_trial, export_weights, format_best, open_results, tracking_uri_for
+
+    study = open_results(file, storage, study_name)
+    trial = best_trial(study)
+    click.echo(format_best(trial))
+    if export_path:
+        export_weights(trial, tracking_uri_for(tracking_uri), export_path)
+        click.echo(f"weights    {export_path} (load with torch.load(path, weights_only=True))")

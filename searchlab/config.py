@@ -1,0 +1,105 @@
+"""One frozen RunConfig, resolved in one place: study file < SEARCHLAB_* environment < CLI flags."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from searchlab.errors import ConfigError
+from searchlab.study import SAMPLERS, Study, check_int, check_positive_int
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``searchlab run`` invocation uses besides the study itself."""
+
+    study_name: str
+    n_trials: int
+    timeout: float | None
+    sampler: str
+    seed: int
+    storage: str | None  # None: the embedded journal file
+    tracking_uri: str
+    max_epochs: int
+    patience: int
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError
+    return value
+
+
+# field → (environment variable, parser)
+ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "study_name": ("SEARCHLAB_STUDY_NAME", str),
+    "n_trials": ("SEARCHLAB_TRIALS", int),
+    "timeout": ("SEARCHLAB_TIMEOUT", _positive_float),
+    "sampler": ("SEARCHLAB_SAMPLER", str),
+    "seed": ("SEARCHLAB_SEED", int),
+    "storage": ("SEARCHLAB_STORAGE", str),
+    "tracking_uri": ("SEARCHLAB_TRACKING_URI", str),
+    "max_epochs": ("SEARCHLAB_MAX_EPOCHS", int),
+}
+
+
+def default_tracking_uri() -> str:
+    """MLflow's own default: ``sqlite:///mlflow.db`` in the working directory."""
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def from_environment(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings given by SEARCHLAB_* variables (MLFLOW_TRACKING_URI as the tracking fallback)."""
+    values: dict[str, Any] = {}
+    for name, (variable, parse) in ENVIRONMENT.items():
+        text = env.get(variable, "").strip()
+        if not text:
+            continue
+        try:
+            values[name] = parse(text)
+        except ValueError:
+            kind = "a positive number" if parse is _positive_float else "an integer"
+            raise ConfigError(f"{variable}={text!r} must be {kind}") from None
+    if "tracking_uri" not in values and env.get("MLFLOW_TRACKING_URI", "").strip():
+        values["tracking_uri"] = env["MLFLOW_TRACKING_URI"].strip()
+    return values
+
+
+def resolve_config(study: Study, flags: Mapping[str, Any] | None = None,
+                   env: Mapping[str, str] | None = None) -> RunConfig:
+    """Merge the study's own settings, the environment and explicit flags (None means "not given")."""
+    values: dict[str, Any] = {
+        "study_name": study.name,
+        "n_trials": study.n_trials,
+        "timeout": study.timeout,
+        "sampler": study.sampler,
+        "seed": study.seed,
+        "storage": None,
+        "tracking_uri": default_tracking_uri(),
+        "max_epochs": study.max_epochs,
+        "patience": study.patience,
+    }
+    values.update(from_environment(os.environ if env is None else env))
+    unknown = set(flags or {}) - set(values)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}: use {', '.join(values)}")
+    values.update({name: value for name, value in (flags or {}).items() if value is not None})
+    config = RunConfig(**values)
+    _check(config)
+    return config
+
+
+def _check(config: RunConfig) -> None:
+    if config.sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {config.sampler!r}: use one of {', '.join(SAMPLERS)}")
+    if not config.study_name.strip():
+        raise ConfigError("the study name must not be empty")
+    for name in ("n_trials", "max_epochs", "patience"):
+        check_positive_int(name, getattr(config, name))
+    check_int("seed", config.seed)
+    if config.timeout is not None and not config.timeout > 0:
+        raise ConfigError(f"timeout must be a positive number of seconds, got {config.timeout}")

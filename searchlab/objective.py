@@ -1,0 +1,134 @@
+"""The trainable objective: Optuna trial → params → model → fit → best validation loss, tracked in MLflow."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from torch import nn
+
+from searchlab.data import Data, make_batches
+from searchlab.errors import TrialStopped
+from searchlab.space import Distribution, suggest
+from searchlab.study import Study
+from searchlab.tasks import ModelError, Task, get_task
+from searchlab.tracking import Tracker
+from searchlab.train import fit
+from searchlab.trial import Trial
+
+# Used when a study drops a parameter from its space.
+DROPPED_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.0, "batch_size": 64, "optimizer": "sgd"}
+
+
+def trial_seed(study_seed: int, number: int) -> int:
+    """A trial's seed: derived from the study seed and the trial number, so any trial can be replayed."""
+    return int(np.random.SeedSequence([study_seed, number]).generate_state(1)[0])
+
+
+def sample_params(space: Mapping[str, Distribution], optuna_trial: Any) -> dict[str, Any]:
+    """Every value of the space for this trial: sampled through Optuna, or fixed."""
+    return {name: suggest(optuna_trial, name, dist) for name, dist in space.items()}
+
+
+def build_model(study: Study, trial: Trial, task: Task) -> nn.Module:
+    """The study's model for this trial, refused when its head does not fit the task's loss."""
+    model = study.model(trial)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"the study's model() must return an nn.Module, got {type(model).__name__}")
+    task.check_head(model)
+    return model
+
+
+def build_optimizer(model: nn.Module, params: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """SGD with momentum, Adam or AdamW over the trainable parameters (Adam's beta1 takes ``momentum``)."""
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    if not trainable:
+        raise ModelError("no parameter of the model requires grad: unfreeze at least one layer")
+    name = params.get("optimizer", DROPPED_DEFAULTS["optimizer"])
+    lr = params.get("lr", DROPPED_DEFAULTS["lr"])
+    weight_decay = params.get("weight_decay", DROPPED_DEFAULTS["weight_decay"])
+    if name == "sgd":
+        return torch.optim.SGD(trainable, lr=lr, momentum=params.get("momentum", 0.0), weight_decay=weight_decay)
+    optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    betas = (params.get("momentum", 0.9), 0.999)
+    return optimizer_class(trainable, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+@dataclass
+class Objective:
+    """Callable for one process: trains a trial and tracks it as a child run of ``parent_run_id``."""
+
+    study: Study
+    train_data: Data
+    val_data: Data
+    tracker: Tracker
+    experiment_id: str
+    parent_run_id: str
+    seed: int
+    max_epochs: int
+    patience: int
+    device: torch.device
+    run_tags: Mapping[str, str]
+
+    def __call__(self, optuna_trial: optuna.Trial) -> float:
+        task = get_task(self.study.task)
+        seed = trial_seed(self.seed, optuna_trial.number)
+        optuna_trial.set_user_attr("seed", seed)
+        params = sample_params(self.study.space, optuna_trial)
+        run_id = self.tracker.start_run(
+            self.experiment_id, f"trial-{optuna_trial.number}", parent_run_id=self.parent_run_id,
+            tags={**self.run_tags, "trial_number": optuna_trial.number},
+        )
+        optuna_trial.set_user_attr("mlflow_run_id", run_id)
+        status, tags = "FAILED", {"state": "FAIL"}
+        try:
+            torch.manual_seed(seed)
+            trial = Trial(optuna_trial, params, seed)
+            model = build_model(self.study, trial, task).to(self.device)
+            optimizer = build_optimizer(model, trial.params)
+            batch_size = int(trial.params.get("batch_size", DROPPED_DEFAULTS["batch_size"]))
+            n_params = sum(parameter.numel() for parameter in model.parameters())
+            self.tracker.log_params(run_id, {**trial.params, "seed": seed, "n_params": n_params,
+                                             "device": str(self.device), "max_epochs": self.max_epochs,
+                                             "patience": self.patience})
+
+            def on_epoch(epoch: int, values: dict[str, float]) -> None:
+                self.tracker.log_metrics(run_id, values, step=epoch)
+                optuna_trial.report(values["val_loss"], epoch)
+
+            result = fit(
+                model, optimizer,
+                make_batches(self.train_data, batch_size, shuffle=True, seed=seed, device=self.device),
+                make_batches(self.val_data, batch_size, shuffle=False, seed=seed, device=self.device),
+                task, max_epochs=self.max_epochs, patience=self.patience, on_epoch=on_epoch,
+            )
+            tags.update(reason=result.stop_reason, epochs=result.epochs)
+            for key, value in (("reason", result.stop_reason), ("epochs", result.epochs)):
+                optuna_trial.set_user_attr(key, value)
+            if result.best_epoch is None:
+                raise TrialStopped(result.stop_reason)
+            optuna_trial.set_user_attr("best_epoch", result.best_epoch)
+            self.tracker.log_state_dict(run_id, model.state_dict())
+            self.tracker.log_metrics(run_id, {"best_val_loss": result.best_val_loss}, step=result.best_epoch)
+            tags.update(state="COMPLETE", best_epoch=result.best_epoch, val_loss=result.best_val_loss)
+            status = "FINISHED"
+            return result.best_val_loss
+        except KeyboardInterrupt:
+            status, tags["reason"] = "KILLED", "interrupted (Ctrl-C)"
+            raise
+        except Exception as error:
+            tags["reason"] = tags.get("reason") if isinstance(error, TrialStopped) else describe_error(error)
+            raise
+        finally:
+            self.tracker.set_tags(run_id, tags)
+            self.tracker.end_run(run_id, status)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line naming an exception, for tags and trial attributes."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

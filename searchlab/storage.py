@@ -1,0 +1,94 @@
+"""Storage URLs → Optuna storages, with passwords masked wherever a URL is shown.
+
+The embedded default is an Optuna journal file (``searchlab.journal`` in the working directory): an append-only
+log with a file lock, safe for several processes on one host, ~16-20 ms per trial where SQLite costs
+~100-170 ms and locks under several writers. ``postgresql://`` is the choice when several hosts share a study.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from searchlab.errors import ConfigError
+
+DEFAULT_JOURNAL = "searchlab.journal"
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+
+
+def mask_password(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe to print, log and tag)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def is_database_url(url: str) -> bool:
+    return url.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES and "://" in url
+
+
+def describe(url: str | None) -> str:
+    """The storage as shown to users: a masked URL or the journal file's path."""
+    return mask_password(url) if url else DEFAULT_JOURNAL
+
+
+def open_storage(url: str | None) -> Any:
+    """An Optuna storage for ``url``: a database URL, or a journal file path (default ``searchlab.journal``)."""
+    import optuna
+
+    url = url or DEFAULT_JOURNAL
+    if is_database_url(url):
+        check_sqlite_folder(url)
+        kwargs: dict[str, Any] = {}
+        if url.startswith(("postgresql", "postgres")):
+            kwargs["connect_args"] = {"connect_timeout": 10}
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as error:
+            raise ConfigError(f"cannot open storage {mask_password(url)}: {_first_line(error)}; "
+                              "check the URL and that the database is running") from None
+    if "://" in url:
+        raise ConfigError(f"unknown storage {mask_password(url)!r}: use sqlite:///FILE, postgresql://USER@HOST/DB "
+                          "or a journal file path")
+    path = Path(url)
+    if not path.parent.is_dir():
+        raise ConfigError(f"storage folder {str(path.parent)!r} does not exist: create it or choose another path")
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def check_sqlite_folder(url: str) -> None:
+    """A sqlite URL whose folder is missing gets a clear message before anything opens it."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        folder = Path(url[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise ConfigError(f"folder {str(folder)!r} of {url} does not exist: create it or fix the URL")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def load_existing_study(url: str | None, study_name: str | None) -> Any:
+    """An Optuna study that already exists (nothing is created); with no name, the storage's only study."""
+    import optuna
+
+    if not url and not Path(DEFAULT_JOURNAL).is_file():
+        raise ConfigError(f"no {DEFAULT_JOURNAL} here: run 'searchlab run FILE' first, or pass --storage")
+    storage = open_storage(url)
+    names = [summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if study_name is None:
+        if len(names) != 1:
+            found = ", ".join(names) if names else "none"
+            raise ConfigError(f"{describe(url)} holds {len(names)} studies ({found}): pass --study-name or FILE")
+        study_name = names[0]
+    if study_name not in names:
+        raise ConfigError(f"no study named {study_name!r} in {describe(url)} (found: {', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=study_name, storage=storage)

@@ -1,0 +1,130 @@
+"""The Study a study file declares (frozen, checked at construction), and loading a study file by path."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from searchlab.errors import ConfigError
+from searchlab.space import OPTIMIZERS, Choice, Distribution, Fixed, as_distribution, default_space, validate_space
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from searchlab.trial import Trial
+
+TASKS = ("regression", "binary", "multiclass")
+SAMPLERS = ("tpe", "random")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and validation data: each an ``(inputs, targets)`` pair of tensors or any ``Dataset``."""
+
+    train: tuple[Any, Any] | Dataset
+    val: tuple[Any, Any] | Dataset
+
+
+@dataclass(frozen=True)
+class Study:
+    """One hyperparameter study: data, model builder, task, search space, optimizer and budget.
+
+    ``data(seed)`` returns a :class:`Split` (called once per process, with the study seed, so every trial sees
+    the same split); ``model(trial)`` returns an ``nn.Module`` whose output is raw (no final Softmax/Sigmoid).
+    The optimizer is ``"sgd"`` (with momentum), ``"adam"`` or ``"adamw"``, or a ``Choice`` of them to search.
+    """
+
+    name: str
+    task: str
+    data: Callable[[int], Split]
+    model: Callable[[Trial], nn.Module]
+    space: Mapping[str, Distribution | Any] = field(default_factory=default_space)
+    optimizer: str | Choice = "sgd"
+    max_epochs: int = 100
+    patience: int = 10
+    n_trials: int = 20
+    timeout: float | None = None
+    sampler: str = "tpe"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError("Study(name=...) must be a non-empty string")
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}: use one of {', '.join(TASKS)}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
+        for name in ("data", "model"):
+            if not callable(getattr(self, name)):
+                raise ConfigError(f"Study({name}=...) must be a function, got {type(getattr(self, name)).__name__}")
+        if "optimizer" in self.space:
+            raise ConfigError("choose the optimizer with Study(optimizer=...), not in the space")
+        for name in ("max_epochs", "patience", "n_trials"):
+            check_positive_int(f"Study({name}=...)", getattr(self, name))
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"Study(timeout=...) must be a positive number of seconds, got {self.timeout!r}")
+        check_int("Study(seed=...)", self.seed)
+        space = validate_space({**self.space, "optimizer": as_distribution(self.optimizer)})
+        object.__setattr__(self, "space", space)
+
+    @property
+    def searched(self) -> list[str]:
+        """Names of the parameters the sampler chooses (everything not Fixed)."""
+        return [name for name, dist in self.space.items() if not isinstance(dist, Fixed)]
+
+    def run(self, **overrides: Any) -> Any:
+        """Run this study as ``searchlab run`` would (``SEARCHLAB_*`` variables and ``overrides`` apply)."""
+        from searchlab.config import resolve_config
+        from searchlab.execute import run_study
+
+        return run_study(self, resolve_config(self, overrides))
+
+
+def check_positive_int(what: str, value: Any) -> None:
+    check_int(what, value)
+    if value < 1:
+        raise ConfigError(f"{what} must be at least 1, got {value}")
+
+
+def check_int(what: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+
+
+def load_study_file(path: str | Path) -> Study:
+    """Import a study file and return the one ``Study`` it declares at module level."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {str(path)!r} not found: check the path (e.g. studies/regression.py)")
+    if path.suffix != ".py":
+        raise ConfigError(f"study file {str(path)!r} must be a Python file ending in .py")
+    module_name = f"searchlab_study_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import {str(path)!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    except SyntaxError as error:
+        raise ConfigError(f"{path}:{error.lineno}: syntax error: {error.msg}") from None
+    except Exception as error:
+        raise ConfigError(f"{path} failed to import: {type(error).__name__}: {error}") from None
+    studies = {name: value for name, value in vars(module).items() if isinstance(value, Study)}
+    if not studies:
+        raise ConfigError(f"{path} declares no study: assign one at module level, e.g. study = sl.Study(...)")
+    if len(studies) > 1:
+        if "study" in studies:
+            return studies["study"]
+        raise ConfigError(f"{path} declares {len(studies)} studies ({', '.join(studies)}): name the one to run 'study'")
+    return next(iter(studies.values()))
+
+
+__all__ = ["OPTIMIZERS", "SAMPLERS", "TASKS", "Split", "Study", "load_study_file"]

@@ -1,0 +1,152 @@
+"""MLflow through ``MlflowClient`` with explicit run ids: experiments, parent/child runs, buffered curves.
+
+Never MLflow's global active run (``mlflow.start_run``): it is process-global state and breaks under parallel
+trials. Per-epoch metrics are buffered and sent with ``log_batch``, one call per flush, not one per value.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from searchlab.errors import ConfigError
+
+STATE_DICT_FILE = "model_state_dict.pt"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+# MLflow's own limits per log_batch call.
+MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000
+
+
+class Tracker(Protocol):
+    """What the search needs from an experiment tracker; MlflowTracker is the real one."""
+
+    def experiment_id(self, name: str) -> str: ...
+    def start_run(self, experiment_id: str, name: str, *, parent_run_id: str | None = None,
+                  tags: Mapping[str, Any] | None = None) -> str: ...
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, run_id: str, values: Mapping[str, float], step: int) -> None: ...
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None: ...
+    def log_state_dict(self, run_id: str, state_dict: Mapping[str, Any]) -> None: ...
+    def end_run(self, run_id: str, status: str) -> None: ...
+
+
+class MlflowTracker:
+    """A Tracker over ``MlflowClient``; curves are flushed every ``flush_seconds`` and when a run ends."""
+
+    def __init__(self, tracking_uri: str, *, flush_seconds: float = 10.0) -> None:
+        # No per-download progress bars in a search's output, unless the user asked for them.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        from mlflow import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # set after import: mlflow resets it to INFO
+        self.client = MlflowClient(tracking_uri)
+        self.flush_seconds = flush_seconds
+        self._pending: dict[str, list[Any]] = {}
+        self._last_flush: dict[str, float] = {}
+
+    def experiment_id(self, name: str) -> str:
+        """The id of the experiment named ``name``, created if missing (call once, before workers start)."""
+        from mlflow.exceptions import MlflowException
+
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                self.client.restore_experiment(experiment.experiment_id)
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException:  # created by another process in the meantime
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    def start_run(self, experiment_id: str, name: str, *, parent_run_id: str | None = None,
+                  tags: Mapping[str, Any] | None = None) -> str:
+        all_tags = {key: str(value) for key, value in (tags or {}).items()}
+        if parent_run_id is not None:
+            all_tags[PARENT_RUN_TAG] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        self._last_flush[run.info.run_id] = time.monotonic()
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, str(value)) for key, value in params.items()]
+        for start in range(0, len(items), MAX_PARAMS):
+            self.client.log_batch(run_id, params=items[start : start + MAX_PARAMS])
+
+    def log_metrics(self, run_id: str, values: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        pending = self._pending.setdefault(run_id, [])
+        pending.extend(Metric(key, float(value), timestamp, step) for key, value in values.items())
+        if time.monotonic() - self._last_flush.get(run_id, 0.0) >= self.flush_seconds:
+            self.flush(run_id)
+
+    def flush(self, run_id: str) -> None:
+        """Send the run's buffered metric points in as few ``log_batch`` calls as MLflow allows."""
+        pending = self._pending.pop(run_id, [])
+        for start in range(0, len(pending), MAX_METRICS):
+            self.client.log_batch(run_id, metrics=pending[start : start + MAX_METRICS])
+        self._last_flush[run_id] = time.monotonic()
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(key, str(value)) for key, value in tags.items()]
+        for start in range(0, len(items), MAX_TAGS):
+            self.client.log_batch(run_id, tags=items[start : start + MAX_TAGS])
+
+    def log_state_dict(self, run_id: str, state_dict: Mapping[str, Any]) -> None:
+        """Store weights as a plain state_dict file, loadable with ``torch.load(..., weights_only=True)``."""
+        import torch
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / STATE_DICT_FILE
+            torch.save({key: value.detach().cpu() for key, value in state_dict.items()}, path)
+            self.client.log_artifact(run_id, str(path))
+
+    def end_run(self, run_id: str, status: str) -> None:
+        """Flush what is buffered and close the run as FINISHED, FAILED or KILLED."""
+        try:
+            self.flush(run_id)
+        finally:
+            self.client.set_terminated(run_id, status=status)
+            self._last_flush.pop(run_id, None)
+
+    def download_state_dict(self, run_id: str, destination: str | Path) -> Path:
+        """Fetch a run's state_dict artifact into the folder ``destination``."""
+        return Path(self.client.download_artifacts(run_id, STATE_DICT_FILE, str(destination)))
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, before anything is written, when the tracking store cannot be reached."""
+    import urllib.error
+    import urllib.request
+
+    from searchlab.storage import check_sqlite_folder, is_database_url, mask_password
+
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+                if response.status == 200:
+                    return
+                reason = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as error:
+            reason = str(getattr(error, "reason", error))
+        raise ConfigError(f"cannot reach the MLflow tracking server at {mask_password(uri)} ({reason}): "
+                          "start it (mlflow server) or fix --tracking-uri")
+    if is_database_url(uri):
+        check_sqlite_folder(uri)
+        return
+    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+    if "://" not in uri and not path.parent.is_dir():
+        raise ConfigError(f"tracking folder {str(path.parent)!r} does not exist: create it or fix --tracking-uri")

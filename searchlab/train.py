@@ -1,0 +1,129 @@
+"""The loop: train an epoch, evaluate, and fit with early stopping and a NaN/inf guard.
+
+Each step is the textbook one: zero_grad → forward → loss → backward → step. Evaluation runs in eval mode
+under no_grad, accumulates metrics over the whole validation set, and switches back to train mode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from searchlab.data import Batches
+from searchlab.tasks import Task
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def train_epoch(model: nn.Module, batches: Batches, task: Task, loss_fn: nn.Module,
+                optimizer: torch.optim.Optimizer) -> float:
+    """One pass over the training batches; returns the mean training loss per example."""
+    model.train()
+    total: Tensor | float = 0.0
+    count = 0
+    for inputs, targets in batches:
+        optimizer.zero_grad(set_to_none=True)
+        outputs = model(inputs)
+        loss = loss_fn(outputs, task.align(outputs, targets))
+        loss.backward()
+        optimizer.step()
+        total = total + loss.detach() * len(inputs)  # stays on the device: no sync per batch
+        count += len(inputs)
+    return float(total) / count  # one CPU-GPU sync point per epoch
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches, task: Task, loss_fn: nn.Module) -> dict[str, float]:
+    """Validation loss and the task's metrics over the whole validation set, in eval mode."""
+    model.eval()
+    metrics = None
+    total: Tensor | float = 0.0
+    count = 0
+    try:
+        for inputs, targets in batches:
+            outputs = model(inputs)
+            targets = task.align(outputs, targets)
+            if metrics is None:
+                task.check_outputs(outputs)
+                n_outputs = outputs.shape[1] if outputs.dim() == 2 else 1
+                metrics = task.metrics(n_outputs).to(outputs.device)
+            total = total + loss_fn(outputs, targets) * len(inputs)
+            count += len(inputs)
+            metrics.update(*task.metric_inputs(outputs, targets))
+    finally:
+        model.train()
+    results = {"val_loss": float(total) / count}
+    results.update({f"val_{name}": float(value) for name, value in metrics.compute().items()})
+    return results
+
+
+class EarlyStopping:
+    """Tracks the best validation loss; stops after ``patience`` epochs without improvement."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best = math.inf
+        self.best_epoch: int | None = None
+        self.bad_epochs = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record an epoch's value; True when it is a new best."""
+        if value < self.best:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+@dataclass
+class FitResult:
+    """How a fit ended: the best epoch and value (weights restored to it), and why it stopped."""
+
+    best_val_loss: float
+    best_epoch: int | None
+    epochs: int
+    stop_reason: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batches, val: Batches, task: Task, *,
+        max_epochs: int, patience: int, on_epoch: EpochCallback | None = None) -> FitResult:
+    """Train until validation loss stops improving, then restore the best epoch's weights.
+
+    A non-finite training or validation loss stops at that epoch (its values are not reported).
+    ``on_epoch(epoch, values)`` sees each finite epoch; it may raise (e.g. ``optuna.TrialPruned``).
+    """
+    loss_fn = task.loss_fn()
+    stopper = EarlyStopping(patience)
+    best_state: dict[str, Tensor] | None = None
+    history: list[dict[str, float]] = []
+    stop_reason = f"reached max_epochs={max_epochs}"
+    epoch = 0
+    for epoch in range(1, max_epochs + 1):
+        values = {"train_loss": train_epoch(model, train, task, loss_fn, optimizer)}
+        if not math.isfinite(values["train_loss"]):
+            stop_reason = f"non-finite training loss ({values['train_loss']}) at epoch {epoch}"
+            break
+        values.update(evaluate(model, val, task, loss_fn))
+        if not math.isfinite(values["val_loss"]):
+            stop_reason = f"non-finite validation loss ({values['val_loss']}) at epoch {epoch}"
+            break
+        history.append(values)
+        if stopper.update(values["val_loss"], epoch):
+            best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(epoch, values)
+        if stopper.should_stop:
+            stop_reason = f"early stopping: no improvement for {patience} epochs after epoch {stopper.best_epoch}"
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(stopper.best, stopper.best_epoch, epoch, stop_reason, history)
