@@ -43,7 +43,10 @@ class RunSummary:
             params = ", ".join(f"{k}={_short(v)}" for k, v in self.best.params.items())
             lines.append(f"best       trial {self.best.number}: val_loss={self.best.value:.6g} "
                          f"(run {self.best.user_attrs.get('mlflow_run_id')}) {params}")
-        lines.append(f"open with  mlflow ui --backend-store-uri {mask_password(self.tracking_uri)}")
+        if self.tracking_uri.startswith(("http://", "https://")):
+            lines.append(f"open       {mask_password(self.tracking_uri)}/#/experiments/{self.experiment_id}")
+        else:
+            lines.append(f"open with  mlflow ui --backend-store-uri {mask_password(self.tracking_uri)}")
         return lines
 
 

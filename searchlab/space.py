@@ -142,7 +142,7 @@ def _check_bounds(
     if name not in space:
         return
     for value in _values(space[name]):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
         ok = ok and (not integer or float(value).is_integer())
         if not ok:

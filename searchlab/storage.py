@@ -48,7 +48,7 @@ def open_storage(url: str | None) -> Any:
         if url.startswith(("postgresql", "postgres")):
             kwargs["connect_args"] = {"connect_timeout": 10}
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=kwargs)
         except Exception as error:
             raise ConfigError(f"cannot open storage {mask_password(url)}: {_first_line(error)}; "
                               "check the URL and that the database is running") from None
@@ -61,6 +61,14 @@ def open_storage(url: str | None) -> Any:
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def with_driver(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` use psycopg 3 (installed with searchlab) whatever SQLAlchemy's default."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
 
 
 def check_sqlite_folder(url: str) -> None:

@@ -78,11 +78,30 @@ class Study:
         return [name for name, dist in self.space.items() if not isinstance(dist, Fixed)]
 
     def run(self, **overrides: Any) -> Any:
-        """Run this study as ``searchlab run`` would (``SEARCHLAB_*`` variables and ``overrides`` apply)."""
-        from searchlab.config import resolve_config
-        from searchlab.execute import run_study
+        """Run this study as ``searchlab run`` would (``SEARCHLAB_*`` variables and ``overrides`` apply).
 
-        return run_study(self, resolve_config(self, overrides))
+        Prints where the results are and returns the run's summary. Run as a script (``python FILE``), bad input
+        ends the process with one line and exit code 2, and Ctrl-C with exit code 130, as the CLI does.
+        """
+        from searchlab.config import resolve_config
+        from searchlab.execute import StudyInterrupted, run_study
+
+        as_script = any(value is self for value in vars(sys.modules["__main__"]).values())
+        try:
+            summary = run_study(self, resolve_config(self, overrides))
+        except ConfigError as error:
+            if not as_script:
+                raise
+            print(f"Error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except StudyInterrupted as interrupted:
+            if not as_script:
+                raise
+            print("interrupted: every open trial was failed and its MLflow run closed", file=sys.stderr)
+            print("\n".join(interrupted.summary.lines()))
+            raise SystemExit(130) from None
+        print("\n".join(summary.lines()))
+        return summary
 
 
 def check_positive_int(what: str, value: Any) -> None:

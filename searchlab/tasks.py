@@ -33,10 +33,9 @@ class Task:
     def prepare_targets(self, targets: Tensor) -> Tensor:
         """Targets in the dtype the loss expects, checked once when in-memory data is loaded."""
         if self.name == "multiclass":
-            if targets.is_floating_point():
-                if not torch.equal(targets, targets.round()):
-                    raise ConfigError("multiclass targets must be class indices 0..C-1, not fractions")
-                targets = targets.long()
+            if targets.is_floating_point() and not torch.equal(targets, targets.round()):
+                raise ConfigError("multiclass targets must be class indices 0..C-1, not fractions")
+            targets = targets.long()  # CrossEntropyLoss takes int64 class indices only
             if targets.dim() == 2 and targets.shape[1] == 1:
                 targets = targets.squeeze(1)
             if targets.dim() != 1 or (len(targets) and targets.min() < 0):
@@ -57,8 +56,7 @@ class Task:
                 )
             if targets.dim() == 2 and targets.shape[1] == 1:
                 targets = targets.squeeze(1)
-            if targets.is_floating_point():
-                targets = targets.long()  # a Dataset may yield float class indices
+            targets = targets.long()  # a Dataset may yield float or int32 class indices; a no-op for int64
             if targets.shape != outputs.shape[:1]:
                 raise ModelError(
                     f"multiclass targets have shape {tuple(targets.shape)} for outputs {tuple(outputs.shape)}: "
@@ -82,10 +80,11 @@ class Task:
         leaves = [module for module in model.modules() if not list(module.children())]
         if leaves and isinstance(leaves[-1], SQUASHING_HEADS):
             head = type(leaves[-1]).__name__
-            raise ModelError(
-                f"the model ends in nn.{head}, but {self.loss_name} expects raw outputs: "
-                f"remove the final nn.{head} (the loss applies it itself)"
-            )
+            if self.name == "regression":
+                fix = "end with a linear unit and no activation (scale the targets instead of squashing outputs)"
+            else:
+                fix = f"remove the final nn.{head} (the loss applies it itself)"
+            raise ModelError(f"the model ends in nn.{head}, but {self.loss_name} expects raw outputs: {fix}")
 
     def check_outputs(self, outputs: Tensor) -> None:
         """Catch a softmax applied inside forward(): rows of probabilities summing to one."""

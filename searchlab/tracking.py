@@ -39,8 +39,9 @@ class MlflowTracker:
     """A Tracker over ``MlflowClient``; curves are flushed every ``flush_seconds`` and when a run ends."""
 
     def __init__(self, tracking_uri: str, *, flush_seconds: float = 10.0) -> None:
-        # No per-download progress bars in a search's output, unless the user asked for them.
+        # No download progress bars or "View run at" lines in a search's output, unless the user asked for them.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         from mlflow import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # set after import: mlflow resets it to INFO

@@ -1,0 +1,104 @@
+"""Shared fixtures: study files written on the fly, a working directory per test, a real MLflow server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+POSTGRES_URL = os.environ.get("SEARCHLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+STUDY_TEMPLATE = '''
+import torch
+from torch import nn
+
+import searchlab as sl
+
+
+def data(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(160, 4, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0]) + 0.1 * torch.randn(160, generator=g)
+    return sl.Split(train=(x[:120], y[:120]), val=(x[120:], y[120:]))
+
+
+def model(trial):
+{body}
+
+
+study = sl.Study(name={name!r}, task={task!r}, data=data, model=model, max_epochs={max_epochs}, patience={patience},
+                 n_trials=3{extra})
+
+if __name__ == "__main__":
+    study.run()
+'''
+
+DEFAULT_BODY = '''    width = trial.suggest_int("width", 4, 16)
+    return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Dropout(trial.params["dropout"]), nn.Linear(width, 1))'''
+
+
+def write_study(folder: Path, *, name: str = "tiny", task: str = "regression", body: str = DEFAULT_BODY,
+                max_epochs: int = 6, patience: int = 3, extra: str = "", filename: str = "tiny_study.py") -> Path:
+    """Write a small, fast regression study file; ``body`` replaces the model builder's body."""
+    path = folder / filename
+    path.write_text(STUDY_TEMPLATE.format(name=name, task=task, body=body, max_epochs=max_epochs, patience=patience,
+                                          extra=f", {extra}" if extra else ""))
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory with no SEARCHLAB_*/MLflow variables leaking in."""
+    monkeypatch.chdir(tmp_path)
+    for variable in list(os.environ):
+        if variable.startswith("SEARCHLAB_") or variable == "MLFLOW_TRACKING_URI":
+            monkeypatch.delenv(variable)
+    return tmp_path
+
+
+@pytest.fixture
+def study_file(workdir: Path) -> Path:
+    return write_study(workdir)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server on loopback (sqlite backend, proxied artifacts)."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = (folder / "server.log").open("w")
+    process = subprocess.Popen(
+        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "art")],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()

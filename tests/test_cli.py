@@ -1,0 +1,244 @@
+"""End to end through the CLI against the real stores: Optuna journal/PostgreSQL and MLflow sqlite/server."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import POSTGRES_URL, write_study
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from searchlab.cli import main
+from searchlab.storage import open_storage
+from searchlab.study import load_study_file
+from searchlab.tracking import PARENT_RUN_TAG, STATE_DICT_FILE
+from searchlab.trial import Trial
+
+SPACE_PARAMS = {"lr", "momentum", "dropout", "weight_decay", "batch_size", "optimizer"}
+
+
+def invoke(*args: str) -> object:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def runs_of(client: MlflowClient, name: str) -> tuple[list, list]:
+    """(parent runs, child runs) of the experiment named ``name``."""
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [run for run in runs if PARENT_RUN_TAG not in run.data.tags]
+    children = [run for run in runs if PARENT_RUN_TAG in run.data.tags]
+    return parents, children
+
+
+def check_tracked(study: optuna.Study, client: MlflowClient, study_file: Path, *, seed: int = 0) -> None:
+    """Every trial is cross-linked with a finished child run that holds params, full curves and loadable weights."""
+    parents, children = runs_of(client, study.study_name)
+    by_id = {run.info.run_id: run for run in children}
+    parent_ids = {run.info.run_id for run in parents}
+    declared = load_study_file(study_file)
+    for trial in study.trials:
+        assert trial.state == TrialState.COMPLETE
+        run = by_id[trial.user_attrs["mlflow_run_id"]]
+        assert run.data.tags[PARENT_RUN_TAG] in parent_ids
+        assert run.data.tags["trial_number"] == str(trial.number)
+        assert run.data.tags["study_name"] == study.study_name
+        assert run.data.tags["state"] == "COMPLETE"
+        assert run.info.status == "FINISHED"
+        assert SPACE_PARAMS | {"width", "seed", "n_params"} <= set(run.data.params)
+        assert run.data.params["seed"] == str(trial.user_attrs["seed"])
+        assert float(run.data.params["lr"]) == trial.params["lr"]
+        epochs = trial.user_attrs["epochs"]
+        for metric in ("train_loss", "val_loss", "val_mse", "val_mae", "val_r2"):
+            history = client.get_metric_history(run.info.run_id, metric)
+            assert [point.step for point in history] == list(range(1, epochs + 1))
+        val_losses = [point.value for point in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert min(val_losses) == pytest.approx(trial.value)
+        assert run.data.metrics["best_val_loss"] == pytest.approx(trial.value)
+        # The weights load with weights_only=True into the study's model and reproduce the best val loss.
+        path = client.download_artifacts(run.info.run_id, STATE_DICT_FILE)
+        state_dict = torch.load(path, weights_only=True)
+        model = declared.model(Trial(optuna.trial.FixedTrial(trial.params), dict(trial.params), seed=0))
+        model.load_state_dict(state_dict)
+        model.eval()
+        split = declared.data(seed)  # the study seed also fixes the split
+        x_val, y_val = split.val
+        with torch.no_grad():
+            loss = torch.nn.functional.mse_loss(model(x_val).squeeze(1), y_val).item()
+        assert loss == pytest.approx(trial.value, rel=1e-4)
+
+
+def test_run_tracks_every_trial_and_continues_the_study(workdir: Path, study_file: Path) -> None:
+    result = invoke("run", str(study_file), "--trials", "3", "--sampler", "random", "--seed", "7")
+    assert result.exit_code == 0, result.output
+    assert "best       trial" in result.output and "mlflow ui --backend-store-uri" in result.output
+
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert len(study.trials) == 3
+    check_tracked(study, client, study_file, seed=7)
+    (parent,), children = runs_of(client, "tiny")
+    assert len(children) == 3
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["sampler"] == "random" and parent.data.params["seed"] == "7"
+    assert parent.data.params["n_trials"] == "3"
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert parent.data.tags["best_trial"] == str(study.best_trial.number)
+    assert parent.data.tags["best_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
+
+    again = invoke("run", str(study_file), "--trials", "3", "--sampler", "random", "--seed", "7")
+    assert again.exit_code == 0, again.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    assert [trial.number for trial in study.trials] == list(range(6))
+    first, second = study.trials[:3], study.trials[3:]
+    assert [t.params for t in first] != [t.params for t in second], "a continued study must not replay samples"
+    parents, children = runs_of(client, "tiny")
+    assert len(parents) == 2 and len(children) == 6
+
+
+def test_trials_and_best_read_the_study_back(workdir: Path, study_file: Path) -> None:
+    assert invoke("run", str(study_file), "--trials", "2").exit_code == 0
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+
+    table = invoke("trials").output.splitlines()
+    assert table[0].split()[:4] == ["number", "state", "value", "mlflow_run_id"]
+    assert [row.split()[0] for row in table[1:]] == ["0", "1"]
+    assert all(trial.user_attrs["mlflow_run_id"] in table[trial.number + 1] for trial in study.trials)
+
+    best = invoke("best", str(study_file), "--export", "best.pt")
+    assert best.exit_code == 0, best.output
+    assert f"trial      {study.best_trial.number}" in best.output
+    assert study.best_trial.user_attrs["mlflow_run_id"] in best.output
+    weights = torch.load(workdir / "best.pt", weights_only=True)
+    assert set(weights) == {"0.weight", "0.bias", "3.weight", "3.bias"}
+
+
+def test_run_on_postgresql_storage(workdir: Path, study_file: Path) -> None:
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    try:
+        result = invoke("run", str(study_file), "--trials", "2", "--storage", POSTGRES_URL, "--study-name", name)
+        assert result.exit_code == 0, result.output
+        study = optuna.load_study(study_name=name, storage=open_storage(POSTGRES_URL))
+        assert [trial.state for trial in study.trials] == [TrialState.COMPLETE] * 2
+        check_tracked(study, MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"), study_file)
+        assert len(invoke("trials", "--storage", POSTGRES_URL, "--study-name", name).output.splitlines()) == 3
+    finally:
+        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL))
+
+
+def test_run_against_a_tracking_server(workdir: Path, study_file: Path, mlflow_server: str) -> None:
+    name = f"http-{uuid.uuid4().hex[:8]}"
+    result = invoke("run", str(study_file), "--trials", "2", "--tracking-uri", mlflow_server, "--study-name", name)
+    assert result.exit_code == 0, result.output
+    assert "View run" not in result.output
+    study = optuna.load_study(study_name=name, storage=open_storage(None))
+    check_tracked(study, MlflowClient(mlflow_server), study_file)
+    exported = invoke("best", "--study-name", name, "--tracking-uri", mlflow_server, "--export", "w.pt")
+    assert exported.exit_code == 0, exported.output
+    assert torch.load(workdir / "w.pt", weights_only=True)
+
+
+def test_a_failing_trial_does_not_stop_the_study(workdir: Path) -> None:
+    body = '''    if trial.number == 1:
+        raise RuntimeError("planted failure")
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))'''
+    # The preflight builds the model from an in-memory trial numbered 0, so only the study's trial 1 fails.
+    path = write_study(workdir, body=body)
+    result = invoke("run", str(path), "--trials", "3")
+    assert result.exit_code == 0, result.output
+    assert "trial 1 failed: RuntimeError: planted failure" in result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    failed = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_run(study.trials[1].user_attrs["mlflow_run_id"])
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["reason"] == "RuntimeError: planted failure"
+    assert study.trials[1].user_attrs["fail_reason"] == "RuntimeError: planted failure"
+
+
+def test_a_diverging_trial_stops_with_its_reason_and_no_nan(workdir: Path) -> None:
+    path = write_study(workdir, extra="space=sl.default_space(lr=1e9, momentum=0.0)")
+    result = invoke("run", str(path), "--trials", "2")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    for trial in study.trials:
+        assert "non-finite" in trial.user_attrs["reason"]
+        assert trial.value is None or math.isfinite(trial.value)
+        assert all(math.isfinite(v) for v in trial.intermediate_values.values())
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert "non-finite" in run.data.tags["reason"]
+        assert run.info.status in {"FINISHED", "FAILED"}
+        assert all(math.isfinite(v) for v in run.data.metrics.values())
+
+
+BAD_INPUTS = {
+    "missing file": ({}, ["run", "nothere.py"], "not found"),
+    "no study": ({"text": "x = 1\n"}, ["run", "study.py"], "declares no study"),
+    "inverted range": ({"extra": "space=sl.default_space(lr=sl.Float(0.1, 0.001, log=True))"}, ["run", "study.py"],
+                       "inverted range"),
+    "log scale from zero": ({"extra": "space=sl.default_space(lr=sl.Float(0.0, 0.1, log=True))"},
+                            ["run", "study.py"], "must start above 0"),
+    "unknown sampler flag": ({}, ["run", "study.py", "--sampler", "grid"], "'grid' is not one of"),
+    "unknown sampler in file": ({"extra": "sampler='grid'"}, ["run", "study.py"], "unknown sampler 'grid'"),
+    "unknown task": ({"task": "ranking"}, ["run", "study.py"], "unknown task 'ranking'"),
+    "zero trials": ({}, ["run", "study.py", "--trials", "0"], "n_trials must be at least 1"),
+    "trials not a number": ({}, ["run", "study.py", "--trials", "many"], "'many' is not a valid integer"),
+    "unreachable storage": ({}, ["run", "study.py", "--storage", "postgresql://postgres@127.0.0.1:1/test"],
+                            "cannot open storage postgresql://postgres@127.0.0.1:1/test"),
+    "storage password masked": ({}, ["run", "study.py", "--storage", "postgresql://bob:s3cret@127.0.0.1:1/test"],
+                                "postgresql://bob:***@127.0.0.1:1/test"),
+    "storage folder missing": ({}, ["run", "study.py", "--storage", "nowhere/study.journal"], "does not exist"),
+    "unknown storage scheme": ({}, ["run", "study.py", "--storage", "redis://127.0.0.1:6379"], "unknown storage"),
+    "unreachable tracking server": ({}, ["run", "study.py", "--tracking-uri", "http://127.0.0.1:1"],
+                                    "cannot reach the MLflow tracking server at http://127.0.0.1:1"),
+    "tracking folder missing": ({}, ["run", "study.py", "--tracking-uri", "sqlite:///nowhere/mlflow.db"],
+                                "does not exist"),
+    "sigmoid head on regression": ({"body": "    return nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())"},
+                                   ["run", "study.py"], "ends in nn.Sigmoid"),
+    "output shape mismatch": ({"body": "    return nn.Linear(4, 3)"}, ["run", "study.py"],
+                              "outputs shape (8, 3) but targets have shape (8,)"),
+    "builder that crashes": ({"body": "    return nn.Linear(4, trial.params['width'])"}, ["run", "study.py"],
+                             "KeyError: 'width'"),
+    "dropped param still used": ({"extra": "space=sl.default_space(dropout=None)"}, ["run", "study.py"],
+                                 "KeyError: 'dropout'"),
+    "no study for trials": ({}, ["trials"], "run 'searchlab run FILE' first"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir: Path, case: str) -> None:
+    spec, args, message = BAD_INPUTS[case]
+    if "text" in spec:
+        (workdir / "study.py").write_text(spec["text"])
+    else:
+        write_study(workdir, filename="study.py", **spec)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert message in lines[0]
+    assert "s3cret" not in result.output
+    assert sorted(path.name for path in workdir.iterdir() if path.name != "__pycache__") == ["study.py"]
+
+
+def test_environment_settings_are_checked_too(workdir: Path, study_file: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEARCHLAB_SAMPLER", "grid")
+    result = CliRunner().invoke(main, ["run", str(study_file)])
+    assert result.exit_code == 2 and "unknown sampler 'grid'" in result.output
+    monkeypatch.setenv("SEARCHLAB_SAMPLER", "random")
+    monkeypatch.setenv("SEARCHLAB_TRIALS", "lots")
+    result = CliRunner().invoke(main, ["run", str(study_file)])
+    assert result.exit_code == 2 and "SEARCHLAB_TRIALS='lots' must be an integer" in result.output
+    assert not (workdir / "searchlab.journal").exists() and not (workdir / "mlflow.db").exists()
+
+
+def test_every_command_has_help() -> None:
+    for command in ([], ["run"], ["trials"], ["best"]):
+        result = invoke(*command, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.output

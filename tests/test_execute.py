@@ -1,0 +1,136 @@
+"""The run as a process: Ctrl-C, `python FILE`, and the search loop's bookkeeping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import write_study
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from searchlab.execute import make_sampler, optimize
+from searchlab.storage import open_storage
+
+SEARCHLAB = str(Path(sys.executable).with_name("searchlab"))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEARCHLAB_") and k != "MLFLOW_TRACKING_URI"}
+    return {**env, **extra}
+
+
+def wait_for_running_trial(storage_path: Path, name: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if storage_path.exists():
+            try:
+                study = optuna.load_study(study_name=name, storage=open_storage(str(storage_path)))
+                if study.get_trials(states=(TrialState.RUNNING,)):
+                    return
+            except KeyError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError("no trial started")
+
+
+def test_ctrl_c_leaves_nothing_running(workdir: Path) -> None:
+    # Long trials (no early stopping within reach) so that Ctrl-C lands in the middle of training.
+    path = write_study(workdir, max_epochs=100000, patience=100000)
+    process = subprocess.Popen([SEARCHLAB, "run", str(path), "--trials", "50"], cwd=workdir, env=clean_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_running_trial(workdir / "searchlab.journal", "tiny", process)
+    time.sleep(1.5)  # some epochs into the trial
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "parent run" in stdout
+
+    study = optuna.load_study(study_name="tiny", storage=open_storage(str(workdir / "searchlab.journal")))
+    assert study.get_trials(states=(TrialState.RUNNING,)) == []
+    assert study.trials[-1].state == TrialState.FAIL
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert runs and not [run for run in runs if run.info.status == "RUNNING"]
+    killed = client.get_run(study.trials[-1].user_attrs["mlflow_run_id"])
+    assert killed.info.status == "KILLED"
+    assert client.get_metric_history(killed.info.run_id, "val_loss"), "the curve so far is kept"
+
+
+def test_a_study_file_runs_as_a_script(workdir: Path) -> None:
+    path = write_study(workdir)
+    result = subprocess.run([sys.executable, str(path)], cwd=workdir, capture_output=True, text=True, timeout=300,
+                            env=clean_env(SEARCHLAB_TRIALS="2", SEARCHLAB_SAMPLER="random"))
+    assert result.returncode == 0, result.stderr
+    assert "best       trial" in result.stdout
+    study = optuna.load_study(study_name="tiny", storage=open_storage(str(workdir / "searchlab.journal")))
+    assert len(study.trials) == 2
+
+
+def test_a_study_script_reports_bad_input_in_one_line(workdir: Path) -> None:
+    path = write_study(workdir, body="    return nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())")
+    result = subprocess.run([sys.executable, str(path)], cwd=workdir, capture_output=True, text=True, timeout=300,
+                            env=clean_env())
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: the model ends in nn.Sigmoid, but MSELoss expects raw outputs: end with a linear unit and no "
+        "activation (scale the targets instead of squashing outputs)"
+    ]
+    assert not (workdir / "searchlab.journal").exists()
+
+
+def test_optimize_counts_exactly_and_records_failures() -> None:
+    study = optuna.create_study(sampler=make_sampler("random", 0, 0))
+    seen = []
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -1, 1)
+        if trial.number % 2:
+            raise ValueError("odd trial")
+        return x * x
+
+    optimize(study, objective, n_trials=5, timeout=None, on_trial_end=seen.append)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL] * 2 + [TrialState.COMPLETE]
+    assert [t.number for t in seen] == list(range(5))
+    assert study.trials[1].user_attrs["fail_reason"] == "ValueError: odd trial"
+
+
+def test_optimize_stops_starting_trials_after_the_timeout() -> None:
+    study = optuna.create_study()
+
+    def objective(trial: optuna.Trial) -> float:
+        time.sleep(0.3)
+        return 0.0
+
+    optimize(study, objective, n_trials=100, timeout=0.5, on_trial_end=lambda trial: None)
+    assert 1 <= len(study.trials) <= 3
+    assert study.get_trials(states=(TrialState.RUNNING,)) == []
+
+
+def test_keyboard_interrupt_fails_the_open_trial_and_propagates() -> None:
+    study = optuna.create_study()
+
+    def objective(trial: optuna.Trial) -> float:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        optimize(study, objective, n_trials=3, timeout=None, on_trial_end=lambda trial: None)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def test_sampler_seed_depends_on_study_seed_and_history() -> None:
+    def first_values(seed: int, existing: int) -> list[float]:
+        study = optuna.create_study(sampler=make_sampler("random", seed, existing))
+        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+
+    assert first_values(1, 0) == first_values(1, 0)
+    assert first_values(1, 0) != first_values(2, 0)
+    assert first_values(1, 0) != first_values(1, 3)
+    assert isinstance(make_sampler("tpe", 0, 0), optuna.samplers.TPESampler)
