@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from searchlab.errors import ConfigError
-from searchlab.study import SAMPLERS, Study, check_int, check_positive_int
+from searchlab.study import SAMPLERS, Study, check_int, check_positive_int, check_timeout
 
 
 @dataclass(frozen=True)
@@ -101,5 +101,4 @@ def _check(config: RunConfig) -> None:
     for name in ("n_trials", "max_epochs", "patience"):
         check_positive_int(name, getattr(config, name))
     check_int("seed", config.seed)
-    if config.timeout is not None and not config.timeout > 0:
-        raise ConfigError(f"timeout must be a positive number of seconds, got {config.timeout}")
+    check_timeout("timeout", config.timeout)

@@ -8,5 +8,17 @@ class ConfigError(ValueError):
     """
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (or its type name), for one-line reports."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: first line of the message``, for tags, trial attributes and one-line errors."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 class TrialStopped(Exception):
     """A trial stopped itself (e.g. a NaN loss before any finite epoch); the study carries on."""

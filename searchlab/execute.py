@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.config import RunConfig
-from searchlab.errors import ConfigError, TrialStopped
+from searchlab.errors import ConfigError, TrialStopped, describe_error
 from searchlab.storage import describe, mask_password, open_storage
 from searchlab.study import Study
 
@@ -88,7 +88,10 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], *,
         except optuna.TrialPruned:
             frozen = study.tell(trial, state=TrialState.PRUNED)
         except (Exception, KeyboardInterrupt) as error:
-            reason = str(error) if isinstance(error, TrialStopped) else _describe(error)
+            if isinstance(error, KeyboardInterrupt):
+                reason = "interrupted (Ctrl-C)"
+            else:
+                reason = str(error) if isinstance(error, TrialStopped) else describe_error(error)
             trial.set_user_attr("fail_reason", reason)
             frozen = study.tell(trial, state=TrialState.FAIL)
             if isinstance(error, ConfigError | KeyboardInterrupt):
@@ -96,12 +99,6 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], *,
         else:
             frozen = study.tell(trial, value)
         on_trial_end(frozen)
-
-
-def _describe(error: BaseException) -> str:
-    from searchlab.objective import describe_error
-
-    return describe_error(error) if isinstance(error, Exception) else "interrupted (Ctrl-C)"
 
 
 def run_study(study: Study, config: RunConfig, *, progress: bool = True) -> RunSummary:
@@ -181,7 +178,7 @@ def preflight_model(study: Study, task: Any, val_data: Any) -> None:
     import torch
 
     from searchlab.data import first_examples
-    from searchlab.objective import build_model, describe_error, sample_params
+    from searchlab.objective import build_model, sample_params
     from searchlab.tasks import ModelError
     from searchlab.trial import Trial
 
@@ -202,8 +199,6 @@ def preflight_model(study: Study, task: Any, val_data: Any) -> None:
 
 def load_data(study: Study, seed: int) -> Any:
     """The study's Split; a data() that raises is a study-file error."""
-    from searchlab.objective import describe_error
-
     try:
         return study.data(seed)
     except Exception as error:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from searchlab.data import Data, make_batches
-from searchlab.errors import TrialStopped
+from searchlab.errors import TrialStopped, describe_error
 from searchlab.space import Distribution, suggest
 from searchlab.study import Study
 from searchlab.tasks import ModelError, Task, get_task
@@ -127,8 +127,3 @@ class Objective:
             self.tracker.set_tags(run_id, tags)
             self.tracker.end_run(run_id, status)
 
-
-def describe_error(error: BaseException) -> str:
-    """One line naming an exception, for tags and trial attributes."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

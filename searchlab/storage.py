@@ -7,25 +7,27 @@ log with a file lock, safe for several processes on one host, ~16-20 ms per tria
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from searchlab.errors import ConfigError
+from searchlab.errors import ConfigError, first_line
 
 DEFAULT_JOURNAL = "searchlab.journal"
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 
 
 def mask_password(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to print, log and tag)."""
+    """The URL with any password (in the user part or a ``password=`` query field) replaced by ``***``."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    if parts.password:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    if not parts.password and query == parts.query:
+        return url  # nothing to hide; urlunsplit would also drop the empty host of sqlite:////abs/path
+    return urlunsplit(parts._replace(query=query))
 
 
 def is_database_url(url: str) -> bool:
@@ -50,7 +52,7 @@ def open_storage(url: str | None) -> Any:
         try:
             return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=kwargs)
         except Exception as error:
-            raise ConfigError(f"cannot open storage {mask_password(url)}: {_first_line(error)}; "
+            raise ConfigError(f"cannot open storage {mask_password(url)}: {first_line(error)}; "
                               "check the URL and that the database is running") from None
     if "://" in url:
         raise ConfigError(f"unknown storage {mask_password(url)!r}: use sqlite:///FILE, postgresql://USER@HOST/DB "
@@ -79,17 +81,15 @@ def check_sqlite_folder(url: str) -> None:
             raise ConfigError(f"folder {str(folder)!r} of {url} does not exist: create it or fix the URL")
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def load_existing_study(url: str | None, study_name: str | None) -> Any:
     """An Optuna study that already exists (nothing is created); with no name, the storage's only study."""
     import optuna
 
     if not url and not Path(DEFAULT_JOURNAL).is_file():
         raise ConfigError(f"no {DEFAULT_JOURNAL} here: run 'searchlab run FILE' first, or pass --storage")
+    local_file = url[len("sqlite:///"):] if url and url.startswith("sqlite:///") else url
+    if local_file and "://" not in local_file and not Path(local_file).is_file():
+        raise ConfigError(f"storage {local_file!r} does not exist: check --storage")  # opening would create it
     storage = open_storage(url)
     names = [summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name is None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from searchlab.errors import ConfigError
+from searchlab.errors import ConfigError, describe_error
 from searchlab.space import OPTIMIZERS, Choice, Distribution, Fixed, as_distribution, default_space, validate_space
 
 if TYPE_CHECKING:
@@ -66,8 +66,7 @@ class Study:
             raise ConfigError("choose the optimizer with Study(optimizer=...), not in the space")
         for name in ("max_epochs", "patience", "n_trials"):
             check_positive_int(f"Study({name}=...)", getattr(self, name))
-        if self.timeout is not None and not self.timeout > 0:
-            raise ConfigError(f"Study(timeout=...) must be a positive number of seconds, got {self.timeout!r}")
+        check_timeout("Study(timeout=...)", self.timeout)
         check_int("Study(seed=...)", self.seed)
         space = validate_space({**self.space, "optimizer": as_distribution(self.optimizer)})
         object.__setattr__(self, "space", space)
@@ -110,6 +109,14 @@ def check_positive_int(what: str, value: Any) -> None:
         raise ConfigError(f"{what} must be at least 1, got {value}")
 
 
+def check_timeout(what: str, value: Any) -> None:
+    """None (no limit) or a positive number of seconds."""
+    if value is None:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(f"{what} must be a positive number of seconds, got {value!r}")
+
+
 def check_int(what: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(f"{what} must be an integer, got {value!r}")
@@ -134,8 +141,8 @@ def load_study_file(path: str | Path) -> Study:
         raise ConfigError(f"{path}: {error}") from None
     except SyntaxError as error:
         raise ConfigError(f"{path}:{error.lineno}: syntax error: {error.msg}") from None
-    except Exception as error:
-        raise ConfigError(f"{path} failed to import: {type(error).__name__}: {error}") from None
+    except (Exception, SystemExit) as error:
+        raise ConfigError(f"{path} failed to import: {describe_error(error)}") from None
     studies = {name: value for name, value in vars(module).items() if isinstance(value, Study)}
     if not studies:
         raise ConfigError(f"{path} declares no study: assign one at module level, e.g. study = sl.Study(...)")

@@ -43,7 +43,7 @@ study = sl.Study(
     optimizer="sgd",
     max_epochs=100,
     patience=10,
-    n_trials=20,
+    n_trials=50,
 )
 
 if __name__ == "__main__":

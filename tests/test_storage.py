@@ -1,0 +1,228 @@
+"""searchlab.storage: masked URLs, journal/sqlite/PostgreSQL storages on real files and a real server, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import POSTGRES_URL
+
+from searchlab.errors import ConfigError
+from searchlab.storage import describe, is_database_url, load_existing_study, mask_password, open_storage, with_driver
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def add_trial(storage, study_name: str, value: float) -> None:
+    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True)
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    study.tell(trial, value)
+
+
+def one_line_config_error(call, *args) -> str:
+    with pytest.raises(ConfigError) as info:
+        call(*args)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- URLs ---
+
+
+def test_mask_password_hides_a_postgres_password():
+    assert mask_password("postgresql://user:pw@host:5432/db") == "postgresql://user:***@host:5432/db"
+
+
+def test_mask_password_keeps_query_and_driver():
+    assert (mask_password("postgresql+psycopg://u:secret@db.example/x?sslmode=require")
+            == "postgresql+psycopg://u:***@db.example/x?sslmode=require")
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://user@host:5432/db",
+    "postgresql://host/db",
+    "sqlite:////tmp/x.db",
+    "searchlab.journal",
+    "runs/shared.journal",
+    "http://127.0.0.1:5000",
+    "https://mlflow.example.com/api",
+])
+def test_mask_password_leaves_urls_without_password_unchanged(url: str):
+    assert mask_password(url) == url
+
+
+def test_mask_password_hides_an_http_password():
+    assert mask_password("https://alice:tok3n@mlflow.example.com/x") == "https://alice:***@mlflow.example.com/x"
+
+
+def test_mask_password_keeps_ipv6_brackets():
+    assert mask_password("postgresql://u:pw@[::1]:5432/db") == "postgresql://u:***@[::1]:5432/db"
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("sqlite:///x.db", True),
+    ("postgresql://u@h/db", True),
+    ("postgres://u@h/db", True),
+    ("postgresql+psycopg://u@h/db", True),
+    ("mysql://u@h/db", True),
+    ("searchlab.journal", False),
+    ("sqlite.journal", False),
+    ("redis://h:6379", False),
+    ("http://h:5000", False),
+    ("postgresql", False),
+])
+def test_is_database_url(url: str, expected: bool):
+    assert is_database_url(url) is expected
+
+
+def test_describe_default_is_the_journal_file():
+    assert describe(None) == "searchlab.journal"
+    assert describe("") == "searchlab.journal"
+
+
+def test_describe_masks_the_password():
+    assert describe("postgresql://bob:s3cret@h/db") == "postgresql://bob:***@h/db"
+    assert describe("runs/x.journal") == "runs/x.journal"
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("postgresql://u:p@h:5432/db", "postgresql+psycopg://u:p@h:5432/db"),
+    ("postgres://u@h/db", "postgresql+psycopg://u@h/db"),
+    ("postgresql+psycopg2://u@h/db", "postgresql+psycopg2://u@h/db"),
+    ("sqlite:///x.db", "sqlite:///x.db"),
+    ("mysql://u@h/db", "mysql://u@h/db"),
+])
+def test_with_driver(url: str, expected: str):
+    assert with_driver(url) == expected
+
+
+# --- open_storage ---
+
+
+def test_default_storage_is_a_journal_in_the_working_directory(workdir: Path):
+    storage = open_storage(None)
+    assert isinstance(storage, optuna.storages.JournalStorage)
+    add_trial(storage, "s", 1.0)
+    assert (workdir / "searchlab.journal").is_file()
+    assert (workdir / "searchlab.journal").stat().st_size > 0
+
+
+def test_two_journal_storages_on_one_path_share_trials(workdir: Path):
+    writer, reader = open_storage("shared.journal"), open_storage("shared.journal")
+    add_trial(writer, "s", 0.5)
+    study = optuna.load_study(study_name="s", storage=reader)
+    assert [trial.value for trial in study.trials] == [0.5]
+    add_trial(reader, "s", 0.25)
+    assert [trial.value for trial in optuna.load_study(study_name="s", storage=writer).trials] == [0.5, 0.25]
+
+
+def test_journal_in_a_missing_folder_raises_config_error(workdir: Path):
+    message = one_line_config_error(open_storage, "missing/x.journal")
+    assert "'missing'" in message and "does not exist" in message
+    assert not (workdir / "missing").exists()
+
+
+def test_unknown_scheme_raises_config_error(workdir: Path):
+    message = one_line_config_error(open_storage, "redis://bob:s3cret@localhost:6379/0")
+    assert "unknown storage" in message and "s3cret" not in message
+    assert "redis://bob:***@localhost:6379/0" in message
+
+
+def test_sqlite_in_a_missing_folder_names_the_folder(workdir: Path):
+    message = one_line_config_error(open_storage, "sqlite:///missing/x.db")
+    assert "'missing'" in message and "does not exist" in message
+    assert not (workdir / "missing").exists()
+
+
+def test_sqlite_storage_works(tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/x.db"
+    storage = open_storage(url)
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    add_trial(storage, "s", 2.0)
+    assert (tmp_path / "x.db").is_file()
+    assert optuna.load_study(study_name="s", storage=open_storage(url)).best_value == 2.0
+
+
+def test_postgresql_storage_works_through_psycopg():
+    name = f"searchlab-test-{uuid.uuid4().hex}"
+    storage = open_storage(POSTGRES_URL)
+    try:
+        assert storage.engine.url.drivername == "postgresql+psycopg"
+        add_trial(storage, name, 3.0)
+        study = load_existing_study(POSTGRES_URL, name)
+        assert study.study_name == name and [trial.value for trial in study.trials] == [3.0]
+    finally:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_unreachable_postgresql_raises_config_error_with_the_password_masked():
+    message = one_line_config_error(open_storage, "postgresql://bob:s3cret@127.0.0.1:1/test")
+    assert "s3cret" not in message
+    assert "postgresql://bob:***@127.0.0.1:1/test" in message and "cannot open storage" in message
+
+
+# --- load_existing_study ---
+
+
+def test_load_existing_study_without_a_journal_says_run_first(workdir: Path):
+    message = one_line_config_error(load_existing_study, None, None)
+    assert "no searchlab.journal here" in message and "searchlab run" in message
+    assert not (workdir / "searchlab.journal").exists()
+
+
+def test_load_existing_study_returns_the_only_study(workdir: Path):
+    add_trial(open_storage(None), "only", 1.5)
+    study = load_existing_study(None, None)
+    assert study.study_name == "only" and study.best_value == 1.5
+
+
+def test_load_existing_study_by_name(workdir: Path):
+    add_trial(open_storage(None), "a", 1.0)
+    add_trial(open_storage(None), "b", 2.0)
+    assert load_existing_study(None, "b").best_value == 2.0
+
+
+def test_load_existing_study_with_two_and_no_name_lists_them(workdir: Path):
+    add_trial(open_storage(None), "alpha", 1.0)
+    add_trial(open_storage(None), "beta", 2.0)
+    message = one_line_config_error(load_existing_study, None, None)
+    assert "2 studies" in message and "alpha" in message and "beta" in message and "--study-name" in message
+
+
+def test_load_existing_study_unknown_name_raises_and_creates_nothing(workdir: Path):
+    add_trial(open_storage(None), "alpha", 1.0)
+    message = one_line_config_error(load_existing_study, None, "gamma")
+    assert "'gamma'" in message and "alpha" in message
+    names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(None), include_best_trial=False)]
+    assert names == ["alpha"]
+
+
+def test_load_existing_study_on_an_explicit_journal_path(workdir: Path):
+    add_trial(open_storage("other.journal"), "x", 4.0)
+    assert load_existing_study("other.journal", None).best_value == 4.0
+
+
+def test_load_existing_study_on_an_empty_storage_says_none(tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/empty.db"
+    open_storage(url)  # an existing database without studies
+    message = one_line_config_error(load_existing_study, url, None)
+    assert "0 studies (none)" in message
+    assert optuna.get_all_study_summaries(open_storage(url), include_best_trial=False) == []
+
+
+def test_mask_password_in_the_query_string() -> None:
+    masked = mask_password("postgresql://bob@db.example/test?sslmode=require&password=s3cret")
+    assert masked == "postgresql://bob@db.example/test?sslmode=require&password=***"
+
+
+def test_reading_a_missing_storage_creates_nothing(workdir: Path) -> None:
+    for url in (f"sqlite:///{workdir / 'none.db'}", str(workdir / "none.journal")):
+        with pytest.raises(ConfigError, match="does not exist"):
+            load_existing_study(url, None)
+    assert list(workdir.iterdir()) == []

@@ -1,0 +1,117 @@
+"""MlflowTracker against real MLflow stores: runs, nesting, batched curves, weights, reachability checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from searchlab.errors import ConfigError
+from searchlab.tracking import PARENT_RUN_TAG, STATE_DICT_FILE, MlflowTracker, check_tracking_uri
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> MlflowTracker:
+    return MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", flush_seconds=3600)
+
+
+def count_batches(tracker: MlflowTracker) -> list[dict]:
+    """Record every log_batch call the tracker makes (the real client still does the work)."""
+    calls: list[dict] = []
+    real = tracker.client.log_batch
+
+    def log_batch(run_id: str, **kwargs: object) -> None:
+        calls.append(kwargs)
+        real(run_id, **kwargs)
+
+    tracker.client.log_batch = log_batch  # type: ignore[method-assign]
+    return calls
+
+
+def test_experiment_is_created_once_and_restored_if_deleted(tracker: MlflowTracker) -> None:
+    first = tracker.experiment_id("study")
+    assert tracker.experiment_id("study") == first
+    tracker.client.delete_experiment(first)
+    assert tracker.experiment_id("study") == first
+    assert tracker.client.get_experiment(first).lifecycle_stage == "active"
+
+
+def test_child_runs_nest_under_the_parent(tracker: MlflowTracker) -> None:
+    experiment = tracker.experiment_id("study")
+    parent = tracker.start_run(experiment, "parent", tags={"role": "study"})
+    child = tracker.start_run(experiment, "trial-0", parent_run_id=parent, tags={"trial_number": 0})
+    run = tracker.client.get_run(child)
+    assert run.data.tags[PARENT_RUN_TAG] == parent and run.data.tags["trial_number"] == "0"
+    assert run.info.run_name == "trial-0" and run.info.status == "RUNNING"
+    tracker.end_run(child, "FAILED")
+    tracker.end_run(parent, "FINISHED")
+    assert tracker.client.get_run(child).info.status == "FAILED"
+    assert tracker.client.get_run(parent).info.status == "FINISHED"
+
+
+def test_curves_are_buffered_and_sent_in_one_batch(tracker: MlflowTracker) -> None:
+    run = tracker.start_run(tracker.experiment_id("study"), "trial-0")
+    calls = count_batches(tracker)
+    for epoch in range(1, 21):
+        tracker.log_metrics(run, {"train_loss": 1 / epoch, "val_loss": 2 / epoch, "val_mse": 2 / epoch}, step=epoch)
+    assert calls == [] and tracker.client.get_run(run).data.metrics == {}
+    tracker.end_run(run, "FINISHED")
+    assert len(calls) == 1
+    history = tracker.client.get_metric_history(run, "val_loss")
+    assert [(p.step, p.value) for p in history] == [(epoch, 2 / epoch) for epoch in range(1, 21)]
+
+
+def test_large_flushes_respect_mlflow_batch_limits(tracker: MlflowTracker) -> None:
+    run = tracker.start_run(tracker.experiment_id("study"), "trial-0")
+    calls = count_batches(tracker)
+    tracker.log_params(run, {f"p{i}": i for i in range(150)})
+    for step in range(1, 1201):
+        tracker.log_metrics(run, {"val_loss": float(step)}, step=step)
+    tracker.flush(run)
+    assert [len(call.get("params", call.get("metrics", []))) for call in calls] == [100, 50, 1000, 200]
+    assert len(tracker.client.get_run(run).data.params) == 150
+    assert len(tracker.client.get_metric_history(run, "val_loss")) == 1200
+
+
+def test_a_periodic_flush_keeps_the_curve_of_a_long_trial(tmp_path: Path) -> None:
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", flush_seconds=0)
+    run = tracker.start_run(tracker.experiment_id("study"), "trial-0")
+    tracker.log_metrics(run, {"val_loss": 0.5}, step=1)
+    assert tracker.client.get_metric_history(run, "val_loss")[0].value == 0.5
+
+
+def test_weights_round_trip_as_a_plain_state_dict(tracker: MlflowTracker, tmp_path: Path) -> None:
+    run = tracker.start_run(tracker.experiment_id("study"), "trial-0")
+    model = torch.nn.Linear(3, 2)
+    tracker.log_state_dict(run, model.state_dict())
+    path = tracker.download_state_dict(run, tmp_path)
+    assert path.name == STATE_DICT_FILE
+    loaded = torch.load(path, weights_only=True)
+    assert torch.equal(loaded["weight"], model.weight.detach())
+
+
+def test_tracking_server_reachability(mlflow_server: str, tmp_path: Path) -> None:
+    check_tracking_uri(mlflow_server)
+    check_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    check_tracking_uri(str(tmp_path / "mlruns"))
+    with pytest.raises(ConfigError, match=r"cannot reach the MLflow tracking server at http://u:\*\*\*@127.0.0.1:1"):
+        check_tracking_uri("http://u:pw@127.0.0.1:1")
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_tracking_uri(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_tracking_uri(str(tmp_path / "missing" / "mlruns"))
+    assert not (tmp_path / "mlflow.db").exists(), "checking must not create the store"
+
+
+def test_runs_against_a_tracking_server(mlflow_server: str, tmp_path: Path) -> None:
+    tracker = MlflowTracker(mlflow_server, flush_seconds=3600)
+    run = tracker.start_run(tracker.experiment_id("over-http"), "trial-0")
+    tracker.log_metrics(run, {"val_loss": 1.0}, step=1)
+    tracker.log_state_dict(run, torch.nn.Linear(2, 1).state_dict())
+    tracker.end_run(run, "FINISHED")
+    client = MlflowClient(mlflow_server)
+    assert client.get_run(run).info.status == "FINISHED"
+    assert client.get_metric_history(run, "val_loss")[0].step == 1
+    assert torch.load(tracker.download_state_dict(run, tmp_path), weights_only=True)["weight"].shape == (1, 2)
