@@ -46,6 +46,14 @@ def store_options(command: Any) -> Any:
                         "file path [default: searchlab.journal here; env SEARCHLAB_STORAGE].")(command)
 
 
+def device_options(command: Any) -> Any:
+    """--devices and --retries, shared by the commands that run trials."""
+    command = click.option("--retries", type=int, help="Times a trial whose worker died is run again [default: 1].")(
+        command)
+    return click.option("--devices", help="auto (every GPU, else the CPU), cpu, cuda, or cuda:0,2 [default: auto].")(
+        command)
+
+
 TRACKING_HELP = "MLflow tracking URI [default: env SEARCHLAB_TRACKING_URI, MLFLOW_TRACKING_URI, sqlite:///mlflow.db]."
 
 
@@ -58,6 +66,9 @@ TRACKING_HELP = "MLflow tracking URI [default: env SEARCHLAB_TRACKING_URI, MLFLO
 @store_options
 @click.option("--tracking-uri", help=TRACKING_HELP)
 @click.option("--max-epochs", type=int, help="Most epochs per trial (early stopping may end sooner).")
+@click.option("--workers", help="Worker processes, or 'auto' for one per device slot [default: 1].")
+@click.option("--trials-per-device", type=int, help="Workers that may share one GPU [default: 1].")
+@device_options
 def run(file: str, **flags: Any) -> None:
     """Search the study declared in FILE and track every trial in MLflow.
 
@@ -70,12 +81,33 @@ def run(file: str, **flags: Any) -> None:
 
     study = load_study_file(file)
     try:
-        summary = run_study(study, resolve_config(study, flags))
+        summary = run_study(study, resolve_config(study, flags), study_file=file)
     except StudyInterrupted as interrupted:
         click.echo("interrupted: every open trial was failed and its MLflow run closed", err=True)
         click.echo("\n".join(interrupted.summary.lines()))
         sys.exit(130)
     click.echo("\n".join(summary.lines()))
+
+
+@main.command()
+@click.argument("file")
+@store_options
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@device_options
+def worker(file: str, **flags: Any) -> None:
+    """Join a study that `searchlab run` started (from any host that reaches its storage) and take its
+    trials until its budget is met. Use the same --storage and --tracking-uri as the run."""
+    from searchlab.config import resolve_config
+    from searchlab.execute import join_study
+    from searchlab.study import load_study_file
+
+    study = load_study_file(file)
+    try:
+        finished = join_study(study, resolve_config(study, flags))
+    except KeyboardInterrupt:
+        click.echo("interrupted: the open trial was failed and its MLflow run closed", err=True)
+        sys.exit(130)
+    click.echo(f"worker done: {finished} trial(s) finished here")
 
 
 @main.command()

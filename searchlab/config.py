@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from searchlab.devices import parse_workers
 from searchlab.errors import ConfigError
 from searchlab.study import SAMPLERS, Study, check_int, check_positive_int, check_timeout
 
@@ -25,6 +26,11 @@ class RunConfig:
     tracking_uri: str
     max_epochs: int
     patience: int
+    workers: str = "1"  # a count, or "auto": one per device slot
+    devices: str = "auto"
+    trials_per_device: int = 1
+    retries: int = 1
+    heartbeat: int = 10  # seconds between heartbeats on database storages; stale after 3 missed
 
 
 def _positive_float(text: str) -> float:
@@ -44,6 +50,11 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "storage": ("SEARCHLAB_STORAGE", str),
     "tracking_uri": ("SEARCHLAB_TRACKING_URI", str),
     "max_epochs": ("SEARCHLAB_MAX_EPOCHS", int),
+    "workers": ("SEARCHLAB_WORKERS", str),
+    "devices": ("SEARCHLAB_DEVICES", str),
+    "trials_per_device": ("SEARCHLAB_TRIALS_PER_DEVICE", int),
+    "retries": ("SEARCHLAB_RETRIES", int),
+    "heartbeat": ("SEARCHLAB_HEARTBEAT", int),
 }
 
 
@@ -82,6 +93,11 @@ def resolve_config(study: Study, flags: Mapping[str, Any] | None = None,
         "tracking_uri": default_tracking_uri(),
         "max_epochs": study.max_epochs,
         "patience": study.patience,
+        "workers": "1",
+        "devices": "auto",
+        "trials_per_device": 1,
+        "retries": 1,
+        "heartbeat": 10,
     }
     values.update(from_environment(os.environ if env is None else env))
     unknown = set(flags or {}) - set(values)
@@ -98,7 +114,11 @@ def _check(config: RunConfig) -> None:
         raise ConfigError(f"unknown sampler {config.sampler!r}: use one of {', '.join(SAMPLERS)}")
     if not config.study_name.strip():
         raise ConfigError("the study name must not be empty")
-    for name in ("n_trials", "max_epochs", "patience"):
+    for name in ("n_trials", "max_epochs", "patience", "trials_per_device", "heartbeat"):
         check_positive_int(name, getattr(config, name))
+    check_int("retries", config.retries)
+    if config.retries < 0:
+        raise ConfigError(f"retries must be 0 or more, got {config.retries}")
+    parse_workers(config.workers)
     check_int("seed", config.seed)
     check_timeout("timeout", config.timeout)

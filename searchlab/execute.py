@@ -1,21 +1,33 @@
-"""Running a study: open the stores, then the one search loop (ask → objective → tell), then a summary."""
+"""Running a study: check the input, open the stores, start the workers and watch them, then summarise.
+
+With one worker the search runs in this process. With several, each is a spawned process on its own device
+slot; this process (the coordinator) shows progress, recovers the trials of workers that die (failed, retried,
+their MLflow runs closed) and starts replacements, and on Ctrl-C stops every worker before it closes the run.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from searchlab.budget import BUDGET_ATTR, count
 from searchlab.config import RunConfig
-from searchlab.errors import ConfigError, TrialStopped, describe_error
+from searchlab.devices import Slot, assign_slots, cuda_device_count, parse_devices, parse_workers
+from searchlab.errors import ConfigError, describe_error
+from searchlab.recovery import reap_dead_local_trials
 from searchlab.storage import describe, mask_password, open_storage
 from searchlab.study import Study
+from searchlab.worker import EXPERIMENT_ATTR, PARENT_RUN_ATTR, interrupt_once, run_worker, worker_process
+
+STOP_GRACE_SECONDS = 60  # how long stopped workers get to close their trials before they are killed
 
 
 @dataclass
@@ -49,6 +61,16 @@ class RunSummary:
             lines.append(f"open with  mlflow ui --backend-store-uri {mask_password(self.tracking_uri)}")
         return lines
 
+    def record(self, trials: list[FrozenTrial], before: set[int]) -> None:
+        """Count the trials this run added (numbers not in ``before``) and take the study's best."""
+        new = [trial for trial in trials if trial.number not in before]
+        self.n_trials = count(new).final
+        self.states = {}
+        for trial in new:
+            self.states[trial.state.name] = self.states.get(trial.state.name, 0) + 1
+        complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
+        self.best = min(complete, key=lambda trial: trial.value) if complete else None
+
 
 class StudyInterrupted(Exception):
     """Ctrl-C stopped the run after every open trial and run was closed; carries the summary."""
@@ -62,114 +84,12 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def make_sampler(name: str, seed: int, n_existing: int) -> optuna.samplers.BaseSampler:
-    """A seeded sampler; the seed also depends on the trials already in the study, so a continued study
-    does not replay the first invocation's samples."""
-    sampler_seed = int(np.random.SeedSequence([seed, n_existing]).generate_state(1)[0])
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=sampler_seed)
-    return optuna.samplers.TPESampler(seed=sampler_seed)
-
-
-def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, n_trials: int,
-             timeout: float | None, on_trial_end: Callable[[FrozenTrial], None]) -> None:
-    """The one search loop: ask → objective → tell, until ``n_trials`` are told or ``timeout`` passes.
-
-    A trial that fails is recorded FAIL with its reason and the study goes on; bad input and Ctrl-C fail the
-    open trial and stop the loop. No trial is left RUNNING.
-    """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    for _ in range(n_trials):
-        if deadline is not None and time.monotonic() >= deadline:
-            return
-        trial = study.ask()
-        try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            frozen = study.tell(trial, state=TrialState.PRUNED)
-        except (Exception, KeyboardInterrupt) as error:
-            if isinstance(error, KeyboardInterrupt):
-                reason = "interrupted (Ctrl-C)"
-            else:
-                reason = str(error) if isinstance(error, TrialStopped) else describe_error(error)
-            trial.set_user_attr("fail_reason", reason)
-            frozen = study.tell(trial, state=TrialState.FAIL)
-            if isinstance(error, ConfigError | KeyboardInterrupt):
-                raise
-        else:
-            frozen = study.tell(trial, value)
-        on_trial_end(frozen)
-
-
-def run_study(study: Study, config: RunConfig, *, progress: bool = True) -> RunSummary:
-    """Run ``config.n_trials`` trials of ``study`` and track them; bad input fails before anything is written."""
-    import torch  # noqa: F401  (imported before mlflow: heavy either way, but fail here if missing)
-
-    from searchlab.data import prepare_split
-    from searchlab.devices import default_device
-    from searchlab.objective import Objective
-    from searchlab.tasks import get_task
-    from searchlab.tracking import MlflowTracker, check_tracking_uri
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and summary say it all
-    task = get_task(study.task)
-    train_data, val_data = prepare_split(load_data(study, config.seed), task)
-    preflight_model(study, task, val_data)
-    check_tracking_uri(config.tracking_uri)
-    storage = open_storage(config.storage)
-    optuna_study = optuna.create_study(storage=storage, study_name=config.study_name, direction="minimize",
-                                       load_if_exists=True)
-    if optuna_study.direction != optuna.study.StudyDirection.MINIMIZE:
-        raise ConfigError(f"study {config.study_name!r} in {describe(config.storage)} maximizes; "
-                          "searchlab minimizes validation loss: choose another --study-name")
-    optuna_study.sampler = make_sampler(config.sampler, config.seed, len(optuna_study.trials))
-    tracker = MlflowTracker(config.tracking_uri)
-    experiment_id = tracker.experiment_id(config.study_name)
-    parent_run_id = tracker.start_run(experiment_id, f"{config.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      tags={"study_name": config.study_name, "role": "study"})
-    summary = RunSummary(config.study_name, describe(config.storage), config.tracking_uri, experiment_id,
-                         parent_run_id)
-    status = "FAILED"
+def load_data(study: Study, seed: int) -> Any:
+    """The study's Split; a data() that raises is a study-file error."""
     try:
-        tracker.log_params(parent_run_id, {
-            "task": study.task, "sampler": config.sampler, "seed": config.seed, "n_trials": config.n_trials,
-            "timeout": config.timeout, "max_epochs": config.max_epochs, "patience": config.patience,
-            "storage": describe(config.storage), "searched": ",".join(study.searched),
-        })
-        objective = Objective(study, train_data, val_data, tracker, experiment_id, parent_run_id, config.seed,
-                              config.max_epochs, config.patience, default_device(),
-                              {"study_name": config.study_name, "sampler": config.sampler})
-        bar = _progress_bar(config, enabled=progress)
-
-        def on_trial_end(trial: FrozenTrial) -> None:
-            summary.n_trials += 1
-            summary.states[trial.state.name] = summary.states.get(trial.state.name, 0) + 1
-            if trial.state == TrialState.FAIL:
-                bar.write(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason')}")
-            if trial.state == TrialState.COMPLETE and (summary.best is None or trial.value < summary.best.value):
-                summary.best = trial
-            bar.update(1)
-            if summary.best is not None:
-                bar.set_postfix_str(f"best={summary.best.value:.4g} (trial {summary.best.number})")
-
-        try:
-            optimize(optuna_study, objective, n_trials=config.n_trials, timeout=config.timeout,
-                     on_trial_end=on_trial_end)
-        finally:
-            bar.close()
-        summary.best = _best_trial(optuna_study)
-        if summary.best is not None:
-            tracker.log_metrics(parent_run_id, {"best_value": summary.best.value}, step=0)
-            tracker.set_tags(parent_run_id, {"best_trial": summary.best.number,
-                                             "best_run_id": summary.best.user_attrs.get("mlflow_run_id")})
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise StudyInterrupted(summary) from None
-    finally:
-        tracker.set_tags(parent_run_id, {"state": status})
-        tracker.end_run(parent_run_id, status)
-    return summary
+        return study.data(seed)
+    except Exception as error:
+        raise ConfigError(f"the study's data({seed}) failed: {describe_error(error)}") from None
 
 
 def preflight_model(study: Study, task: Any, val_data: Any) -> None:
@@ -197,23 +117,199 @@ def preflight_model(study: Study, task: Any, val_data: Any) -> None:
         raise ConfigError(f"the study's model failed on a validation batch: {describe_error(error)}") from None
 
 
-def load_data(study: Study, seed: int) -> Any:
-    """The study's Split; a data() that raises is a study-file error."""
-    try:
-        return study.data(seed)
-    except Exception as error:
-        raise ConfigError(f"the study's data({seed}) failed: {describe_error(error)}") from None
+def plan_slots(config: RunConfig) -> list[Slot]:
+    """The device slots this run's workers take (checked before anything is written)."""
+    return assign_slots(parse_devices(config.devices, cuda_device_count()), parse_workers(config.workers),
+                        trials_per_device=config.trials_per_device)
 
 
-def _best_trial(study: optuna.Study) -> FrozenTrial | None:
+def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
+              progress: bool = True) -> RunSummary:
+    """Run ``config.n_trials`` more trials of ``study`` and track them; bad input fails before anything is
+    written. ``study_file`` (the file declaring ``study``) is needed to start worker processes."""
+    from searchlab.data import prepare_split
+    from searchlab.tasks import get_task
+    from searchlab.tracking import MlflowTracker, check_tracking_uri
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and summary say it all
+    task = get_task(study.task)
+    data = prepare_split(load_data(study, config.seed), task)
+    preflight_model(study, task, data[1])
+    slots = plan_slots(config)
+    if len(slots) > 1 and study_file is None:
+        raise ConfigError("several workers need the study's file: run it with 'searchlab run FILE --workers N'")
+    check_tracking_uri(config.tracking_uri)
+    storage = open_storage(config.storage)
+    optuna_study = optuna.create_study(storage=storage, study_name=config.study_name, direction="minimize",
+                                       load_if_exists=True)
+    if optuna_study.direction != optuna.study.StudyDirection.MINIMIZE:
+        raise ConfigError(f"study {config.study_name!r} in {describe(config.storage)} maximizes; "
+                          "searchlab minimizes validation loss: choose another --study-name")
+    tracker = MlflowTracker(config.tracking_uri)
+    reap_dead_local_trials(optuna_study, retries=config.retries, tracker=tracker,
+                           reason="its worker died before this run started")
+    before = {trial.number for trial in optuna_study.get_trials(deepcopy=False)}
+    experiment_id = tracker.experiment_id(config.study_name)  # once, before any worker starts
+    parent_run_id = tracker.start_run(experiment_id, f"{config.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      tags={"study_name": config.study_name, "role": "study"})
+    summary = RunSummary(config.study_name, describe(config.storage), config.tracking_uri, experiment_id,
+                         parent_run_id)
+    status = "FAILED"
     try:
-        return study.best_trial
-    except ValueError:  # no completed trial yet
-        return None
+        tracker.log_params(parent_run_id, {
+            "task": study.task, "sampler": config.sampler, "seed": config.seed, "n_trials": config.n_trials,
+            "timeout": config.timeout, "max_epochs": config.max_epochs, "patience": config.patience,
+            "storage": describe(config.storage), "searched": ",".join(study.searched), "workers": len(slots),
+            "devices": ",".join(sorted({slot.device for slot in slots})), "retries": config.retries,
+        })
+        optuna_study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
+        optuna_study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
+        optuna_study.set_user_attr(BUDGET_ATTR, count(optuna_study.get_trials(deepcopy=False)).claimed
+                                   + config.n_trials)
+        deadline = None if config.timeout is None else time.time() + config.timeout
+        bar = _progress_bar(config, enabled=progress)
+        try:
+            if len(slots) == 1:
+                with interrupt_once():
+                    run_worker(study, config, slots[0], experiment_id=experiment_id, parent_run_id=parent_run_id,
+                               deadline=deadline, data=data, on_trial_end=lambda trial: _show(bar, [trial]))
+            else:
+                assert study_file is not None
+                coordinate(study_file, config, slots, optuna_study, tracker, bar, experiment_id=experiment_id,
+                           parent_run_id=parent_run_id, deadline=deadline)
+        finally:
+            bar.close()
+            summary.record(optuna_study.get_trials(deepcopy=False), before)
+        if summary.best is not None:
+            tracker.log_metrics(parent_run_id, {"best_value": summary.best.value}, step=0)
+            tracker.set_tags(parent_run_id, {"best_trial": summary.best.number,
+                                             "best_run_id": summary.best.user_attrs.get("mlflow_run_id")})
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise StudyInterrupted(summary) from None
+    finally:
+        tracker.set_tags(parent_run_id, {"state": status})
+        tracker.end_run(parent_run_id, status)
+    return summary
+
+
+def join_study(study: Study, config: RunConfig) -> int:
+    """Run one worker on a study that ``searchlab run`` started; returns how many trials it finished."""
+    from searchlab.data import prepare_split
+    from searchlab.storage import load_existing_study
+    from searchlab.tasks import get_task
+    from searchlab.tracking import check_tracking_uri
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    task = get_task(study.task)
+    data = prepare_split(load_data(study, config.seed), task)
+    preflight_model(study, task, data[1])
+    (slot,) = assign_slots(parse_devices(config.devices, cuda_device_count()), 1,
+                           trials_per_device=config.trials_per_device)
+    check_tracking_uri(config.tracking_uri)
+    existing = load_existing_study(config.storage, config.study_name)
+    attrs = existing.user_attrs
+    if BUDGET_ATTR not in attrs or EXPERIMENT_ATTR not in attrs:
+        raise ConfigError(f"study {config.study_name!r} was not started by 'searchlab run': start it there first")
+    finished: list[FrozenTrial] = []
+    with interrupt_once():
+        run_worker(study, config, slot, experiment_id=attrs[EXPERIMENT_ATTR], parent_run_id=attrs[PARENT_RUN_ATTR],
+                   deadline=None if config.timeout is None else time.time() + config.timeout, data=data,
+                   worker_seed=os.getpid(), on_trial_end=finished.append)
+    return len(finished)
+
+
+def coordinate(study_file: str, config: RunConfig, slots: list[Slot], study: optuna.Study, tracker: Any, bar: Any,
+               *, experiment_id: str, parent_run_id: str, deadline: float | None) -> None:
+    """Run one worker process per slot until the budget is met; replace the ones that die."""
+    context = multiprocessing.get_context("spawn")  # never fork a process that may hold a CUDA context
+    started = 0
+
+    def start(slot: Slot) -> Any:
+        nonlocal started
+        started += 1
+        process = context.Process(target=worker_process, name=f"searchlab-worker-{slot.index}", args=(
+            study_file, config, slot, experiment_id, parent_run_id, deadline, started))
+        process.start()
+        return process
+
+    processes = {slot.index: start(slot) for slot in slots}
+    seen = {trial.number for trial in study.get_trials(deepcopy=False) if trial.state.is_finished()}
+    deaths_in_a_row = 0
+    try:
+        while processes:
+            time.sleep(0.5)
+            for slot in slots:
+                process = processes.get(slot.index)
+                if process is None or process.exitcode is None:
+                    continue
+                del processes[slot.index]
+                if process.exitcode == 2:
+                    raise ConfigError(f"worker {slot.index} stopped on bad input (its message is above)")
+                if process.exitcode != 0:
+                    reason = f"its worker process (pid {process.pid}) died: {_exit_reason(process.exitcode)}"
+                    numbers = reap_dead_local_trials(study, retries=config.retries, tracker=tracker,
+                                                     pids={process.pid}, reason=reason)
+                    bar.write(f"worker {slot.index} died ({_exit_reason(process.exitcode)}); "
+                              f"trial(s) {numbers or 'none'} failed and retried where retries remain")
+                    deaths_in_a_row += 1
+                    if deaths_in_a_row > 3 * len(slots):
+                        raise RuntimeError("workers keep dying without finishing a trial; see the messages above")
+                    if _budget_open(study) and (deadline is None or time.time() < deadline):
+                        processes[slot.index] = start(slot)
+            finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in seen]
+            if finished:
+                deaths_in_a_row = 0
+                seen.update(trial.number for trial in finished)
+                _show(bar, finished)
+    except BaseException:
+        stop_workers(processes, study, tracker)
+        raise
+
+
+def stop_workers(processes: dict[int, Any], study: optuna.Study, tracker: Any) -> None:
+    """Ask every worker to stop (SIGINT: it fails its trial and closes its run), then kill what is left."""
+    for process in processes.values():
+        if process.exitcode is None:
+            os.kill(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for process in processes.values():
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+    reap_dead_local_trials(study, retries=0, tracker=tracker, pids={p.pid for p in processes.values()},
+                           reason="stopped with the run (Ctrl-C)")
+
+
+def _budget_open(study: optuna.Study) -> bool:
+    counts = count(study.get_trials(deepcopy=False))
+    return bool(counts.waiting) or counts.claimed < study.user_attrs.get(BUDGET_ATTR, 0)
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def _show(bar: Any, trials: list[FrozenTrial]) -> None:
+    """Advance the progress bar by final trials; report failures; show the best value so far."""
+    for trial in trials:
+        if trial.state == TrialState.FAIL:
+            bar.write(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', 'its worker died')}")
+        if trial.state == TrialState.COMPLETE and (bar.best is None or trial.value < bar.best.value):
+            bar.best = trial
+    bar.update(sum(1 for trial in trials if trial.state.is_finished()))
+    if bar.best is not None:
+        bar.set_postfix_str(f"best={bar.best.value:.4g} (trial {bar.best.number})")
 
 
 def _progress_bar(config: RunConfig, *, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=config.n_trials, desc=config.study_name, unit="trial", file=sys.stderr,
-                disable=not enabled, dynamic_ncols=True)
+    bar = tqdm(total=config.n_trials, desc=config.study_name, unit="trial", file=sys.stderr,
+               disable=not enabled, dynamic_ncols=True)
+    bar.best = None
+    return bar

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from searchlab.data import Data, make_batches
+from searchlab.devices import Slot
 from searchlab.errors import TrialStopped, describe_error
 from searchlab.space import Distribution, suggest
 from searchlab.study import Study
@@ -71,11 +72,12 @@ class Objective:
     seed: int
     max_epochs: int
     patience: int
-    device: torch.device
+    slot: Slot
     run_tags: Mapping[str, str]
 
     def __call__(self, optuna_trial: optuna.Trial) -> float:
         task = get_task(self.study.task)
+        device = torch.device(self.slot.torch_device)
         seed = trial_seed(self.seed, optuna_trial.number)
         optuna_trial.set_user_attr("seed", seed)
         params = sample_params(self.study.space, optuna_trial)
@@ -88,12 +90,13 @@ class Objective:
         try:
             torch.manual_seed(seed)
             trial = Trial(optuna_trial, params, seed)
-            model = build_model(self.study, trial, task).to(self.device)
+            model = build_model(self.study, trial, task).to(device)
             optimizer = build_optimizer(model, trial.params)
             batch_size = int(trial.params.get("batch_size", DROPPED_DEFAULTS["batch_size"]))
             n_params = sum(parameter.numel() for parameter in model.parameters())
             self.tracker.log_params(run_id, {**trial.params, "seed": seed, "n_params": n_params,
-                                             "device": str(self.device), "max_epochs": self.max_epochs,
+                                             "device": self.slot.device, "threads": self.slot.threads,
+                                             "max_epochs": self.max_epochs,
                                              "patience": self.patience})
 
             def on_epoch(epoch: int, values: dict[str, float]) -> None:
@@ -102,8 +105,8 @@ class Objective:
 
             result = fit(
                 model, optimizer,
-                make_batches(self.train_data, batch_size, shuffle=True, seed=seed, device=self.device),
-                make_batches(self.val_data, batch_size, shuffle=False, seed=seed, device=self.device),
+                make_batches(self.train_data, batch_size, shuffle=True, seed=seed, device=device),
+                make_batches(self.val_data, batch_size, shuffle=False, seed=seed, device=device),
                 task, max_epochs=self.max_epochs, patience=self.patience, on_epoch=on_epoch,
             )
             tags.update(reason=result.stop_reason, epochs=result.epochs)

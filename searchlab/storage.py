@@ -7,6 +7,7 @@ log with a file lock, safe for several processes on one host, ~16-20 ms per tria
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,12 @@ def describe(url: str | None) -> str:
     return mask_password(url) if url else DEFAULT_JOURNAL
 
 
-def open_storage(url: str | None) -> Any:
-    """An Optuna storage for ``url``: a database URL, or a journal file path (default ``searchlab.journal``)."""
+def open_storage(url: str | None, *, heartbeat: int | None = None, on_stale: Any = None) -> Any:
+    """An Optuna storage for ``url``: a database URL, or a journal file path (default ``searchlab.journal``).
+
+    On a database, ``heartbeat`` (seconds) turns on Optuna's heartbeats: a RUNNING trial whose worker has not
+    beaten for three intervals is stale, and ``on_stale(study, trial)`` runs after Optuna fails it.
+    """
     import optuna
 
     url = url or DEFAULT_JOURNAL
@@ -50,7 +55,10 @@ def open_storage(url: str | None) -> Any:
         if url.startswith(("postgresql", "postgres")):
             kwargs["connect_args"] = {"connect_timeout": 10}
         try:
-            return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=kwargs)
+            return optuna.storages.RDBStorage(
+                with_driver(url), engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                grace_period=None if heartbeat is None else 3 * heartbeat, heartbeat_stale_trial_callback=on_stale,
+            )
         except Exception as error:
             raise ConfigError(f"cannot open storage {mask_password(url)}: {first_line(error)}; "
                               "check the URL and that the database is running") from None
@@ -63,6 +71,34 @@ def open_storage(url: str | None) -> Any:
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+class Heartbeat:
+    """Beats for one RUNNING trial from a background thread while it trains (database storages only)."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+        import threading
+
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="searchlab-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat is retried at the next interval
+                self.storage.record_heartbeat(self.trial_id)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        if getattr(self.storage, "get_heartbeat_interval", lambda: None)() is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 def with_driver(url: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -87,7 +88,7 @@ class Study:
 
         as_script = any(value is self for value in vars(sys.modules["__main__"]).values())
         try:
-            summary = run_study(self, resolve_config(self, overrides))
+            summary = run_study(self, resolve_config(self, overrides), study_file=inspect.getsourcefile(self.model))
         except ConfigError as error:
             if not as_script:
                 raise

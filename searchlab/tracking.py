@@ -10,11 +10,11 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from searchlab.errors import ConfigError
+from searchlab.errors import ConfigError, first_line
 
 STATE_DICT_FILE = "model_state_dict.pt"
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -36,17 +36,26 @@ class Tracker(Protocol):
 
 
 class MlflowTracker:
-    """A Tracker over ``MlflowClient``; curves are flushed every ``flush_seconds`` and when a run ends."""
+    """A Tracker over ``MlflowClient``; curves are flushed every ``flush_seconds`` and when a run ends.
 
-    def __init__(self, tracking_uri: str, *, flush_seconds: float = 10.0) -> None:
-        # No download progress bars or "View run at" lines in a search's output, unless the user asked for them.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    Calls that fail for a passing reason (a tracking server down or restarting, a sqlite store locked by another
+    worker) are retried for up to ``retry_seconds``. A periodic curve flush that fails keeps its points and
+    training goes on; they are sent with the next flush. Past the window, the call raises and the trial fails.
+    """
+
+    def __init__(self, tracking_uri: str, *, flush_seconds: float = 5.0, retry_seconds: float = 120.0) -> None:
+        # No download progress bars or "View run at" lines in a search's output, unless the user asked for them;
+        # and MLflow's own HTTP retries kept short, so that the retry window here is the one that applies.
+        for variable, value in (("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+                                ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
+                                ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+            os.environ.setdefault(variable, value)
         from mlflow import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # set after import: mlflow resets it to INFO
         self.client = MlflowClient(tracking_uri)
         self.flush_seconds = flush_seconds
+        self.retry_seconds = retry_seconds
         self._pending: dict[str, list[Any]] = {}
         self._last_flush: dict[str, float] = {}
 
@@ -54,7 +63,7 @@ class MlflowTracker:
         """The id of the experiment named ``name``, created if missing (call once, before workers start)."""
         from mlflow.exceptions import MlflowException
 
-        experiment = self.client.get_experiment_by_name(name)
+        experiment = self._retry(self.client.get_experiment_by_name, name)
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
                 self.client.restore_experiment(experiment.experiment_id)
@@ -72,7 +81,7 @@ class MlflowTracker:
         all_tags = {key: str(value) for key, value in (tags or {}).items()}
         if parent_run_id is not None:
             all_tags[PARENT_RUN_TAG] = parent_run_id
-        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        run = self._retry(self.client.create_run, experiment_id, run_name=name, tags=all_tags)
         self._last_flush[run.info.run_id] = time.monotonic()
         return run.info.run_id
 
@@ -81,7 +90,7 @@ class MlflowTracker:
 
         items = [Param(key, str(value)) for key, value in params.items()]
         for start in range(0, len(items), MAX_PARAMS):
-            self.client.log_batch(run_id, params=items[start : start + MAX_PARAMS])
+            self._retry(self.client.log_batch, run_id, params=items[start : start + MAX_PARAMS])
 
     def log_metrics(self, run_id: str, values: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -90,21 +99,47 @@ class MlflowTracker:
         pending = self._pending.setdefault(run_id, [])
         pending.extend(Metric(key, float(value), timestamp, step) for key, value in values.items())
         if time.monotonic() - self._last_flush.get(run_id, 0.0) >= self.flush_seconds:
-            self.flush(run_id)
+            try:
+                self.flush(run_id, retry=False)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                self._last_flush[run_id] = time.monotonic()  # keep the points; try again at the next flush
 
-    def flush(self, run_id: str) -> None:
+    def flush(self, run_id: str, *, retry: bool = True) -> None:
         """Send the run's buffered metric points in as few ``log_batch`` calls as MLflow allows."""
-        pending = self._pending.pop(run_id, [])
-        for start in range(0, len(pending), MAX_METRICS):
-            self.client.log_batch(run_id, metrics=pending[start : start + MAX_METRICS])
+        pending = self._pending.get(run_id, [])
+        while pending:
+            chunk = pending[:MAX_METRICS]
+            if retry:
+                self._retry(self.client.log_batch, run_id, metrics=chunk)
+            else:
+                self.client.log_batch(run_id, metrics=chunk)
+            del pending[: len(chunk)]
+        self._pending.pop(run_id, None)
         self._last_flush[run_id] = time.monotonic()
+
+    def _retry(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise ConnectionError(f"MLflow tracking unreachable for {self.retry_seconds:g}s: "
+                                          f"{first_line(error)}") from error
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(key, str(value)) for key, value in tags.items()]
         for start in range(0, len(items), MAX_TAGS):
-            self.client.log_batch(run_id, tags=items[start : start + MAX_TAGS])
+            self._retry(self.client.log_batch, run_id, tags=items[start : start + MAX_TAGS])
 
     def log_state_dict(self, run_id: str, state_dict: Mapping[str, Any]) -> None:
         """Store weights as a plain state_dict file, loadable with ``torch.load(..., weights_only=True)``."""
@@ -113,19 +148,42 @@ class MlflowTracker:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / STATE_DICT_FILE
             torch.save({key: value.detach().cpu() for key, value in state_dict.items()}, path)
-            self.client.log_artifact(run_id, str(path))
+            self._retry(self.client.log_artifact, run_id, str(path))
 
     def end_run(self, run_id: str, status: str) -> None:
         """Flush what is buffered and close the run as FINISHED, FAILED or KILLED."""
         try:
             self.flush(run_id)
         finally:
-            self.client.set_terminated(run_id, status=status)
+            self._retry(self.client.set_terminated, run_id, status=status)
             self._last_flush.pop(run_id, None)
+
+    def close_dead_run(self, run_id: str, curve: Mapping[int, float], *, reason: str, retried: bool) -> None:
+        """Close a dead worker's run as KILLED, completing its val_loss curve from the trial's reported values."""
+        from mlflow.entities import Metric
+
+        logged = {point.step for point in self._retry(self.client.get_metric_history, run_id, "val_loss")}
+        now = int(time.time() * 1000)
+        missing = [Metric("val_loss", value, now, step) for step, value in sorted(curve.items()) if step not in logged]
+        for start in range(0, len(missing), MAX_METRICS):
+            self._retry(self.client.log_batch, run_id, metrics=missing[start : start + MAX_METRICS])
+        self.set_tags(run_id, {"state": "FAIL", "reason": reason, "retried": retried})
+        self._retry(self.client.set_terminated, run_id, status="KILLED")
 
     def download_state_dict(self, run_id: str, destination: str | Path) -> Path:
         """Fetch a run's state_dict artifact into the folder ``destination``."""
         return Path(self.client.download_artifacts(run_id, STATE_DICT_FILE, str(destination)))
+
+
+def is_transient(error: BaseException) -> bool:
+    """A failure worth retrying: the tracking server unreachable or erroring, or a locked sqlite store."""
+    from mlflow.exceptions import MlflowException
+
+    if "database is locked" in str(error):
+        return True
+    if isinstance(error, MlflowException):
+        return error.get_http_status_code() >= 500
+    return isinstance(error, OSError)
 
 
 def check_tracking_uri(uri: str) -> None:

@@ -28,6 +28,11 @@ VALUES = {
     "storage": ("env.journal", "env.journal", "flag.journal"),
     "tracking_uri": ("file:///env", "file:///env", "file:///flag"),
     "max_epochs": ("21", 21, 22),
+    "workers": ("auto", "auto", "3"),
+    "devices": ("cpu", "cpu", "auto"),
+    "trials_per_device": ("2", 2, 4),
+    "retries": ("0", 0, 3),
+    "heartbeat": ("2", 2, 5),
 }
 
 

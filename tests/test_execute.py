@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 from conftest import write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from searchlab.execute import make_sampler, optimize
 from searchlab.storage import open_storage
+from searchlab.worker import make_sampler
 
 SEARCHLAB = str(Path(sys.executable).with_name("searchlab"))
 
@@ -86,51 +85,13 @@ def test_a_study_script_reports_bad_input_in_one_line(workdir: Path) -> None:
     assert not (workdir / "searchlab.journal").exists()
 
 
-def test_optimize_counts_exactly_and_records_failures() -> None:
-    study = optuna.create_study(sampler=make_sampler("random", 0, 0))
-    seen = []
-
-    def objective(trial: optuna.Trial) -> float:
-        x = trial.suggest_float("x", -1, 1)
-        if trial.number % 2:
-            raise ValueError("odd trial")
-        return x * x
-
-    optimize(study, objective, n_trials=5, timeout=None, on_trial_end=seen.append)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL] * 2 + [TrialState.COMPLETE]
-    assert [t.number for t in seen] == list(range(5))
-    assert study.trials[1].user_attrs["fail_reason"] == "ValueError: odd trial"
-
-
-def test_optimize_stops_starting_trials_after_the_timeout() -> None:
-    study = optuna.create_study()
-
-    def objective(trial: optuna.Trial) -> float:
-        time.sleep(0.3)
-        return 0.0
-
-    optimize(study, objective, n_trials=100, timeout=0.5, on_trial_end=lambda trial: None)
-    assert 1 <= len(study.trials) <= 3
-    assert study.get_trials(states=(TrialState.RUNNING,)) == []
-
-
-def test_keyboard_interrupt_fails_the_open_trial_and_propagates() -> None:
-    study = optuna.create_study()
-
-    def objective(trial: optuna.Trial) -> float:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        optimize(study, objective, n_trials=3, timeout=None, on_trial_end=lambda trial: None)
-    assert [t.state for t in study.trials] == [TrialState.FAIL]
-
-
-def test_sampler_seed_depends_on_study_seed_and_history() -> None:
-    def first_values(seed: int, existing: int) -> list[float]:
-        study = optuna.create_study(sampler=make_sampler("random", seed, existing))
+def test_sampler_seed_depends_on_study_seed_history_and_worker() -> None:
+    def first_values(seed: int, existing: int, worker: int = 0) -> list[float]:
+        study = optuna.create_study(sampler=make_sampler("random", seed, existing, worker))
         return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
 
     assert first_values(1, 0) == first_values(1, 0)
     assert first_values(1, 0) != first_values(2, 0)
     assert first_values(1, 0) != first_values(1, 3)
+    assert first_values(1, 0, worker=0) != first_values(1, 0, worker=1), "parallel workers must not sample alike"
     assert isinstance(make_sampler("tpe", 0, 0), optuna.samplers.TPESampler)

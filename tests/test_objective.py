@@ -12,6 +12,7 @@ from torch import nn
 
 import searchlab as sl
 from searchlab.data import prepare_split
+from searchlab.devices import Slot
 from searchlab.errors import TrialStopped
 from searchlab.objective import Objective, build_optimizer, trial_seed
 from searchlab.tasks import ModelError, get_task
@@ -64,7 +65,7 @@ def model(trial: sl.Trial) -> nn.Module:
 def make_objective(study: sl.Study, tracker: InMemoryTracker) -> Objective:
     train, val = prepare_split(study.data(0), get_task(study.task))
     return Objective(study, train, val, tracker, "0", "parent", seed=0, max_epochs=5, patience=2,
-                     device=torch.device("cpu"), run_tags={"study_name": study.name, "sampler": "random"})
+                     slot=Slot(0, "cpu", threads=1), run_tags={"study_name": study.name, "sampler": "random"})
 
 
 def tiny_study(**changes: Any) -> sl.Study:
@@ -86,7 +87,8 @@ def test_objective_returns_best_val_loss_and_tracks_the_trial() -> None:
     assert run["parent"] == "parent" and run["status"] == "FINISHED" and run["name"] == "trial-0"
     assert run["tags"] | {"trial_number": 0, "state": "COMPLETE", "study_name": "tiny"} == run["tags"]
     assert {"lr", "momentum", "dropout", "weight_decay", "batch_size", "optimizer", "width", "seed", "n_params",
-            "device"} <= set(run["params"])
+            "device", "threads"} <= set(run["params"])
+    assert run["params"]["device"] == "cpu" and run["params"]["threads"] == 1
     assert run["params"]["seed"] == trial.user_attrs["seed"] == trial_seed(0, 0)
     curve = [values["val_loss"] for step, values in run["metrics"] if "val_loss" in values]
     assert min(curve) == pytest.approx(trial.value)

@@ -1,0 +1,113 @@
+"""The study's trial budget, exact across workers: claim a trial only while the budget has room.
+
+A trial counts once it is claimed (RUNNING or WAITING) or final (COMPLETE, PRUNED, or FAIL with no retry left).
+A failed trial that was retried counts once, through its retry. Counting and asking happen under one lock
+shared by every worker of the study (a file lock next to a journal or sqlite file, a PostgreSQL advisory lock),
+so that two workers never both take the last trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from searchlab.storage import DEFAULT_JOURNAL, is_database_url
+
+BUDGET_ATTR = "searchlab_budget"  # study user attribute: how many counted trials the study is to reach
+
+
+@dataclass(frozen=True)
+class Counts:
+    final: int
+    running: int
+    waiting: int
+
+    @property
+    def claimed(self) -> int:
+        return self.final + self.running + self.waiting
+
+
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of failed trials that have a retry (see ``retry_trial``)."""
+    return {number for trial in trials for number in trial.system_attrs.get("retry_history", [])}
+
+
+def count(trials: list[FrozenTrial]) -> Counts:
+    retried = retried_numbers(trials)
+    final = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                or (t.state == TrialState.FAIL and t.number not in retried))
+    return Counts(final, sum(t.state == TrialState.RUNNING for t in trials),
+                  sum(t.state == TrialState.WAITING for t in trials))
+
+
+def retry_trial(study: optuna.Study, failed: FrozenTrial, max_retries: int) -> bool:
+    """Enqueue the failed trial's parameters again, unless it has used its retries; True when enqueued.
+
+    Like Optuna's RetryFailedTrialCallback (same ``failed_trial``/``retry_history`` system attributes), but the
+    retry does not inherit the dead trial's user attributes (its MLflow run id, seed and failure reason).
+    """
+    history = [*failed.system_attrs.get("retry_history", []), failed.number]
+    if len(history) > max_retries:
+        return False
+    study.add_trial(optuna.create_trial(
+        state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
+        system_attrs={"failed_trial": history[0], "retry_history": history},
+    ))
+    return True
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _postgres_lock(storage: Any, key: int) -> Iterator[None]:
+    from sqlalchemy import text
+
+    with storage.engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
+
+
+def budget_lock(url: str | None, storage: Any, study_name: str) -> Callable[[], AbstractContextManager[None]]:
+    """A factory of the lock every worker of this study takes around count-and-ask."""
+    url = url or DEFAULT_JOURNAL
+    if url.startswith(("postgresql", "postgres")):
+        key = zlib.crc32(f"searchlab:{study_name}".encode())
+        return lambda: _postgres_lock(storage, key)
+    if url.startswith("sqlite:///"):
+        return lambda: _file_lock(Path(url[len("sqlite:///"):] + ".budget-lock"))
+    if not is_database_url(url):
+        return lambda: _file_lock(Path(url + ".budget-lock"))
+    return contextlib.nullcontext  # other databases: no cross-worker lock; the budget may overshoot by a few
+
+
+def claim(study: optuna.Study, lock: Callable[[], AbstractContextManager[None]], *, worker: str) -> optuna.Trial | str:
+    """A new or enqueued trial to run, marked as ``worker``'s; or ``"wait"`` (others still run trials that may fail
+    and be retried), or ``"done"`` (the budget is met)."""
+    with lock():
+        counts = count(study.get_trials(deepcopy=False))
+        if counts.waiting or counts.claimed < study.user_attrs.get(BUDGET_ATTR, 0):
+            trial = study.ask()
+            trial.set_user_attr("worker", worker)
+            return trial
+    return "wait" if counts.running else "done"

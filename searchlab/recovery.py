@@ -1,0 +1,80 @@
+"""Trials whose worker died: found (dead local process, or no heartbeat), failed, retried, their runs closed.
+
+On every storage, a RUNNING trial records its worker as ``host:pid``; a trial of this host whose process is gone
+is dead. On database storages, workers also send heartbeats, and a trial whose heartbeat is older than the grace
+period is stale wherever its worker ran. Either way the trial is failed with the reason, its parameters are
+enqueued again (``--retries``), and its MLflow run is closed as KILLED with the curve it had.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from searchlab.budget import retry_trial
+
+WORKER_ATTR = "worker"
+
+
+def worker_name(pid: int | None = None) -> str:
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dead_local_trials(study: optuna.Study, pids: set[int] | None = None) -> list[FrozenTrial]:
+    """RUNNING trials of this host whose worker process is gone (or, given ``pids``, is one of those)."""
+    host = socket.gethostname()
+    dead = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
+        if worker_host != host or not pid.isdigit():
+            continue
+        if (int(pid) in pids) if pids is not None else not _process_alive(int(pid)):
+            dead.append(trial)
+    return dead
+
+
+def recover(study: optuna.Study, trial: FrozenTrial, reason: str, *, retries: int, tracker: Any) -> None:
+    """Fail a dead worker's trial (if still RUNNING), retry its parameters, close its MLflow run as KILLED."""
+    if trial.state == TrialState.RUNNING:
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
+            return  # another process got there first
+    retried = retry_trial(study, trial, retries)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id is not None and tracker is not None:
+        tracker.close_dead_run(run_id, trial.intermediate_values, reason=reason, retried=retried)
+
+
+def reap_dead_local_trials(study: optuna.Study, *, retries: int, tracker: Any, pids: set[int] | None = None,
+                           reason: str = "its worker process died") -> list[int]:
+    """Recover every dead local trial; returns their numbers."""
+    dead = dead_local_trials(study, pids)
+    for trial in dead:
+        recover(study, trial, reason, retries=retries, tracker=tracker)
+    return [trial.number for trial in dead]
+
+
+def stale_trial_callback(retries: int, tracker: Any, grace: int) -> Any:
+    """For ``RDBStorage(heartbeat_stale_trial_callback=...)``: Optuna has failed the trial; retry and close it."""
+
+    def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+        recover(study, trial, f"its worker stopped sending heartbeats for over {grace}s", retries=retries,
+                tracker=tracker)
+
+    return on_stale

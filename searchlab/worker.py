@@ -1,0 +1,166 @@
+"""One worker: open the stores, then the one search loop (claim → objective → tell) until the budget is met.
+
+The same worker runs inside ``searchlab run`` (one worker), in each process it spawns (several), and in
+``searchlab worker`` on any host that reaches the study's storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from searchlab.budget import budget_lock, claim
+from searchlab.config import RunConfig
+from searchlab.devices import Slot
+from searchlab.errors import ConfigError, TrialStopped, describe_error
+from searchlab.recovery import reap_dead_local_trials, stale_trial_callback, worker_name
+from searchlab.storage import Heartbeat, open_storage
+from searchlab.study import Study, load_study_file
+
+EXPERIMENT_ATTR, PARENT_RUN_ATTR = "mlflow_experiment_id", "mlflow_parent_run_id"
+
+
+def make_sampler(name: str, seed: int, n_existing: int, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """A seeded sampler. Its seed also depends on the trials already in the study (a continued study does not
+    replay the first invocation's samples) and on the worker (parallel workers do not sample alike)."""
+    sampler_seed = int(np.random.SeedSequence([seed, n_existing, worker]).generate_state(1)[0])
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=sampler_seed)
+    return optuna.samplers.TPESampler(seed=sampler_seed)
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
+    """Run the objective on a claimed trial and tell the study how it ended; never leaves it RUNNING.
+
+    A trial that raises is recorded FAIL with its reason; bad input and Ctrl-C also fail it, then propagate.
+    """
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        return study.tell(trial, state=TrialState.PRUNED)
+    except (Exception, KeyboardInterrupt) as error:
+        if isinstance(error, KeyboardInterrupt):
+            reason = "interrupted (Ctrl-C)"
+        else:
+            reason = str(error) if isinstance(error, TrialStopped) else describe_error(error)
+        trial.set_user_attr("fail_reason", reason)
+        frozen = study.tell(trial, state=TrialState.FAIL)
+        if isinstance(error, ConfigError | KeyboardInterrupt):
+            raise
+        return frozen
+    return study.tell(trial, value)
+
+
+def search(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, lock: Any, deadline: float | None,
+           heartbeat: int, reap: Callable[[], None], on_trial_end: Callable[[FrozenTrial], None]) -> None:
+    """The one search loop: claim a trial while the budget has room, run it, tell it; stop at the deadline.
+
+    While other workers still run the last trials, wait (and recover dead ones): a retry may come back.
+    """
+    me = worker_name()
+    while deadline is None or time.time() < deadline:
+        reap()  # Optuna fails stale trials only when a worker starts one: do it on every claim and every wait
+        trial = claim(study, lock, worker=me)
+        if trial == "done":
+            return
+        if trial == "wait":
+            time.sleep(1.0)
+            continue
+        with Heartbeat(study._storage, trial._trial_id, heartbeat):
+            frozen = run_trial(study, trial, objective)
+        release_device_memory()
+        on_trial_end(frozen)
+
+
+def release_device_memory() -> None:
+    """Give cached GPU memory back between trials, so a worker's footprint does not grow."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: str, parent_run_id: str,
+               deadline: float | None, worker_seed: int = 0, data: Any = None,
+               on_trial_end: Callable[[FrozenTrial], None] = lambda trial: None) -> None:
+    """Join the study in ``config.storage`` and run trials on ``slot`` until its budget is met."""
+    import torch
+
+    from searchlab.data import prepare_split
+    from searchlab.execute import load_data
+    from searchlab.objective import Objective
+    from searchlab.tasks import get_task
+    from searchlab.tracking import MlflowTracker
+
+    torch.set_num_threads(slot.threads)
+    train_data, val_data = data or prepare_split(load_data(study, config.seed), get_task(study.task))
+    tracker = MlflowTracker(config.tracking_uri)
+    on_stale = stale_trial_callback(config.retries, tracker, 3 * config.heartbeat)
+    storage = open_storage(config.storage, heartbeat=config.heartbeat, on_stale=on_stale)
+    storage_has_heartbeats = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
+    optuna_study = optuna.load_study(study_name=config.study_name, storage=storage)
+    optuna_study.sampler = make_sampler(config.sampler, config.seed, len(optuna_study.trials), worker_seed)
+    objective = Objective(study, train_data, val_data, tracker, experiment_id, parent_run_id, config.seed,
+                          config.max_epochs, config.patience, slot,
+                          {"study_name": config.study_name, "sampler": config.sampler})
+
+    def reap() -> None:
+        if storage_has_heartbeats:  # database storages: fail trials whose worker stopped beating, anywhere
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(optuna_study)
+        reap_dead_local_trials(optuna_study, retries=config.retries, tracker=tracker)
+
+    search(optuna_study, objective, lock=budget_lock(config.storage, storage, config.study_name),
+           deadline=deadline, heartbeat=config.heartbeat, reap=reap, on_trial_end=on_trial_end)
+
+
+@contextlib.contextmanager
+def interrupt_once() -> Iterator[None]:
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored, so that cleanup (failing
+    the trial, closing its MLflow run) is not itself interrupted. Restores the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in signals}
+
+    def handler(number: int, frame: Any) -> None:
+        for each in signals:
+            signal.signal(each, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    for number in signals:
+        signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
+def worker_process(study_file: str, config: RunConfig, slot: Slot, experiment_id: str, parent_run_id: str,
+                   deadline: float | None, worker_seed: int) -> None:
+    """Entry point of a spawned worker: pin the device before torch starts, then run the worker."""
+    os.environ.update(slot.environment)
+    with interrupt_once():
+        try:
+            study = load_study_file(study_file)
+            run_worker(study, config, slot, experiment_id=experiment_id, parent_run_id=parent_run_id,
+                       deadline=deadline, worker_seed=worker_seed)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except ConfigError as error:
+            print(f"Error: {error}", file=sys.stderr)
+            sys.exit(2)

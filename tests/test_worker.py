@@ -1,0 +1,98 @@
+"""The search loop: claims within the budget, tells every trial, stops at the deadline, never leaves RUNNING."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from searchlab.budget import BUDGET_ATTR
+from searchlab.errors import ConfigError
+from searchlab.worker import interrupt_once, run_trial, search
+
+
+def study_with_budget(budget: int) -> optuna.Study:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.set_user_attr(BUDGET_ATTR, budget)
+    return study
+
+
+def run_search(study: optuna.Study, objective, *, deadline: float | None = None) -> list[int]:
+    ended: list[int] = []
+    search(study, objective, lock=contextlib.nullcontext, deadline=deadline, heartbeat=10, reap=lambda: None,
+           on_trial_end=lambda trial: ended.append(trial.number))
+    return ended
+
+
+def test_search_runs_exactly_the_budget_and_records_failures() -> None:
+    study = study_with_budget(5)
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -1, 1)
+        if trial.number % 2:
+            raise ValueError("odd trial")
+        return x * x
+
+    assert run_search(study, objective) == [0, 1, 2, 3, 4]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL] * 2 + [TrialState.COMPLETE]
+    assert study.trials[1].user_attrs["fail_reason"] == "ValueError: odd trial"
+    assert all(trial.user_attrs["worker"].endswith(f":{__import__('os').getpid()}") for trial in study.trials)
+
+
+def test_search_continues_to_a_raised_budget() -> None:
+    study = study_with_budget(2)
+    run_search(study, lambda trial: 1.0)
+    study.set_user_attr(BUDGET_ATTR, 5)
+    run_search(study, lambda trial: 1.0)
+    assert len(study.trials) == 5
+
+
+def test_search_stops_claiming_after_the_deadline() -> None:
+    study = study_with_budget(100)
+
+    def objective(trial: optuna.Trial) -> float:
+        time.sleep(0.3)
+        return 0.0
+
+    run_search(study, objective, deadline=time.time() + 0.5)
+    assert 1 <= len(study.trials) <= 3
+    assert study.get_trials(states=(TrialState.RUNNING,)) == []
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), ConfigError("bad head")])
+def test_interrupts_and_bad_input_fail_the_open_trial_and_propagate(error: BaseException) -> None:
+    study = study_with_budget(3)
+
+    def objective(trial: optuna.Trial) -> float:
+        raise error
+
+    with pytest.raises(type(error)):
+        run_search(study, objective)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def test_pruned_trials_are_told_pruned() -> None:
+    study = study_with_budget(1)
+
+    def objective(trial: optuna.Trial) -> float:
+        raise optuna.TrialPruned
+
+    frozen = run_trial(study, study.ask(), objective)
+    assert frozen.state == TrialState.PRUNED
+
+
+def test_interrupt_once_raises_once_then_ignores_and_restores() -> None:
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    with interrupt_once():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGINT)  # ignored while cleaning up
+        time.sleep(0.1)
+    assert signal.getsignal(signal.SIGINT) is before
