@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -107,7 +108,9 @@ def claim(study: optuna.Study, lock: Callable[[], AbstractContextManager[None]],
     with lock():
         counts = count(study.get_trials(deepcopy=False))
         if counts.waiting or counts.claimed < study.user_attrs.get(BUDGET_ATTR, 0):
-            trial = study.ask()
+            with warnings.catch_warnings():  # the search loop sends the heartbeats Study.optimize would
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                trial = study.ask()
             trial.set_user_attr("worker", worker)
             return trial
     return "wait" if counts.running else "done"

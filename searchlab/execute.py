@@ -235,6 +235,7 @@ def coordinate(study_file: str, config: RunConfig, slots: list[Slot], study: opt
         return process
 
     processes = {slot.index: start(slot) for slot in slots}
+    before = {trial.number for trial in study.get_trials(deepcopy=False)}
     seen = {trial.number for trial in study.get_trials(deepcopy=False) if trial.state.is_finished()}
     deaths_in_a_row = 0
     try:
@@ -252,17 +253,18 @@ def coordinate(study_file: str, config: RunConfig, slots: list[Slot], study: opt
                     numbers = reap_dead_local_trials(study, retries=config.retries, tracker=tracker,
                                                      pids={process.pid}, reason=reason)
                     bar.write(f"worker {slot.index} died ({_exit_reason(process.exitcode)}); "
-                              f"trial(s) {numbers or 'none'} failed and retried where retries remain")
+                              f"trial(s) {numbers or 'none'} failed and retried where retries remain", file=sys.stderr)
                     deaths_in_a_row += 1
                     if deaths_in_a_row > 3 * len(slots):
                         raise RuntimeError("workers keep dying without finishing a trial; see the messages above")
                     if _budget_open(study) and (deadline is None or time.time() < deadline):
                         processes[slot.index] = start(slot)
-            finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in seen]
+            trials = study.get_trials(deepcopy=False)
+            finished = [t for t in trials if t.state.is_finished() and t.number not in seen]
             if finished:
                 deaths_in_a_row = 0
                 seen.update(trial.number for trial in finished)
-                _show(bar, finished)
+                _show(bar, finished, final=count([t for t in trials if t.number not in before]).final)
     except BaseException:
         stop_workers(processes, study, tracker)
         raise
@@ -294,14 +296,16 @@ def _exit_reason(code: int) -> str:
     return f"exit code {code}"
 
 
-def _show(bar: Any, trials: list[FrozenTrial]) -> None:
-    """Advance the progress bar by final trials; report failures; show the best value so far."""
+def _show(bar: Any, trials: list[FrozenTrial], *, final: int | None = None) -> None:
+    """Report newly finished trials and the best value so far; the bar counts final outcomes (``final``, or
+    one per trial; a failed trial that is retried counts through its retry)."""
     for trial in trials:
         if trial.state == TrialState.FAIL:
-            bar.write(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', 'its worker died')}")
+            bar.write(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', 'its worker died')}",
+                      file=sys.stderr)
         if trial.state == TrialState.COMPLETE and (bar.best is None or trial.value < bar.best.value):
             bar.best = trial
-    bar.update(sum(1 for trial in trials if trial.state.is_finished()))
+    bar.update(len(trials) if final is None else final - bar.n)
     if bar.best is not None:
         bar.set_postfix_str(f"best={bar.best.value:.4g} (trial {bar.best.number})")
 

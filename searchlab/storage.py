@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -55,10 +56,12 @@ def open_storage(url: str | None, *, heartbeat: int | None = None, on_stale: Any
         if url.startswith(("postgresql", "postgres")):
             kwargs["connect_args"] = {"connect_timeout": 10}
         try:
-            return optuna.storages.RDBStorage(
-                with_driver(url), engine_kwargs=kwargs, heartbeat_interval=heartbeat,
-                grace_period=None if heartbeat is None else 3 * heartbeat, heartbeat_stale_trial_callback=on_stale,
-            )
+            with warnings.catch_warnings():  # heartbeats are experimental in Optuna, and relied on here
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    with_driver(url), engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                    grace_period=None if heartbeat is None else 3 * heartbeat, heartbeat_stale_trial_callback=on_stale,
+                )
         except Exception as error:
             raise ConfigError(f"cannot open storage {mask_password(url)}: {first_line(error)}; "
                               "check the URL and that the database is running") from None

@@ -14,6 +14,13 @@ from pathlib import Path
 import pytest
 
 POSTGRES_URL = os.environ.get("SEARCHLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+SEARCHLAB = str(Path(sys.executable).with_name("searchlab"))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without SEARCHLAB_*/MLflow settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEARCHLAB_") and k != "MLFLOW_TRACKING_URI"}
+    return {**env, **extra}
 
 STUDY_TEMPLATE = '''
 import torch

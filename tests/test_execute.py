@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,19 +9,12 @@ import time
 from pathlib import Path
 
 import optuna
-from conftest import write_study
+from conftest import SEARCHLAB, clean_env, write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from searchlab.storage import open_storage
 from searchlab.worker import make_sampler
-
-SEARCHLAB = str(Path(sys.executable).with_name("searchlab"))
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEARCHLAB_") and k != "MLFLOW_TRACKING_URI"}
-    return {**env, **extra}
 
 
 def wait_for_running_trial(storage_path: Path, name: str, process: subprocess.Popen, timeout: float = 120) -> None:

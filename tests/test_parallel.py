@@ -1,0 +1,260 @@
+"""Parallel workers end to end: exact budgets, kill -9, PostgreSQL workers, heartbeats, Ctrl-C, a tracking server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from conftest import POSTGRES_URL, SEARCHLAB, clean_env, write_study
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+from test_cli import check_tracked
+
+from searchlab.budget import BUDGET_ATTR, count, retried_numbers
+from searchlab.cli import main
+from searchlab.recovery import stale_trial_callback
+from searchlab.storage import open_storage
+from searchlab.tracking import MlflowTracker
+from searchlab.worker import EXPERIMENT_ATTR, PARENT_RUN_ATTR
+
+# Trials of about a second: long enough to be killed in the middle, short enough for a quick suite.
+SLOW = {"max_epochs": 300, "patience": 300}
+
+
+def wait_until(condition: Callable[[], object], *, timeout: float = 120, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def load(name: str, storage: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage))
+    except KeyError:
+        return None
+
+
+def running_trials(name: str, storage: str) -> list:
+    study = load(name, storage)
+    return study.get_trials(states=(TrialState.RUNNING,)) if study else []
+
+
+def no_running_runs(client: MlflowClient, name: str) -> None:
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert runs and [run.info.run_name for run in runs if run.info.status == "RUNNING"] == []
+
+
+def test_workers_share_an_exact_budget_on_the_default_storage(workdir: Path) -> None:
+    path = write_study(workdir)
+    result = CliRunner().invoke(main, ["run", str(path), "--workers", "3", "--trials", "10"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    assert [trial.number for trial in study.trials] == list(range(10))
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    check_tracked(study, client, path)
+    assert len({trial.user_attrs["worker"] for trial in study.trials}) >= 2
+    run = client.get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert run.data.params["threads"] == str(max(1, (os.cpu_count() or 1) // 3))
+    assert run.data.params["device"] == "cpu"
+    parents = [r for r in client.search_runs(["1"]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].data.params["workers"] == "3"
+
+
+def test_kill_9_of_workers_loses_nothing_and_leaves_nothing_running(workdir: Path) -> None:
+    path = write_study(workdir, **SLOW)
+    # Retries enough for the case where a retry is itself killed (the default, 1, would leave it failed).
+    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "30", "--retries", "5"],
+                           cwd=workdir, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = str(workdir / "searchlab.journal")
+    killed: list[int] = []
+    try:
+        while len(killed) < 5:
+            victim = wait_until(lambda: [t for t in running_trials("tiny", journal) if t.number not in killed],
+                                what="a running trial")[0]
+            time.sleep(0.3)  # some epochs in
+            os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
+            number = victim.number
+            state = wait_until(lambda n=number: (s := load("tiny", journal).trials[n].state) != TrialState.RUNNING
+                               and s, what=f"trial {number} to end")
+            if state == TrialState.FAIL:  # not finished before the kill landed
+                killed.append(number)
+        _, stderr = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stderr
+    assert "died (killed by SIGKILL)" in stderr
+    study = load("tiny", journal)
+    trials = study.get_trials()
+    assert count(trials).final == 30 and count(trials).running == count(trials).waiting == 0
+    died = [t.number for t in trials if "died" in t.user_attrs.get("fail_reason", "")]
+    assert set(killed) <= set(died) and set(died) <= retried_numbers(trials), "every killed trial is retried"
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    no_running_runs(client, "tiny")
+    for number in died:
+        dead = trials[number]
+        assert dead.state == TrialState.FAIL and "died" in dead.user_attrs["fail_reason"]
+        run_record = client.get_run(dead.user_attrs["mlflow_run_id"])
+        assert run_record.info.status == "KILLED" and run_record.data.tags["retried"] == "True"
+        assert len(client.get_metric_history(run_record.info.run_id, "val_loss")) == len(dead.intermediate_values)
+        retry = next(t for t in trials if number in t.system_attrs.get("retry_history", []))
+        assert retry.params == dead.params
+
+
+def test_workers_on_other_hosts_join_through_postgresql(workdir: Path) -> None:
+    name = f"pg-workers-{uuid.uuid4().hex[:8]}"
+    path = write_study(workdir)
+    args = ["--storage", POSTGRES_URL, "--study-name", name]
+    processes = [subprocess.Popen([SEARCHLAB, "run", str(path), "--trials", "12", *args], cwd=workdir,
+                                  env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    try:
+        wait_until(lambda: (study := load(name, POSTGRES_URL)) and BUDGET_ATTR in study.user_attrs,
+                   what="the study to start")
+        processes += [subprocess.Popen([SEARCHLAB, "worker", str(path), *args], cwd=workdir, env=clean_env(),
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outputs = [process.communicate(timeout=300) for process in processes]
+        assert [process.returncode for process in processes] == [0, 0, 0], outputs
+        study = load(name, POSTGRES_URL)
+        assert [trial.number for trial in study.trials] == list(range(12))
+        assert count(study.trials).final == 12
+        check_tracked(study, MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"), path)
+        assert len({trial.user_attrs["worker"] for trial in study.trials}) >= 2
+        assert sum(int(out.split("worker done: ")[1].split()[0]) for out, _ in outputs[1:]) >= 1
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL))
+
+
+def test_a_worker_that_stopped_beating_elsewhere_is_failed_retried_and_closed(workdir: Path) -> None:
+    name = f"pg-stale-{uuid.uuid4().hex[:8]}"
+    path = write_study(workdir)
+    tracking = f"sqlite:///{workdir / 'mlflow.db'}"
+    args = ["--storage", POSTGRES_URL, "--study-name", name]
+    try:
+        first = subprocess.run([SEARCHLAB, "run", str(path), "--trials", "1", *args], cwd=workdir, env=clean_env(),
+                               capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stderr
+        # A worker on another host claims a trial, beats once, then vanishes.
+        tracker = MlflowTracker(tracking)
+        storage = open_storage(POSTGRES_URL, heartbeat=1, on_stale=stale_trial_callback(1, tracker, 3))
+        study = optuna.load_study(study_name=name, storage=storage)
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        trial.set_user_attr("worker", "some-other-host:4242")
+        run_id = tracker.start_run(study.user_attrs[EXPERIMENT_ATTR], f"trial-{trial.number}",
+                                   parent_run_id=study.user_attrs[PARENT_RUN_ATTR])
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.report(0.9, 1)
+        trial.report(0.8, 2)
+        storage.record_heartbeat(trial._trial_id)
+        study.set_user_attr(BUDGET_ATTR, 3)
+        time.sleep(4)  # past the grace period (3 heartbeats of 1 s)
+        joined = subprocess.run([SEARCHLAB, "worker", str(path), *args], cwd=workdir, capture_output=True, text=True,
+                                timeout=300, env=clean_env(SEARCHLAB_HEARTBEAT="1"))
+        assert joined.returncode == 0, joined.stderr
+        trials = optuna.load_study(study_name=name, storage=open_storage(POSTGRES_URL)).get_trials()
+        assert trials[trial.number].state == TrialState.FAIL
+        assert trial.number in retried_numbers(trials)
+        assert count(trials).final == 3 and count(trials).running == 0
+        closed = MlflowClient(tracking).get_run(run_id)
+        assert closed.info.status == "KILLED" and "heartbeats" in closed.data.tags["reason"]
+        assert [p.step for p in MlflowClient(tracking).get_metric_history(run_id, "val_loss")] == [1, 2]
+    finally:
+        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL))
+
+
+@pytest.mark.parametrize("whole_group", [True, False], ids=["ctrl-c-in-terminal", "sigint-to-run-only"])
+def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(workdir: Path, whole_group: bool) -> None:
+    path = write_study(workdir, max_epochs=100000, patience=100000)
+    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "10"], cwd=workdir,
+                           env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    journal = str(workdir / "searchlab.journal")
+    try:
+        wait_until(lambda: len(running_trials("tiny", journal)) == 2, what="two running trials")
+        time.sleep(1.0)
+        if whole_group:
+            os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        else:
+            run.send_signal(signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, stderr
+    assert "parent run" in stdout
+    study = load("tiny", journal)
+    assert study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING)) == []
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    no_running_runs(client, "tiny")
+    for trial in study.get_trials(states=(TrialState.FAIL,)):
+        assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+
+
+def test_parallel_workers_log_to_a_tracking_server(workdir: Path, mlflow_server: str) -> None:
+    name = f"http-workers-{uuid.uuid4().hex[:8]}"
+    path = write_study(workdir)
+    result = CliRunner().invoke(main, ["run", str(path), "--workers", "2", "--trials", "4", "--tracking-uri",
+                                       mlflow_server, "--study-name", name], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name=name, storage=open_storage(None))
+    check_tracked(study, MlflowClient(mlflow_server), path)
+    no_running_runs(MlflowClient(mlflow_server), name)
+
+
+def test_a_tracking_server_that_goes_down_briefly_loses_no_curve_point(workdir: Path, tmp_path_factory) -> None:
+    from conftest import free_port
+
+    folder = tmp_path_factory.mktemp("flaky-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination",
+               str(folder / "art")]
+
+    def start_server() -> subprocess.Popen:
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        wait_until(lambda: subprocess.run(["curl", "-sf", f"{url}/health"], capture_output=True).returncode == 0,
+                   what="the tracking server")
+        return server
+
+    server = start_server()
+    path = write_study(workdir, **SLOW)
+    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--trials", "3", "--tracking-uri", url], cwd=workdir,
+                           env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: running_trials("tiny", str(workdir / "searchlab.journal")), what="a running trial")
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        time.sleep(3)
+        server = start_server()
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+        study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+        client = MlflowClient(url)
+        for trial in study.trials:
+            assert trial.state == TrialState.COMPLETE
+            history = client.get_metric_history(trial.user_attrs["mlflow_run_id"], "val_loss")
+            assert sorted(p.step for p in history) == list(range(1, trial.user_attrs["epochs"] + 1))
+        no_running_runs(client, "tiny")
+    finally:
+        if run.poll() is None:
+            run.kill()
+        os.killpg(server.pid, signal.SIGKILL)
