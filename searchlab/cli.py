@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -108,6 +109,28 @@ def worker(file: str, **flags: Any) -> None:
         click.echo("interrupted: the open trial was failed and its MLflow run closed", err=True)
         sys.exit(130)
     click.echo(f"worker done: {finished} trial(s) finished here")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; 0.0.0.0 opens it to others.")
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--backend-store-uri", default="sqlite:///mlflow.db", show_default=True,
+              help="Where runs are kept: a sqlite file or postgresql://USER:PASSWORD@HOST/DB.")
+@click.option("--artifacts-destination", default="./mlartifacts", show_default=True,
+              help="Where the server keeps artifacts (weights) it receives.")
+def server(host: str, port: int, backend_store_uri: str, artifacts_destination: str) -> None:
+    """Start an MLflow tracking server that workers on several hosts log to (--tracking-uri http://HOST:PORT).
+
+    Runs `mlflow server` with these settings until Ctrl-C.
+    """
+    from searchlab.storage import mask_password
+
+    command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+               "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination]
+    click.echo(f"MLflow tracking server on http://{host}:{port} (runs in {mask_password(backend_store_uri)}, "
+               f"artifacts in {artifacts_destination})", err=True)
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
 
 
 @main.command()

@@ -22,7 +22,7 @@ from searchlab.budget import BUDGET_ATTR, count
 from searchlab.config import RunConfig
 from searchlab.devices import Slot, assign_slots, cuda_device_count, parse_devices, parse_workers
 from searchlab.errors import ConfigError, describe_error
-from searchlab.recovery import reap_dead_local_trials
+from searchlab.recovery import is_dead_local_worker, reap_dead_local_trials, worker_name
 from searchlab.storage import describe, mask_password, open_storage
 from searchlab.study import Study
 from searchlab.worker import EXPERIMENT_ATTR, PARENT_RUN_ATTR, interrupt_once, run_worker, worker_process
@@ -150,8 +150,10 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
                            reason="its worker died before this run started")
     before = {trial.number for trial in optuna_study.get_trials(deepcopy=False)}
     experiment_id = tracker.experiment_id(config.study_name)  # once, before any worker starts
+    tracker.close_dead_parent_runs(experiment_id, is_dead_local_worker)
     parent_run_id = tracker.start_run(experiment_id, f"{config.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      tags={"study_name": config.study_name, "role": "study"})
+                                      tags={"study_name": config.study_name, "role": "study",
+                                            "worker": worker_name()})
     summary = RunSummary(config.study_name, describe(config.storage), config.tracking_uri, experiment_id,
                          parent_run_id)
     status = "FAILED"

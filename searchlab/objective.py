@@ -109,8 +109,9 @@ class Objective:
                 make_batches(self.val_data, batch_size, shuffle=False, seed=seed, device=device),
                 task, max_epochs=self.max_epochs, patience=self.patience, on_epoch=on_epoch,
             )
-            tags.update(reason=result.stop_reason, epochs=result.epochs)
-            for key, value in (("reason", result.stop_reason), ("epochs", result.epochs)):
+            epochs = len(result.history)  # epochs on the curve (a NaN epoch is not)
+            tags.update(reason=result.stop_reason, epochs=epochs)
+            for key, value in (("reason", result.stop_reason), ("epochs", epochs)):
                 optuna_trial.set_user_attr(key, value)
             if result.best_epoch is None:
                 raise TrialStopped(result.stop_reason)

@@ -34,17 +34,21 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def is_dead_local_worker(name: str) -> bool:
+    """True for ``host:pid`` of this host whose process is gone (unknown or other hosts: False)."""
+    host, _, pid = name.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
+
+
 def dead_local_trials(study: optuna.Study, pids: set[int] | None = None) -> list[FrozenTrial]:
     """RUNNING trials of this host whose worker process is gone (or, given ``pids``, is one of those)."""
-    host = socket.gethostname()
-    dead = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker_host, _, pid = str(trial.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
-        if worker_host != host or not pid.isdigit():
-            continue
-        if (int(pid) in pids) if pids is not None else not _process_alive(int(pid)):
-            dead.append(trial)
-    return dead
+    named = None if pids is None else {worker_name(pid) for pid in pids}
+
+    def dead(name: str) -> bool:
+        return is_dead_local_worker(name) if named is None else name in named
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return [trial for trial in running if dead(str(trial.user_attrs.get(WORKER_ATTR, "")))]
 
 
 def recover(study: optuna.Study, trial: FrozenTrial, reason: str, *, retries: int, tracker: Any) -> None:

@@ -170,6 +170,16 @@ class MlflowTracker:
         self.set_tags(run_id, {"state": "FAIL", "reason": reason, "retried": retried})
         self._retry(self.client.set_terminated, run_id, status="KILLED")
 
+    def close_dead_parent_runs(self, experiment_id: str, is_dead: Callable[[str], bool]) -> list[str]:
+        """Close as KILLED the RUNNING parent runs whose ``searchlab run`` process (tag ``worker``) is dead."""
+        runs = self._retry(self.client.search_runs, [experiment_id],
+                           "attributes.status = 'RUNNING' and tags.role = 'study'", max_results=1000)
+        dead = [run.info.run_id for run in runs if is_dead(run.data.tags.get("worker", ""))]
+        for run_id in dead:
+            self.set_tags(run_id, {"state": "KILLED", "reason": "its searchlab run process died"})
+            self._retry(self.client.set_terminated, run_id, status="KILLED")
+        return dead
+
     def download_state_dict(self, run_id: str, destination: str | Path) -> Path:
         """Fetch a run's state_dict artifact into the folder ``destination``."""
         return Path(self.client.download_artifacts(run_id, STATE_DICT_FILE, str(destination)))

@@ -86,11 +86,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server on loopback (sqlite backend, proxied artifacts)."""
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
     log = (folder / "server.log").open("w")
-    process = subprocess.Popen(
-        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "art")],
+    process = subprocess.Popen(  # searchlab server: mlflow server, bound to loopback by default
+        [SEARCHLAB, "server", "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "art")],
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

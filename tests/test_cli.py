@@ -239,6 +239,6 @@ def test_environment_settings_are_checked_too(workdir: Path, study_file: Path,
 
 
 def test_every_command_has_help() -> None:
-    for command in ([], ["run"], ["trials"], ["best"]):
+    for command in ([], ["run"], ["worker"], ["server"], ["trials"], ["best"]):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output

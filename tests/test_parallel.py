@@ -117,7 +117,7 @@ def test_kill_9_of_workers_loses_nothing_and_leaves_nothing_running(workdir: Pat
 
 def test_workers_on_other_hosts_join_through_postgresql(workdir: Path) -> None:
     name = f"pg-workers-{uuid.uuid4().hex[:8]}"
-    path = write_study(workdir)
+    path = write_study(workdir, **SLOW)  # slow enough for the joining workers to start before the run is done
     args = ["--storage", POSTGRES_URL, "--study-name", name]
     processes = [subprocess.Popen([SEARCHLAB, "run", str(path), "--trials", "12", *args], cwd=workdir,
                                   env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
@@ -258,3 +258,27 @@ def test_a_tracking_server_that_goes_down_briefly_loses_no_curve_point(workdir: 
         if run.poll() is None:
             run.kill()
         os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_a_study_reopened_after_its_run_was_killed_recovers_first(workdir: Path) -> None:
+    path = write_study(workdir, max_epochs=100000, patience=100000)
+    journal = str(workdir / "searchlab.journal")
+    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--trials", "3"], cwd=workdir, env=clean_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (orphan,) = wait_until(lambda: running_trials("tiny", journal), what="a running trial")
+    time.sleep(0.5)
+    run.kill()  # kill -9 of the whole run: nobody is left to clean up
+    run.wait()
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert client.get_run(orphan.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
+
+    path = write_study(workdir)  # the same study, with short trials this time
+    again = CliRunner().invoke(main, ["run", str(path), "--trials", "2"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    trials = load("tiny", journal).get_trials()
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert orphan.number in retried_numbers(trials)
+    # The orphan's retry finishes the killed run's budget; this run adds its own 2 trials.
+    assert count(trials).running == 0 and count(trials).final == 3
+    assert client.get_run(orphan.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    no_running_runs(client, "tiny")

@@ -1,0 +1,74 @@
+"""Trials per hour with 1 and 2 workers on a CPU-bound study, alternating the variants, medians over repeats.
+
+Run: python benchmarks/parallel.py [--trials 12] [--repeats 2] [--workers 1,2] [--json results.json]
+
+Each run is a fresh `searchlab run` in its own folder (default journal storage and sqlite MLflow store).
+Throughput counts trials between the first trial's start and the last trial's end, so that process start-up
+(imports, data) is reported apart, as wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+HERE = Path(__file__).resolve().parent
+SEARCHLAB = str(Path(sys.executable).with_name("searchlab"))
+
+
+def one_run(workers: int, trials: int) -> dict[str, float]:
+    from searchlab.storage import open_storage
+
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        subprocess.run([SEARCHLAB, "run", str(HERE / "studies" / "cpu_bound.py"), "--workers", str(workers),
+                        "--trials", str(trials)], cwd=folder, check=True, capture_output=True)
+        wall = time.perf_counter() - started
+        study = optuna.load_study(study_name="cpu-bound", storage=open_storage(str(Path(folder) / "searchlab.journal")))
+        first = min(trial.datetime_start for trial in study.trials)
+        last = max(trial.datetime_complete for trial in study.trials)
+        busy = (last - first).total_seconds()
+    return {"wall_s": wall, "trials_s": busy, "trials_per_hour": 3600 * trials / busy,
+            "wall_trials_per_hour": 3600 * trials / wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    variants = [int(w) for w in args.workers.split(",")]
+    results: dict[int, list[dict[str, float]]] = {w: [] for w in variants}
+    for repeat in range(args.repeats):
+        for workers in variants if repeat % 2 == 0 else variants[::-1]:  # alternate the order
+            results[workers].append(one_run(workers, args.trials))
+            print(f"repeat {repeat + 1}: {workers} worker(s): {results[workers][-1]['trials_per_hour']:.0f} trials/h",
+                  file=sys.stderr)
+    base = statistics.median(r["trials_per_hour"] for r in results[variants[0]])
+    table = {}
+    print(f"{'workers':>7}  {'trials/h median':>15}  {'min':>7}  {'max':>7}  {'ratio':>5}  {'wall s median':>13}")
+    for workers, runs in results.items():
+        rates = [r["trials_per_hour"] for r in runs]
+        median = statistics.median(rates)
+        table[workers] = {"trials_per_hour_median": median, "min": min(rates), "max": max(rates),
+                          "ratio": median / base, "wall_s_median": statistics.median(r["wall_s"] for r in runs),
+                          "runs": runs}
+        print(f"{workers:>7}  {median:>15.0f}  {min(rates):>7.0f}  {max(rates):>7.0f}  {median / base:>5.2f}  "
+              f"{table[workers]['wall_s_median']:>13.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"trials": args.trials, "repeats": args.repeats, "results": table},
+                                              indent=2))
+
+
+if __name__ == "__main__":
+    main()
