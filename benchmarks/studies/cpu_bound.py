@@ -1,5 +1,8 @@
 """A CPU-bound benchmark study: a fixed amount of training per trial (no early stopping), synthetic data.
 
+The shape of the shipped studies (a small MLP on tabular data, small batches), where torch's intra-op threads
+help little and trials in parallel processes are how the cores get used.
+
 Run: searchlab run benchmarks/studies/cpu_bound.py --workers 2
 """
 
@@ -17,13 +20,13 @@ def data(seed: int) -> sl.Split:
 
 
 def model(trial: sl.Trial) -> nn.Module:
-    return nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Dropout(trial.params["dropout"]),
-                         nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Dropout(trial.params["dropout"]),
+                         nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
 
 
 study = sl.Study(name="cpu-bound", task="regression", data=data, model=model,
-                 space=sl.default_space(lr=sl.Float(1e-4, 1e-2, log=True), batch_size=64),
-                 max_epochs=8, patience=8, n_trials=12)
+                 space=sl.default_space(lr=sl.Float(1e-4, 1e-2, log=True), batch_size=32),
+                 max_epochs=20, patience=20, n_trials=12)
 
 if __name__ == "__main__":
     study.run()
