@@ -63,6 +63,8 @@ TRACKING_HELP = "MLflow tracking URI [default: env SEARCHLAB_TRACKING_URI, MLFLO
 @click.option("--trials", "n_trials", type=int, help="Trials to run in this invocation [default: the study's].")
 @click.option("--timeout", type=float, help="Start no new trial after this many seconds.")
 @click.option("--sampler", type=click.Choice(["tpe", "random"]), help="Optuna sampler [default: tpe].")
+@click.option("--pruner", type=click.Choice(["none", "median", "hyperband", "sha"]),
+              help="Stop unpromising trials early, on the per-epoch validation loss [default: none].")
 @click.option("--seed", type=int, help="Study seed: sampler, data split and every trial's seed [default: 0].")
 @store_options
 @click.option("--tracking-uri", help=TRACKING_HELP)
@@ -70,24 +72,50 @@ TRACKING_HELP = "MLflow tracking URI [default: env SEARCHLAB_TRACKING_URI, MLFLO
 @click.option("--workers", help="Worker processes, or 'auto' for one per device slot [default: 1].")
 @click.option("--trials-per-device", type=int, help="Workers that may share one GPU [default: 1].")
 @device_options
-def run(file: str, **flags: Any) -> None:
+@click.option("--no-check", is_flag=True, help="Skip the overfit-one-batch check before the first trial.")
+def run(file: str, no_check: bool, **flags: Any) -> None:
     """Search the study declared in FILE and track every trial in MLflow.
 
     Settings come from the study file, then SEARCHLAB_* variables, then these flags.
     Running again with the same study name continues the study.
     """
+    from searchlab.check import CheckFailed
     from searchlab.config import resolve_config
     from searchlab.execute import StudyInterrupted, run_study
     from searchlab.study import load_study_file
 
     study = load_study_file(file)
     try:
-        summary = run_study(study, resolve_config(study, flags), study_file=file)
+        summary = run_study(study, resolve_config(study, flags), study_file=file, check=not no_check)
+    except CheckFailed as failed:
+        click.echo(f"Error: {failed}", err=True)
+        sys.exit(1)
     except StudyInterrupted as interrupted:
         click.echo("interrupted: every open trial was failed and its MLflow run closed", err=True)
         click.echo("\n".join(interrupted.summary.lines()))
         sys.exit(130)
     click.echo("\n".join(summary.lines()))
+
+
+@main.command()
+@click.argument("file")
+@click.option("--seed", type=int, help="Study seed for the data split and the model's initialisation [default: 0].")
+def check(file: str, seed: int | None) -> None:
+    """Try to overfit one tiny batch with the study's model: exit 0 when the loss falls near zero, 1 with the
+    likely cause when it does not (wrong head or output shape, no gradient, a loss that never moves, NaN)."""
+    from searchlab.check import check_study
+    from searchlab.config import resolve_config
+    from searchlab.data import prepare_split
+    from searchlab.execute import load_data
+    from searchlab.study import load_study_file
+    from searchlab.tasks import get_task
+
+    study = load_study_file(file)
+    config = resolve_config(study, {"seed": seed})
+    train_data, _ = prepare_split(load_data(study, config.seed), get_task(study.task))
+    result = check_study(study, train_data, seed=config.seed)
+    click.echo(result.summary)
+    sys.exit(0 if result.passed else 1)
 
 
 @main.command()
@@ -131,6 +159,26 @@ def server(host: str, port: int, backend_store_uri: str, artifacts_destination: 
                f"artifacts in {artifacts_destination})", err=True)
     sys.stdout.flush()
     os.execv(sys.executable, command)
+
+
+@main.command()
+@click.argument("trial_number", type=int)
+@click.argument("file")
+@store_options
+def replay(trial_number: int, file: str, storage: str | None, study_name: str | None) -> None:
+    """Retrain trial TRIAL_NUMBER of the study in FILE with its parameters and seed, and print its curve next to
+    the recorded one (on the CPU they match exactly). Exit 0 when identical, 1 when not."""
+    from searchlab.replay import replay_trial
+    from searchlab.results import open_results
+    from searchlab.study import load_study_file
+
+    study = load_study_file(file)
+    trials = open_results(file, storage, study_name).trials
+    if not 0 <= trial_number < len(trials):
+        raise ConfigError(f"no trial {trial_number}: the study has trials 0..{len(trials) - 1}")
+    result = replay_trial(study, trials[trial_number])
+    click.echo("\n".join(result.lines()))
+    sys.exit(0 if result.identical else 1)
 
 
 @main.command()

@@ -10,7 +10,7 @@ from typing import Any
 
 from searchlab.devices import parse_workers
 from searchlab.errors import ConfigError
-from searchlab.study import SAMPLERS, Study, check_int, check_positive_int, check_timeout
+from searchlab.study import PRUNERS, SAMPLERS, Study, check_int, check_positive_int, check_timeout
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class RunConfig:
     n_trials: int
     timeout: float | None
     sampler: str
+    pruner: str
     seed: int
     storage: str | None  # None: the embedded journal file
     tracking_uri: str
@@ -46,6 +47,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "n_trials": ("SEARCHLAB_TRIALS", int),
     "timeout": ("SEARCHLAB_TIMEOUT", _positive_float),
     "sampler": ("SEARCHLAB_SAMPLER", str),
+    "pruner": ("SEARCHLAB_PRUNER", str),
     "seed": ("SEARCHLAB_SEED", int),
     "storage": ("SEARCHLAB_STORAGE", str),
     "tracking_uri": ("SEARCHLAB_TRACKING_URI", str),
@@ -88,6 +90,7 @@ def resolve_config(study: Study, flags: Mapping[str, Any] | None = None,
         "n_trials": study.n_trials,
         "timeout": study.timeout,
         "sampler": study.sampler,
+        "pruner": study.pruner,
         "seed": study.seed,
         "storage": None,
         "tracking_uri": default_tracking_uri(),
@@ -112,6 +115,8 @@ def resolve_config(study: Study, flags: Mapping[str, Any] | None = None,
 def _check(config: RunConfig) -> None:
     if config.sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {config.sampler!r}: use one of {', '.join(SAMPLERS)}")
+    if config.pruner not in PRUNERS:
+        raise ConfigError(f"unknown pruner {config.pruner!r}: use one of {', '.join(PRUNERS)}")
     if not config.study_name.strip():
         raise ConfigError("the study name must not be empty")
     for name in ("n_trials", "max_epochs", "patience", "trials_per_device", "heartbeat"):

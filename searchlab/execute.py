@@ -123,10 +123,11 @@ def plan_slots(config: RunConfig) -> list[Slot]:
                         trials_per_device=config.trials_per_device)
 
 
-def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
+def run_study(study: Study, config: RunConfig, *, study_file: str | None = None, check: bool = True,
               progress: bool = True) -> RunSummary:
-    """Run ``config.n_trials`` more trials of ``study`` and track them; bad input fails before anything is
-    written. ``study_file`` (the file declaring ``study``) is needed to start worker processes."""
+    """Run ``config.n_trials`` more trials of ``study`` and track them; bad input, or (with ``check``) a model
+    that cannot overfit one tiny batch, fails before anything is written. ``study_file`` (the file declaring
+    ``study``) is needed to start worker processes."""
     from searchlab.data import prepare_split
     from searchlab.tasks import get_task
     from searchlab.tracking import MlflowTracker, check_tracking_uri
@@ -135,6 +136,14 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
     task = get_task(study.task)
     data = prepare_split(load_data(study, config.seed), task)
     preflight_model(study, task, data[1])
+    if check:
+        from searchlab.check import CheckFailed, check_study
+
+        result = check_study(study, data[0], seed=config.seed)
+        if not result.passed:
+            raise CheckFailed(f"the model cannot learn one tiny batch, so the sweep would be wasted: "
+                              f"{result.summary.removeprefix('check failed: ')} (see 'searchlab check'; "
+                              "skip with --no-check)")
     slots = plan_slots(config)
     if len(slots) > 1 and study_file is None:
         raise ConfigError("several workers need the study's file: run it with 'searchlab run FILE --workers N'")
@@ -159,7 +168,8 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
     status = "FAILED"
     try:
         tracker.log_params(parent_run_id, {
-            "task": study.task, "sampler": config.sampler, "seed": config.seed, "n_trials": config.n_trials,
+            "task": study.task, "sampler": config.sampler, "pruner": config.pruner, "seed": config.seed,
+            "n_trials": config.n_trials,
             "timeout": config.timeout, "max_epochs": config.max_epochs, "patience": config.patience,
             "storage": describe(config.storage), "searched": ",".join(study.searched), "workers": len(slots),
             "devices": ",".join(sorted({slot.device for slot in slots})), "retries": config.retries,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from searchlab.space import Distribution, suggest
 from searchlab.study import Study
 from searchlab.tasks import ModelError, Task, get_task
 from searchlab.tracking import Tracker
-from searchlab.train import fit
+from searchlab.train import EpochCallback, FitResult, fit
 from searchlab.trial import Trial
 
 # Used when a study drops a parameter from its space.
@@ -59,6 +59,28 @@ def build_optimizer(model: nn.Module, params: Mapping[str, Any]) -> torch.optim.
     return optimizer_class(trainable, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
+def train_trial(study: Study, trial: Trial, train_data: Data, val_data: Data, device: torch.device, *,
+                max_epochs: int, patience: int, on_built: Callable[[nn.Module], None] = lambda model: None,
+                on_epoch: EpochCallback | None = None) -> tuple[nn.Module, FitResult]:
+    """The loop for one trial's params and seed: seed → model → optimizer → batches → fit (best weights kept).
+
+    The same code trains a trial in a search and replays it later, so that a CPU replay matches exactly.
+    """
+    task = get_task(study.task)
+    torch.manual_seed(trial.seed)
+    model = build_model(study, trial, task).to(device)
+    optimizer = build_optimizer(model, trial.params)
+    on_built(model)
+    batch_size = int(trial.params.get("batch_size", DROPPED_DEFAULTS["batch_size"]))
+    result = fit(
+        model, optimizer,
+        make_batches(train_data, batch_size, shuffle=True, seed=trial.seed, device=device),
+        make_batches(val_data, batch_size, shuffle=False, seed=trial.seed, device=device),
+        task, max_epochs=max_epochs, patience=patience, on_epoch=on_epoch,
+    )
+    return model, result
+
+
 @dataclass
 class Objective:
     """Callable for one process: trains a trial and tracks it as a child run of ``parent_run_id``."""
@@ -76,10 +98,10 @@ class Objective:
     run_tags: Mapping[str, str]
 
     def __call__(self, optuna_trial: optuna.Trial) -> float:
-        task = get_task(self.study.task)
-        device = torch.device(self.slot.torch_device)
         seed = trial_seed(self.seed, optuna_trial.number)
         optuna_trial.set_user_attr("seed", seed)
+        optuna_trial.set_user_attr("setup", {"data_seed": self.seed, "threads": self.slot.threads,
+                                             "max_epochs": self.max_epochs, "patience": self.patience})
         params = sample_params(self.study.space, optuna_trial)
         run_id = self.tracker.start_run(
             self.experiment_id, f"trial-{optuna_trial.number}", parent_run_id=self.parent_run_id,
@@ -88,27 +110,24 @@ class Objective:
         optuna_trial.set_user_attr("mlflow_run_id", run_id)
         status, tags = "FAILED", {"state": "FAIL"}
         try:
-            torch.manual_seed(seed)
             trial = Trial(optuna_trial, params, seed)
-            model = build_model(self.study, trial, task).to(device)
-            optimizer = build_optimizer(model, trial.params)
-            batch_size = int(trial.params.get("batch_size", DROPPED_DEFAULTS["batch_size"]))
-            n_params = sum(parameter.numel() for parameter in model.parameters())
-            self.tracker.log_params(run_id, {**trial.params, "seed": seed, "n_params": n_params,
-                                             "device": self.slot.device, "threads": self.slot.threads,
-                                             "max_epochs": self.max_epochs,
-                                             "patience": self.patience})
+
+            def on_built(model: nn.Module) -> None:
+                n_params = sum(parameter.numel() for parameter in model.parameters())
+                self.tracker.log_params(run_id, {**trial.params, "seed": seed, "n_params": n_params,
+                                                 "device": self.slot.device, "threads": self.slot.threads,
+                                                 "max_epochs": self.max_epochs, "patience": self.patience})
 
             def on_epoch(epoch: int, values: dict[str, float]) -> None:
                 self.tracker.log_metrics(run_id, values, step=epoch)
                 optuna_trial.report(values["val_loss"], epoch)
+                if optuna_trial.should_prune():
+                    optuna_trial.set_user_attr("pruned_epoch", epoch)
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_loss {values['val_loss']:.6g})")
 
-            result = fit(
-                model, optimizer,
-                make_batches(self.train_data, batch_size, shuffle=True, seed=seed, device=device),
-                make_batches(self.val_data, batch_size, shuffle=False, seed=seed, device=device),
-                task, max_epochs=self.max_epochs, patience=self.patience, on_epoch=on_epoch,
-            )
+            model, result = train_trial(self.study, trial, self.train_data, self.val_data,
+                                        torch.device(self.slot.torch_device), max_epochs=self.max_epochs,
+                                        patience=self.patience, on_built=on_built, on_epoch=on_epoch)
             epochs = len(result.history)  # epochs on the curve (a NaN epoch is not)
             tags.update(reason=result.stop_reason, epochs=epochs)
             for key, value in (("reason", result.stop_reason), ("epochs", epochs)):
@@ -121,6 +140,11 @@ class Objective:
             tags.update(state="COMPLETE", best_epoch=result.best_epoch, val_loss=result.best_val_loss)
             status = "FINISHED"
             return result.best_val_loss
+        except optuna.TrialPruned as pruned:
+            status = "FINISHED"  # a pruned trial ended as planned; its curve stays
+            tags.update(state="PRUNED", reason=str(pruned), pruned_epoch=optuna_trial.user_attrs["pruned_epoch"])
+            optuna_trial.set_user_attr("reason", str(pruned))
+            raise
         except KeyboardInterrupt:
             status, tags["reason"] = "KILLED", "interrupted (Ctrl-C)"
             raise

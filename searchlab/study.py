@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 TASKS = ("regression", "binary", "multiclass")
 SAMPLERS = ("tpe", "random")
+PRUNERS = ("none", "median", "hyperband", "sha")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Study:
     n_trials: int = 20
     timeout: float | None = None
     sampler: str = "tpe"
+    pruner: str = "none"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,6 +62,8 @@ class Study:
             raise ConfigError(f"unknown task {self.task!r}: use one of {', '.join(TASKS)}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"unknown pruner {self.pruner!r}: use one of {', '.join(PRUNERS)}")
         for name in ("data", "model"):
             if not callable(getattr(self, name)):
                 raise ConfigError(f"Study({name}=...) must be a function, got {type(getattr(self, name)).__name__}")
@@ -83,17 +87,18 @@ class Study:
         Prints where the results are and returns the run's summary. Run as a script (``python FILE``), bad input
         ends the process with one line and exit code 2, and Ctrl-C with exit code 130, as the CLI does.
         """
+        from searchlab.check import CheckFailed
         from searchlab.config import resolve_config
         from searchlab.execute import StudyInterrupted, run_study
 
         as_script = any(value is self for value in vars(sys.modules["__main__"]).values())
         try:
             summary = run_study(self, resolve_config(self, overrides), study_file=inspect.getsourcefile(self.model))
-        except ConfigError as error:
+        except (ConfigError, CheckFailed) as error:
             if not as_script:
                 raise
             print(f"Error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+            raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
         except StudyInterrupted as interrupted:
             if not as_script:
                 raise
@@ -154,4 +159,4 @@ def load_study_file(path: str | Path) -> Study:
     return next(iter(studies.values()))
 
 
-__all__ = ["OPTIMIZERS", "SAMPLERS", "TASKS", "Split", "Study", "load_study_file"]
+__all__ = ["OPTIMIZERS", "PRUNERS", "SAMPLERS", "TASKS", "Split", "Study", "load_study_file"]

@@ -40,6 +40,17 @@ def make_sampler(name: str, seed: int, n_existing: int, worker: int = 0) -> optu
     return optuna.samplers.TPESampler(seed=sampler_seed)
 
 
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    """Optuna's pruner for ``--pruner``, on the per-epoch validation loss (one epoch = one resource unit)."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
     """Run the objective on a claimed trial and tell the study how it ended; never leaves it RUNNING.
 
@@ -111,9 +122,10 @@ def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: st
     storage_has_heartbeats = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
     optuna_study = optuna.load_study(study_name=config.study_name, storage=storage)
     optuna_study.sampler = make_sampler(config.sampler, config.seed, len(optuna_study.trials), worker_seed)
+    optuna_study.pruner = make_pruner(config.pruner, config.max_epochs)
     objective = Objective(study, train_data, val_data, tracker, experiment_id, parent_run_id, config.seed,
                           config.max_epochs, config.patience, slot,
-                          {"study_name": config.study_name, "sampler": config.sampler})
+                          {"study_name": config.study_name, "sampler": config.sampler, "pruner": config.pruner})
 
     def reap() -> None:
         if storage_has_heartbeats:  # database storages: fail trials whose worker stopped beating, anywhere

@@ -242,3 +242,32 @@ def test_every_command_has_help() -> None:
     for command in ([], ["run"], ["worker"], ["server"], ["trials"], ["best"]):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_pruned_trials_keep_their_curve_and_say_when(workdir: Path) -> None:
+    path = write_study(workdir, max_epochs=30, patience=30)
+    result = invoke("run", str(path), "--trials", "14", "--pruner", "median", "--sampler", "random")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned, "the median pruner stops some of 14 random trials"
+    assert len(study.trials) == 14
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    for trial in pruned:
+        epoch = trial.user_attrs["pruned_epoch"]
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["state"] == "PRUNED" and run.data.tags["pruned_epoch"] == str(epoch)
+        assert run.data.tags["reason"].startswith(f"pruned at epoch {epoch}")
+        steps = [point.step for point in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert steps == list(range(1, epoch + 1)) == sorted(trial.intermediate_values)
+    (parent,) = runs_of(client, "tiny")[0]
+    assert parent.data.params["pruner"] == "median"
+
+
+@pytest.mark.parametrize("pruner", ["none", "hyperband", "sha"])
+def test_every_pruner_runs(workdir: Path, study_file: Path, pruner: str) -> None:
+    result = invoke("run", str(study_file), "--trials", "3", "--pruner", pruner)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    assert all(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in study.trials)

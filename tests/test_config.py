@@ -24,6 +24,7 @@ VALUES = {
     "n_trials": ("11", 11, 13),
     "timeout": ("2.5", 2.5, 9.0),
     "sampler": ("random", "random", "tpe"),
+    "pruner": ("median", "median", "hyperband"),
     "seed": ("42", 42, 43),
     "storage": ("env.journal", "env.journal", "flag.journal"),
     "tracking_uri": ("file:///env", "file:///env", "file:///flag"),
@@ -42,7 +43,8 @@ def test_values_cover_every_environment_field():
 
 def test_study_file_values_apply_without_environment_or_flags(workdir: Path):
     config = resolve_config(make_study(), env={})
-    assert config == RunConfig(study_name="file-name", n_trials=5, timeout=60.0, sampler="tpe", seed=1, storage=None,
+    assert config == RunConfig(study_name="file-name", n_trials=5, timeout=60.0, sampler="tpe", pruner="none", seed=1,
+                               storage=None,
                                tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}", max_epochs=7, patience=3)
 
 

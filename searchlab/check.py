@@ -1,0 +1,124 @@
+"""The preflight check: a model that cannot overfit one tiny batch has a bug, not a tuning problem.
+
+Builds the study's model with the space's first values (regularisation off), trains it on a few examples with
+the highest learning rate the search would try, and says whether the loss falls near zero; when it does not,
+it names the usual cause: wrong output shape, wrong head for the loss, no gradient, a loss that never moves, NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from searchlab.data import Data, first_examples
+from searchlab.errors import describe_error
+from searchlab.objective import build_model, build_optimizer
+from searchlab.space import Choice, Distribution, Fixed, Float, Int
+from searchlab.study import Study
+from searchlab.tasks import ModelError, get_task
+from searchlab.trial import Trial
+
+EXAMPLES, STEPS = 8, 500
+NEAR_ZERO = 0.05  # of the first loss
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    passed: bool
+    summary: str  # one line: what was measured, and the diagnosis when it failed
+
+
+class CheckFailed(Exception):
+    """`searchlab run` refuses to sweep a model that failed the check."""
+
+
+def first_value(dist: Distribution) -> Any:
+    """The value a check uses: Fixed as is, the first choice, the middle of a range (geometric on a log scale)."""
+    if isinstance(dist, Fixed):
+        return dist.value
+    if isinstance(dist, Choice):
+        return dist.choices[0]
+    middle = math.sqrt(dist.low * dist.high) if dist.log else (dist.low + dist.high) / 2
+    return round(middle) if isinstance(dist, Int) else middle
+
+
+def highest_lr(dist: Distribution | None) -> float:
+    if dist is None:
+        return 1e-3
+    if isinstance(dist, Fixed):
+        return float(dist.value)
+    if isinstance(dist, Choice):
+        return float(max(dist.choices))
+    return float(dist.high)
+
+
+class DefaultsTrial:
+    """Stands in for an Optuna trial: a builder's own knobs take the middle of their range or the first choice."""
+
+    number = 0
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        return first_value(Float(low, high, log=log))
+
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int:
+        return first_value(Int(low, high, log=log))
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return choices[0]
+
+
+def check_study(study: Study, train_data: Data, *, examples: int = EXAMPLES, steps: int = STEPS,
+                seed: int = 0) -> CheckResult:
+    """Try to overfit ``examples`` training examples in ``steps`` full-batch steps."""
+    task = get_task(study.task)
+    params = {name: first_value(dist) for name, dist in study.space.items()}
+    params.update({name: 0.0 for name in ("dropout", "weight_decay") if name in params})  # memorise, no regularising
+    params["lr"] = highest_lr(study.space.get("lr"))
+    setting = f"{params.get('optimizer', 'sgd')}, lr {params['lr']:g}"
+    torch.manual_seed(seed)
+    try:
+        model = build_model(study, Trial(DefaultsTrial(), dict(params), seed), task)
+        optimizer = build_optimizer(model, params)
+    except ModelError as error:
+        return CheckResult(False, f"check failed: {error}")
+    inputs, targets = first_examples(train_data, examples)
+    loss_fn = task.loss_fn()
+    model.train()
+    losses: list[float] = []
+    for step in range(1, steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            outputs = model(inputs)
+            aligned = task.align(outputs, targets)
+            if step == 1:
+                task.check_outputs(outputs)
+            loss = loss_fn(outputs, aligned)
+        except ModelError as error:
+            return CheckResult(False, f"check failed: {error}")
+        except Exception as error:
+            return CheckResult(False, f"check failed: the model failed on a batch: {describe_error(error)}")
+        if not math.isfinite(loss.item()):
+            return CheckResult(False, f"check failed: the loss became {loss.item()} at step {step} ({setting}): "
+                                      "a learning rate too high, or an unstable operation (log of 0, division by 0)")
+        if not loss.requires_grad:
+            return CheckResult(False, "check failed: no gradient reaches the weights: the output does not depend on "
+                                      "them (a detached tensor, .item()/.numpy() inside forward, or frozen layers)")
+        loss.backward()
+        if step == 1 and not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters()):
+            return CheckResult(False, "check failed: no gradient reaches the weights (every gradient is zero): "
+                                      "check forward() for detached tensors and dead activations")
+        optimizer.step()
+        losses.append(loss.item())
+    first, last = losses[0], losses[-1]
+    measured = f"loss {first:.4g} -> {last:.4g} in {steps} steps on {len(inputs)} examples ({setting})"
+    if last <= NEAR_ZERO * first or last < 1e-4:
+        return CheckResult(True, f"check passed: {measured}")
+    if abs(first - last) <= 0.01 * abs(first):
+        return CheckResult(False, f"check failed: the loss never moves, {measured}: the learning rate is far too "
+                                  "small, or the layers that matter are frozen")
+    return CheckResult(False, f"check failed: the loss falls but not near zero, {measured}: a model too small to "
+                              "memorise a few examples, or inputs that do not determine the targets")
