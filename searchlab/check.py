@@ -20,6 +20,7 @@ from searchlab.objective import build_model, build_optimizer
 from searchlab.space import Choice, Distribution, Fixed, Float, Int
 from searchlab.study import Study
 from searchlab.tasks import ModelError, get_task
+from searchlab.transfer import Start
 from searchlab.trial import Trial
 
 EXAMPLES, STEPS = 8, 500
@@ -72,16 +73,16 @@ class DefaultsTrial:
 
 
 def check_study(study: Study, train_data: Data, *, examples: int = EXAMPLES, steps: int = STEPS,
-                seed: int = 0) -> CheckResult:
-    """Try to overfit ``examples`` training examples in ``steps`` full-batch steps."""
+                seed: int = 0, start: Start | None = None) -> CheckResult:
+    """Try to overfit ``examples`` training examples in ``steps`` full-batch steps (from ``start``'s weights)."""
     task = get_task(study.task)
-    params = {name: first_value(dist) for name, dist in study.space.items()}
+    params = {**(start.params if start else {}), **{name: first_value(dist) for name, dist in study.space.items()}}
     params.update({name: 0.0 for name in ("dropout", "weight_decay") if name in params})  # memorise, no regularising
     params["lr"] = highest_lr(study.space.get("lr"))
     setting = f"{params.get('optimizer', 'sgd')}, lr {params['lr']:g}"
     torch.manual_seed(seed)
     try:
-        model = build_model(study, Trial(DefaultsTrial(), dict(params), seed), task)
+        model = build_model(study, Trial(DefaultsTrial(), dict(params), seed), task, start)
         optimizer = build_optimizer(model, params)
     except ModelError as error:
         return CheckResult(False, f"check failed: {error}")

@@ -106,14 +106,14 @@ def check(file: str, seed: int | None) -> None:
     from searchlab.check import check_study
     from searchlab.config import resolve_config
     from searchlab.data import prepare_split
-    from searchlab.execute import load_data
+    from searchlab.execute import load_data, load_start_for
     from searchlab.study import load_study_file
     from searchlab.tasks import get_task
 
     study = load_study_file(file)
     config = resolve_config(study, {"seed": seed})
     train_data, _ = prepare_split(load_data(study, config.seed), get_task(study.task))
-    result = check_study(study, train_data, seed=config.seed)
+    result = check_study(study, train_data, seed=config.seed, start=load_start_for(study, config))
     click.echo(result.summary)
     sys.exit(0 if result.passed else 1)
 
@@ -165,9 +165,13 @@ def server(host: str, port: int, backend_store_uri: str, artifacts_destination: 
 @click.argument("trial_number", type=int)
 @click.argument("file")
 @store_options
-def replay(trial_number: int, file: str, storage: str | None, study_name: str | None) -> None:
+@click.option("--tracking-uri", help=TRACKING_HELP + " Needed when the study starts from weights in MLflow.")
+def replay(trial_number: int, file: str, storage: str | None, study_name: str | None,
+           tracking_uri: str | None) -> None:
     """Retrain trial TRIAL_NUMBER of the study in FILE with its parameters and seed, and print its curve next to
     the recorded one (on the CPU they match exactly). Exit 0 when identical, 1 when not."""
+    from searchlab.config import resolve_config
+    from searchlab.execute import load_start_for
     from searchlab.replay import replay_trial
     from searchlab.results import open_results
     from searchlab.study import load_study_file
@@ -176,7 +180,8 @@ def replay(trial_number: int, file: str, storage: str | None, study_name: str | 
     trials = open_results(file, storage, study_name).trials
     if not 0 <= trial_number < len(trials):
         raise ConfigError(f"no trial {trial_number}: the study has trials 0..{len(trials) - 1}")
-    result = replay_trial(study, trials[trial_number])
+    config = resolve_config(study, {"storage": storage, "study_name": study_name, "tracking_uri": tracking_uri})
+    result = replay_trial(study, trials[trial_number], load_start_for(study, config))
     click.echo("\n".join(result.lines()))
     sys.exit(0 if result.identical else 1)
 

@@ -92,7 +92,7 @@ def load_data(study: Study, seed: int) -> Any:
         raise ConfigError(f"the study's data({seed}) failed: {describe_error(error)}") from None
 
 
-def preflight_model(study: Study, task: Any, val_data: Any) -> None:
+def preflight_model(study: Study, task: Any, val_data: Any, start: Any = None) -> None:
     """Build the model from a throwaway in-memory trial and run a few validation examples through it, so that
     a failing builder, a wrong head or a wrong output shape fails before anything is written."""
     import torch
@@ -104,7 +104,7 @@ def preflight_model(study: Study, task: Any, val_data: Any) -> None:
 
     probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     try:
-        model = build_model(study, Trial(probe, sample_params(study.space, probe), seed=0), task)
+        model = build_model(study, Trial(probe, sample_params(study.space, probe, start), seed=0), task, start)
         inputs, targets = first_examples(val_data, 8)
         model.eval()
         with torch.no_grad():
@@ -115,6 +115,15 @@ def preflight_model(study: Study, task: Any, val_data: Any) -> None:
         raise
     except Exception as error:
         raise ConfigError(f"the study's model failed on a validation batch: {describe_error(error)}") from None
+
+
+def load_start_for(study: Study, config: RunConfig) -> Any:
+    """The weights the study starts from (None when it starts from scratch)."""
+    if study.start_from is None:
+        return None
+    from searchlab.transfer import resolve_start
+
+    return resolve_start(study.start_from, storage=config.storage, tracking_uri=config.tracking_uri)
 
 
 def plan_slots(config: RunConfig) -> list[Slot]:
@@ -135,11 +144,13 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and summary say it all
     task = get_task(study.task)
     data = prepare_split(load_data(study, config.seed), task)
-    preflight_model(study, task, data[1])
+    check_tracking_uri(config.tracking_uri)
+    start = load_start_for(study, config)
+    preflight_model(study, task, data[1], start)
     if check:
         from searchlab.check import CheckFailed, check_study
 
-        result = check_study(study, data[0], seed=config.seed)
+        result = check_study(study, data[0], seed=config.seed, start=start)
         if not result.passed:
             raise CheckFailed(f"the model cannot learn one tiny batch, so the sweep would be wasted: "
                               f"{result.summary.removeprefix('check failed: ')} (see 'searchlab check'; "
@@ -147,7 +158,6 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
     slots = plan_slots(config)
     if len(slots) > 1 and study_file is None:
         raise ConfigError("several workers need the study's file: run it with 'searchlab run FILE --workers N'")
-    check_tracking_uri(config.tracking_uri)
     storage = open_storage(config.storage)
     optuna_study = optuna.create_study(storage=storage, study_name=config.study_name, direction="minimize",
                                        load_if_exists=True)
@@ -184,7 +194,8 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
             if len(slots) == 1:
                 with interrupt_once():
                     run_worker(study, config, slots[0], experiment_id=experiment_id, parent_run_id=parent_run_id,
-                               deadline=deadline, data=data, on_trial_end=lambda trial: _show(bar, [trial]))
+                               deadline=deadline, data=data, start=start,
+                               on_trial_end=lambda trial: _show(bar, [trial]))
             else:
                 assert study_file is not None
                 coordinate(study_file, config, slots, optuna_study, tracker, bar, experiment_id=experiment_id,
@@ -216,10 +227,11 @@ def join_study(study: Study, config: RunConfig) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     task = get_task(study.task)
     data = prepare_split(load_data(study, config.seed), task)
-    preflight_model(study, task, data[1])
+    check_tracking_uri(config.tracking_uri)
+    start = load_start_for(study, config)
+    preflight_model(study, task, data[1], start)
     (slot,) = assign_slots(parse_devices(config.devices, cuda_device_count()), 1,
                            trials_per_device=config.trials_per_device)
-    check_tracking_uri(config.tracking_uri)
     existing = load_existing_study(config.storage, config.study_name)
     attrs = existing.user_attrs
     if BUDGET_ATTR not in attrs or EXPERIMENT_ATTR not in attrs:
@@ -228,7 +240,7 @@ def join_study(study: Study, config: RunConfig) -> int:
     with interrupt_once():
         run_worker(study, config, slot, experiment_id=attrs[EXPERIMENT_ATTR], parent_run_id=attrs[PARENT_RUN_ATTR],
                    deadline=None if config.timeout is None else time.time() + config.timeout, data=data,
-                   worker_seed=os.getpid(), on_trial_end=finished.append)
+                   start=start, worker_seed=os.getpid(), on_trial_end=finished.append)
     return len(finished)
 
 

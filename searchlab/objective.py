@@ -19,6 +19,7 @@ from searchlab.study import Study
 from searchlab.tasks import ModelError, Task, get_task
 from searchlab.tracking import Tracker
 from searchlab.train import EpochCallback, FitResult, fit
+from searchlab.transfer import Start, freeze, initialise, load_start
 from searchlab.trial import Trial
 
 # Used when a study drops a parameter from its space.
@@ -30,17 +31,24 @@ def trial_seed(study_seed: int, number: int) -> int:
     return int(np.random.SeedSequence([study_seed, number]).generate_state(1)[0])
 
 
-def sample_params(space: Mapping[str, Distribution], optuna_trial: Any) -> dict[str, Any]:
-    """Every value of the space for this trial: sampled through Optuna, or fixed."""
-    return {name: suggest(optuna_trial, name, dist) for name, dist in space.items()}
+def sample_params(space: Mapping[str, Distribution], optuna_trial: Any, start: Start | None = None) -> dict[str, Any]:
+    """Every value of the space for this trial (sampled through Optuna, or fixed), after the model params of the
+    weights it starts from (e.g. their width), which the space does not search."""
+    inherited = {k: v for k, v in (start.params if start else {}).items() if k not in space}
+    return {**inherited, **{name: suggest(optuna_trial, name, dist) for name, dist in space.items()}}
 
 
-def build_model(study: Study, trial: Trial, task: Task) -> nn.Module:
-    """The study's model for this trial, refused when its head does not fit the task's loss."""
+def build_model(study: Study, trial: Trial, task: Task, start: Start | None = None) -> nn.Module:
+    """The study's model for this trial: built, checked against the task's loss, initialised, loaded from the
+    starting weights (where names and shapes match) and with the study's frozen layers frozen."""
     model = study.model(trial)
     if not isinstance(model, nn.Module):
         raise ModelError(f"the study's model() must return an nn.Module, got {type(model).__name__}")
     task.check_head(model)
+    initialise(model, trial.params.get("init", "default"))
+    if start is not None:
+        load_start(model, start)
+    freeze(model, study.freeze)
     return model
 
 
@@ -60,7 +68,8 @@ def build_optimizer(model: nn.Module, params: Mapping[str, Any]) -> torch.optim.
 
 
 def train_trial(study: Study, trial: Trial, train_data: Data, val_data: Data, device: torch.device, *,
-                max_epochs: int, patience: int, on_built: Callable[[nn.Module], None] = lambda model: None,
+                max_epochs: int, patience: int, start: Start | None = None,
+                on_built: Callable[[nn.Module], None] = lambda model: None,
                 on_epoch: EpochCallback | None = None) -> tuple[nn.Module, FitResult]:
     """The loop for one trial's params and seed: seed → model → optimizer → batches → fit (best weights kept).
 
@@ -68,7 +77,7 @@ def train_trial(study: Study, trial: Trial, train_data: Data, val_data: Data, de
     """
     task = get_task(study.task)
     torch.manual_seed(trial.seed)
-    model = build_model(study, trial, task).to(device)
+    model = build_model(study, trial, task, start).to(device)
     optimizer = build_optimizer(model, trial.params)
     on_built(model)
     batch_size = int(trial.params.get("batch_size", DROPPED_DEFAULTS["batch_size"]))
@@ -96,13 +105,14 @@ class Objective:
     patience: int
     slot: Slot
     run_tags: Mapping[str, str]
+    start: Start | None = None
 
     def __call__(self, optuna_trial: optuna.Trial) -> float:
         seed = trial_seed(self.seed, optuna_trial.number)
         optuna_trial.set_user_attr("seed", seed)
         optuna_trial.set_user_attr("setup", {"data_seed": self.seed, "threads": self.slot.threads,
                                              "max_epochs": self.max_epochs, "patience": self.patience})
-        params = sample_params(self.study.space, optuna_trial)
+        params = sample_params(self.study.space, optuna_trial, self.start)
         run_id = self.tracker.start_run(
             self.experiment_id, f"trial-{optuna_trial.number}", parent_run_id=self.parent_run_id,
             tags={**self.run_tags, "trial_number": optuna_trial.number},
@@ -114,9 +124,11 @@ class Objective:
 
             def on_built(model: nn.Module) -> None:
                 n_params = sum(parameter.numel() for parameter in model.parameters())
+                lineage = {"start_from": self.start.source, "frozen": ",".join(self.study.freeze)} if self.start else {}
                 self.tracker.log_params(run_id, {**trial.params, "seed": seed, "n_params": n_params,
                                                  "device": self.slot.device, "threads": self.slot.threads,
-                                                 "max_epochs": self.max_epochs, "patience": self.patience})
+                                                 "max_epochs": self.max_epochs, "patience": self.patience,
+                                                 **lineage})
 
             def on_epoch(epoch: int, values: dict[str, float]) -> None:
                 self.tracker.log_metrics(run_id, values, step=epoch)
@@ -127,7 +139,8 @@ class Objective:
 
             model, result = train_trial(self.study, trial, self.train_data, self.val_data,
                                         torch.device(self.slot.torch_device), max_epochs=self.max_epochs,
-                                        patience=self.patience, on_built=on_built, on_epoch=on_epoch)
+                                        patience=self.patience, start=self.start, on_built=on_built,
+                                        on_epoch=on_epoch)
             epochs = len(result.history)  # epochs on the curve (a NaN epoch is not)
             tags.update(reason=result.stop_reason, epochs=epochs)
             for key, value in (("reason", result.stop_reason), ("epochs", epochs)):

@@ -14,6 +14,7 @@ from searchlab.execute import load_data
 from searchlab.objective import sample_params, train_trial
 from searchlab.study import Study
 from searchlab.tasks import get_task
+from searchlab.transfer import Start
 from searchlab.trial import Trial
 
 
@@ -38,7 +39,7 @@ class Replay:
         return [*rows, f"replay: {verdict} to the recorded curve ({len(self.recorded)} epochs)"]
 
 
-def replay_trial(study: Study, trial: FrozenTrial) -> Replay:
+def replay_trial(study: Study, trial: FrozenTrial, start: Start | None = None) -> Replay:
     """Retrain ``trial`` on the CPU with its recorded seed, threads and budget (no tracking, no storage writes)."""
     setup = trial.user_attrs.get("setup")
     if "seed" not in trial.user_attrs or not setup:
@@ -48,9 +49,9 @@ def replay_trial(study: Study, trial: FrozenTrial) -> Replay:
     torch.set_num_threads(setup["threads"])  # the same reduction order as the recorded run
     train_data, val_data = prepare_split(load_data(study, setup["data_seed"]), get_task(study.task))
     fixed = optuna.trial.FixedTrial(trial.params, number=trial.number)
-    params = sample_params(study.space, fixed)
+    params = sample_params(study.space, fixed, start)
     replayed: dict[int, float] = {}
     train_trial(study, Trial(fixed, params, trial.user_attrs["seed"]), train_data, val_data, torch.device("cpu"),
-                max_epochs=max(trial.intermediate_values), patience=setup["patience"],
+                max_epochs=max(trial.intermediate_values), patience=setup["patience"], start=start,
                 on_epoch=lambda epoch, values: replayed.__setitem__(epoch, values["val_loss"]))
     return Replay(dict(trial.intermediate_values), replayed)

@@ -10,6 +10,7 @@ from typing import Any
 from searchlab.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+INITS = ("default", "kaiming", "xavier")
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,10 @@ def validate_space(space: Mapping[str, Any]) -> dict[str, Distribution]:
     _check_bounds(checked, "dropout", low=0.0, high=1.0, high_open=True)
     _check_bounds(checked, "weight_decay", low=0.0)
     _check_bounds(checked, "batch_size", low=1.0, integer=True)
-    if "optimizer" in checked:
-        for value in _values(checked["optimizer"]):
-            if value not in OPTIMIZERS:
-                raise ConfigError(f"unknown optimizer {value!r}: use one of {', '.join(OPTIMIZERS)}")
+    for name, known in (("optimizer", OPTIMIZERS), ("init", INITS)):
+        for value in _values(checked[name]) if name in checked else []:
+            if value not in known:
+                raise ConfigError(f"unknown {name} {value!r}: use one of {', '.join(known)}")
     return checked
 
 

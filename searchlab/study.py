@@ -47,6 +47,9 @@ class Study:
     model: Callable[[Trial], nn.Module]
     space: Mapping[str, Distribution | Any] = field(default_factory=default_space)
     optimizer: str | Choice = "sgd"
+    init: str | Choice = "default"
+    start_from: str | None = None
+    freeze: tuple[str, ...] = ()
     max_epochs: int = 100
     patience: int = 10
     n_trials: int = 20
@@ -67,13 +70,20 @@ class Study:
         for name in ("data", "model"):
             if not callable(getattr(self, name)):
                 raise ConfigError(f"Study({name}=...) must be a function, got {type(getattr(self, name)).__name__}")
-        if "optimizer" in self.space:
-            raise ConfigError("choose the optimizer with Study(optimizer=...), not in the space")
+        for name in ("optimizer", "init"):
+            if name in self.space:
+                raise ConfigError(f"choose the {name} with Study({name}=...), not in the space")
+        if self.start_from is not None and (not isinstance(self.start_from, str) or not self.start_from.strip()):
+            raise ConfigError("Study(start_from=...) must be a path, runs:/RUN_ID, models:/NAME@ALIAS or study:NAME")
+        if isinstance(self.freeze, str) or not all(isinstance(prefix, str) and prefix for prefix in self.freeze):
+            raise ConfigError("Study(freeze=...) must be a tuple of parameter-name prefixes, e.g. ('0.',)")
+        object.__setattr__(self, "freeze", tuple(self.freeze))
         for name in ("max_epochs", "patience", "n_trials"):
             check_positive_int(f"Study({name}=...)", getattr(self, name))
         check_timeout("Study(timeout=...)", self.timeout)
         check_int("Study(seed=...)", self.seed)
-        space = validate_space({**self.space, "optimizer": as_distribution(self.optimizer)})
+        space = validate_space({**self.space, "optimizer": as_distribution(self.optimizer),
+                                "init": as_distribution(self.init)})
         object.__setattr__(self, "space", space)
 
     @property

@@ -103,9 +103,11 @@ def release_device_memory() -> None:
 
 
 def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: str, parent_run_id: str,
-               deadline: float | None, worker_seed: int = 0, data: Any = None,
+               deadline: float | None, worker_seed: int = 0, data: Any = None, start: Any = None,
                on_trial_end: Callable[[FrozenTrial], None] = lambda trial: None) -> None:
-    """Join the study in ``config.storage`` and run trials on ``slot`` until its budget is met."""
+    """Join the study in ``config.storage`` and run trials on ``slot`` until its budget is met.
+
+    ``data`` and ``start`` (the prepared split and starting weights) are loaded here when not given."""
     import torch
 
     from searchlab.data import prepare_split
@@ -116,6 +118,10 @@ def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: st
 
     torch.set_num_threads(slot.threads)
     train_data, val_data = data or prepare_split(load_data(study, config.seed), get_task(study.task))
+    if start is None and study.start_from is not None:
+        from searchlab.transfer import resolve_start
+
+        start = resolve_start(study.start_from, storage=config.storage, tracking_uri=config.tracking_uri)
     tracker = MlflowTracker(config.tracking_uri)
     on_stale = stale_trial_callback(config.retries, tracker, 3 * config.heartbeat)
     storage = open_storage(config.storage, heartbeat=config.heartbeat, on_stale=on_stale)
@@ -125,7 +131,8 @@ def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: st
     optuna_study.pruner = make_pruner(config.pruner, config.max_epochs)
     objective = Objective(study, train_data, val_data, tracker, experiment_id, parent_run_id, config.seed,
                           config.max_epochs, config.patience, slot,
-                          {"study_name": config.study_name, "sampler": config.sampler, "pruner": config.pruner})
+                          {"study_name": config.study_name, "sampler": config.sampler, "pruner": config.pruner},
+                          start)
 
     def reap() -> None:
         if storage_has_heartbeats:  # database storages: fail trials whose worker stopped beating, anywhere

@@ -1,0 +1,134 @@
+"""Initialisation and transfer learning: init schemes, starting weights from files and MLflow, frozen layers."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow import MlflowClient
+from torch import nn
+
+import searchlab as sl
+from searchlab.cli import main
+from searchlab.errors import ConfigError
+from searchlab.storage import open_storage
+from searchlab.tasks import ModelError
+from searchlab.tracking import MlflowTracker
+from searchlab.transfer import Start, freeze, initialise, load_start, resolve_start
+
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
+
+
+def mlp(width: int = 8, outputs: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, outputs))
+
+
+@pytest.mark.parametrize("scheme", ["kaiming", "xavier"])
+def test_initialise_sets_weight_scale_and_zero_biases(scheme: str) -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(400, 300)
+    initialise(layer, scheme)
+    expected = (2 / 400) ** 0.5 if scheme == "kaiming" else (2 / 700) ** 0.5
+    assert layer.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_default_initialisation_is_left_alone() -> None:
+    layer = nn.Linear(4, 3)
+    before = layer.weight.detach().clone()
+    initialise(layer, "default")
+    assert torch.equal(layer.weight, before)
+
+
+def test_load_start_copies_matching_layers_and_keeps_a_new_head() -> None:
+    source = mlp(outputs=10)
+    target = mlp(outputs=1)
+    head = target[2].weight.detach().clone()
+    loaded = load_start(target, Start("source", source.state_dict()))
+    assert loaded == ["0.bias", "0.weight"]
+    assert torch.equal(target[0].weight, source[0].weight) and torch.equal(target[2].weight, head)
+    with pytest.raises(ModelError, match="none of the weights in other fit this model"):
+        load_start(nn.Linear(3, 3), Start("other", source.state_dict()))
+
+
+def test_freeze_turns_off_gradients_of_named_layers() -> None:
+    model = mlp()
+    assert freeze(model, ("0.",)) == ["0.weight", "0.bias"]
+    assert [p.requires_grad for p in model.parameters()] == [False, False, True, True]
+    with pytest.raises(ModelError, match=r"freeze='9\.' names no parameter"):
+        freeze(model, ("9.",))
+
+
+def test_start_from_a_state_dict_file(tmp_path: Path) -> None:
+    source = mlp()
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    start = resolve_start(str(tmp_path / "weights.pt"), storage=None, tracking_uri="unused")
+    assert torch.equal(start.state_dict["0.weight"], source[0].weight.detach()) and start.params == {}
+    with pytest.raises(ConfigError, match="no such file"):
+        resolve_start(str(tmp_path / "missing.pt"), storage=None, tracking_uri="unused")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ConfigError, match="not a state_dict"):
+        resolve_start(str(tmp_path / "list.pt"), storage=None, tracking_uri="unused")
+
+
+def test_start_from_a_run_and_a_registered_model(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri)
+    run_id = tracker.start_run(tracker.experiment_id("source"), "trial-0")
+    tracker.log_params(run_id, {"width": 8, "activation": "relu", "seed": 1, "lr": 0.01})
+    source = mlp()
+    tracker.log_state_dict(run_id, source.state_dict())
+    tracker.end_run(run_id, "FINISHED")
+
+    start = resolve_start(f"runs:/{run_id}", storage=None, tracking_uri=uri)
+    assert start.params == {"width": 8, "activation": "relu", "lr": 0.01}  # model params, typed; no bookkeeping
+    assert torch.equal(start.state_dict["2.weight"], source[2].weight.detach())
+
+    client = MlflowClient(uri)
+    client.create_registered_model("digits")
+    version = client.create_model_version("digits", f"runs:/{run_id}/model_state_dict.pt", run_id=run_id)
+    client.set_registered_model_alias("digits", "best", version.version)
+    for spec in ("models:/digits@best", f"models:/digits/{version.version}"):
+        registered = resolve_start(spec, storage=None, tracking_uri=uri)
+        assert torch.equal(registered.state_dict["0.bias"], source[0].bias.detach())
+        assert registered.params["width"] == 8
+    with pytest.raises(ConfigError, match="cannot fetch the weights"):
+        resolve_start("runs:/0123456789abcdef", storage=None, tracking_uri=uri)
+
+
+def test_init_can_be_searched() -> None:
+    study = sl.Study(name="s", task="regression", data=lambda seed: None, model=lambda trial: mlp(),
+                     init=sl.Choice(["kaiming", "xavier"]))
+    assert "init" in study.searched
+    with pytest.raises(ConfigError, match="unknown init 'orthogonal'"):
+        sl.Study(name="s", task="regression", data=lambda seed: None, model=lambda trial: mlp(), init="orthogonal")
+
+
+def test_finetune_study_starts_from_the_best_multiclass_weights(workdir: Path) -> None:
+    for name in ("multiclass", "finetune"):
+        shutil.copy(STUDIES / f"{name}.py", workdir / f"{name}.py")
+    first = CliRunner().invoke(main, ["run", "multiclass.py", "--trials", "2", "--max-epochs", "4"])
+    assert first.exit_code == 0, first.output
+    result = CliRunner().invoke(main, ["run", "finetune.py", "--trials", "2", "--max-epochs", "5"])
+    assert result.exit_code == 0, result.output
+
+    storage = open_storage(None)
+    source = optuna.load_study(study_name="multiclass", storage=storage).best_trial
+    tuned = optuna.load_study(study_name="finetune", storage=storage)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    source_weights = torch.load(client.download_artifacts(source.user_attrs["mlflow_run_id"], "model_state_dict.pt"),
+                                weights_only=True)
+    for trial in tuned.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.params["start_from"] == f"runs:/{source.user_attrs['mlflow_run_id']}"
+        assert run.data.params["frozen"] == "0." and run.data.params["init"] == "kaiming"
+        assert run.data.params["width"] == str(source.params["width"])
+        weights = torch.load(client.download_artifacts(run.info.run_id, "model_state_dict.pt"), weights_only=True)
+        assert torch.equal(weights["0.weight"], source_weights["0.weight"]), "the frozen layer did not move"
+        assert weights["3.weight"].shape == (1, source.params["width"])  # the new head
+    replay = CliRunner().invoke(main, ["replay", "0", "finetune.py"])
+    assert replay.exit_code == 0 and "identical" in replay.output.splitlines()[-1]
