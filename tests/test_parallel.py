@@ -119,7 +119,7 @@ def test_workers_on_other_hosts_join_through_postgresql(workdir: Path) -> None:
     name = f"pg-workers-{uuid.uuid4().hex[:8]}"
     path = write_study(workdir, **SLOW)  # slow enough for the joining workers to start before the run is done
     args = ["--storage", POSTGRES_URL, "--study-name", name]
-    processes = [subprocess.Popen([SEARCHLAB, "run", str(path), "--trials", "12", *args], cwd=workdir,
+    processes = [subprocess.Popen([SEARCHLAB, "run", str(path), "--trials", "8", *args], cwd=workdir,
                                   env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
     try:
         wait_until(lambda: (study := load(name, POSTGRES_URL)) and BUDGET_ATTR in study.user_attrs,
@@ -129,8 +129,8 @@ def test_workers_on_other_hosts_join_through_postgresql(workdir: Path) -> None:
         outputs = [process.communicate(timeout=300) for process in processes]
         assert [process.returncode for process in processes] == [0, 0, 0], outputs
         study = load(name, POSTGRES_URL)
-        assert [trial.number for trial in study.trials] == list(range(12))
-        assert count(study.trials).final == 12
+        assert [trial.number for trial in study.trials] == list(range(8))
+        assert count(study.trials).final == 8
         check_tracked(study, MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"), path)
         assert len({trial.user_attrs["worker"] for trial in study.trials}) >= 2
         assert sum(int(out.split("worker done: ")[1].split()[0]) for out, _ in outputs[1:]) >= 1
