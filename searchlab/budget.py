@@ -102,15 +102,21 @@ def budget_lock(url: str | None, storage: Any, study_name: str) -> Callable[[], 
     return contextlib.nullcontext  # other databases: no cross-worker lock; the budget may overshoot by a few
 
 
+def has_room(study: optuna.Study) -> bool:
+    """Whether a worker may claim a trial now: an enqueued one waits, or the budget is not yet claimed."""
+    counts = count(study.get_trials(deepcopy=False))
+    return bool(counts.waiting) or counts.claimed < study.user_attrs.get(BUDGET_ATTR, 0)
+
+
 def claim(study: optuna.Study, lock: Callable[[], AbstractContextManager[None]], *, worker: str) -> optuna.Trial | str:
     """A new or enqueued trial to run, marked as ``worker``'s; or ``"wait"`` (others still run trials that may fail
     and be retried), or ``"done"`` (the budget is met)."""
     with lock():
-        counts = count(study.get_trials(deepcopy=False))
-        if counts.waiting or counts.claimed < study.user_attrs.get(BUDGET_ATTR, 0):
+        if has_room(study):
             with warnings.catch_warnings():  # the search loop sends the heartbeats Study.optimize would
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
                 trial = study.ask()
             trial.set_user_attr("worker", worker)
             return trial
-    return "wait" if counts.running else "done"
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return "wait" if running else "done"

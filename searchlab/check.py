@@ -86,6 +86,8 @@ def check_study(study: Study, train_data: Data, *, examples: int = EXAMPLES, ste
         optimizer = build_optimizer(model, params)
     except ModelError as error:
         return CheckResult(False, f"check failed: {error}")
+    except Exception as error:
+        return CheckResult(False, f"check failed: the study's model() failed: {describe_error(error)}")
     inputs, targets = first_examples(train_data, examples)
     loss_fn = task.loss_fn()
     model.train()

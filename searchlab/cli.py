@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from searchlab.errors import ConfigError
+from searchlab.errors import ConfigError, RunFailed
 
 
 class BadInput(click.ClickException):
@@ -87,7 +87,7 @@ def run(file: str, no_check: bool, **flags: Any) -> None:
     study = load_study_file(file)
     try:
         summary = run_study(study, resolve_config(study, flags), study_file=file, check=not no_check)
-    except CheckFailed as failed:
+    except (CheckFailed, RunFailed) as failed:
         click.echo(f"Error: {failed}", err=True)
         sys.exit(1)
     except StudyInterrupted as interrupted:
@@ -105,14 +105,12 @@ def check(file: str, seed: int | None) -> None:
     likely cause when it does not (wrong head or output shape, no gradient, a loss that never moves, NaN)."""
     from searchlab.check import check_study
     from searchlab.config import resolve_config
-    from searchlab.data import prepare_split
-    from searchlab.execute import load_data, load_start_for
+    from searchlab.execute import load_split, load_start_for
     from searchlab.study import load_study_file
-    from searchlab.tasks import get_task
 
     study = load_study_file(file)
     config = resolve_config(study, {"seed": seed})
-    train_data, _ = prepare_split(load_data(study, config.seed), get_task(study.task))
+    train_data, _ = load_split(study, config.seed)
     result = check_study(study, train_data, seed=config.seed, start=load_start_for(study, config))
     click.echo(result.summary)
     sys.exit(0 if result.passed else 1)

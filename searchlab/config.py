@@ -10,7 +10,7 @@ from typing import Any
 
 from searchlab.devices import parse_workers
 from searchlab.errors import ConfigError
-from searchlab.study import PRUNERS, SAMPLERS, Study, check_int, check_positive_int, check_timeout
+from searchlab.study import PRUNERS, SAMPLERS, Study, check_int, check_positive_int, check_seed, check_timeout
 
 
 @dataclass(frozen=True)
@@ -125,5 +125,5 @@ def _check(config: RunConfig) -> None:
     if config.retries < 0:
         raise ConfigError(f"retries must be 0 or more, got {config.retries}")
     parse_workers(config.workers)
-    check_int("seed", config.seed)
+    check_seed("seed", config.seed)
     check_timeout("timeout", config.timeout)

@@ -15,17 +15,28 @@ class Slot:
     index: int
     device: str
     threads: int
+    isolated: bool = False  # True in a spawned worker, whose environment hides every other GPU
 
     @property
     def environment(self) -> dict[str, str]:
-        """Variables set before torch starts, so the worker sees only its own GPU (as cuda:0), or none."""
-        gpu = self.device.split(":", 1)[1] if self.device.startswith("cuda:") else ""
+        """Variables set before torch starts, so the worker sees only its own GPU (as cuda:0), or none.
+
+        ``cuda:N`` counts the GPUs this process sees; under an inherited CUDA_VISIBLE_DEVICES (e.g. a scheduler's
+        ``2,3``) it is mapped back to the id that list gives."""
+        gpu = ""
+        if self.device.startswith("cuda:"):
+            visible = [part for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()]
+            index = int(self.device.split(":", 1)[1])
+            gpu = visible[index].strip() if index < len(visible) else str(index)
         return {"CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": str(self.threads)}
 
     @property
     def torch_device(self) -> str:
-        """The device as torch names it inside the worker (its one visible GPU is cuda:0)."""
-        return "cuda:0" if self.device.startswith("cuda") else "cpu"
+        """The device as torch names it in the worker: a spawned worker's one visible GPU is cuda:0; in this
+        process the GPU keeps its own index."""
+        if not self.device.startswith("cuda"):
+            return "cpu"
+        return "cuda:0" if self.isolated else self.device
 
 
 def cuda_device_count() -> int:

@@ -20,5 +20,9 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
+class RunFailed(Exception):
+    """The run could not go on (e.g. its workers keep dying); the CLI prints it in one line, exit code 1."""
+
+
 class TrialStopped(Exception):
     """A trial stopped itself (e.g. a NaN loss before any finite epoch); the study carries on."""

@@ -7,6 +7,7 @@ their MLflow runs closed) and starts replacements, and on Ctrl-C stops every wor
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -18,14 +19,22 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from searchlab.budget import BUDGET_ATTR, count
+from searchlab.budget import BUDGET_ATTR, budget_lock, count, has_room
 from searchlab.config import RunConfig
 from searchlab.devices import Slot, assign_slots, cuda_device_count, parse_devices, parse_workers
-from searchlab.errors import ConfigError, describe_error
+from searchlab.errors import ConfigError, RunFailed, describe_error
 from searchlab.recovery import is_dead_local_worker, reap_dead_local_trials, worker_name
 from searchlab.storage import describe, mask_password, open_storage
 from searchlab.study import Study
-from searchlab.worker import EXPERIMENT_ATTR, PARENT_RUN_ATTR, interrupt_once, run_worker, worker_process
+from searchlab.worker import (
+    EXPERIMENT_ATTR,
+    PARENT_RUN_ATTR,
+    RUN_SETTINGS,
+    RUN_SETTINGS_ATTR,
+    interrupt_once,
+    run_worker,
+    worker_process,
+)
 
 STOP_GRACE_SECONDS = 60  # how long stopped workers get to close their trials before they are killed
 
@@ -84,12 +93,17 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def load_data(study: Study, seed: int) -> Any:
-    """The study's Split; a data() that raises is a study-file error."""
+def load_split(study: Study, seed: int) -> Any:
+    """The study's training and validation data, checked and prepared for its task; a data() that raises is a
+    study-file error."""
+    from searchlab.data import prepare_split
+    from searchlab.tasks import get_task
+
     try:
-        return study.data(seed)
+        split = study.data(seed)
     except Exception as error:
         raise ConfigError(f"the study's data({seed}) failed: {describe_error(error)}") from None
+    return prepare_split(split, get_task(study.task))
 
 
 def preflight_model(study: Study, task: Any, val_data: Any, start: Any = None) -> None:
@@ -137,13 +151,12 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
     """Run ``config.n_trials`` more trials of ``study`` and track them; bad input, or (with ``check``) a model
     that cannot overfit one tiny batch, fails before anything is written. ``study_file`` (the file declaring
     ``study``) is needed to start worker processes."""
-    from searchlab.data import prepare_split
     from searchlab.tasks import get_task
     from searchlab.tracking import MlflowTracker, check_tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and summary say it all
     task = get_task(study.task)
-    data = prepare_split(load_data(study, config.seed), task)
+    data = load_split(study, config.seed)
     check_tracking_uri(config.tracking_uri)
     start = load_start_for(study, config)
     preflight_model(study, task, data[1], start)
@@ -165,9 +178,10 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
         raise ConfigError(f"study {config.study_name!r} in {describe(config.storage)} maximizes; "
                           "searchlab minimizes validation loss: choose another --study-name")
     tracker = MlflowTracker(config.tracking_uri)
-    reap_dead_local_trials(optuna_study, retries=config.retries, tracker=tracker,
+    lock = budget_lock(config.storage, storage, config.study_name)
+    before = {trial.number for trial in optuna_study.get_trials(deepcopy=False)}  # retries enqueued next run here
+    reap_dead_local_trials(optuna_study, retries=config.retries, tracker=tracker, lock=lock,
                            reason="its worker died before this run started")
-    before = {trial.number for trial in optuna_study.get_trials(deepcopy=False)}
     experiment_id = tracker.experiment_id(config.study_name)  # once, before any worker starts
     tracker.close_dead_parent_runs(experiment_id, is_dead_local_worker)
     parent_run_id = tracker.start_run(experiment_id, f"{config.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -176,66 +190,67 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
     summary = RunSummary(config.study_name, describe(config.storage), config.tracking_uri, experiment_id,
                          parent_run_id)
     status = "FAILED"
-    try:
-        tracker.log_params(parent_run_id, {
-            "task": study.task, "sampler": config.sampler, "pruner": config.pruner, "seed": config.seed,
-            "n_trials": config.n_trials,
-            "timeout": config.timeout, "max_epochs": config.max_epochs, "patience": config.patience,
-            "storage": describe(config.storage), "searched": ",".join(study.searched), "workers": len(slots),
-            "devices": ",".join(sorted({slot.device for slot in slots})), "retries": config.retries,
-        })
-        optuna_study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
-        optuna_study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
-        optuna_study.set_user_attr(BUDGET_ATTR, count(optuna_study.get_trials(deepcopy=False)).claimed
-                                   + config.n_trials)
-        deadline = None if config.timeout is None else time.time() + config.timeout
-        bar = _progress_bar(config, enabled=progress)
+    with interrupt_once():  # one Ctrl-C stops the run; the cleanup below is not interrupted by a second one
         try:
-            if len(slots) == 1:
-                with interrupt_once():
+            tracker.log_params(parent_run_id, {
+                "task": study.task, "sampler": config.sampler, "pruner": config.pruner, "seed": config.seed,
+                "n_trials": config.n_trials, "timeout": config.timeout, "max_epochs": config.max_epochs,
+                "patience": config.patience, "storage": describe(config.storage), "searched": ",".join(study.searched),
+                "workers": len(slots), "devices": ",".join(sorted({slot.device for slot in slots})),
+                "retries": config.retries,
+            })
+            optuna_study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
+            optuna_study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
+            optuna_study.set_user_attr(RUN_SETTINGS_ATTR, {name: getattr(config, name) for name in RUN_SETTINGS})
+            optuna_study.set_user_attr(BUDGET_ATTR, count(optuna_study.get_trials(deepcopy=False)).claimed
+                                       + config.n_trials)
+            deadline = None if config.timeout is None else time.time() + config.timeout
+            bar = _progress_bar(config, enabled=progress)
+            try:
+                if len(slots) == 1:
                     run_worker(study, config, slots[0], experiment_id=experiment_id, parent_run_id=parent_run_id,
                                deadline=deadline, data=data, start=start,
                                on_trial_end=lambda trial: _show(bar, [trial]))
-            else:
-                assert study_file is not None
-                coordinate(study_file, config, slots, optuna_study, tracker, bar, experiment_id=experiment_id,
-                           parent_run_id=parent_run_id, deadline=deadline)
+                else:
+                    assert study_file is not None
+                    coordinate(study_file, config, slots, optuna_study, tracker, bar, lock, before,
+                               experiment_id=experiment_id, parent_run_id=parent_run_id, deadline=deadline)
+            finally:
+                bar.close()
+                summary.record(optuna_study.get_trials(deepcopy=False), before)
+            if summary.best is not None:
+                tracker.log_metrics(parent_run_id, {"best_value": summary.best.value}, step=0)
+                tracker.set_tags(parent_run_id, {"best_trial": summary.best.number,
+                                                 "best_run_id": summary.best.user_attrs.get("mlflow_run_id")})
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise StudyInterrupted(summary) from None
         finally:
-            bar.close()
-            summary.record(optuna_study.get_trials(deepcopy=False), before)
-        if summary.best is not None:
-            tracker.log_metrics(parent_run_id, {"best_value": summary.best.value}, step=0)
-            tracker.set_tags(parent_run_id, {"best_trial": summary.best.number,
-                                             "best_run_id": summary.best.user_attrs.get("mlflow_run_id")})
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise StudyInterrupted(summary) from None
-    finally:
-        tracker.set_tags(parent_run_id, {"state": status})
-        tracker.end_run(parent_run_id, status)
+            try:
+                tracker.set_tags(parent_run_id, {"state": status})
+            finally:
+                tracker.end_run(parent_run_id, status)
     return summary
 
 
 def join_study(study: Study, config: RunConfig) -> int:
     """Run one worker on a study that ``searchlab run`` started; returns how many trials it finished."""
-    from searchlab.data import prepare_split
     from searchlab.storage import load_existing_study
     from searchlab.tasks import get_task
     from searchlab.tracking import check_tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    task = get_task(study.task)
-    data = prepare_split(load_data(study, config.seed), task)
     check_tracking_uri(config.tracking_uri)
+    attrs = load_existing_study(config.storage, config.study_name).user_attrs
+    if BUDGET_ATTR not in attrs or EXPERIMENT_ATTR not in attrs or RUN_SETTINGS_ATTR not in attrs:
+        raise ConfigError(f"study {config.study_name!r} was not started by 'searchlab run': start it there first")
+    config = dataclasses.replace(config, **attrs[RUN_SETTINGS_ATTR])  # the same seed, budget and pruner as the run
+    task = get_task(study.task)
+    data = load_split(study, config.seed)
     start = load_start_for(study, config)
     preflight_model(study, task, data[1], start)
-    (slot,) = assign_slots(parse_devices(config.devices, cuda_device_count()), 1,
-                           trials_per_device=config.trials_per_device)
-    existing = load_existing_study(config.storage, config.study_name)
-    attrs = existing.user_attrs
-    if BUDGET_ATTR not in attrs or EXPERIMENT_ATTR not in attrs:
-        raise ConfigError(f"study {config.study_name!r} was not started by 'searchlab run': start it there first")
+    (slot,) = plan_slots(dataclasses.replace(config, workers="1"))
     finished: list[FrozenTrial] = []
     with interrupt_once():
         run_worker(study, config, slot, experiment_id=attrs[EXPERIMENT_ATTR], parent_run_id=attrs[PARENT_RUN_ATTR],
@@ -245,8 +260,9 @@ def join_study(study: Study, config: RunConfig) -> int:
 
 
 def coordinate(study_file: str, config: RunConfig, slots: list[Slot], study: optuna.Study, tracker: Any, bar: Any,
-               *, experiment_id: str, parent_run_id: str, deadline: float | None) -> None:
-    """Run one worker process per slot until the budget is met; replace the ones that die."""
+               lock: Any, before: set[int], *, experiment_id: str, parent_run_id: str, deadline: float | None) -> None:
+    """Run one worker process per slot until the budget is met; replace the ones that die. ``before``: the
+    trials the study held before this run."""
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold a CUDA context
     started = 0
 
@@ -258,9 +274,8 @@ def coordinate(study_file: str, config: RunConfig, slots: list[Slot], study: opt
         process.start()
         return process
 
-    processes = {slot.index: start(slot) for slot in slots}
-    before = {trial.number for trial in study.get_trials(deepcopy=False)}
     seen = {trial.number for trial in study.get_trials(deepcopy=False) if trial.state.is_finished()}
+    processes = {slot.index: start(slot) for slot in slots}
     deaths_in_a_row = 0
     try:
         while processes:
@@ -274,14 +289,14 @@ def coordinate(study_file: str, config: RunConfig, slots: list[Slot], study: opt
                     raise ConfigError(f"worker {slot.index} stopped on bad input (its message is above)")
                 if process.exitcode != 0:
                     reason = f"its worker process (pid {process.pid}) died: {_exit_reason(process.exitcode)}"
-                    numbers = reap_dead_local_trials(study, retries=config.retries, tracker=tracker,
+                    numbers = reap_dead_local_trials(study, retries=config.retries, tracker=tracker, lock=lock,
                                                      pids={process.pid}, reason=reason)
                     bar.write(f"worker {slot.index} died ({_exit_reason(process.exitcode)}); "
                               f"trial(s) {numbers or 'none'} failed and retried where retries remain", file=sys.stderr)
                     deaths_in_a_row += 1
                     if deaths_in_a_row > 3 * len(slots):
-                        raise RuntimeError("workers keep dying without finishing a trial; see the messages above")
-                    if _budget_open(study) and (deadline is None or time.time() < deadline):
+                        raise RunFailed("workers keep dying without finishing a trial; see the messages above")
+                    if has_room(study) and (deadline is None or time.time() < deadline):
                         processes[slot.index] = start(slot)
             trials = study.get_trials(deepcopy=False)
             finished = [t for t in trials if t.state.is_finished() and t.number not in seen]
@@ -289,12 +304,14 @@ def coordinate(study_file: str, config: RunConfig, slots: list[Slot], study: opt
                 deaths_in_a_row = 0
                 seen.update(trial.number for trial in finished)
                 _show(bar, finished, final=count([t for t in trials if t.number not in before]).final)
-    except BaseException:
-        stop_workers(processes, study, tracker)
+    except BaseException as error:
+        reason = "stopped with the run (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else \
+            f"stopped with the run ({describe_error(error)})"
+        stop_workers(processes, study, tracker, lock, reason=reason)
         raise
 
 
-def stop_workers(processes: dict[int, Any], study: optuna.Study, tracker: Any) -> None:
+def stop_workers(processes: dict[int, Any], study: optuna.Study, tracker: Any, lock: Any, *, reason: str) -> None:
     """Ask every worker to stop (SIGINT: it fails its trial and closes its run), then kill what is left."""
     for process in processes.values():
         if process.exitcode is None:
@@ -305,13 +322,8 @@ def stop_workers(processes: dict[int, Any], study: optuna.Study, tracker: Any) -
         if process.exitcode is None:
             process.kill()
             process.join()
-    reap_dead_local_trials(study, retries=0, tracker=tracker, pids={p.pid for p in processes.values()},
-                           reason="stopped with the run (Ctrl-C)")
-
-
-def _budget_open(study: optuna.Study) -> bool:
-    counts = count(study.get_trials(deepcopy=False))
-    return bool(counts.waiting) or counts.claimed < study.user_attrs.get(BUDGET_ATTR, 0)
+    reap_dead_local_trials(study, retries=0, tracker=tracker, lock=lock, pids={p.pid for p in processes.values()},
+                           reason=reason)
 
 
 def _exit_reason(code: int) -> str:

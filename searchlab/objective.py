@@ -117,9 +117,9 @@ class Objective:
             self.experiment_id, f"trial-{optuna_trial.number}", parent_run_id=self.parent_run_id,
             tags={**self.run_tags, "trial_number": optuna_trial.number},
         )
-        optuna_trial.set_user_attr("mlflow_run_id", run_id)
         status, tags = "FAILED", {"state": "FAIL"}
         try:
+            optuna_trial.set_user_attr("mlflow_run_id", run_id)
             trial = Trial(optuna_trial, params, seed)
 
             def on_built(model: nn.Module) -> None:
@@ -165,6 +165,8 @@ class Objective:
             tags["reason"] = tags.get("reason") if isinstance(error, TrialStopped) else describe_error(error)
             raise
         finally:
-            self.tracker.set_tags(run_id, tags)
-            self.tracker.end_run(run_id, status)
+            try:
+                self.tracker.set_tags(run_id, tags)
+            finally:
+                self.tracker.end_run(run_id, status)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -52,25 +53,32 @@ def dead_local_trials(study: optuna.Study, pids: set[int] | None = None) -> list
 
 
 def recover(study: optuna.Study, trial: FrozenTrial, reason: str, *, retries: int, tracker: Any) -> None:
-    """Fail a dead worker's trial (if still RUNNING), retry its parameters, close its MLflow run as KILLED."""
+    """Retry a dead worker's trial, fail it (if still RUNNING), and close its MLflow run as KILLED.
+
+    The retry is enqueued before the trial is failed, so that no worker ever counts the budget as met in between.
+    """
     if trial.state == TrialState.RUNNING:
         try:
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-            study.tell(trial.number, state=TrialState.FAIL)
-        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
+            optuna.Trial(study, trial._trial_id).set_user_attr("fail_reason", reason)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             return  # another process got there first
-    retried = retry_trial(study, trial, retries)
+        retried = retry_trial(study, trial, retries)
+        study.tell(trial.number, state=TrialState.FAIL)
+    else:  # failed by Optuna's heartbeat check, which then calls us
+        retried = retry_trial(study, trial, retries)
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id is not None and tracker is not None:
         tracker.close_dead_run(run_id, trial.intermediate_values, reason=reason, retried=retried)
 
 
-def reap_dead_local_trials(study: optuna.Study, *, retries: int, tracker: Any, pids: set[int] | None = None,
-                           reason: str = "its worker process died") -> list[int]:
-    """Recover every dead local trial; returns their numbers."""
-    dead = dead_local_trials(study, pids)
-    for trial in dead:
-        recover(study, trial, reason, retries=retries, tracker=tracker)
+def reap_dead_local_trials(study: optuna.Study, *, retries: int, tracker: Any, lock: Callable[[], Any],
+                           pids: set[int] | None = None, reason: str = "its worker process died") -> list[int]:
+    """Recover every dead local trial, under the study's budget lock (so that two reapers never retry the same
+    trial, and no claim counts in between); returns their numbers."""
+    with lock():
+        dead = dead_local_trials(study, pids)
+        for trial in dead:
+            recover(study, trial, reason, retries=retries, tracker=tracker)
     return [trial.number for trial in dead]
 
 

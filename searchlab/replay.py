@@ -8,12 +8,10 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial
 
-from searchlab.data import prepare_split
 from searchlab.errors import ConfigError
-from searchlab.execute import load_data
+from searchlab.execute import load_split
 from searchlab.objective import sample_params, train_trial
 from searchlab.study import Study
-from searchlab.tasks import get_task
 from searchlab.transfer import Start
 from searchlab.trial import Trial
 
@@ -47,7 +45,7 @@ def replay_trial(study: Study, trial: FrozenTrial, start: Start | None = None) -
     if not trial.intermediate_values:
         raise ConfigError(f"trial {trial.number} recorded no epoch: nothing to replay")
     torch.set_num_threads(setup["threads"])  # the same reduction order as the recorded run
-    train_data, val_data = prepare_split(load_data(study, setup["data_seed"]), get_task(study.task))
+    train_data, val_data = load_split(study, setup["data_seed"])
     fixed = optuna.trial.FixedTrial(trial.params, number=trial.number)
     params = sample_params(study.space, fixed, start)
     replayed: dict[int, float] = {}

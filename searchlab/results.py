@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from searchlab.config import default_tracking_uri, from_environment
-from searchlab.errors import ConfigError
-from searchlab.storage import load_existing_study
+from searchlab.errors import ConfigError, first_line
+from searchlab.storage import load_existing_study, mask_password
 
 
 def open_results(file: str | None, storage: str | None, study_name: str | None) -> Any:
@@ -76,7 +76,10 @@ def export_weights(trial: Any, tracking_uri: str, path: str | Path) -> None:
         try:
             downloaded = MlflowTracker(tracking_uri).download_state_dict(run_id, folder)
         except Exception as error:
-            raise ConfigError(f"cannot fetch the weights of run {run_id} from {tracking_uri}: {error}; "
-                              "pass the --tracking-uri the study ran with") from None
-        torch.load(downloaded, weights_only=True)
+            raise ConfigError(f"cannot fetch the weights of run {run_id} from {mask_password(tracking_uri)}: "
+                              f"{first_line(error)}; pass the --tracking-uri the study ran with") from None
+        try:
+            torch.load(downloaded, weights_only=True)
+        except Exception as error:
+            raise ConfigError(f"the weights of run {run_id} do not load as a state_dict: {first_line(error)}") from None
         shutil.copyfile(downloaded, path)

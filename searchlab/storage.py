@@ -12,7 +12,6 @@ import re
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from searchlab.errors import ConfigError, first_line
 
@@ -21,15 +20,10 @@ DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "ora
 
 
 def mask_password(url: str) -> str:
-    """The URL with any password (in the user part or a ``password=`` query field) replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-    if not parts.password and query == parts.query:
-        return url  # nothing to hide; urlunsplit would also drop the empty host of sqlite:////abs/path
-    return urlunsplit(parts._replace(query=query))
+    """The URL with any password replaced by ``***``: in the user part (whatever characters it holds, up to the
+    last ``@`` before the host) and in any ``password=``/``sslpassword=`` query field."""
+    url = re.sub(r"^([a-zA-Z][\w+.-]*://[^:/@]*):.*@(?=[^@]*$)", r"\1:***@", url)
+    return re.sub(r"(?i)([?&](?:ssl)?password=)[^&]*", r"\1***", url)
 
 
 def is_database_url(url: str) -> bool:
@@ -76,6 +70,11 @@ def open_storage(url: str | None, *, heartbeat: int | None = None, on_stale: Any
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
+def has_heartbeats(storage: Any) -> bool:
+    """Whether the storage was opened with heartbeats (database storages only)."""
+    return getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
+
+
 class Heartbeat:
     """Beats for one RUNNING trial from a background thread while it trains (database storages only)."""
 
@@ -94,7 +93,7 @@ class Heartbeat:
                 return
 
     def __enter__(self) -> Heartbeat:
-        if getattr(self.storage, "get_heartbeat_interval", lambda: None)() is not None:
+        if has_heartbeats(self.storage):
             self._thread.start()
         return self
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from searchlab.errors import ConfigError, describe_error
+from searchlab.errors import ConfigError, RunFailed, describe_error
 from searchlab.space import OPTIMIZERS, Choice, Distribution, Fixed, as_distribution, default_space, validate_space
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class Study:
         for name in ("max_epochs", "patience", "n_trials"):
             check_positive_int(f"Study({name}=...)", getattr(self, name))
         check_timeout("Study(timeout=...)", self.timeout)
-        check_int("Study(seed=...)", self.seed)
+        check_seed("Study(seed=...)", self.seed)
         space = validate_space({**self.space, "optimizer": as_distribution(self.optimizer),
                                 "init": as_distribution(self.init)})
         object.__setattr__(self, "space", space)
@@ -104,7 +104,7 @@ class Study:
         as_script = any(value is self for value in vars(sys.modules["__main__"]).values())
         try:
             summary = run_study(self, resolve_config(self, overrides), study_file=inspect.getsourcefile(self.model))
-        except (ConfigError, CheckFailed) as error:
+        except (ConfigError, CheckFailed, RunFailed) as error:
             if not as_script:
                 raise
             print(f"Error: {error}", file=sys.stderr)
@@ -131,6 +131,12 @@ def check_timeout(what: str, value: Any) -> None:
         return
     if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
         raise ConfigError(f"{what} must be a positive number of seconds, got {value!r}")
+
+
+def check_seed(what: str, value: Any) -> None:
+    check_int(what, value)
+    if value < 0:
+        raise ConfigError(f"{what} must be 0 or more, got {value}")
 
 
 def check_int(what: str, value: Any) -> None:

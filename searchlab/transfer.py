@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from searchlab.errors import ConfigError, first_line
-from searchlab.space import INITS  # noqa: F401  (re-exported: the schemes initialise() knows)
 from searchlab.tasks import ModelError
 
 # Bookkeeping params of a run that are not hyperparameters of its model.
@@ -70,7 +69,11 @@ def _load(path: Path) -> Mapping[str, torch.Tensor]:
         if not files:
             raise ConfigError(f"no .pt state_dict file in {path}")
         path = files[0]
-    state_dict = torch.load(path, weights_only=True, map_location="cpu")
+    try:
+        state_dict = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:
+        raise ConfigError(f"{path} does not load as weights (torch.load, weights_only=True): {first_line(error)}") \
+            from None
     if not isinstance(state_dict, Mapping):
         raise ConfigError(f"{path} holds a {type(state_dict).__name__}, not a state_dict")
     return state_dict
@@ -101,7 +104,10 @@ def resolve_start(spec: str, *, storage: str | None, tracking_uri: str) -> Start
                 run_id, _, artifact = spec[len("runs:/"):].partition("/")
                 uri = f"runs:/{run_id}/{artifact or STATE_DICT_FILE}"
             else:  # the registry of this tracking store, whatever MLflow's global registry URI says
-                name, alias, number = re.fullmatch(r"models:/([^@/]+)(?:@(.+)|/(\d+))", spec).groups()
+                match = re.fullmatch(r"models:/([^@/]+)(?:@(.+)|/(\d+))", spec)
+                if match is None:
+                    raise ValueError("write models:/NAME@ALIAS or models:/NAME/VERSION")
+                name, alias, number = match.groups()
                 version = client.get_model_version_by_alias(name, alias) if alias else \
                     client.get_model_version(name, number)
                 run_id, uri = version.run_id, client.get_model_version_download_uri(name, version.version)

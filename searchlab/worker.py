@@ -7,6 +7,7 @@ The same worker runs inside ``searchlab run`` (one worker), in each process it s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -25,10 +26,13 @@ from searchlab.config import RunConfig
 from searchlab.devices import Slot
 from searchlab.errors import ConfigError, TrialStopped, describe_error
 from searchlab.recovery import reap_dead_local_trials, stale_trial_callback, worker_name
-from searchlab.storage import Heartbeat, open_storage
+from searchlab.storage import Heartbeat, has_heartbeats, open_storage
 from searchlab.study import Study, load_study_file
 
 EXPERIMENT_ATTR, PARENT_RUN_ATTR = "mlflow_experiment_id", "mlflow_parent_run_id"
+# The run's settings that joining workers adopt (no URLs: those are each host's own).
+RUN_SETTINGS_ATTR = "searchlab_run_settings"
+RUN_SETTINGS = ("seed", "sampler", "pruner", "max_epochs", "patience", "retries", "heartbeat")
 
 
 def make_sampler(name: str, seed: int, n_existing: int, worker: int = 0) -> optuna.samplers.BaseSampler:
@@ -110,22 +114,16 @@ def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: st
     ``data`` and ``start`` (the prepared split and starting weights) are loaded here when not given."""
     import torch
 
-    from searchlab.data import prepare_split
-    from searchlab.execute import load_data
+    from searchlab.execute import load_split, load_start_for
     from searchlab.objective import Objective
-    from searchlab.tasks import get_task
     from searchlab.tracking import MlflowTracker
 
     torch.set_num_threads(slot.threads)
-    train_data, val_data = data or prepare_split(load_data(study, config.seed), get_task(study.task))
-    if start is None and study.start_from is not None:
-        from searchlab.transfer import resolve_start
-
-        start = resolve_start(study.start_from, storage=config.storage, tracking_uri=config.tracking_uri)
+    train_data, val_data = data or load_split(study, config.seed)
+    start = start or load_start_for(study, config)
     tracker = MlflowTracker(config.tracking_uri)
     on_stale = stale_trial_callback(config.retries, tracker, 3 * config.heartbeat)
     storage = open_storage(config.storage, heartbeat=config.heartbeat, on_stale=on_stale)
-    storage_has_heartbeats = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
     optuna_study = optuna.load_study(study_name=config.study_name, storage=storage)
     optuna_study.sampler = make_sampler(config.sampler, config.seed, len(optuna_study.trials), worker_seed)
     optuna_study.pruner = make_pruner(config.pruner, config.max_epochs)
@@ -134,14 +132,16 @@ def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: st
                           {"study_name": config.study_name, "sampler": config.sampler, "pruner": config.pruner},
                           start)
 
+    lock = budget_lock(config.storage, storage, config.study_name)
+
     def reap() -> None:
-        if storage_has_heartbeats:  # database storages: fail trials whose worker stopped beating, anywhere
-            with warnings.catch_warnings():
+        if has_heartbeats(storage):  # database storages: fail trials whose worker stopped beating, anywhere
+            with lock(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(optuna_study)
-        reap_dead_local_trials(optuna_study, retries=config.retries, tracker=tracker)
+        reap_dead_local_trials(optuna_study, retries=config.retries, tracker=tracker, lock=lock)
 
-    search(optuna_study, objective, lock=budget_lock(config.storage, storage, config.study_name),
+    search(optuna_study, objective, lock=lock,
            deadline=deadline, heartbeat=config.heartbeat, reap=reap, on_trial_end=on_trial_end)
 
 
@@ -173,6 +173,7 @@ def worker_process(study_file: str, config: RunConfig, slot: Slot, experiment_id
                    deadline: float | None, worker_seed: int) -> None:
     """Entry point of a spawned worker: pin the device before torch starts, then run the worker."""
     os.environ.update(slot.environment)
+    slot = dataclasses.replace(slot, isolated=True)
     with interrupt_once():
         try:
             study = load_study_file(study_file)

@@ -162,7 +162,9 @@ def test_a_failing_trial_does_not_stop_the_study(workdir: Path) -> None:
 
 def test_a_diverging_trial_stops_with_its_reason_and_no_nan(workdir: Path) -> None:
     path = write_study(workdir, extra="space=sl.default_space(lr=1e9, momentum=0.0)")
-    result = invoke("run", str(path), "--trials", "2")
+    refused = CliRunner().invoke(main, ["run", str(path), "--trials", "2"])
+    assert refused.exit_code == 1 and "the loss became nan" in refused.output  # the preflight check sees it
+    result = invoke("run", str(path), "--trials", "2", "--no-check")
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=open_storage(None))
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -121,10 +122,17 @@ def test_more_cpu_workers_than_cores_still_get_one_thread_each() -> None:
     assert len(slots) == 5 and {slot.threads for slot in slots} == {1}
 
 
-def test_a_gpu_slot_sees_only_its_physical_gpu() -> None:
+def test_a_gpu_slot_sees_only_its_physical_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     slot = Slot(0, "cuda:3", 4)
     assert slot.environment == {"CUDA_VISIBLE_DEVICES": "3", "OMP_NUM_THREADS": "4"}
-    assert slot.torch_device == "cuda:0"
+    assert slot.torch_device == "cuda:3", "in this process the GPU keeps its index"
+    assert Slot(0, "cuda:3", 4, isolated=True).torch_device == "cuda:0", "a spawned worker sees it as cuda:0"
+
+
+def test_an_inherited_cuda_visible_devices_maps_to_physical_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # e.g. a scheduler's allocation
+    assert Slot(0, "cuda:1", 1).environment["CUDA_VISIBLE_DEVICES"] == "3"
 
 
 def test_a_cpu_slot_hides_every_gpu() -> None:
@@ -133,7 +141,8 @@ def test_a_cpu_slot_hides_every_gpu() -> None:
     assert slot.torch_device == "cpu"
 
 
-def test_every_assigned_gpu_slot_runs_on_cuda_0() -> None:
+def test_every_assigned_gpu_slot_runs_on_cuda_0_in_its_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     slots = assign_slots(["cuda:1", "cuda:2"], None, trials_per_device=1, cpu_count=4)
-    assert [slot.torch_device for slot in slots] == ["cuda:0", "cuda:0"]
+    assert [replace(slot, isolated=True).torch_device for slot in slots] == ["cuda:0", "cuda:0"]
     assert [slot.environment["CUDA_VISIBLE_DEVICES"] for slot in slots] == ["1", "2"]

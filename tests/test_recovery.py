@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -126,14 +127,15 @@ def test_reap_recovers_every_dead_local_trial_on_a_journal(tmp_path: Path) -> No
     tracker, gone = RecordingTracker(), dead_pid()
     first, second = running(study, worker_name(gone), run_id="a"), running(study, worker_name(gone), run_id="b")
     alive = running(study, worker_name(os.getpid()))
-    assert reap_dead_local_trials(study, retries=1, tracker=tracker) == [first.number, second.number]
+    reaped = reap_dead_local_trials(study, retries=1, tracker=tracker, lock=contextlib.nullcontext)
+    assert reaped == [first.number, second.number]
     states = {t.number: t.state for t in study.trials}
     assert states[first.number] == states[second.number] == TrialState.FAIL
     assert states[alive.number] == TrialState.RUNNING
     assert [t.system_attrs["failed_trial"] for t in study.trials if t.state == TrialState.WAITING] == [0, 1]
     assert [(run, reason) for run, _, reason, _ in tracker.calls] == [("a", "its worker process died"),
                                                                      ("b", "its worker process died")]
-    assert reap_dead_local_trials(study, retries=1, tracker=tracker) == []
+    assert reap_dead_local_trials(study, retries=1, tracker=tracker, lock=contextlib.nullcontext) == []
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")

@@ -87,9 +87,10 @@ def test_non_numeric_timeout_raises_config_error():
         make_study(timeout="10")
 
 
-def test_positive_timeout_and_negative_seed_are_accepted():
-    study = make_study(timeout=0.5, seed=-3)
-    assert study.timeout == 0.5 and study.seed == -3
+def test_positive_timeout_is_accepted_and_a_negative_seed_refused():
+    assert make_study(timeout=0.5).timeout == 0.5
+    with pytest.raises(ConfigError, match=r"seed=\.\.\.\) must be 0 or more"):
+        make_study(seed=-3)
 
 
 def test_plain_values_in_the_space_become_fixed():
@@ -101,7 +102,7 @@ def test_plain_values_in_the_space_become_fixed():
 
 def test_fixed_optimizer_is_added_to_the_space():
     study = make_study(space={"lr": Float(1e-3, 1e-1, log=True)}, optimizer="adam")
-    assert study.space == {"lr": Float(1e-3, 1e-1, log=True), "optimizer": Fixed("adam")}
+    assert study.space == {"lr": Float(1e-3, 1e-1, log=True), "optimizer": Fixed("adam"), "init": Fixed("default")}
     assert study.optimizer == "adam"
 
 
@@ -118,7 +119,7 @@ def test_optimizer_choice_is_searched():
 def test_searched_lists_exactly_the_non_fixed_names():
     study = make_study(space=default_space(momentum=0.9, dropout=None, width=Int(8, 32)))
     assert study.searched == ["lr", "weight_decay", "batch_size", "width"]
-    assert set(study.space) == {"lr", "momentum", "weight_decay", "batch_size", "width", "optimizer"}
+    assert set(study.space) == {"lr", "momentum", "weight_decay", "batch_size", "width", "optimizer", "init"}
 
 
 def test_default_space_searches_the_five_defaults():
