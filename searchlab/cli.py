@@ -100,7 +100,9 @@ def run(file: str, no_check: bool, **flags: Any) -> None:
 @main.command()
 @click.argument("file")
 @click.option("--seed", type=int, help="Study seed for the data split and the model's initialisation [default: 0].")
-def check(file: str, seed: int | None) -> None:
+@click.option("--storage", help="Where a start_from='study:NAME' study is [default: searchlab.journal here].")
+@click.option("--tracking-uri", help=TRACKING_HELP)
+def check(file: str, seed: int | None, storage: str | None, tracking_uri: str | None) -> None:
     """Try to overfit one tiny batch with the study's model: exit 0 when the loss falls near zero, 1 with the
     likely cause when it does not (wrong head or output shape, no gradient, a loss that never moves, NaN)."""
     from searchlab.check import check_study
@@ -109,7 +111,7 @@ def check(file: str, seed: int | None) -> None:
     from searchlab.study import load_study_file
 
     study = load_study_file(file)
-    config = resolve_config(study, {"seed": seed})
+    config = resolve_config(study, {"seed": seed, "storage": storage, "tracking_uri": tracking_uri})
     train_data, _ = load_split(study, config.seed)
     result = check_study(study, train_data, seed=config.seed, start=load_start_for(study, config))
     click.echo(result.summary)

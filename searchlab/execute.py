@@ -205,7 +205,8 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
             optuna_study.set_user_attr(BUDGET_ATTR, count(optuna_study.get_trials(deepcopy=False)).claimed
                                        + config.n_trials)
             deadline = None if config.timeout is None else time.time() + config.timeout
-            bar = _progress_bar(config, enabled=progress)
+            bar = _progress_bar(config, enabled=progress, total=config.n_trials
+                                + count(optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))).waiting)
             try:
                 if len(slots) == 1:
                     run_worker(study, config, slots[0], experiment_id=experiment_id, parent_run_id=parent_run_id,
@@ -346,10 +347,11 @@ def _show(bar: Any, trials: list[FrozenTrial], *, final: int | None = None) -> N
         bar.set_postfix_str(f"best={bar.best.value:.4g} (trial {bar.best.number})")
 
 
-def _progress_bar(config: RunConfig, *, enabled: bool) -> Any:
+def _progress_bar(config: RunConfig, *, enabled: bool, total: int) -> Any:
+    """One bar for all workers: final outcomes of this run (retries of earlier runs' dead trials included)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=config.n_trials, desc=config.study_name, unit="trial", file=sys.stderr,
+    bar = tqdm(total=total, desc=config.study_name, unit="trial", file=sys.stderr,
                disable=not enabled, dynamic_ncols=True)
     bar.best = None
     return bar

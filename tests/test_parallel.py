@@ -147,8 +147,8 @@ def test_a_worker_that_stopped_beating_elsewhere_is_failed_retried_and_closed(wo
     tracking = f"sqlite:///{workdir / 'mlflow.db'}"
     args = ["--storage", POSTGRES_URL, "--study-name", name]
     try:
-        first = subprocess.run([SEARCHLAB, "run", str(path), "--trials", "1", *args], cwd=workdir, env=clean_env(),
-                               capture_output=True, text=True, timeout=300)
+        first = subprocess.run([SEARCHLAB, "run", str(path), "--trials", "1", *args], cwd=workdir,
+                               env=clean_env(SEARCHLAB_HEARTBEAT="1"), capture_output=True, text=True, timeout=300)
         assert first.returncode == 0, first.stderr
         # A worker on another host claims a trial, beats once, then vanishes.
         tracker = MlflowTracker(tracking)
@@ -166,7 +166,7 @@ def test_a_worker_that_stopped_beating_elsewhere_is_failed_retried_and_closed(wo
         study.set_user_attr(BUDGET_ATTR, 3)
         time.sleep(4)  # past the grace period (3 heartbeats of 1 s)
         joined = subprocess.run([SEARCHLAB, "worker", str(path), *args], cwd=workdir, capture_output=True, text=True,
-                                timeout=300, env=clean_env(SEARCHLAB_HEARTBEAT="1"))
+                                timeout=300, env=clean_env())  # adopts the run's heartbeat (1 s)
         assert joined.returncode == 0, joined.stderr
         trials = optuna.load_study(study_name=name, storage=open_storage(POSTGRES_URL)).get_trials()
         assert trials[trial.number].state == TrialState.FAIL
