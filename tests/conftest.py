@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +49,17 @@ if __name__ == "__main__":
 
 DEFAULT_BODY = '''    width = trial.suggest_int("width", 4, 16)
     return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Dropout(trial.params["dropout"]), nn.Linear(width, 1))'''
+
+
+def one_line_config_error(call: Callable[..., object], *args: object) -> str:
+    """The message of the ConfigError that ``call(*args)`` raises, checked to be one line."""
+    from searchlab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        call(*args)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
 
 
 def write_study(folder: Path, *, name: str = "tiny", task: str = "regression", body: str = DEFAULT_BODY,

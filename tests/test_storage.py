@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import POSTGRES_URL
+from conftest import POSTGRES_URL, one_line_config_error
 
 from searchlab.errors import ConfigError
 from searchlab.storage import describe, is_database_url, load_existing_study, mask_password, open_storage, with_driver
@@ -21,14 +21,6 @@ def add_trial(storage, study_name: str, value: float) -> None:
     trial = study.ask()
     trial.suggest_float("x", 0.0, 1.0)
     study.tell(trial, value)
-
-
-def one_line_config_error(call, *args) -> str:
-    with pytest.raises(ConfigError) as info:
-        call(*args)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 # --- URLs ---

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import write_study
+from conftest import one_line_config_error, write_study
 
 from searchlab.errors import ConfigError
 from searchlab.space import Choice, Fixed, Float, Int, default_space
@@ -27,14 +27,6 @@ def model(trial):
 
 def make_study(**changes) -> Study:
     return Study(**{"name": "s", "task": "regression", "data": data, "model": model, **changes})
-
-
-def one_line_config_error(call, *args) -> str:
-    with pytest.raises(ConfigError) as info:
-        call(*args)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 # --- Study construction ---
