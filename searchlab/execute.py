@@ -183,7 +183,7 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
     reap_dead_local_trials(optuna_study, retries=config.retries, tracker=tracker, lock=lock,
                            reason="its worker died before this run started")
     experiment_id = tracker.experiment_id(config.study_name)  # once, before any worker starts
-    tracker.close_dead_parent_runs(experiment_id, is_dead_local_worker)
+    tracker.close_dead_runs(experiment_id, is_dead_local_worker)
     parent_run_id = tracker.start_run(experiment_id, f"{config.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                       tags={"study_name": config.study_name, "role": "study",
                                             "worker": worker_name()})
@@ -292,6 +292,7 @@ def coordinate(study_file: str, config: RunConfig, slots: list[Slot], study: opt
                     reason = f"its worker process (pid {process.pid}) died: {_exit_reason(process.exitcode)}"
                     numbers = reap_dead_local_trials(study, retries=config.retries, tracker=tracker, lock=lock,
                                                      pids={process.pid}, reason=reason)
+                    tracker.close_dead_runs(experiment_id, is_dead_local_worker)  # one it could not name
                     bar.write(f"worker {slot.index} died ({_exit_reason(process.exitcode)}); "
                               f"trial(s) {numbers or 'none'} failed and retried where retries remain", file=sys.stderr)
                     deaths_in_a_row += 1

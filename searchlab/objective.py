@@ -14,6 +14,7 @@ from torch import nn
 from searchlab.data import Data, make_batches
 from searchlab.devices import Slot
 from searchlab.errors import TrialStopped, describe_error
+from searchlab.recovery import worker_name
 from searchlab.space import Distribution, suggest
 from searchlab.study import Study
 from searchlab.tasks import ModelError, Task, get_task
@@ -115,7 +116,7 @@ class Objective:
         params = sample_params(self.study.space, optuna_trial, self.start)
         run_id = self.tracker.start_run(
             self.experiment_id, f"trial-{optuna_trial.number}", parent_run_id=self.parent_run_id,
-            tags={**self.run_tags, "trial_number": optuna_trial.number},
+            tags={**self.run_tags, "trial_number": optuna_trial.number, "worker": worker_name()},
         )
         status, tags = "FAILED", {"state": "FAIL"}
         try:

@@ -170,13 +170,14 @@ class MlflowTracker:
         self.set_tags(run_id, {"state": "FAIL", "reason": reason, "retried": retried})
         self._retry(self.client.set_terminated, run_id, status="KILLED")
 
-    def close_dead_parent_runs(self, experiment_id: str, is_dead: Callable[[str], bool]) -> list[str]:
-        """Close as KILLED the RUNNING parent runs whose ``searchlab run`` process (tag ``worker``) is dead."""
-        runs = self._retry(self.client.search_runs, [experiment_id],
-                           "attributes.status = 'RUNNING' and tags.role = 'study'", max_results=1000)
+    def close_dead_runs(self, experiment_id: str, is_dead: Callable[[str], bool]) -> list[str]:
+        """Close as KILLED the RUNNING runs (parents and trials) whose process (tag ``worker``) is dead: those
+        its trial's recovery cannot name (killed before the trial recorded its run id, or a killed run)."""
+        runs = self._retry(self.client.search_runs, [experiment_id], "attributes.status = 'RUNNING'",
+                           max_results=10000)
         dead = [run.info.run_id for run in runs if is_dead(run.data.tags.get("worker", ""))]
         for run_id in dead:
-            self.set_tags(run_id, {"state": "KILLED", "reason": "its searchlab run process died"})
+            self.set_tags(run_id, {"state": "FAIL", "reason": "its searchlab process died"})
             self._retry(self.client.set_terminated, run_id, status="KILLED")
         return dead
 

@@ -108,6 +108,8 @@ def test_kill_9_of_workers_loses_nothing_and_leaves_nothing_running(workdir: Pat
     for number in died:
         dead = trials[number]
         assert dead.state == TrialState.FAIL and "died" in dead.user_attrs["fail_reason"]
+        if "mlflow_run_id" not in dead.user_attrs:
+            continue  # killed before it recorded its run id: that run was closed by its worker tag (checked above)
         run_record = client.get_run(dead.user_attrs["mlflow_run_id"])
         assert run_record.info.status == "KILLED" and run_record.data.tags["retried"] == "True"
         assert len(client.get_metric_history(run_record.info.run_id, "val_loss")) == len(dead.intermediate_values)
@@ -265,10 +267,10 @@ def test_a_study_reopened_after_its_run_was_killed_recovers_first(workdir: Path)
     journal = str(workdir / "searchlab.journal")
     run = subprocess.Popen([SEARCHLAB, "run", str(path), "--trials", "3"], cwd=workdir, env=clean_env(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    (orphan,) = wait_until(lambda: running_trials("tiny", journal), what="a running trial")
-    time.sleep(0.5)
+    wait_until(lambda: [t for t in running_trials("tiny", journal) if t.intermediate_values], what="a trial training")
     run.kill()  # kill -9 of the whole run: nobody is left to clean up
     run.wait()
+    (orphan,) = running_trials("tiny", journal)
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     assert client.get_run(orphan.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
 
