@@ -1,6 +1,6 @@
 """Epochs that TPE with a pruner spends to reach the best validation loss random search reaches in 60 trials.
 
-Run: python benchmarks/pruning.py [--trials 60] [--tpe-trials 150] [--seeds 0,1,2] [--pruners median,hyperband,sha]
+Run: python benchmarks/pruning.py [--trials 60] [--tpe-trials 100] [--seeds 0,1,2] [--pruners median,hyperband,sha]
 
 For each seed: random search without pruning runs --trials trials of studies/regression.py; its best value is the
 target and its total epochs the baseline. Then TPE with each pruner runs up to --tpe-trials trials (the budget
@@ -54,7 +54,7 @@ def epochs_to_reach(trials: list[optuna.trial.FrozenTrial], target: float) -> fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=60)
-    parser.add_argument("--tpe-trials", type=int, default=150)
+    parser.add_argument("--tpe-trials", type=int, default=100)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--pruners", default="median,hyperband,sha")
     parser.add_argument("--json", help="also write the results to this file")
