@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from searchlab.storage import DEFAULT_JOURNAL, is_database_url
+from searchlab.storage import DEFAULT_JOURNAL, local_file
 
 BUDGET_ATTR = "searchlab_budget"  # study user attribute: how many counted trials the study is to reach
 
@@ -95,10 +95,9 @@ def budget_lock(url: str | None, storage: Any, study_name: str) -> Callable[[], 
     if url.startswith(("postgresql", "postgres")):
         key = zlib.crc32(f"searchlab:{study_name}".encode())
         return lambda: _postgres_lock(storage, key)
-    if url.startswith("sqlite:///"):
-        return lambda: _file_lock(Path(url[len("sqlite:///"):] + ".budget-lock"))
-    if not is_database_url(url):
-        return lambda: _file_lock(Path(url + ".budget-lock"))
+    path = local_file(url)
+    if path is not None:
+        return lambda: _file_lock(path.with_name(path.name + ".budget-lock"))
     return contextlib.nullcontext  # other databases: no cross-worker lock; the budget may overshoot by a few
 
 

@@ -16,7 +16,7 @@ import torch
 
 from searchlab.data import Data, first_examples
 from searchlab.errors import describe_error
-from searchlab.objective import build_model, build_optimizer
+from searchlab.objective import DROPPED_DEFAULTS, build_model, build_optimizer
 from searchlab.space import Choice, Distribution, Fixed, Float, Int
 from searchlab.study import Study
 from searchlab.tasks import ModelError, get_task
@@ -49,7 +49,7 @@ def first_value(dist: Distribution) -> Any:
 
 def highest_lr(dist: Distribution | None) -> float:
     if dist is None:
-        return 1e-3
+        return DROPPED_DEFAULTS["lr"]
     if isinstance(dist, Fixed):
         return float(dist.value)
     if isinstance(dist, Choice):
@@ -79,7 +79,7 @@ def check_study(study: Study, train_data: Data, *, examples: int = EXAMPLES, ste
     params = {**(start.params if start else {}), **{name: first_value(dist) for name, dist in study.space.items()}}
     params.update({name: 0.0 for name in ("dropout", "weight_decay") if name in params})  # memorise, no regularising
     params["lr"] = highest_lr(study.space.get("lr"))
-    setting = f"{params.get('optimizer', 'sgd')}, lr {params['lr']:g}"
+    setting = f"{params.get('optimizer', DROPPED_DEFAULTS['optimizer'])}, lr {params['lr']:g}"
     torch.manual_seed(seed)
     try:
         model = build_model(study, Trial(DefaultsTrial(), dict(params), seed), task, start)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -96,11 +97,8 @@ def resolve_config(study: Study, flags: Mapping[str, Any] | None = None,
         "tracking_uri": default_tracking_uri(),
         "max_epochs": study.max_epochs,
         "patience": study.patience,
-        "workers": "1",
-        "devices": "auto",
-        "trials_per_device": 1,
-        "retries": 1,
-        "heartbeat": 10,
+        # settings a study file does not hold: RunConfig's own defaults
+        **{f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING},
     }
     values.update(from_environment(os.environ if env is None else env))
     unknown = set(flags or {}) - set(values)

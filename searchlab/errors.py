@@ -16,8 +16,7 @@ def first_line(error: BaseException) -> str:
 
 def describe_error(error: BaseException) -> str:
     """``Type: first line of the message``, for tags, trial attributes and one-line errors."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
 
 
 class RunFailed(Exception):

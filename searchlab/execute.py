@@ -206,7 +206,7 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
                                        + config.n_trials)
             deadline = None if config.timeout is None else time.time() + config.timeout
             bar = _progress_bar(config, enabled=progress, total=config.n_trials
-                                + count(optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))).waiting)
+                                + len(optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
             try:
                 if len(slots) == 1:
                     run_worker(study, config, slots[0], experiment_id=experiment_id, parent_run_id=parent_run_id,

@@ -111,12 +111,20 @@ def with_driver(url: str) -> str:
     return url
 
 
+def local_file(url: str | None) -> Path | None:
+    """The file behind a storage: a journal path (default ``searchlab.journal``) or a ``sqlite:///`` file;
+    None for a server database or sqlite in memory."""
+    url = url or DEFAULT_JOURNAL
+    if url.startswith("sqlite:///"):
+        return None if url == "sqlite:///:memory:" else Path(url[len("sqlite:///"):])
+    return None if "://" in url else Path(url)
+
+
 def check_sqlite_folder(url: str) -> None:
     """A sqlite URL whose folder is missing gets a clear message before anything opens it."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        folder = Path(url[len("sqlite:///"):]).parent
-        if not folder.is_dir():
-            raise ConfigError(f"folder {str(folder)!r} of {url} does not exist: create it or fix the URL")
+    path = local_file(url) if url.startswith("sqlite:///") else None
+    if path is not None and not path.parent.is_dir():
+        raise ConfigError(f"folder {str(path.parent)!r} of {url} does not exist: create it or fix the URL")
 
 
 def load_existing_study(url: str | None, study_name: str | None) -> Any:
@@ -125,9 +133,9 @@ def load_existing_study(url: str | None, study_name: str | None) -> Any:
 
     if not url and not Path(DEFAULT_JOURNAL).is_file():
         raise ConfigError(f"no {DEFAULT_JOURNAL} here: run 'searchlab run FILE' first, or pass --storage")
-    local_file = url[len("sqlite:///"):] if url and url.startswith("sqlite:///") else url
-    if local_file and "://" not in local_file and not Path(local_file).is_file():
-        raise ConfigError(f"storage {local_file!r} does not exist: check --storage")  # opening would create it
+    path = local_file(url)
+    if url and path is not None and not path.is_file():
+        raise ConfigError(f"storage {str(path)!r} does not exist: check --storage")  # opening would create it
     storage = open_storage(url)
     names = [summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name is None:
