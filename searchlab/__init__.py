@@ -5,8 +5,9 @@ records every trial in MLflow. Importing this package is light: torch, Optuna an
 """
 
 from searchlab.errors import ConfigError
+from searchlab.registry import load_model
 from searchlab.space import Choice, Fixed, Float, Int, default_space
 from searchlab.study import Split, Study
 from searchlab.trial import Trial
 
-__all__ = ["Choice", "ConfigError", "Fixed", "Float", "Int", "Split", "Study", "Trial", "default_space"]
+__all__ = ["Choice", "ConfigError", "Fixed", "Float", "Int", "Split", "Study", "Trial", "default_space", "load_model"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -139,8 +138,11 @@ def worker(file: str, **flags: Any) -> None:
     click.echo(f"worker done: {finished} trial(s) finished here")
 
 
+HOST_HELP = "Interface to bind; 0.0.0.0 opens it to other hosts."
+
+
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; 0.0.0.0 opens it to others.")
+@click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
 @click.option("--port", type=int, default=5000, show_default=True)
 @click.option("--backend-store-uri", default="sqlite:///mlflow.db", show_default=True,
               help="Where runs are kept: a sqlite file or postgresql://USER:PASSWORD@HOST/DB.")
@@ -152,13 +154,77 @@ def server(host: str, port: int, backend_store_uri: str, artifacts_destination: 
     Runs `mlflow server` with these settings until Ctrl-C.
     """
     from searchlab.storage import mask_password
+    from searchlab.viewers import check_port_free, mlflow_server_command, run_until_interrupted
 
-    command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
-               "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination]
+    check_port_free(host, port)
     click.echo(f"MLflow tracking server on http://{host}:{port} (runs in {mask_password(backend_store_uri)}, "
-               f"artifacts in {artifacts_destination})", err=True)
-    sys.stdout.flush()
-    os.execv(sys.executable, command)
+               f"artifacts in {artifacts_destination}); Ctrl-C stops it", err=True)
+    sys.exit(run_until_interrupted(mlflow_server_command(backend_store_uri, host, port,
+                                                         artifacts_destination=artifacts_destination)))
+
+
+@main.command()
+@click.argument("file", required=False)
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--study-name", help="The experiment to open [default: FILE's study, env SEARCHLAB_STUDY_NAME].")
+@click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui(file: str | None, tracking_uri: str | None, study_name: str | None, host: str, port: int) -> None:
+    """Open the MLflow UI on the study's tracking store (select trial runs and press Compare) until Ctrl-C.
+
+    On a tracking server (http://…) the server already serves the UI: its address is printed."""
+    from searchlab.results import study_name_for, tracking_uri_for
+    from searchlab.storage import mask_password
+    from searchlab.tracking import check_tracking_uri
+    from searchlab.viewers import (
+        check_port_free,
+        check_runs_exist,
+        experiment_url,
+        mlflow_server_command,
+        run_until_interrupted,
+    )
+
+    uri = tracking_uri_for(tracking_uri)
+    check_tracking_uri(uri)
+    name = study_name_for(file, study_name)
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"MLflow UI: {experiment_url(mask_password(uri).rstrip('/'), uri, name)} (served by the tracking "
+                   "server)")
+        return
+    check_runs_exist(uri)
+    check_port_free(host, port)
+    click.echo(f"MLflow UI: {experiment_url(f'http://{host}:{port}', uri, name)} (runs in {mask_password(uri)}); "
+               "Ctrl-C stops it", err=True)
+    sys.exit(run_until_interrupted(mlflow_server_command(uri, host, port, workers=1)))
+
+
+@main.command()
+@click.argument("file", required=False)
+@store_options
+@click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
+@click.option("--port", type=int, default=8080, show_default=True)
+def dashboard(file: str | None, storage: str | None, study_name: str | None, host: str, port: int) -> None:
+    """Open optuna-dashboard on the study's storage (history, importances, parallel coordinates) until Ctrl-C."""
+    from searchlab.results import storage_for, study_name_for
+    from searchlab.viewers import serve_dashboard
+
+    url, serve = serve_dashboard(storage_for(storage), host, port, study_name_for(file, study_name))
+    click.echo(f"Optuna dashboard: {url}; Ctrl-C stops it", err=True)
+    serve()
+
+
+@main.command()
+@click.argument("file", required=False)
+@store_options
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--out", type=click.Path(file_okay=False), help="Write the report to this folder instead of MLflow.")
+def report(file: str | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
+           out: str | None) -> None:
+    """Write the study report (Optuna's plots and a summary table) to the study's latest parent run in MLflow,
+    or to --out. `searchlab run` writes it at the end of every run."""
+    from searchlab.results import open_results, publish_report
+
+    click.echo(publish_report(open_results(file, storage, study_name), tracking_uri, out))
 
 
 @main.command()
@@ -202,14 +268,22 @@ def trials(file: str | None, storage: str | None, study_name: str | None) -> Non
 @click.option("--tracking-uri", help=TRACKING_HELP)
 @click.option("--export", "export_path", type=click.Path(dir_okay=False),
               help="Write the best trial's weights (a state_dict) to this file.")
+@click.option("--load", "load", is_flag=True,
+              help="Load the registered best model (models:/STUDY@best) into the study's model, check its "
+                   "validation loss, and show the Python that does it.")
 def best(file: str | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
-         export_path: str | None) -> None:
-    """Show the best trial's params, value and run id; --export writes its state_dict."""
-    from searchlab.results import best_trial, export_weights, format_best, open_results, tracking_uri_for
+         export_path: str | None, load: bool) -> None:
+    """Show the best trial's params, value and run id; --export writes its state_dict, --load rebuilds the
+    registered model."""
+    from searchlab.results import best_trial, export_weights, format_best, load_best, open_results, tracking_uri_for
 
     study = open_results(file, storage, study_name)
     trial = best_trial(study)
-    click.echo(format_best(trial))
+    loaded = load_best(study.study_name, tracking_uri_for(tracking_uri), file) if load else None
     if export_path:
         export_weights(trial, tracking_uri_for(tracking_uri), export_path)
+    click.echo(format_best(trial))
+    if export_path:
         click.echo(f"weights    {export_path} (load with torch.load(path, weights_only=True))")
+    if loaded:
+        click.echo(loaded)

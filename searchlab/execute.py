@@ -20,12 +20,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.budget import BUDGET_ATTR, budget_lock, count, has_room
-from searchlab.config import RunConfig
+from searchlab.config import RunConfig, default_tracking_uri
 from searchlab.devices import Slot, assign_slots, cuda_device_count, parse_devices, parse_workers
 from searchlab.errors import ConfigError, RunFailed, describe_error
 from searchlab.recovery import is_dead_local_worker, reap_dead_local_trials, worker_name
-from searchlab.storage import describe, mask_password, open_storage
+from searchlab.storage import DEFAULT_JOURNAL, describe, mask_password, open_storage
 from searchlab.study import Study
+from searchlab.viewers import experiment_page
 from searchlab.worker import (
     EXPERIMENT_ATTR,
     PARENT_RUN_ATTR,
@@ -51,6 +52,7 @@ class RunSummary:
     n_trials: int = 0
     states: dict[str, int] = field(default_factory=dict)
     best: FrozenTrial | None = None
+    published: list[str] = field(default_factory=list)  # where the report and the registered model are
 
     def lines(self) -> list[str]:
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.states.items())) or "none"
@@ -64,10 +66,16 @@ class RunSummary:
             params = ", ".join(f"{k}={_short(v)}" for k, v in self.best.params.items())
             lines.append(f"best       trial {self.best.number}: val_loss={self.best.value:.6g} "
                          f"(run {self.best.user_attrs.get('mlflow_run_id')}) {params}")
+        lines += self.published
         if self.tracking_uri.startswith(("http://", "https://")):
-            lines.append(f"open       {mask_password(self.tracking_uri)}/#/experiments/{self.experiment_id}")
+            base = mask_password(self.tracking_uri).rstrip("/")
+            lines.append(f"open       {experiment_page(base, self.experiment_id)}")
         else:
-            lines.append(f"open with  mlflow ui --backend-store-uri {mask_password(self.tracking_uri)}")
+            tracking = "" if self.tracking_uri == default_tracking_uri() else \
+                f" --tracking-uri {mask_password(self.tracking_uri)}"
+            storage = "" if self.storage == DEFAULT_JOURNAL else f" --storage {self.storage}"
+            lines.append(f"compare    searchlab ui --study-name {self.study_name}{tracking} (MLflow UI); searchlab "
+                         f"dashboard --study-name {self.study_name}{storage} (Optuna dashboard)")
         return lines
 
     def record(self, trials: list[FrozenTrial], before: set[int]) -> None:
@@ -186,7 +194,7 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
     tracker.close_dead_runs(experiment_id, is_dead_local_worker)
     parent_run_id = tracker.start_run(experiment_id, f"{config.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                       tags={"study_name": config.study_name, "role": "study",
-                                            "worker": worker_name()})
+                                            "worker": worker_name(), "mlflow.note.content": HOW_TO_COMPARE})
     summary = RunSummary(config.study_name, describe(config.storage), config.tracking_uri, experiment_id,
                          parent_run_id)
     status = "FAILED"
@@ -223,6 +231,8 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
                 tracker.log_metrics(parent_run_id, {"best_value": summary.best.value}, step=0)
                 tracker.set_tags(parent_run_id, {"best_trial": summary.best.number,
                                                  "best_run_id": summary.best.user_attrs.get("mlflow_run_id")})
+            summary.published = publish(optuna_study, tracker, parent_run_id, study, study_file, data[1],
+                                        config.study_name)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -233,6 +243,44 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
             finally:
                 tracker.end_run(parent_run_id, status)
     return summary
+
+
+HOW_TO_COMPARE = """One searchlab run of this study; each child run is one trial.
+
+* **Compare trials**: in the experiment's run list, expand this run, select its trial runs and press
+  *Compare*: parallel coordinates, scatter and contour plots of the params against `best_val_loss`, and the
+  per-epoch `train_loss` / `val_loss` curves. Every trial logs the same param and metric names.
+* **Run names** say the trial number and its headline: `trial-12 val_loss=0.0345`, `trial-3 pruned@4`.
+* **Report**: the artifacts of this run, under `report/`: `summary.md` (the best trials, pruned and failed
+  counts and reasons), Optuna's plots as PNG and `report.html` (interactive).
+* **Best model**: registered under the study's name with the alias `best` (Models tab); load it with
+  `searchlab best --load` or `searchlab.load_model("models:/NAME@best")`.
+"""
+
+
+def publish(study: optuna.Study, tracker: Any, parent_run_id: str, declared: Study, study_file: str | None,
+            val_data: Any, name: str) -> list[str]:
+    """Write the study report to the parent run and register the best model (alias ``best``); returns summary
+    lines. Either failing is reported in its line and does not fail the run."""
+    from searchlab.registry import BEST_ALIAS, register
+    from searchlab.report import REPORT_FOLDER, log_report
+
+    lines = []
+    try:
+        log_report(study, lambda folder, path: tracker.log_artifacts(parent_run_id, folder, path))
+        lines.append(f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, plots, report.html)")
+    except Exception as error:
+        lines.append(f"report     not written: {describe_error(error)} (try 'searchlab report')")
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete:
+        best = min(complete, key=lambda trial: trial.value)
+        try:
+            version = register(tracker.client, name, best, declared, study_file, val_data)
+            lines.append(f"model      models:/{name}@{BEST_ALIAS} (version {version.version}, trial {best.number}; "
+                         "searchlab best --load)")
+        except Exception as error:
+            lines.append(f"model      not registered: {describe_error(error)}")
+    return lines
 
 
 def join_study(study: Study, config: RunConfig) -> int:

@@ -91,6 +91,15 @@ def train_trial(study: Study, trial: Trial, train_data: Data, val_data: Data, de
     return model, result
 
 
+def run_name(number: int, tags: Mapping[str, Any]) -> str:
+    """A trial run's name in the MLflow UI: its number and its headline (value, pruned epoch or failure)."""
+    if tags.get("state") == "COMPLETE":
+        return f"trial-{number} val_loss={tags['val_loss']:.4g}"
+    if tags.get("state") == "PRUNED":
+        return f"trial-{number} pruned@{tags['pruned_epoch']}"
+    return f"trial-{number} failed"
+
+
 @dataclass
 class Objective:
     """Callable for one process: trains a trial and tracks it as a child run of ``parent_run_id``."""
@@ -167,7 +176,7 @@ class Objective:
             raise
         finally:
             try:
-                self.tracker.set_tags(run_id, tags)
+                self.tracker.set_tags(run_id, {**tags, "mlflow.runName": run_name(optuna_trial.number, tags)})
             finally:
                 self.tracker.end_run(run_id, status)
 

@@ -13,20 +13,69 @@ from searchlab.errors import ConfigError, first_line
 from searchlab.storage import load_existing_study, mask_password
 
 
-def open_results(file: str | None, storage: str | None, study_name: str | None) -> Any:
-    """The existing Optuna study named by the flag, SEARCHLAB_STUDY_NAME, or FILE's study (in that order)."""
-    env = from_environment(os.environ)
-    storage = storage or env.get("storage")
-    study_name = study_name or env.get("study_name")
-    if study_name is None and file is not None:
+def study_name_for(file: str | None, flag: str | None) -> str | None:
+    """The study named by the flag, SEARCHLAB_STUDY_NAME, or FILE's study (in that order); None if none is."""
+    name = flag or from_environment(os.environ).get("study_name")
+    if name is None and file is not None:
         from searchlab.study import load_study_file
 
-        study_name = load_study_file(file).name
-    return load_existing_study(storage, study_name)
+        name = load_study_file(file).name
+    return name
+
+
+def storage_for(flag: str | None) -> str | None:
+    return flag or from_environment(os.environ).get("storage")
+
+
+def open_results(file: str | None, storage: str | None, study_name: str | None) -> Any:
+    """The existing Optuna study named by the flag, SEARCHLAB_STUDY_NAME, or FILE's study (in that order)."""
+    return load_existing_study(storage_for(storage), study_name_for(file, study_name))
 
 
 def tracking_uri_for(flag: str | None) -> str:
     return flag or from_environment(os.environ).get("tracking_uri") or default_tracking_uri()
+
+
+def publish_report(study: Any, tracking_uri: str | None, out: str | None) -> str:
+    """Write the study report to the folder ``out``, or to the study's latest parent run; says where."""
+    from searchlab.report import REPORT_FOLDER, log_report, write_report
+
+    if out is not None:
+        notes = write_report(study, out)
+        return "\n".join([f"report     {out}/summary.md", *notes])
+    from searchlab.tracking import MlflowTracker, check_tracking_uri
+    from searchlab.worker import PARENT_RUN_ATTR
+
+    parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if parent_run_id is None:
+        raise ConfigError(f"study {study.study_name!r} has no MLflow run yet: run it with 'searchlab run', "
+                          "or write the report to a folder with --out")
+    uri = tracking_uri_for(tracking_uri)
+    check_tracking_uri(uri)
+    client = MlflowTracker(uri).client
+    try:
+        client.get_run(parent_run_id)
+    except Exception:
+        raise ConfigError(f"run {parent_run_id} is not in {mask_password(uri)}: pass the --tracking-uri the "
+                          "study ran with") from None
+    notes = log_report(study, lambda folder, path: client.log_artifacts(parent_run_id, folder, path))
+    return "\n".join([f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md and plots)", *notes])
+
+
+def load_best(study_name: str, tracking_uri: str, file: str | None) -> str:
+    """Rebuild the registered best model, check its validation loss, and show the Python that does it."""
+    from searchlab.registry import BEST_ALIAS, load_registered, snippet, validation_loss
+
+    uri = f"models:/{study_name}@{BEST_ALIAS}"
+    loaded = load_registered(uri, tracking_uri=tracking_uri, study_file=file)
+    info = loaded.info
+    return "\n".join([
+        f"model      {uri} (version {loaded.version.version}: trial {info['trial_number']}, "
+        f"run {info['mlflow_run_id']})",
+        f"rebuilt    {info['builder']} with its params; weights loaded (weights_only=True)",
+        f"val_loss   {validation_loss(loaded):.6g} on the validation split (the trial recorded {info['val_loss']:.6g})",
+        "in Python:", *("    " + line for line in snippet(uri, mask_password(tracking_uri)).splitlines()),
+    ])
 
 
 def _cell(value: Any) -> str:

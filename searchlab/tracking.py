@@ -18,6 +18,8 @@ from searchlab.errors import ConfigError, first_line
 
 STATE_DICT_FILE = "model_state_dict.pt"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
 # MLflow's own limits per log_batch call.
 MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000
 
@@ -32,6 +34,10 @@ class Tracker(Protocol):
     def log_metrics(self, run_id: str, values: Mapping[str, float], step: int) -> None: ...
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None: ...
     def log_state_dict(self, run_id: str, state_dict: Mapping[str, Any]) -> None: ...
+    def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str) -> None:
+        """Upload the files of a local folder under ``artifact_path`` of the run."""
+        self._retry(self.client.log_artifacts, run_id, str(folder), artifact_path)
+
     def end_run(self, run_id: str, status: str) -> None: ...
 
 
@@ -60,21 +66,28 @@ class MlflowTracker:
         self._last_flush: dict[str, float] = {}
 
     def experiment_id(self, name: str) -> str:
-        """The id of the experiment named ``name``, created if missing (call once, before workers start)."""
+        """The id of the experiment named ``name``, created if missing (call once, before workers start).
+
+        It is marked as model training, so that the MLflow UI opens it on its runs, not on GenAI traces."""
         from mlflow.exceptions import MlflowException
 
         experiment = self._retry(self.client.get_experiment_by_name, name)
-        if experiment is not None:
+        if experiment is None:
+            try:
+                experiment_id = self.client.create_experiment(name, tags=EXPERIMENT_TAGS)
+            except MlflowException:  # created by another process in the meantime
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+                experiment_id = experiment.experiment_id
+        else:
+            experiment_id = experiment.experiment_id
             if experiment.lifecycle_stage == "deleted":
-                self.client.restore_experiment(experiment.experiment_id)
-            return experiment.experiment_id
-        try:
-            return self.client.create_experiment(name)
-        except MlflowException:  # created by another process in the meantime
-            experiment = self.client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-            return experiment.experiment_id
+                self.client.restore_experiment(experiment_id)
+            if experiment.tags.get(EXPERIMENT_KIND) != EXPERIMENT_TAGS[EXPERIMENT_KIND]:
+                self._retry(self.client.set_experiment_tag, experiment_id, EXPERIMENT_KIND,
+                            EXPERIMENT_TAGS[EXPERIMENT_KIND])
+        return experiment_id
 
     def start_run(self, experiment_id: str, name: str, *, parent_run_id: str | None = None,
                   tags: Mapping[str, Any] | None = None) -> str:
@@ -149,6 +162,10 @@ class MlflowTracker:
             path = Path(folder) / STATE_DICT_FILE
             torch.save({key: value.detach().cpu() for key, value in state_dict.items()}, path)
             self._retry(self.client.log_artifact, run_id, str(path))
+
+    def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str) -> None:
+        """Upload the files of a local folder under ``artifact_path`` of the run."""
+        self._retry(self.client.log_artifacts, run_id, str(folder), artifact_path)
 
     def end_run(self, run_id: str, status: str) -> None:
         """Flush what is buffered and close the run as FINISHED, FAILED or KILLED."""

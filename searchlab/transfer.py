@@ -58,7 +58,8 @@ def _parse(text: str) -> Any:
         return text
 
 
-def _run_params(client: Any, run_id: str) -> dict[str, Any]:
+def run_params(client: Any, run_id: str) -> dict[str, Any]:
+    """A run's model params (what its builder was given), parsed back from MLflow's strings."""
     params = client.get_run(run_id).data.params
     return {key: _parse(value) for key, value in params.items() if key not in NOT_MODEL_PARAMS}
 
@@ -112,7 +113,7 @@ def resolve_start(spec: str, *, storage: str | None, tracking_uri: str) -> Start
                     client.get_model_version(name, number)
                 run_id, uri = version.run_id, client.get_model_version_download_uri(name, version.version)
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder, tracking_uri=tracking_uri)
-            params = _run_params(client, run_id) if run_id else {}
+            params = run_params(client, run_id) if run_id else {}
         except Exception as error:
             raise ConfigError(f"start_from {spec!r}: cannot fetch the weights ({first_line(error)})") from None
         return Start(spec, _load(Path(local)), params)

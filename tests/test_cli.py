@@ -50,6 +50,7 @@ def check_tracked(study: optuna.Study, client: MlflowClient, study_file: Path, *
         assert run.data.tags["study_name"] == study.study_name
         assert run.data.tags["state"] == "COMPLETE"
         assert run.info.status == "FINISHED"
+        assert run.info.run_name == f"trial-{trial.number} val_loss={trial.value:.4g}"
         assert SPACE_PARAMS | {"width", "seed", "n_params"} <= set(run.data.params)
         assert run.data.params["seed"] == str(trial.user_attrs["seed"])
         assert float(run.data.params["lr"]) == trial.params["lr"]
@@ -76,7 +77,7 @@ def check_tracked(study: optuna.Study, client: MlflowClient, study_file: Path, *
 def test_run_tracks_every_trial_and_continues_the_study(workdir: Path, study_file: Path) -> None:
     result = invoke("run", str(study_file), "--trials", "3", "--sampler", "random", "--seed", "7")
     assert result.exit_code == 0, result.output
-    assert "best       trial" in result.output and "mlflow ui --backend-store-uri" in result.output
+    assert "best       trial" in result.output and "compare    searchlab ui --study-name tiny" in result.output
 
     study = optuna.load_study(study_name="tiny", storage=open_storage(None))
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
@@ -90,6 +91,7 @@ def test_run_tracks_every_trial_and_continues_the_study(workdir: Path, study_fil
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     assert parent.data.tags["best_trial"] == str(study.best_trial.number)
     assert parent.data.tags["best_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
+    assert "press\n  *Compare*" in parent.data.tags["mlflow.note.content"]  # the run's description in the UI
 
     again = invoke("run", str(study_file), "--trials", "3", "--sampler", "random", "--seed", "7")
     assert again.exit_code == 0, again.output
@@ -241,7 +243,7 @@ def test_environment_settings_are_checked_too(workdir: Path, study_file: Path,
 
 
 def test_every_command_has_help() -> None:
-    for command in ([], ["run"], ["worker"], ["server"], ["trials"], ["best"]):
+    for command in ([], *([name] for name in main.commands)):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
 

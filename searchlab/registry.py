@@ -1,0 +1,172 @@
+"""The best model in the MLflow Model Registry, and back into PyTorch.
+
+A registered version is the folder ``model/`` of the trial's run: its state_dict, the study file's source and
+``model_info.json`` (the builder, its params, the input shape, the data seed), enough to rebuild the model and
+load the weights with ``torch.load(..., weights_only=True)``. The registered model is named after the study.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from searchlab.errors import ConfigError, first_line
+
+BEST_ALIAS = "best"
+MODEL_FOLDER = "model"
+INFO_FILE = "model_info.json"
+SOURCE_FILE = "study.py"
+
+
+def snippet(uri: str, tracking_uri: str = "sqlite:///mlflow.db") -> str:
+    """How to get a registered model back into PyTorch, in Python."""
+    return (f'import searchlab as sl\n'
+            f'model = sl.load_model("{uri}", tracking_uri="{tracking_uri}")  # weights loaded, eval mode\n'
+            f'# by hand: build the study\'s model with the params in model/{INFO_FILE}, then\n'
+            f'# model.load_state_dict(torch.load("model/model_state_dict.pt", weights_only=True))')
+
+
+def model_info(study: Any, study_file: str | None, trial: Any, params: dict[str, Any], val_data: Any) -> dict[str, Any]:
+    """What it takes to rebuild the trial's model: builder, params, shapes, task, and the value it reached."""
+    from searchlab.data import first_examples
+
+    inputs, _ = first_examples(val_data, 1)
+    return {
+        "study": study.name, "task": study.task, "trial_number": trial.number, "val_loss": trial.value,
+        "builder": f"{study_file or '<study file>'}:{getattr(study.model, '__qualname__', 'model')}",
+        "params": params, "input_shape": [None, *inputs.shape[1:]],
+        "data_seed": trial.user_attrs.get("setup", {}).get("data_seed"),
+        "seed": trial.user_attrs.get("seed"), "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+    }
+
+
+def register(client: Any, name: str, trial: Any, study: Any, study_file: str | None, val_data: Any, *,
+             alias: str = BEST_ALIAS) -> Any:
+    """Register ``trial``'s weights as a new version of model ``name`` and point ``alias`` at it; when ``alias``
+    already names that trial's run, nothing changes and its version is returned."""
+    from mlflow.exceptions import MlflowException
+
+    from searchlab.tracking import STATE_DICT_FILE
+    from searchlab.transfer import run_params
+
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id is None:
+        raise ConfigError(f"trial {trial.number} has no MLflow run to register")
+    current = current_version(client, name, alias)
+    if current is not None and current.run_id == run_id:
+        return current
+    info = model_info(study, study_file, trial, run_params(client, run_id), val_data)
+    with tempfile.TemporaryDirectory() as folder:
+        client.download_artifacts(run_id, STATE_DICT_FILE, folder)
+        if study_file is not None:
+            shutil.copyfile(study_file, Path(folder) / SOURCE_FILE)
+        (Path(folder) / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
+        client.log_artifacts(run_id, folder, MODEL_FOLDER)
+    try:
+        client.create_registered_model(name, description=f"Best models of the searchlab study {name!r}.")
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(
+        name, source=f"runs:/{run_id}/{MODEL_FOLDER}", run_id=run_id,
+        tags={"trial_number": trial.number, "val_loss": trial.value, "builder": info["builder"],
+              "input_shape": json.dumps(info["input_shape"])},
+        description=f"Trial {trial.number} of study {name!r}: val_loss {trial.value:.6g}. Load it with:\n\n"
+                    f"```python\n{snippet(f'models:/{name}@{alias}')}\n```")
+    client.set_registered_model_alias(name, alias, version.version)
+    return version
+
+
+def current_version(client: Any, name: str, alias: str) -> Any:
+    """The version ``alias`` points at, or None (no such model or alias)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A registered model rebuilt in PyTorch, with its version and ``model_info.json``."""
+
+    model: Any
+    version: Any
+    info: dict[str, Any]
+    study: Any
+
+
+def load_registered(uri: str, *, tracking_uri: str, study_file: str | None = None) -> Loaded:
+    """Rebuild the model of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` from its study (``study_file``, or
+    the source registered with it) and load its weights (weights_only=True), in eval mode on the CPU."""
+    import mlflow.artifacts
+    import optuna
+    import torch
+
+    from searchlab.storage import mask_password
+    from searchlab.study import load_study_file
+    from searchlab.tracking import STATE_DICT_FILE, MlflowTracker
+    from searchlab.trial import Trial
+
+    match = re.fullmatch(r"models:/([^@/]+)(?:@(.+)|/(\d+))", uri)
+    if match is None:
+        raise ConfigError(f"{uri!r} is not a registered model: write models:/NAME@ALIAS or models:/NAME/VERSION")
+    name, alias, number = match.groups()
+    client = MlflowTracker(tracking_uri).client
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name,
+                                                                                                          number)
+            local = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=client.get_model_version_download_uri(name, version.version), dst_path=folder,
+                tracking_uri=tracking_uri))
+            info = json.loads((local / INFO_FILE).read_text())
+        except Exception as error:
+            raise ConfigError(f"cannot fetch {uri} from the registry of {mask_password(tracking_uri)}: "
+                              f"{first_line(error)}; pass the --tracking-uri the study ran with") from None
+        if study_file is None and not (local / SOURCE_FILE).is_file():
+            raise ConfigError(f"{uri} holds no study source: pass the study file it was trained with")
+        study = load_study_file(study_file or local / SOURCE_FILE)
+        state_dict = torch.load(local / STATE_DICT_FILE, weights_only=True, map_location="cpu")
+    params = dict(info["params"])
+    model = study.model(Trial(optuna.trial.FixedTrial(params, number=info["trial_number"]), params, info["seed"]))
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise ConfigError(f"the weights of {uri} do not fit the model {info['builder']} builds: "
+                          f"{first_line(error)}") from None
+    return Loaded(model.eval(), version, info, study)
+
+
+def validation_loss(loaded: Loaded) -> float:
+    """The loaded model's loss on its study's validation split (the data seed and batch size it trained with)."""
+    import torch
+
+    from searchlab.data import make_batches
+    from searchlab.execute import load_split
+    from searchlab.objective import DROPPED_DEFAULTS
+    from searchlab.tasks import get_task
+    from searchlab.train import evaluate
+
+    task = get_task(loaded.study.task)
+    _, val_data = load_split(loaded.study, loaded.info["data_seed"])
+    batch_size = int(loaded.info["params"].get("batch_size", DROPPED_DEFAULTS["batch_size"]))
+    batches = make_batches(val_data, batch_size, shuffle=False, seed=0, device=torch.device("cpu"))
+    return evaluate(loaded.model, batches, task, task.loss_fn())["val_loss"]
+
+
+def load_model(uri: str, *, tracking_uri: str | None = None, study_file: str | None = None) -> Any:
+    """The ``nn.Module`` of a registered model (``models:/NAME@best``), rebuilt and loaded, in eval mode.
+
+    ``tracking_uri`` defaults to SEARCHLAB_TRACKING_URI, MLFLOW_TRACKING_URI, then sqlite:///mlflow.db here."""
+    from searchlab.results import tracking_uri_for
+
+    return load_registered(uri, tracking_uri=tracking_uri_for(tracking_uri), study_file=study_file).model

@@ -1,0 +1,113 @@
+"""Where studies are compared: the MLflow UI on a tracking store, optuna-dashboard on an Optuna storage.
+
+Both bind to 127.0.0.1 unless told otherwise and run in the foreground until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from searchlab.errors import ConfigError
+
+MLFLOW_PORT, DASHBOARD_PORT = 5000, 8080
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A one-line error, before anything starts, when ``host:port`` cannot be bound."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror}): choose another --port") from None
+
+
+def check_runs_exist(tracking_uri: str) -> None:
+    """A local tracking store that is not there yet is an error (a server would create an empty one)."""
+    from pathlib import Path
+
+    from searchlab.storage import local_file
+
+    path = local_file(tracking_uri) if tracking_uri.startswith("sqlite:///") else \
+        Path(tracking_uri.removeprefix("file://")) if "://" not in tracking_uri or tracking_uri.startswith("file://") \
+        else None
+    if path is not None and not path.exists():
+        raise ConfigError(f"no MLflow runs at {tracking_uri}: run 'searchlab run' here first, or pass the "
+                          "--tracking-uri it used")
+
+
+def mlflow_server_command(backend_store_uri: str, host: str, port: int, *, artifacts_destination: str | None = None,
+                          workers: int | None = None) -> list[str]:
+    """The `mlflow server` command line for a tracking store."""
+    command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+               "--backend-store-uri", backend_store_uri]
+    if artifacts_destination is not None:
+        command += ["--artifacts-destination", artifacts_destination]
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    return command
+
+
+def run_until_interrupted(command: list[str]) -> int:
+    """Run a server in the foreground; on Ctrl-C (or SIGTERM) stop it gracefully and return 0."""
+    process = subprocess.Popen(command)
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        if process.poll() is None:
+            process.terminate()  # servers stop gracefully on SIGTERM, even where SIGINT was ignored
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def experiment_url(base: str, tracking_uri: str, study_name: str | None) -> str:
+    """The MLflow UI page of the study's experiment (the experiment list when there is no such experiment)."""
+    if study_name is None:
+        return base
+    from searchlab.tracking import MlflowTracker
+
+    experiment = MlflowTracker(tracking_uri).client.get_experiment_by_name(study_name)
+    return base if experiment is None else experiment_page(base, experiment.experiment_id)
+
+
+def experiment_page(base: str, experiment_id: str) -> str:
+    """An experiment's runs in the MLflow UI (its model-training view, not the GenAI one it opens on)."""
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: str | None) -> tuple[str, Any]:
+    """Open the storage and return (the dashboard URL, a function that serves it until Ctrl-C)."""
+    import optuna_dashboard
+
+    from searchlab.storage import describe, local_file, open_storage
+
+    path = local_file(storage_url)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"no study storage at {describe(storage_url)}: run 'searchlab run' here first, "
+                          "or pass the --storage it used")
+    check_port_free(host, port)
+    storage = open_storage(storage_url)
+    url = f"http://{host}:{port}/dashboard/"
+    if study_name is not None:
+        try:
+            url += f"studies/{storage.get_study_id_from_name(study_name)}"
+        except KeyError:
+            raise ConfigError(f"no study named {study_name!r} in {describe(storage_url)}: check --study-name "
+                              "or --storage") from None
+
+    def serve() -> None:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops
+            optuna_dashboard.run_server(storage, host=host, port=port)
+
+    return url, serve

@@ -1,0 +1,101 @@
+"""The best model in the MLflow Model Registry: registered at the end of a run, loaded back into PyTorch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import one_line_config_error
+from mlflow import MlflowClient
+
+import searchlab as sl
+from searchlab.cli import main
+from searchlab.execute import load_split
+from searchlab.registry import BEST_ALIAS, INFO_FILE, MODEL_FOLDER, SOURCE_FILE, load_registered, register
+from searchlab.storage import open_storage
+from searchlab.study import load_study_file
+
+
+def invoke(*args: str) -> object:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def val_loss(model: torch.nn.Module, study_file: Path, seed: int = 0) -> float:
+    """MSE of the model on the study's validation split, computed here by hand."""
+    x_val, y_val = load_study_file(study_file).data(seed).val
+    with torch.no_grad():
+        return torch.nn.functional.mse_loss(model(x_val).squeeze(1), y_val).item()
+
+
+def test_a_run_registers_its_best_model_which_loads_back(workdir: Path, study_file: Path) -> None:
+    result = invoke("run", str(study_file), "--trials", "3")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    best_run_id = study.best_trial.user_attrs["mlflow_run_id"]
+    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri)
+    version = client.get_model_version_by_alias("tiny", BEST_ALIAS)
+    assert f"model      models:/tiny@best (version {version.version}, trial {study.best_trial.number}" in result.output
+    assert version.run_id == best_run_id
+    assert version.tags["trial_number"] == str(study.best_trial.number)
+    assert json.loads(version.tags["input_shape"]) == [None, 4]
+
+    files = {item.path for item in client.list_artifacts(best_run_id, MODEL_FOLDER)}
+    assert files == {f"{MODEL_FOLDER}/{name}" for name in ("model_state_dict.pt", INFO_FILE, SOURCE_FILE)}
+    info = json.loads(Path(client.download_artifacts(best_run_id, f"{MODEL_FOLDER}/{INFO_FILE}", str(workdir)))
+                      .read_text())
+    assert info["builder"] == f"{study_file}:model" and info["params"]["width"] == study.best_params["width"]
+
+    model = sl.load_model("models:/tiny@best", tracking_uri=tracking_uri)  # the public API
+    assert not model.training
+    assert val_loss(model, study_file) == pytest.approx(study.best_value, rel=1e-5)
+
+    loaded = invoke("best", str(study_file), "--load")
+    assert loaded.exit_code == 0, loaded.output
+    assert f"val_loss   {study.best_value:.6g} on the validation split (the trial recorded {study.best_value:.6g})" \
+        in loaded.output
+    assert 'sl.load_model("models:/tiny@best"' in loaded.output
+
+
+def test_the_registered_source_rebuilds_the_model_without_the_study_file(workdir: Path, study_file: Path) -> None:
+    assert invoke("run", str(study_file), "--trials", "2").exit_code == 0
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    moved = shutil.move(study_file, workdir / "elsewhere.py")
+    loaded = load_registered("models:/tiny@best", tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    assert val_loss(loaded.model, Path(moved)) == pytest.approx(study.best_value, rel=1e-5)
+    assert loaded.info["trial_number"] == study.best_trial.number
+
+
+def test_a_new_best_gets_a_new_version_and_the_alias_an_unchanged_best_none(workdir: Path, study_file: Path) -> None:
+    assert invoke("run", str(study_file), "--trials", "3").exit_code == 0
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    declared = load_study_file(study_file)
+    _, val_data = load_split(declared, 0)
+    first = client.get_model_version_by_alias("tiny", BEST_ALIAS)
+    assert register(client, "tiny", study.best_trial, declared, str(study_file), val_data).version == first.version
+    other = next(trial for trial in study.trials if trial.number != study.best_trial.number)
+    second = register(client, "tiny", other, declared, str(study_file), val_data)
+    assert int(second.version) == int(first.version) + 1
+    assert client.get_model_version_by_alias("tiny", BEST_ALIAS).run_id == other.user_attrs["mlflow_run_id"]
+    assert len(client.search_model_versions("name='tiny'")) == 2
+
+
+def test_bad_model_uris_are_one_line(workdir: Path, study_file: Path) -> None:
+    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    assert "is not a registered model" in one_line_config_error(
+        lambda: load_registered("runs:/abc", tracking_uri=tracking_uri))
+    assert "cannot fetch models:/nothere@best from the registry" in one_line_config_error(
+        lambda: load_registered("models:/nothere@best", tracking_uri=tracking_uri))
+    assert invoke("run", str(study_file), "--trials", "1").exit_code == 0
+    result = CliRunner().invoke(main, ["best", str(study_file), "--load", "--tracking-uri",
+                                       f"sqlite:///{workdir / 'empty.db'}"])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: cannot fetch models:/tiny@best from the registry of sqlite:///")
+    assert line.endswith("pass the --tracking-uri the study ran with")

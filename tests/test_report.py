@@ -1,0 +1,129 @@
+"""The study report: Optuna's plots and a summary table, on the parent run after every run and by `report`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from conftest import write_study
+from mlflow import MlflowClient
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from searchlab.cli import main
+from searchlab.report import PLOTS, REPORT_FOLDER, summary_markdown, write_report
+from searchlab.storage import open_storage
+from searchlab.worker import PARENT_RUN_ATTR
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def invoke(*args: str) -> object:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def check_report(folder: Path, study: optuna.Study) -> None:
+    """Every plot is a PNG image, the HTML page holds every plot, and the summary's best value is Optuna's."""
+    for stem in PLOTS:
+        assert (folder / f"{stem}.png").read_bytes().startswith(PNG_SIGNATURE), stem
+    html = (folder / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert html.count("plotly-graph-div") >= len(PLOTS)
+    assert all(title in html for title, _ in PLOTS.values())
+    summary = (folder / "summary.md").read_text()
+    best = re.search(r"Best value \(val_loss\): \*\*(\S+)\*\* \(trial (\d+)\)", summary)
+    assert best is not None, summary
+    assert float(best.group(1)) == pytest.approx(study.best_value, rel=1e-5)
+    assert int(best.group(2)) == study.best_trial.number
+    assert f"| {study.best_trial.number} | {best.group(1)} |" in summary  # first row of the best-trials table
+
+
+def test_every_run_writes_the_report_to_its_parent_run(workdir: Path) -> None:
+    study_file = write_study(workdir, max_epochs=8, patience=8, extra="pruner='median'")
+    result = invoke("run", str(study_file), "--trials", "8")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    parent_run_id = study.user_attrs[PARENT_RUN_ATTR]
+    assert f"report     runs:/{parent_run_id}/{REPORT_FOLDER}" in result.output
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    folder = Path(client.download_artifacts(parent_run_id, REPORT_FOLDER, str(workdir)))
+    check_report(folder, study)
+    assert client.get_run(parent_run_id).info.status == "FINISHED"
+    pruned = [trial for trial in study.trials if trial.state == TrialState.PRUNED]
+    if pruned:  # the median pruner usually prunes some of 8 trials; the summary counts them either way
+        assert f"## Pruned trials: {len(pruned)}" in (folder / "summary.md").read_text()
+
+
+def test_report_command_writes_a_folder_or_the_latest_parent_run(workdir: Path, study_file: Path) -> None:
+    assert invoke("run", str(study_file), "--trials", "3").exit_code == 0
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    result = invoke("report", str(study_file), "--out", "rep")
+    assert result.exit_code == 0, result.output
+    check_report(workdir / "rep", study)
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    parent_run_id = study.user_attrs[PARENT_RUN_ATTR]
+    before = {item.path for item in client.list_artifacts(parent_run_id, REPORT_FOLDER)}
+    assert invoke("report", str(study_file)).exit_code == 0
+    assert {item.path for item in client.list_artifacts(parent_run_id, REPORT_FOLDER)} == before
+
+
+def test_report_of_an_unknown_study_is_one_line(workdir: Path, study_file: Path) -> None:
+    result = CliRunner().invoke(main, ["report", str(study_file)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"Error: no {'searchlab.journal'} here: run 'searchlab run FILE' "
+                                                  "first, or pass --storage"]
+
+
+def test_summary_counts_pruned_and_failed_trials_with_their_reasons() -> None:
+    study = optuna.create_study(study_name="mixed")
+    space = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    for number, (value, lr) in enumerate([(0.5, 0.01), (0.2, 0.001), (0.9, 0.05)]):
+        study.add_trial(create_trial(value=value, params={"lr": lr}, distributions=space,
+                                     user_attrs={"best_epoch": number + 1, "mlflow_run_id": f"run{number}"}))
+    for epoch in (2, 2, 5):
+        study.add_trial(create_trial(state=TrialState.PRUNED, params={"lr": 0.1}, distributions=space,
+                                     user_attrs={"pruned_epoch": epoch}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "loss is nan at epoch 3"}))
+    study.add_trial(create_trial(state=TrialState.FAIL))
+    summary = summary_markdown(study)
+    assert "8 trials: 3 complete, 2 fail, 3 pruned" in summary
+    assert "Best value (val_loss): **0.2** (trial 1)" in summary
+    rows = [line for line in summary.splitlines() if re.match(r"\| \d+ \|.*\| run\d \|$", line)]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "0", "2"]  # best first
+    assert "| 1 | 0.2 | 2 | 0.001 | run1 |" in summary
+    assert "## Pruned trials: 3" in summary and "| pruned at epoch 2 | 2 |" in summary
+    assert "| pruned at epoch 5 | 1 |" in summary
+    assert "## Fail trials: 2" in summary and "| loss is nan at epoch 3 | 1 |" in summary
+    assert "| its worker died | 1 |" in summary
+
+
+def test_a_study_without_completed_trials_still_gets_its_report(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="none")
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "boom"}))
+    assert write_report(study, tmp_path) == []
+    for stem in PLOTS:
+        assert (tmp_path / f"{stem}.png").read_bytes().startswith(PNG_SIGNATURE)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "No trial completed yet." in summary and "| boom | 1 |" in summary
+
+
+def test_a_plot_that_fails_is_noted_and_the_rest_are_drawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna.visualization.matplotlib as draw
+
+    def broken(study: optuna.Study) -> None:
+        raise ValueError("cannot slice this")
+
+    monkeypatch.setattr(draw, "plot_slice", broken)
+    study = optuna.create_study(study_name="one")
+    study.add_trial(create_trial(value=0.3, params={"lr": 0.01},
+                                 distributions={"lr": FloatDistribution(1e-4, 1e-1, log=True)},
+                                 intermediate_values={1: 0.5, 2: 0.3}))
+    notes = write_report(study, tmp_path)
+    assert notes == ["Slice plots: not drawn (cannot slice this)"]
+    assert not (tmp_path / "slice.png").exists()
+    assert (tmp_path / "optimization_history.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "- Slice plots: not drawn (cannot slice this)" in (tmp_path / "summary.md").read_text()
