@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import click
@@ -27,6 +28,9 @@ class OneLineErrors(click.Group):
             raise BadInput(error.format_message() + hint) from None
         except ConfigError as error:
             raise BadInput(str(error)) from None
+        except KeyboardInterrupt:  # Ctrl-C before a command's own handling starts (loading, the check)
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,21 +61,30 @@ def device_options(command: Any) -> Any:
 TRACKING_HELP = "MLflow tracking URI [default: env SEARCHLAB_TRACKING_URI, MLFLOW_TRACKING_URI, sqlite:///mlflow.db]."
 
 
+def search_options(command: Any) -> Any:
+    """The options of a search, shared by `run` and `nightly`."""
+    for option in reversed([
+        click.option("--trials", "n_trials", type=int, help="Trials to run in this invocation [default: the study's]."),
+        click.option("--timeout", type=float, help="Start no new trial after this many seconds."),
+        click.option("--sampler", type=click.Choice(["tpe", "random"]), help="Optuna sampler [default: tpe]."),
+        click.option("--pruner", type=click.Choice(["none", "median", "hyperband", "sha"]),
+                     help="Stop unpromising trials early, on the per-epoch validation loss [default: none]."),
+        click.option("--seed", type=int, help="Study seed: sampler, data split and every trial's seed [default: 0]."),
+        store_options,
+        click.option("--tracking-uri", help=TRACKING_HELP),
+        click.option("--max-epochs", type=int, help="Most epochs per trial (early stopping may end sooner)."),
+        click.option("--workers", help="Worker processes, or 'auto' for one per device slot [default: 1]."),
+        click.option("--trials-per-device", type=int, help="Workers that may share one GPU [default: 1]."),
+        device_options,
+        click.option("--no-check", is_flag=True, help="Skip the overfit-one-batch check before the first trial."),
+    ]):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("file")
-@click.option("--trials", "n_trials", type=int, help="Trials to run in this invocation [default: the study's].")
-@click.option("--timeout", type=float, help="Start no new trial after this many seconds.")
-@click.option("--sampler", type=click.Choice(["tpe", "random"]), help="Optuna sampler [default: tpe].")
-@click.option("--pruner", type=click.Choice(["none", "median", "hyperband", "sha"]),
-              help="Stop unpromising trials early, on the per-epoch validation loss [default: none].")
-@click.option("--seed", type=int, help="Study seed: sampler, data split and every trial's seed [default: 0].")
-@store_options
-@click.option("--tracking-uri", help=TRACKING_HELP)
-@click.option("--max-epochs", type=int, help="Most epochs per trial (early stopping may end sooner).")
-@click.option("--workers", help="Worker processes, or 'auto' for one per device slot [default: 1].")
-@click.option("--trials-per-device", type=int, help="Workers that may share one GPU [default: 1].")
-@device_options
-@click.option("--no-check", is_flag=True, help="Skip the overfit-one-batch check before the first trial.")
+@search_options
 def run(file: str, no_check: bool, **flags: Any) -> None:
     """Search the study declared in FILE and track every trial in MLflow.
 
@@ -94,6 +107,102 @@ def run(file: str, no_check: bool, **flags: Any) -> None:
         click.echo("\n".join(interrupted.summary.lines()))
         sys.exit(130)
     click.echo("\n".join(summary.lines()))
+
+
+@main.command()
+@click.argument("file")
+@search_options
+@click.option("--reevaluate", type=int, default=0, show_default=True,
+              help="Run the K best earlier configurations first, on tonight's data (they count in --trials).")
+@click.option("--threshold", type=float, default=0.01, show_default=True,
+              help="Promote tonight's best to the champion only when its val_loss is lower by this fraction.")
+def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flags: Any) -> None:
+    """Run one night's sweep of FILE's study: continue it, compare tonight's best with the registered champion
+    (alias 'champion') on tonight's data, promote it if it is better by --threshold, and summarise the night.
+
+    Exit 0: improved or held; 1: the sweep failed, or another night of this study is running; 3: the champion
+    got worse on the new data and nothing replaced it. One night per study at a time (a lock beside the storage,
+    or a PostgreSQL advisory lock).
+    """
+    from searchlab.config import resolve_config
+    from searchlab.execute import StudyInterrupted
+    from searchlab.nightly import run_night
+    from searchlab.study import load_study_file
+
+    study = load_study_file(file)
+    try:
+        night = run_night(study, resolve_config(study, flags), study_file=file, reevaluate=reevaluate,
+                          threshold=threshold, check=not no_check)
+    except RunFailed as failed:
+        click.echo(f"Error: {failed}", err=True)
+        sys.exit(1)
+    except StudyInterrupted:
+        click.echo("interrupted: every open trial was failed and its MLflow run closed", err=True)
+        sys.exit(130)
+    click.echo("\n".join(night.lines()))
+    sys.exit(night.exit_code)
+
+
+@main.command()
+@click.argument("file")
+@click.option("--cron", required=True, help="When nights start, e.g. '0 2 * * *' (minute hour day month weekday).")
+@click.option("--format", "output_format", type=click.Choice(["cron", "systemd", "k8s"]), default="cron",
+              show_default=True, help="A crontab line, a systemd service and timer, or a Kubernetes CronJob.")
+@click.option("--install", is_flag=True, help="Add the line to your crontab, or write the systemd units.")
+@click.option("--systemd-dir", type=click.Path(file_okay=False), default="~/.config/systemd/user", show_default=True,
+              help="Where --install writes systemd units.")
+@click.option("--image", default="searchlab:latest", show_default=True, help="The container image of a CronJob.")
+@click.option("--serve", is_flag=True, help="Stay in the foreground and run each night when due (for containers).")
+@click.option("--max-nights", type=int, help="With --serve: stop after this many nights.")
+@click.option("--trials", type=int, help="Passed to each night's `searchlab nightly`.")
+@click.option("--timeout", type=float, help="Passed to each night's `searchlab nightly`.")
+@click.option("--reevaluate", type=int, help="Passed to each night's `searchlab nightly`.")
+@click.option("--threshold", type=float, help="Passed to each night's `searchlab nightly`.")
+@click.option("--workers", help="Passed to each night's `searchlab nightly`.")
+def schedule(file: str, cron: str, output_format: str, install: bool, systemd_dir: str, image: str, serve: bool,
+             max_nights: int | None, **passed: Any) -> None:
+    """Run `searchlab nightly FILE` on a cron schedule: print (or --install) a crontab line, systemd units or a
+    Kubernetes CronJob, or --serve: an in-process scheduler loop that logs each night's start and outcome.
+
+    Storage and tracking come from each night's environment (SEARCHLAB_STORAGE, SEARCHLAB_TRACKING_URI)."""
+    from pathlib import Path
+
+    from searchlab import schedule as scheduling
+    from searchlab.study import load_study_file
+
+    scheduling.check_cron(cron, seconds=serve)
+    if install and output_format == "k8s":
+        raise ConfigError("--install does not apply a CronJob: pipe the manifest to kubectl apply -f -")
+    name = load_study_file(file).name
+    args = [text for key, value in passed.items() if value is not None
+            for text in (f"--{key}", str(value))]
+    if serve:
+        command = scheduling.nightly_command(file, args)
+        nights = scheduling.serve(cron, lambda: scheduling.run_in_subprocess(command),
+                                  log=lambda line: click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True),
+                                  max_nights=max_nights)
+        click.echo(f"{nights} night(s) ran", err=True)
+        return
+    if output_format == "k8s":
+        # in the image, the study file is where it is here, relative to its working directory (docker/Dockerfile)
+        click.echo(scheduling.cronjob_manifest(cron, ["searchlab", "nightly", file, *args], name, image), nl=False)
+        return
+    command = scheduling.nightly_command(file, args)
+    if output_format == "cron":
+        line = scheduling.crontab_line(cron, command, Path.cwd(), name)
+        if install:
+            scheduling.install_crontab(line, scheduling.unit_name(name))
+            click.echo(f"added to your crontab: {line}")
+        else:
+            click.echo(line)
+        return
+    units = scheduling.systemd_units(cron, command, Path.cwd(), name)
+    if install:
+        paths = scheduling.install_systemd(units, Path(systemd_dir).expanduser())
+        click.echo("wrote " + ", ".join(map(str, paths)) + "\nthen: systemctl --user daemon-reload && "
+                   f"systemctl --user enable --now {scheduling.unit_name(name)}.timer")
+    else:
+        click.echo("\n".join(f"# {unit}\n{text}" for unit, text in units.items()))
 
 
 @main.command()

@@ -155,10 +155,10 @@ def plan_slots(config: RunConfig) -> list[Slot]:
 
 
 def run_study(study: Study, config: RunConfig, *, study_file: str | None = None, check: bool = True,
-              progress: bool = True) -> RunSummary:
+              progress: bool = True, enqueue: list[dict[str, Any]] = ()) -> RunSummary:
     """Run ``config.n_trials`` more trials of ``study`` and track them; bad input, or (with ``check``) a model
     that cannot overfit one tiny batch, fails before anything is written. ``study_file`` (the file declaring
-    ``study``) is needed to start worker processes."""
+    ``study``) is needed to start worker processes. ``enqueue``: params to run first, on top of ``n_trials``."""
     from searchlab.tasks import get_task
     from searchlab.tracking import MlflowTracker, check_tracking_uri
 
@@ -210,6 +210,8 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
             optuna_study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
             optuna_study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
             optuna_study.set_user_attr(RUN_SETTINGS_ATTR, {name: getattr(config, name) for name in RUN_SETTINGS})
+            for params in enqueue:
+                optuna_study.enqueue_trial(params, skip_if_exists=False)
             optuna_study.set_user_attr(BUDGET_ATTR, count(optuna_study.get_trials(deepcopy=False)).claimed
                                        + config.n_trials)
             deadline = None if config.timeout is None else time.time() + config.timeout

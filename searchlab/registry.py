@@ -60,6 +60,10 @@ def register(client: Any, name: str, trial: Any, study: Any, study_file: str | N
     current = current_version(client, name, alias)
     if current is not None and current.run_id == run_id:
         return current
+    registered = [v for v in _versions(client, name) if v.run_id == run_id]
+    if registered:  # e.g. the champion is promoted from a version already registered as the best
+        client.set_registered_model_alias(name, alias, registered[0].version)
+        return registered[0]
     info = model_info(study, study_file, trial, run_params(client, run_id), val_data)
     with tempfile.TemporaryDirectory() as folder:
         client.download_artifacts(run_id, STATE_DICT_FILE, folder)
@@ -80,6 +84,15 @@ def register(client: Any, name: str, trial: Any, study: Any, study_file: str | N
                     f"```python\n{snippet(f'models:/{name}@{alias}')}\n```")
     client.set_registered_model_alias(name, alias, version.version)
     return version
+
+
+def _versions(client: Any, name: str) -> list[Any]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(client.search_model_versions(f"name = '{name}'"))
+    except MlflowException:
+        return []
 
 
 def current_version(client: Any, name: str, alias: str) -> Any:
@@ -146,8 +159,9 @@ def load_registered(uri: str, *, tracking_uri: str, study_file: str | None = Non
     return Loaded(model.eval(), version, info, study)
 
 
-def validation_loss(loaded: Loaded) -> float:
-    """The loaded model's loss on its study's validation split (the data seed and batch size it trained with)."""
+def validation_loss(loaded: Loaded, seed: int | None = None) -> float:
+    """The loaded model's loss on its study's validation split, for data seed ``seed`` (by default the one it
+    trained with), with the batch size it trained with."""
     import torch
 
     from searchlab.data import make_batches
@@ -157,7 +171,7 @@ def validation_loss(loaded: Loaded) -> float:
     from searchlab.train import evaluate
 
     task = get_task(loaded.study.task)
-    _, val_data = load_split(loaded.study, loaded.info["data_seed"])
+    _, val_data = load_split(loaded.study, loaded.info["data_seed"] if seed is None else seed)
     batch_size = int(loaded.info["params"].get("batch_size", DROPPED_DEFAULTS["batch_size"]))
     batches = make_batches(val_data, batch_size, shuffle=False, seed=0, device=torch.device("cpu"))
     return evaluate(loaded.model, batches, task, task.loss_fn())["val_loss"]

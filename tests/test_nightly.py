@@ -1,0 +1,127 @@
+"""Nightly sweeps: warm start, re-evaluation, the single-instance lock, champion promotion and exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from conftest import SEARCHLAB, clean_env, write_study
+from mlflow import MlflowClient
+
+from searchlab.cli import main
+from searchlab.nightly import CHAMPION_ALIAS, NIGHTLY_FOLDER, NIGHTS_ATTR, Night, decide
+from searchlab.storage import open_storage
+
+# A study whose validation targets get noisier when noise.txt says so: "the data changed overnight".
+NOISY_DATA = '''
+def data(seed):
+    from pathlib import Path
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(160, 4, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0]) + 0.1 * torch.randn(160, generator=g)
+    noise = float(Path("noise.txt").read_text()) if Path("noise.txt").exists() else 0.0
+    y = y + noise * torch.randn(160, generator=torch.Generator().manual_seed(99))
+    return sl.Split(train=(x[:120], y[:120]), val=(x[120:], y[120:]))
+'''
+
+
+def nightly_study(folder: Path) -> Path:
+    path = write_study(folder, name="nightly", max_epochs=8, patience=8)
+    text = path.read_text()
+    start, end = text.index("def data(seed):"), text.index("def model(trial):")
+    path.write_text(text[:start] + NOISY_DATA.lstrip() + "\n\n" + text[end:])
+    return path
+
+
+def night(*args: str) -> object:
+    return CliRunner().invoke(main, ["nightly", *args], catch_exceptions=False)
+
+
+def nights(workdir: Path) -> tuple[optuna.Study, list[dict]]:
+    study = optuna.load_study(study_name="nightly", storage=open_storage(str(workdir / "searchlab.journal")))
+    return study, study.user_attrs[NIGHTS_ATTR]
+
+
+def test_nights_warm_start_reevaluate_promote_hold_and_alert(workdir: Path) -> None:
+    study_file = nightly_study(workdir)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+
+    first = night(str(study_file), "--trials", "4", "--threshold", "0.5")
+    assert first.exit_code == 0, first.output
+    assert "night      1: promoted (exit 0): the first champion" in first.output
+    study, records = nights(workdir)
+    champion = client.get_model_version_by_alias("nightly", CHAMPION_ALIAS)
+    assert champion.run_id == study.best_trial.user_attrs["mlflow_run_id"]
+    assert records[0]["champion_after"] == champion.version
+
+    # Night 2, same data: the two best configurations run first; nothing beats the champion by 90%: held.
+    best_two = [t.params for t in sorted((t for t in study.trials if t.value is not None), key=lambda t: t.value)[:2]]
+    second = night(str(study_file), "--trials", "4", "--reevaluate", "2", "--threshold", "0.9")
+    assert second.exit_code == 0, second.output
+    assert "night      2: held (exit 0)" in second.output
+    study, records = nights(workdir)
+    assert [t.params for t in study.trials[4:6]] == best_two  # re-evaluated first, on tonight's data
+    assert len(study.trials) == 8  # --trials counts the re-evaluations
+    assert records[1]["reevaluated"] == 2 and records[1]["champion_tonight"] == pytest.approx(
+        records[0]["best_value"], rel=1e-5)  # same data: the champion scores what it scored
+    assert client.get_model_version_by_alias("nightly", CHAMPION_ALIAS).version == champion.version
+    parent = client.get_run(records[1]["parent_run_id"])
+    assert parent.data.tags["nightly_decision"] == "held" and parent.data.tags["nightly_exit_code"] == "0"
+    summary = Path(client.download_artifacts(parent.info.run_id, f"{NIGHTLY_FOLDER}/summary.md", str(workdir)))
+    text = summary.read_text()
+    assert "| 1 |" in text and "| 2 |" in text and "## Best value per night" in text
+    assert "## Best params: night 1 → tonight" in text and "## Parameter importance drift: night 1 → tonight" in text
+
+    # Night 3: the validation data got much noisier; the champion is worse and nothing replaces it: exit 3.
+    (workdir / "noise.txt").write_text("3.0")
+    third = night(str(study_file), "--trials", "3", "--threshold", "0.5", "--no-check")
+    assert third.exit_code == 3, third.output
+    assert "night      3: champion worse (exit 3)" in third.output
+    _, records = nights(workdir)
+    assert records[2]["champion_tonight"] > 1.5 * records[0]["best_value"]
+    assert client.get_model_version_by_alias("nightly", CHAMPION_ALIAS).version == champion.version
+
+
+def test_a_failed_sweep_exits_1_and_is_recorded(workdir: Path) -> None:
+    study_file = write_study(workdir, name="nightly", extra="space=sl.default_space(lr=1e-12)")
+    result = night(str(study_file), "--trials", "2")
+    assert result.exit_code == 1, result.output
+    assert "night      1: failed (exit 1): the model cannot learn one tiny batch" in result.output
+
+
+def test_a_second_night_during_the_first_exits_with_a_clear_message(workdir: Path) -> None:
+    study_file = write_study(workdir, name="nightly", max_epochs=60, patience=60)
+    first = subprocess.Popen([SEARCHLAB, "nightly", str(study_file), "--trials", "30"], cwd=workdir, env=clean_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = workdir / "searchlab.journal.nightly-lock"
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text()):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.2)
+    holder = lock.read_text()
+    second = CliRunner().invoke(main, ["nightly", str(study_file), "--trials", "2"])
+    assert second.exit_code == 1
+    (line,) = second.output.strip().splitlines()
+    assert line == f"Error: another nightly of study 'nightly' is running ({holder}): this one exits without running"
+    first.send_signal(2)  # Ctrl-C: the first night stops, closes its runs and releases the lock
+    assert first.wait(timeout=120) == 130
+    assert lock.read_text() == ""
+
+
+@pytest.mark.parametrize(("best", "champion_tonight", "champion_recorded", "decision", "code"), [
+    (0.5, None, None, "promoted", 0),       # no champion yet
+    (0.40, 0.50, 0.50, "promoted", 0),      # 20% better than the champion on tonight's data
+    (0.49, 0.50, 0.50, "held", 0),          # better, but by less than the 10% threshold
+    (0.60, 0.80, 0.50, "champion worse", 3),  # the champion lost 60% and tonight's best does not replace it
+    (0.30, 0.80, 0.50, "promoted", 0),      # the champion got worse, and tonight's best replaces it
+    (None, 0.50, 0.50, "failed", 1),        # no trial completed tonight
+])
+def test_the_promotion_rule(best: float | None, champion_tonight: float | None, champion_recorded: float | None,
+                            decision: str, code: int) -> None:
+    result = Night(1, "now", best_value=best, champion_tonight=champion_tonight, champion_recorded=champion_recorded)
+    promote = decide(result, threshold=0.1)
+    assert (result.decision, result.exit_code, promote) == (decision, code, decision == "promoted")
