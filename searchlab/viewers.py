@@ -6,6 +6,7 @@ Both bind to 127.0.0.1 unless told otherwise and run in the foreground until Ctr
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -53,8 +54,11 @@ def mlflow_server_command(backend_store_uri: str, host: str, port: int, *, artif
 
 
 def run_until_interrupted(command: list[str]) -> int:
-    """Run a server in the foreground; on Ctrl-C (or SIGTERM) stop it gracefully and return 0."""
-    process = subprocess.Popen(command)
+    """Run a server in the foreground; on Ctrl-C (or SIGTERM) stop it gracefully and return 0.
+
+    MLflow's job runner (GenAI judges and trace rollups: seven extra processes) stays off unless asked for."""
+    environment = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    process = subprocess.Popen(command, env=environment)
     previous = signal.signal(signal.SIGTERM, lambda number, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         return process.wait()

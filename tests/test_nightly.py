@@ -116,7 +116,7 @@ def test_a_second_night_during_the_first_exits_with_a_clear_message(workdir: Pat
     (0.5, None, None, "promoted", 0),       # no champion yet
     (0.40, 0.50, 0.50, "promoted", 0),      # 20% better than the champion on tonight's data
     (0.49, 0.50, 0.50, "held", 0),          # better, but by less than the 10% threshold
-    (0.60, 0.80, 0.50, "champion worse", 3),  # the champion lost 60% and tonight's best does not replace it
+    (0.78, 0.80, 0.50, "champion worse", 3),  # the champion lost 60% and tonight's best does not replace it
     (0.30, 0.80, 0.50, "promoted", 0),      # the champion got worse, and tonight's best replaces it
     (None, 0.50, 0.50, "failed", 1),        # no trial completed tonight
 ])
