@@ -131,7 +131,7 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
 
     study = load_study_file(file)
     try:
-        night = run_night(study, resolve_config(study, flags), study_file=file, reevaluate=reevaluate,
+        night, summary = run_night(study, resolve_config(study, flags), study_file=file, reevaluate=reevaluate,
                           threshold=threshold, check=not no_check)
     except RunFailed as failed:
         click.echo(f"Error: {failed}", err=True)
@@ -139,7 +139,7 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
     except StudyInterrupted:
         click.echo("interrupted: every open trial was failed and its MLflow run closed", err=True)
         sys.exit(130)
-    click.echo("\n".join(night.lines()))
+    click.echo("\n".join([*(summary.lines() if summary else []), *night.lines()]))
     sys.exit(night.exit_code)
 
 

@@ -208,9 +208,10 @@ def _value(value: Any) -> str:
 
 
 def run_night(study: Any, config: Any, *, study_file: str, reevaluate: int = 0, threshold: float = 0.01,
-              check: bool = True) -> Night:
+              check: bool = True) -> tuple[Night, Any]:
     """Run one night of ``study`` (``config.n_trials`` trials, the first ``reevaluate`` of them the best earlier
-    configurations), compare with the champion, promote or not, and record the night."""
+    configurations), compare with the champion, promote or not, and record the night; returns the night and the
+    run's summary (None when the sweep failed)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -245,7 +246,7 @@ def run_night(study: Any, config: Any, *, study_file: str, reevaluate: int = 0, 
         try:
             optuna_study = optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage))
         except KeyError:  # the first night failed before its study was created
-            return night
+            return night, summary
         numbers = {trial.number for trial in before}
         tonight = [t for t in optuna_study.get_trials(deepcopy=False) if t.number not in numbers]
         complete = [t for t in tonight if t.state == TrialState.COMPLETE]
@@ -276,7 +277,7 @@ def run_night(study: Any, config: Any, *, study_file: str, reevaluate: int = 0, 
         optuna_study.set_user_attr(NIGHTS_ATTR, nights)
         if night.parent_run_id is not None:
             _log_night(MlflowTracker(config.tracking_uri), night, config.study_name, nights)
-    return night
+    return night, summary
 
 
 def _log_night(tracker: Any, night: Night, study_name: str, nights: list[dict[str, Any]]) -> None:
