@@ -177,10 +177,17 @@ def schedule(file: str, cron: str, output_format: str, install: bool, systemd_di
     args = [text for key, value in passed.items() if value is not None
             for text in (f"--{key}", str(value))]
     if serve:
+        from searchlab.worker import interrupt_once
+
         command = scheduling.nightly_command(file, args)
-        nights = scheduling.serve(cron, lambda: scheduling.run_in_subprocess(command),
-                                  log=lambda line: click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True),
-                                  max_nights=max_nights)
+        with interrupt_once():  # SIGTERM (docker stop) too: the running night stops cleanly before the loop does
+            try:
+                nights = scheduling.serve(cron, lambda: scheduling.run_in_subprocess(command),
+                                          log=lambda line: click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True),
+                                          max_nights=max_nights)
+            except KeyboardInterrupt:
+                click.echo("interrupted: the running night (if any) was stopped and closed its runs", err=True)
+                sys.exit(130)
         click.echo(f"{nights} night(s) ran", err=True)
         return
     if output_format == "k8s":
@@ -268,8 +275,8 @@ def server(host: str, port: int, backend_store_uri: str, artifacts_destination: 
     check_port_free(host, port)
     click.echo(f"MLflow tracking server on http://{host}:{port} (runs in {mask_password(backend_store_uri)}, "
                f"artifacts in {artifacts_destination}); Ctrl-C stops it", err=True)
-    sys.exit(run_until_interrupted(mlflow_server_command(backend_store_uri, host, port,
-                                                         artifacts_destination=artifacts_destination)))
+    sys.exit(run_until_interrupted(mlflow_server_command(host, port, artifacts_destination=artifacts_destination),
+                                   backend_store_uri))
 
 
 @main.command()
@@ -304,7 +311,7 @@ def ui(file: str | None, tracking_uri: str | None, study_name: str | None, host:
     check_port_free(host, port)
     click.echo(f"MLflow UI: {experiment_url(f'http://{host}:{port}', uri, name)} (runs in {mask_password(uri)}); "
                "Ctrl-C stops it", err=True)
-    sys.exit(run_until_interrupted(mlflow_server_command(uri, host, port, workers=1)))
+    sys.exit(run_until_interrupted(mlflow_server_command(host, port, workers=1), uri))
 
 
 @main.command()

@@ -73,7 +73,8 @@ class RunSummary:
         else:
             tracking = "" if self.tracking_uri == default_tracking_uri() else \
                 f" --tracking-uri {mask_password(self.tracking_uri)}"
-            storage = "" if self.storage == DEFAULT_JOURNAL else f" --storage {self.storage}"
+            storage = "" if self.storage == DEFAULT_JOURNAL else \
+                ' --storage "$SEARCHLAB_STORAGE"' if "***" in self.storage else f" --storage {self.storage}"
             lines.append(f"compare    searchlab ui --study-name {self.study_name}{tracking} (MLflow UI); searchlab "
                          f"dashboard --study-name {self.study_name}{storage} (Optuna dashboard)")
         return lines
@@ -256,7 +257,7 @@ HOW_TO_COMPARE = """One searchlab run of this study; each child run is one trial
 * **Report**: the artifacts of this run, under `report/`: `summary.md` (the best trials, pruned and failed
   counts and reasons), Optuna's plots as PNG and `report.html` (interactive).
 * **Best model**: registered under the study's name with the alias `best` (Models tab); load it with
-  `searchlab best --load` or `searchlab.load_model("models:/NAME@best")`.
+  `searchlab best FILE --load` or `searchlab.load_model("models:/NAME@best", FILE)`.
 """
 
 

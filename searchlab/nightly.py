@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from searchlab.errors import ConfigError, RunFailed
+from searchlab.errors import ConfigError, RunFailed, describe_error
 
 EXIT_OK, EXIT_FAILED, EXIT_WORSE = 0, 1, 3
 CHAMPION_ALIAS = "champion"
@@ -45,21 +45,25 @@ def night_lock(url: str | None, study_name: str) -> Iterator[None]:
         from sqlalchemy import text
 
         key = zlib.crc32(f"searchlab-nightly:{study_name}".encode())
-        with open_storage(url).engine.connect() as connection:
+        # autocommit: a session-level lock, with no transaction left open (idle) for the whole night
+        with open_storage(url).engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar():
                 raise NightRunning(f"another nightly of study {study_name!r} is running (PostgreSQL advisory lock "
                                    f"{key} is held): this one exits without running")
             try:
                 yield
             finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                connection.commit()
+                with contextlib.suppress(Exception):  # a lost session has released the lock already
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
         return
     path = local_file(url)
     if path is None:  # another database: no cross-host lock here
         yield
         return
-    lock_path = path.with_name(path.name + ".nightly-lock")
+    if not path.parent.is_dir():
+        raise ConfigError(f"storage folder {str(path.parent)!r} does not exist: create it or choose another path")
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
+    lock_path = path.with_name(f"{path.name}.{safe_name}.nightly-lock")  # one per study in a shared storage
     with lock_path.open("a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -114,6 +118,7 @@ class Night:
     decision: str = "failed"
     exit_code: int = EXIT_FAILED
     reason: str = ""
+    sweep_failed: bool = False  # the run stopped with an error: nothing is promoted, whatever completed
     parent_run_id: str | None = None
     trials: int = 0
     reevaluated: int = 0
@@ -146,7 +151,7 @@ def _fmt(value: float | None) -> str:
 
 def decide(night: Night, threshold: float) -> bool:
     """Set the night's decision and exit code; True when tonight's best is to be promoted."""
-    if night.best_value is None:
+    if night.best_value is None or night.sweep_failed:
         night.decision, night.exit_code = "failed", EXIT_FAILED
         night.reason = night.reason or "no trial completed tonight"
         return False
@@ -241,7 +246,7 @@ def run_night(study: Any, config: Any, *, study_file: str, reevaluate: int = 0, 
             summary = run_study(study, dataclasses.replace(config, n_trials=config.n_trials - len(again)),
                                 study_file=study_file, check=check, enqueue=again)
         except (CheckFailed, RunFailed) as error:
-            night.reason = str(error)
+            night.reason, night.sweep_failed = str(error), True
             summary = None
         try:
             optuna_study = optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage))
@@ -265,8 +270,9 @@ def run_night(study: Any, config: Any, *, study_file: str, reevaluate: int = 0, 
                 loaded = load_registered(f"models:/{config.study_name}@{CHAMPION_ALIAS}",
                                          tracking_uri=config.tracking_uri, study_file=study_file)
                 night.champion_tonight = validation_loss(loaded, seed=config.seed)
-            except ConfigError as error:  # e.g. the study's model changed shape: the champion cannot be compared
-                night.reason = f"the champion could not be evaluated ({error}), so tonight's best replaces it"
+            except Exception as error:  # e.g. the study's model changed: the champion cannot be compared
+                night.reason = f"the champion could not be evaluated ({describe_error(error)}), so tonight's best " \
+                               "replaces it"
         if decide(night, threshold):
             _, val_data = load_split(study, config.seed)
             night.champion_after = register(client, config.study_name, best, study, study_file, val_data,

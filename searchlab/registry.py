@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from searchlab.errors import ConfigError, first_line
+from searchlab.errors import ConfigError, describe_error, first_line
 
 BEST_ALIAS = "best"
 MODEL_FOLDER = "model"
@@ -23,10 +23,10 @@ INFO_FILE = "model_info.json"
 SOURCE_FILE = "study.py"
 
 
-def snippet(uri: str, tracking_uri: str = "sqlite:///mlflow.db") -> str:
+def snippet(uri: str, tracking_uri: str, study_file: str | None) -> str:
     """How to get a registered model back into PyTorch, in Python."""
     return (f'import searchlab as sl\n'
-            f'model = sl.load_model("{uri}", tracking_uri="{tracking_uri}")  # weights loaded, eval mode\n'
+            f'model = sl.load_model("{uri}", "{study_file}", tracking_uri="{tracking_uri}")  # eval mode\n'
             f'# by hand: build the study\'s model with the params in model/{INFO_FILE}, then\n'
             f'# model.load_state_dict(torch.load("model/model_state_dict.pt", weights_only=True))')
 
@@ -51,6 +51,7 @@ def register(client: Any, name: str, trial: Any, study: Any, study_file: str | N
     already names that trial's run, nothing changes and its version is returned."""
     from mlflow.exceptions import MlflowException
 
+    from searchlab.storage import mask_password
     from searchlab.tracking import STATE_DICT_FILE
     from searchlab.transfer import run_params
 
@@ -64,7 +65,8 @@ def register(client: Any, name: str, trial: Any, study: Any, study_file: str | N
     if registered:  # e.g. the champion is promoted from a version already registered as the best
         client.set_registered_model_alias(name, alias, registered[0].version)
         return registered[0]
-    info = model_info(study, study_file, trial, run_params(client, run_id), val_data)
+    # the logged params (fixed and inherited ones too), with the sampled ones exactly as Optuna holds them
+    info = model_info(study, study_file, trial, {**run_params(client, run_id), **trial.params}, val_data)
     with tempfile.TemporaryDirectory() as folder:
         client.download_artifacts(run_id, STATE_DICT_FILE, folder)
         if study_file is not None:
@@ -81,7 +83,8 @@ def register(client: Any, name: str, trial: Any, study: Any, study_file: str | N
         tags={"trial_number": trial.number, "val_loss": trial.value, "builder": info["builder"],
               "input_shape": json.dumps(info["input_shape"])},
         description=f"Trial {trial.number} of study {name!r}: val_loss {trial.value:.6g}. Load it with:\n\n"
-                    f"```python\n{snippet(f'models:/{name}@{alias}')}\n```")
+                    f"```python\n{snippet(f'models:/{name}@{alias}', mask_password(client.tracking_uri), study_file)}"
+                    "\n```")
     client.set_registered_model_alias(name, alias, version.version)
     return version
 
@@ -117,9 +120,11 @@ class Loaded:
     study: Any
 
 
-def load_registered(uri: str, *, tracking_uri: str, study_file: str | None = None) -> Loaded:
-    """Rebuild the model of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` from its study (``study_file``, or
-    the source registered with it) and load its weights (weights_only=True), in eval mode on the CPU."""
+def load_registered(uri: str, *, tracking_uri: str, study_file: str | None = None,
+                    trust_source: bool = False) -> Loaded:
+    """Rebuild the model of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` from its study and load its weights
+    (weights_only=True), in eval mode on the CPU. The study is ``study_file``; the copy registered with the model
+    is Python code from the registry, run only with ``trust_source``."""
     import mlflow.artifacts
     import optuna
     import torch
@@ -145,17 +150,18 @@ def load_registered(uri: str, *, tracking_uri: str, study_file: str | None = Non
         except Exception as error:
             raise ConfigError(f"cannot fetch {uri} from the registry of {mask_password(tracking_uri)}: "
                               f"{first_line(error)}; pass the --tracking-uri the study ran with") from None
-        if study_file is None and not (local / SOURCE_FILE).is_file():
-            raise ConfigError(f"{uri} holds no study source: pass the study file it was trained with")
+        if study_file is None and not (trust_source and (local / SOURCE_FILE).is_file()):
+            raise ConfigError(f"rebuilding {uri} needs the study file it was trained with ({info['builder']}): "
+                              "pass it (or trust_source=True to run the copy registered with the model)")
         study = load_study_file(study_file or local / SOURCE_FILE)
         state_dict = torch.load(local / STATE_DICT_FILE, weights_only=True, map_location="cpu")
     params = dict(info["params"])
-    model = study.model(Trial(optuna.trial.FixedTrial(params, number=info["trial_number"]), params, info["seed"]))
     try:
+        model = study.model(Trial(optuna.trial.FixedTrial(params, number=info["trial_number"]), params, info["seed"]))
         model.load_state_dict(state_dict)
-    except RuntimeError as error:
-        raise ConfigError(f"the weights of {uri} do not fit the model {info['builder']} builds: "
-                          f"{first_line(error)}") from None
+    except Exception as error:  # the study's builder changed: new knobs, other layers
+        raise ConfigError(f"the model {info['builder']} builds now does not take the weights of {uri}: "
+                          f"{describe_error(error)}") from None
     return Loaded(model.eval(), version, info, study)
 
 
@@ -177,10 +183,13 @@ def validation_loss(loaded: Loaded, seed: int | None = None) -> float:
     return evaluate(loaded.model, batches, task, task.loss_fn())["val_loss"]
 
 
-def load_model(uri: str, *, tracking_uri: str | None = None, study_file: str | None = None) -> Any:
-    """The ``nn.Module`` of a registered model (``models:/NAME@best``), rebuilt and loaded, in eval mode.
+def load_model(uri: str, study_file: str | None = None, *, tracking_uri: str | None = None,
+               trust_source: bool = False) -> Any:
+    """The ``nn.Module`` of a registered model (``models:/NAME@best``), rebuilt by ``study_file``'s builder and
+    loaded, in eval mode. ``trust_source=True`` runs the study source registered with the model instead.
 
     ``tracking_uri`` defaults to SEARCHLAB_TRACKING_URI, MLFLOW_TRACKING_URI, then sqlite:///mlflow.db here."""
     from searchlab.results import tracking_uri_for
 
-    return load_registered(uri, tracking_uri=tracking_uri_for(tracking_uri), study_file=study_file).model
+    return load_registered(uri, tracking_uri=tracking_uri_for(tracking_uri), study_file=study_file,
+                           trust_source=trust_source).model

@@ -25,7 +25,8 @@ PLOTS = {
     "param_importances": ("Parameter importances", "plot_param_importances"),
     "parallel_coordinate": ("Parallel coordinates", "plot_parallel_coordinate"),
     "slice": ("Slice plots", "plot_slice"),
-    "best_learning_curves": (f"Learning curves (val_loss) of the {TOP_TRIALS} best trials", "plot_intermediate_values"),
+    "best_learning_curves": (f"Learning curves (val_loss) of the best trials (up to {TOP_TRIALS})",
+                             "plot_intermediate_values"),
 }
 
 

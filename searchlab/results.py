@@ -66,6 +66,8 @@ def load_best(study_name: str, tracking_uri: str, file: str | None) -> str:
     """Rebuild the registered best model, check its validation loss, and show the Python that does it."""
     from searchlab.registry import BEST_ALIAS, load_registered, snippet, validation_loss
 
+    if file is None:
+        raise ConfigError("--load rebuilds the model with its study's builder: pass the study FILE")
     uri = f"models:/{study_name}@{BEST_ALIAS}"
     loaded = load_registered(uri, tracking_uri=tracking_uri, study_file=file)
     info = loaded.info
@@ -74,7 +76,7 @@ def load_best(study_name: str, tracking_uri: str, file: str | None) -> str:
         f"run {info['mlflow_run_id']})",
         f"rebuilt    {info['builder']} with its params; weights loaded (weights_only=True)",
         f"val_loss   {validation_loss(loaded):.6g} on the validation split (the trial recorded {info['val_loss']:.6g})",
-        "in Python:", *("    " + line for line in snippet(uri, mask_password(tracking_uri)).splitlines()),
+        "in Python:", *("    " + line for line in snippet(uri, mask_password(tracking_uri), file).splitlines()),
     ])
 
 

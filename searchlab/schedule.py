@@ -3,6 +3,7 @@ in-process scheduler loop for containers (cron expressions parsed by croniter)."
 
 from __future__ import annotations
 
+import re
 import shlex
 import signal
 import subprocess
@@ -48,8 +49,16 @@ def crontab_line(cron: str, command: list[str], workdir: Path, study_name: str) 
             f"# {unit_name(study_name)}")
 
 
+NAMED = {name: str(number) for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))} | \
+    {name: str(number) for number, name in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep",
+                                                      "oct", "nov", "dec"), start=1)}
+
+
 def _systemd_field(field: str, low: int, names: Sequence[str] | None = None) -> str:
-    """One cron field in systemd calendar syntax: * , a-b and */n or a/n."""
+    """One cron field in systemd calendar syntax: * , a-b and */n or a/n (names of days and months allowed)."""
+    field = re.sub(r"[A-Za-z]+", lambda match: NAMED.get(match.group().lower(), match.group()), field)
+    if not re.fullmatch(r"[\d*,/-]+", field):
+        raise ConfigError(f"cron field {field!r} has no systemd form: use numbers, ranges, lists and steps")
     parts = []
     for part in field.split(","):
         base, _, step = part.partition("/")

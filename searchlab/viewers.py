@@ -41,11 +41,10 @@ def check_runs_exist(tracking_uri: str) -> None:
                           "--tracking-uri it used")
 
 
-def mlflow_server_command(backend_store_uri: str, host: str, port: int, *, artifacts_destination: str | None = None,
+def mlflow_server_command(host: str, port: int, *, artifacts_destination: str | None = None,
                           workers: int | None = None) -> list[str]:
-    """The `mlflow server` command line for a tracking store."""
-    command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
-               "--backend-store-uri", backend_store_uri]
+    """The `mlflow server` command line (its backend store goes in the environment: see run_until_interrupted)."""
+    command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
     if artifacts_destination is not None:
         command += ["--artifacts-destination", artifacts_destination]
     if workers is not None:
@@ -53,11 +52,14 @@ def mlflow_server_command(backend_store_uri: str, host: str, port: int, *, artif
     return command
 
 
-def run_until_interrupted(command: list[str]) -> int:
-    """Run a server in the foreground; on Ctrl-C (or SIGTERM) stop it gracefully and return 0.
+def run_until_interrupted(command: list[str], backend_store_uri: str) -> int:
+    """Run `mlflow server` in the foreground; on Ctrl-C (or SIGTERM) stop it gracefully and return 0.
 
-    MLflow's job runner (GenAI judges and trace rollups: seven extra processes) stays off unless asked for."""
-    environment = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    The backend store URI travels in the environment, not on the command line that any local user can read (it
+    may hold a password). MLflow's job runner (GenAI judges and trace rollups: seven extra processes) stays off
+    unless asked for."""
+    environment = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ,
+                   "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
     process = subprocess.Popen(command, env=environment)
     previous = signal.signal(signal.SIGTERM, lambda number, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

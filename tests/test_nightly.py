@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import SEARCHLAB, clean_env, write_study
+from conftest import POSTGRES_URL, SEARCHLAB, clean_env, write_study
 from mlflow import MlflowClient
 
 from searchlab.cli import main
@@ -97,7 +98,7 @@ def test_a_second_night_during_the_first_exits_with_a_clear_message(workdir: Pat
     study_file = write_study(workdir, name="nightly", max_epochs=60, patience=60)
     first = subprocess.Popen([SEARCHLAB, "nightly", str(study_file), "--trials", "30"], cwd=workdir, env=clean_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock = workdir / "searchlab.journal.nightly-lock"
+    lock = workdir / "searchlab.journal.nightly.nightly-lock"
     deadline = time.monotonic() + 120
     while not (lock.exists() and lock.read_text()):
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
@@ -110,6 +111,51 @@ def test_a_second_night_during_the_first_exits_with_a_clear_message(workdir: Pat
     first.send_signal(2)  # Ctrl-C: the first night stops, closes its runs and releases the lock
     assert first.wait(timeout=120) == 130
     assert lock.read_text() == ""
+
+
+def test_the_postgresql_lock_holds_all_night_without_an_open_transaction(workdir: Path) -> None:
+    name = f"night-{uuid.uuid4().hex[:8]}"
+    study_file = write_study(workdir, name=name, max_epochs=60, patience=60)
+    args = ["--storage", POSTGRES_URL, "--tracking-uri", f"sqlite:///{workdir / 'mlflow.db'}"]
+    # A server that kills sessions idle in a transaction for 1 s would end a lock held inside one.
+    env = clean_env(PGOPTIONS="-c idle_in_transaction_session_timeout=1000")
+    first = subprocess.Popen([SEARCHLAB, "nightly", str(study_file), "--trials", "30", *args], cwd=workdir, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # wait until the first night trains
+            try:
+                study = optuna.load_study(study_name=name, storage=open_storage(POSTGRES_URL))
+                if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                    break
+            except KeyError:
+                pass
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.3)
+        time.sleep(2)  # past the idle-in-transaction timeout
+        second = CliRunner().invoke(main, ["nightly", str(study_file), "--trials", "2", *args])
+        assert second.exit_code == 1, second.output
+        assert f"another nightly of study {name!r} is running (PostgreSQL advisory lock" in second.output
+        first.send_signal(2)
+        assert first.wait(timeout=120) == 130, first.communicate()
+        assert "Traceback" not in first.communicate()[1]
+    finally:
+        if first.poll() is None:
+            first.kill()
+        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL))
+
+
+def test_a_missing_storage_folder_is_one_line(workdir: Path, study_file: Path) -> None:
+    result = CliRunner().invoke(main, ["nightly", str(study_file), "--storage", "nowhere/x.journal"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: storage folder 'nowhere' does not exist: create it or choose another path"
+
+
+def test_a_failed_sweep_promotes_nothing_even_with_completed_trials() -> None:
+    result = Night(1, "now", best_value=0.1, champion_tonight=0.5, champion_recorded=0.5, sweep_failed=True,
+                   reason="workers keep dying")
+    assert decide(result, threshold=0.1) is False
+    assert (result.decision, result.exit_code, result.reason) == ("failed", 1, "workers keep dying")
 
 
 @pytest.mark.parametrize(("best", "champion_tonight", "champion_recorded", "decision", "code"), [

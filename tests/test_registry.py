@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import one_line_config_error
+from conftest import one_line_config_error, write_study
 from mlflow import MlflowClient
 
 import searchlab as sl
@@ -51,7 +51,7 @@ def test_a_run_registers_its_best_model_which_loads_back(workdir: Path, study_fi
                       .read_text())
     assert info["builder"] == f"{study_file}:model" and info["params"]["width"] == study.best_params["width"]
 
-    model = sl.load_model("models:/tiny@best", tracking_uri=tracking_uri)  # the public API
+    model = sl.load_model("models:/tiny@best", str(study_file), tracking_uri=tracking_uri)  # the public API
     assert not model.training
     assert val_loss(model, study_file) == pytest.approx(study.best_value, rel=1e-5)
 
@@ -59,14 +59,17 @@ def test_a_run_registers_its_best_model_which_loads_back(workdir: Path, study_fi
     assert loaded.exit_code == 0, loaded.output
     assert f"val_loss   {study.best_value:.6g} on the validation split (the trial recorded {study.best_value:.6g})" \
         in loaded.output
-    assert 'sl.load_model("models:/tiny@best"' in loaded.output
+    assert f'sl.load_model("models:/tiny@best", "{study_file}", tracking_uri=' in loaded.output
 
 
-def test_the_registered_source_rebuilds_the_model_without_the_study_file(workdir: Path, study_file: Path) -> None:
+def test_the_registered_source_rebuilds_the_model_when_trusted(workdir: Path, study_file: Path) -> None:
     assert invoke("run", str(study_file), "--trials", "2").exit_code == 0
     study = optuna.load_study(study_name="tiny", storage=open_storage(None))
     moved = shutil.move(study_file, workdir / "elsewhere.py")
-    loaded = load_registered("models:/tiny@best", tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    assert "needs the study file it was trained with" in one_line_config_error(
+        lambda: load_registered("models:/tiny@best", tracking_uri=tracking_uri))  # never runs registry code unasked
+    loaded = load_registered("models:/tiny@best", tracking_uri=tracking_uri, trust_source=True)
     assert val_loss(loaded.model, Path(moved)) == pytest.approx(study.best_value, rel=1e-5)
     assert loaded.info["trial_number"] == study.best_trial.number
 
@@ -84,6 +87,19 @@ def test_a_new_best_gets_a_new_version_and_the_alias_an_unchanged_best_none(work
     assert int(second.version) == int(first.version) + 1
     assert client.get_model_version_by_alias("tiny", BEST_ALIAS).run_id == other.user_attrs["mlflow_run_id"]
     assert len(client.search_model_versions("name='tiny'")) == 2
+
+
+def test_categorical_params_come_back_as_they_were_sampled(workdir: Path) -> None:
+    body = '''    layers = trial.suggest_categorical("layers", ["8", "8,4"])
+    sizes = [4, *map(int, layers.split(","))]
+    hidden = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+    return nn.Sequential(*hidden, nn.Linear(sizes[-1], 1))'''
+    study_file = write_study(workdir, body=body)
+    assert invoke("run", str(study_file), "--trials", "3").exit_code == 0
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    loaded = invoke("best", str(study_file), "--load")
+    assert loaded.exit_code == 0, loaded.output
+    assert f"val_loss   {study.best_value:.6g} on the validation split" in loaded.output
 
 
 def test_bad_model_uris_are_one_line(workdir: Path, study_file: Path) -> None:

@@ -43,7 +43,8 @@ def test_cron_format_prints_one_crontab_line(workdir: Path, study_file: Path) ->
     parses(command)
 
 
-@pytest.mark.parametrize("cron", ["0 2 * * *", "*/15 9-17 * * 1-5", "30 4 1,15 * *", "0 0 * * 0", "5 */6 * 2-11 *"])
+@pytest.mark.parametrize("cron", ["0 2 * * *", "*/15 9-17 * * 1-5", "30 4 1,15 * *", "0 0 * * 0", "5 */6 * 2-11 *",
+                                  "0 2 * * mon-fri", "0 3 * JAN,jul *"])
 def test_systemd_calendar_fires_when_cron_does(cron: str) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
