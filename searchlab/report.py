@@ -78,8 +78,11 @@ def _draw(study: optuna.Study, stem: str, name: str, folder: Path, title: str) -
     import optuna.visualization.matplotlib as draw
 
     source = _plot_input(study, stem)
+    # fANOVA with 16 trees (Optuna's default is 64): ~20x faster, and seeded, so a report is reproducible
+    options = {"evaluator": optuna.importance.FanovaImportanceEvaluator(n_trees=16, seed=0)} \
+        if name == "plot_param_importances" else {}
     try:
-        axes = getattr(draw, name)(source)
+        axes = getattr(draw, name)(source, **options)
         if stem == "best_learning_curves":
             _label_curves(axes, best_trials(study))
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure  # slice plots: one axes per param
@@ -88,7 +91,7 @@ def _draw(study: optuna.Study, stem: str, name: str, folder: Path, title: str) -
         plt.close("all")
     if not optuna.visualization.is_available():
         return []
-    figure = getattr(optuna.visualization, name)(source)
+    figure = getattr(optuna.visualization, name)(source, **options)
     if stem == "best_learning_curves":
         for trace, trial in zip(figure.data, best_trials(study), strict=False):
             trace.name = f"Trial{trial.number}"
