@@ -1,0 +1,317 @@
+"""The performance suite: framework overhead, the naive MLflow script, scaling, start-up, data path, side by side.
+
+Run: python benchmarks/suite.py [--repeats 3] [--json benchmarks/results/suite.json]
+                                [--only overhead,naive,scaling,startup,data] [--study studies/regression.py]
+
+Each benchmark alternates its variants (reversed order every other repeat), each measurement in a fresh
+process; the table gives the median, min and max over repeats, the ratio the issue's target is about, and
+pass/fail. The JSON holds the table, every raw figure, the breakdown of a tracked study's time and the machine.
+
+- overhead  ``searchlab`` (``run_study``, one worker, journal storage, full tracking to a ``searchlab server``
+            over HTTP, overfit check off) against ``bare`` (the same trials, params, seeds and epochs through
+            ``objective.train_trial``, no Optuna, no tracking): target searchlab <= 1.05 x bare.
+            (benchmarks/overhead.py)
+- naive     the same study as an Optuna objective with synchronous ``mlflow.log_metric`` per metric per epoch
+            and ``mlflow.log_artifact`` for the weights: target searchlab <= 0.70 x naive.
+- scaling   benchmarks/parallel.py's trials per hour with 1 and 2 workers: target 2 workers >= 1.8 x 1 worker.
+- startup   import cost of each entry point, ``searchlab run`` to the first epoch (1 and 2 workers), and where the
+            first seconds go. (benchmarks/startup.py)
+- data      in-memory batches against DataLoader(TensorDataset) at batch sizes 32/64/128, and the share of an
+            epoch outside forward/backward/step. (benchmarks/datapath.py)
+
+Before the timed overhead repeats, one untimed searchlab run samples the trials that ``bare`` retrains (the
+sampler is seeded: every run samples the same ones, which the suite checks) and is timed part by part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import DEFAULT_STUDY, HERE, LOADS, alternate, run_child, stats, tracking_server, write_json
+
+BENCHMARKS = ("overhead", "naive", "scaling", "startup", "data")
+DEFAULT_JSON = HERE / "results" / "suite.json"
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, benchmark: str, variant: str, unit: str, values: list[float], *, ratio: float | None = None,
+            target: str = "", passed: bool | None = None) -> None:
+        self.rows.append({"benchmark": benchmark, "variant": variant, "unit": unit, **stats(values),
+                          "values": values, "ratio": ratio, "target": target, "pass": passed})
+
+    def print(self) -> None:
+        header = f"{'benchmark':<10} {'variant':<58} {'median':>9} {'min':>9} {'max':>9} {'unit':<8} {'ratio':>6}  " \
+                 f"{'target':<18} result"
+        print(header)
+        print("-" * len(header))
+        for row in self.rows:
+            ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}"
+            verdict = "" if row["pass"] is None else ("PASS" if row["pass"] else "FAIL")
+            print(f"{row['benchmark']:<10} {row['variant']:<58} {fmt(row['median']):>9} {fmt(row['min']):>9} "
+                  f"{fmt(row['max']):>9} {row['unit']:<8} {ratio:>6}  {row['target']:<18} {verdict}")
+
+
+def fmt(value: float) -> str:
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for name in ("torch", "mlflow", "optuna", "torchmetrics", "sklearn"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "torch_threads_default": torch.get_num_threads(), "versions": versions,
+            "load_average_start": os.getloadavg()}
+
+
+def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], uri: str, selected: set[str]) -> None:
+    common = ["--study", args.study, "--trials", str(args.trials), "--epochs", str(args.epochs)]
+    with tempfile.TemporaryDirectory(prefix="searchlab-overhead-") as folder:
+        log("overhead: untimed searchlab run (samples the trials; timed part by part)")
+        prepared = run_child("overhead", ["searchlab", *common, "--tracking-uri", uri, "--breakdown"],
+                             cwd=tempfile.mkdtemp(dir=folder))
+        params_file = Path(folder) / "params.json"
+        write_json(params_file, prepared)
+        details["breakdown"] = prepared["breakdown"]
+        details["prepare"] = {k: v for k, v in prepared.items() if k != "breakdown"}
+        variants = ["searchlab", "bare"] + (["naive"] if "naive" in selected else [])
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        latencies: list[dict[str, float]] = []
+        for repeat in range(args.repeats):
+            for variant in alternate(variants, repeat):
+                extra = {"searchlab": ["--tracking-uri", uri], "bare": ["--params", str(params_file)],
+                         "naive": ["--tracking-uri", uri, "--breakdown"]}[variant]
+                result = run_child("overhead", [variant, *common, *extra], cwd=tempfile.mkdtemp(dir=folder))
+                runs[variant].append(result)
+                log(f"overhead repeat {repeat + 1}: {variant} {result['wall_s']:.2f} s ({result['epochs']} epochs)")
+            latencies.append(run_child("overhead", ["latency", "--tracking-uri", uri]))
+    digest = prepared["params_digest"]
+    same = {v: all(r["params_digest"] == digest and r["epochs"] == prepared["epochs"] for r in rs)
+            for v, rs in runs.items()}
+    details["overhead_runs"] = {v: [{k: x for k, x in r.items() if k not in ("trials",)} for r in rs]
+                                for v, rs in runs.items()}
+    details["same_trials"] = same
+    details["latency"] = latencies
+    wall = {v: [r["wall_s"] for r in rs] for v, rs in runs.items()}
+    bare = statistics.median(wall["bare"])
+    searchlab = statistics.median(wall["searchlab"])
+    ratio = searchlab / bare
+    table.add("overhead", f"bare loop ({args.trials} trials x {args.epochs} epochs)", "s", wall["bare"], ratio=1.0)
+    table.add("overhead", "searchlab, tracked over HTTP (/ bare)", "s", wall["searchlab"], ratio=ratio,
+              target="<= 1.05 x bare", passed=ratio <= 1.05 and same["searchlab"])
+    # What each trial costs on top of training, pairing each repeat's runs: the target holds for any workload
+    # whose bare trial takes at least 20 x this.
+    table.add("overhead", "searchlab cost per trial ((searchlab - bare) / trials)", "ms",
+              [1000 * (s - b) / args.trials for s, b in zip(wall["searchlab"], wall["bare"], strict=True)],
+              target=f"<= {50 * bare / args.trials:.1f} ms here")
+    per_call = {key: [run[key] for run in latencies] for key in latencies[0]}
+    table.add("overhead", "one MLflow log_batch, kept-alive connection", "ms", per_call["log_batch_keepalive_ms"])
+    table.add("overhead", "one MLflow log_batch, new connection", "ms", per_call["log_batch_new_connection_ms"])
+    if "naive" in runs:
+        naive = statistics.median(wall["naive"])
+        table.add("naive", "naive mlflow.log_metric script (/ bare)", "s", wall["naive"], ratio=naive / bare,
+                  target="(issue: ~1.5)")
+        table.add("naive", "naive cost per trial ((naive - bare) / trials)", "ms",
+                  [1000 * (n - b) / args.trials for n, b in zip(wall["naive"], wall["bare"], strict=True)])
+        table.add("naive", "searchlab (/ naive)", "s", wall["searchlab"], ratio=searchlab / naive,
+                  target="<= 0.70 x naive", passed=searchlab / naive <= 0.70 and same["naive"])
+
+
+def scaling(args: argparse.Namespace, table: Table, details: dict[str, Any]) -> None:
+    import parallel  # benchmarks/parallel.py: one `searchlab run` of its CPU-bound study, trials per hour
+
+    runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    for repeat in range(args.repeats):
+        for workers in alternate([1, 2], repeat):
+            runs[workers].append(parallel.one_run(workers, args.scaling_trials))
+            LOADS.append(os.getloadavg()[0])
+            log(f"scaling repeat {repeat + 1}: {workers} worker(s) {runs[workers][-1]['trials_per_hour']:.0f} trials/h")
+    details["scaling"] = runs
+    rates = {w: [r["trials_per_hour"] for r in rs] for w, rs in runs.items()}
+    ratio = statistics.median(rates[2]) / statistics.median(rates[1])
+    table.add("scaling", f"1 worker ({args.scaling_trials} trials, cpu_bound)", "trials/h", rates[1], ratio=1.0)
+    table.add("scaling", "2 workers (/ 1 worker)", "trials/h", rates[2], ratio=ratio, target=">= 1.8 x 1 worker",
+              passed=ratio >= 1.8)
+    walls = {w: [r["wall_s"] for r in rs] for w, rs in runs.items()}
+    table.add("scaling", "1 worker, whole command", "s", walls[1])
+    table.add("scaling", "2 workers, whole command (/ 1 worker)", "s", walls[2],
+              ratio=statistics.median(walls[2]) / statistics.median(walls[1]))
+
+
+def startup(args: argparse.Namespace, table: Table, details: dict[str, Any], uri: str) -> None:
+    imports = [run_child("startup", ["imports", "--study", args.study]) for _ in range(args.repeats)]
+    log("startup: imports measured")
+    variants = {"http, 1 worker": ["--workers", "1", "--tracking-uri", uri],
+                "http, 2 workers": ["--workers", "2", "--tracking-uri", uri],
+                "fresh sqlite store, 1 worker": ["--workers", "1"]}
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for repeat in range(args.repeats):
+        for variant in alternate(list(variants), repeat):
+            result = run_child("startup", ["first-epoch", "--study", args.study, "--epochs", str(args.epochs),
+                                           *variants[variant]])
+            runs[variant].append(result)
+            log(f"startup repeat {repeat + 1}: {variant}: first epoch at {result['first_epoch_s']:.2f} s")
+    details["startup_imports"] = imports
+    details["startup_first_epoch"] = runs
+    details["startup_steps"] = run_child("startup", ["setup", "--study", args.study, "--tracking-uri", uri])
+    for path in imports[0]:
+        walls = [run[path]["wall_s"] for run in imports]
+        heavy = imports[0][path]["heavy_loaded"]
+        if path == "searchlab --help":
+            table.add("startup", "searchlab --help (console script)", "s",
+                      [run[path]["command_wall_s"] for run in imports], target="no torch/mlflow",
+                      passed=not {"torch", "mlflow", "optuna"} & set(heavy))
+        elif path == "import searchlab":
+            table.add("startup", path, "s", walls, target="no torch/mlflow",
+                      passed=not {"torch", "mlflow", "optuna"} & set(heavy))
+        else:
+            table.add("startup", f"imports: {path}", "s", walls)
+    for variant, results in runs.items():
+        table.add("startup", f"run -> first epoch ({variant})", "s", [r["first_epoch_s"] for r in results])
+        if variant.endswith("2 workers"):
+            table.add("startup", f"run -> last worker's first epoch ({variant})", "s",
+                      [r["last_worker_first_epoch_s"] for r in results])
+            table.add("startup", f"worker spawn -> its first epoch ({variant})", "s",
+                      [w["worker_start_to_first_epoch_s"] for r in results for w in r["per_worker"].values()])
+        table.add("startup", f"run -> set-up done ({variant})", "s", [r["parent_run_s"] for r in results])
+
+
+def data(args: argparse.Namespace, table: Table, details: dict[str, Any]) -> None:
+    result = run_child("datapath", ["--study", args.study, "--repeats", str(args.repeats)])
+    details["data"] = result
+    for batch_size, figures in result["batch_sizes"].items():
+        ms = figures["ms"]
+
+        def values(name: str, ms: dict[str, Any] = ms) -> list[float]:
+            return ms[name]["values"]
+
+        table.add("data", f"bs {batch_size}: batches only, in memory", "ms/epoch", values("batches memory"))
+        table.add("data", f"bs {batch_size}: batches only, DataLoader (/ memory)", "ms/epoch", values("batches loader"),
+                  ratio=figures["loader_over_memory_batches"])
+        table.add("data", f"bs {batch_size}: fit epoch, in memory", "ms/epoch", values("epoch memory"))
+        table.add("data", f"bs {batch_size}: fit epoch, DataLoader (/ memory)", "ms/epoch", values("epoch loader"),
+                  ratio=figures["loader_over_memory_epoch"])
+        table.add("data", f"bs {batch_size}: forward/backward/step only", "ms/epoch", values("core"),
+                  ratio=1 - figures["share_outside_core"])
+        table.add("data", f"bs {batch_size}: share of epoch outside f/b/step", "share",
+                  [figures["share_outside_core"]])
+        for part in ("part: evaluate", "part: metrics built", "part: best-state copy"):
+            table.add("data", f"bs {batch_size}: {part.removeprefix('part: ')}", "ms/epoch", values(part))
+        one, slot = ms["epoch memory, 1 thread(s)"]["median"], ms[f"epoch memory, {result['slot_threads']} thread(s)"]
+        table.add("data", f"bs {batch_size}: fit epoch, {result['slot_threads']} threads (/ 1 thread)", "ms/epoch",
+                  slot["values"], ratio=slot["median"] / one)
+
+
+def print_details(details: dict[str, Any]) -> None:
+    breakdown = details.get("breakdown")
+    if breakdown:
+        trials = len(details["prepare"]["trials"])
+        print(f"\nWhere a tracked study's time goes (untimed searchlab run, {trials} trials, "
+              f"{breakdown['total_s']:.2f} s; exclusive times):")
+        for part, seconds in breakdown["parts_s"].items():
+            print(f"  {seconds:8.3f} s  {1000 * seconds / trials:8.1f} ms/trial  {part}")
+        print("MLflow HTTP calls (all, incl. set-up and publish):")
+        for endpoint, figures in breakdown["endpoints"].items():
+            print(f"  {figures['calls']:5d} x {figures['ms_median']:7.1f} ms (median) = {figures['ms_total']:8.1f} ms  "
+                  f"{endpoint}")
+    if "startup_steps" in details:
+        steps = details["startup_steps"]
+        print(f"\n`searchlab run` in one process, 1 trial x 1 epoch, {steps['tracking']} tracking "
+              f"(first epoch ends at {steps['first_epoch_s']:.2f} s):")
+        for step in steps["steps"]:
+            print(f"  at {step['start_s']:7.2f} s  {step['seconds']:7.2f} s  {step['step']}")
+    if "startup_imports" in details:
+        print("\nHeavy packages each path imports (cumulative seconds of the first import, and who imported it):")
+        for path, figures in details["startup_imports"][0].items():
+            print(f"  {path}: {', '.join(figures['heavy_loaded']) or 'none'}")
+            for package, seconds in sorted(figures["heavy_cumulative_s"].items(), key=lambda item: -item[1]):
+                if seconds >= 0.05:
+                    chain = figures["imported_by"][package].split(" <- ")
+                    short = " <- ".join(chain[:2] + (["..."] if len(chain) > 3 else []) + chain[-1:]) \
+                        if len(chain) > 2 else " <- ".join(chain)
+                    print(f"      {seconds:6.2f} s  {short}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default=str(DEFAULT_JSON), help=f"where to write the results [{DEFAULT_JSON}]")
+    parser.add_argument("--only", default=",".join(BENCHMARKS),
+                        help="comma-separated subset of: " + ",".join(BENCHMARKS))
+    parser.add_argument("--study", default=DEFAULT_STUDY, help="the workload of overhead/naive/startup/data")
+    parser.add_argument("--trials", type=int, default=20, help="overhead/naive trials")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (early stopping off)")
+    parser.add_argument("--scaling-trials", type=int, default=12)
+    args = parser.parse_args()
+    args.study = str(Path(args.study).resolve())
+    selected = {name.strip() for name in args.only.split(",") if name.strip()}
+    unknown = selected - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}: use {', '.join(BENCHMARKS)}")
+    table, details = Table(), {}
+    info = machine()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="searchlab-suite-") as folder:
+        needs_server = bool(selected & {"overhead", "naive", "startup"})
+        server = tracking_server(Path(folder)) if needs_server else None
+        uri = server.__enter__() if server else ""
+        try:
+            if selected & {"overhead", "naive"}:
+                overhead(args, table, details, uri, selected)
+            if "scaling" in selected:
+                scaling(args, table, details)
+            if "startup" in selected:
+                startup(args, table, details, uri)
+            if "data" in selected:
+                data(args, table, details)
+        finally:
+            if server:
+                server.__exit__(None, None, None)
+    info["load_average_end"] = os.getloadavg()
+    info["load_after_each_measurement"] = LOADS
+    info["suite_wall_s"] = time.time() - started
+    print(f"\nmachine: {info['cpu']}, {info['cores']} cores, torch {info['versions']['torch']}, mlflow "
+          f"{info['versions']['mlflow']}, optuna {info['versions']['optuna']}; load average at start "
+          f"{info['load_average_start'][0]:.1f}, after each measurement {fmt(min(LOADS, default=0))}.."
+          f"{fmt(max(LOADS, default=0))} (1-minute; above {info['cores']} another job shared the cores); "
+          f"repeats {args.repeats}; {info['suite_wall_s'] / 60:.1f} min\n")
+    table.print()
+    print_details(details)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.json, {"machine": info, "args": vars(args), "rows": table.rows, "details": details})
+    print(f"\nwritten: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
