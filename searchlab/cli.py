@@ -264,7 +264,9 @@ HOST_HELP = "Interface to bind; 0.0.0.0 opens it to other hosts."
               help="Where runs are kept: a sqlite file or postgresql://USER:PASSWORD@HOST/DB.")
 @click.option("--artifacts-destination", default="./mlartifacts", show_default=True,
               help="Where the server keeps artifacts (weights) it receives.")
-def server(host: str, port: int, backend_store_uri: str, artifacts_destination: str) -> None:
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Server processes. With more than one, uvicorn's shared socket delays every reply ~40 ms.")
+def server(host: str, port: int, backend_store_uri: str, artifacts_destination: str, workers: int) -> None:
     """Start an MLflow tracking server that workers on several hosts log to (--tracking-uri http://HOST:PORT).
 
     Runs `mlflow server` with these settings until Ctrl-C.
@@ -275,8 +277,8 @@ def server(host: str, port: int, backend_store_uri: str, artifacts_destination: 
     check_port_free(host, port)
     click.echo(f"MLflow tracking server on http://{host}:{port} (runs in {mask_password(backend_store_uri)}, "
                f"artifacts in {artifacts_destination}); Ctrl-C stops it", err=True)
-    sys.exit(run_until_interrupted(mlflow_server_command(host, port, artifacts_destination=artifacts_destination),
-                                   backend_store_uri))
+    sys.exit(run_until_interrupted(mlflow_server_command(host, port, artifacts_destination=artifacts_destination,
+                                                         workers=workers), backend_store_uri))
 
 
 @main.command()

@@ -175,8 +175,5 @@ class Objective:
             tags["reason"] = tags.get("reason") if isinstance(error, TrialStopped) else describe_error(error)
             raise
         finally:
-            try:
-                self.tracker.set_tags(run_id, {**tags, "mlflow.runName": run_name(optuna_trial.number, tags)})
-            finally:
-                self.tracker.end_run(run_id, status)
+            self.tracker.end_run(run_id, status, tags={**tags, "mlflow.runName": run_name(optuna_trial.number, tags)})
 

@@ -35,7 +35,7 @@ class Tracker(Protocol):
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None: ...
     def log_state_dict(self, run_id: str, state_dict: Mapping[str, Any]) -> None: ...
     def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str) -> None: ...
-    def end_run(self, run_id: str, status: str) -> None: ...
+    def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None) -> None: ...
 
 
 class MlflowTracker:
@@ -61,6 +61,7 @@ class MlflowTracker:
         self.retry_seconds = retry_seconds
         self._pending: dict[str, list[Any]] = {}
         self._last_flush: dict[str, float] = {}
+        self._artifact_uri: dict[str, str] = {}  # of the runs started here: uploads need no runs/get first
 
     def experiment_id(self, name: str) -> str:
         """The id of the experiment named ``name``, created if missing (call once, before workers start).
@@ -93,6 +94,7 @@ class MlflowTracker:
             all_tags[PARENT_RUN_TAG] = parent_run_id
         run = self._retry(self.client.create_run, experiment_id, run_name=name, tags=all_tags)
         self._last_flush[run.info.run_id] = time.monotonic()
+        self._artifact_uri[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -116,16 +118,20 @@ class MlflowTracker:
                     raise
                 self._last_flush[run_id] = time.monotonic()  # keep the points; try again at the next flush
 
-    def flush(self, run_id: str, *, retry: bool = True) -> None:
-        """Send the run's buffered metric points in as few ``log_batch`` calls as MLflow allows."""
+    def flush(self, run_id: str, *, retry: bool = True, tags: Mapping[str, Any] | None = None) -> None:
+        """Send the run's buffered metric points (and ``tags``) in as few ``log_batch`` calls as MLflow allows."""
+        from mlflow.entities import RunTag
+
         pending = self._pending.get(run_id, [])
-        while pending:
-            chunk = pending[:MAX_METRICS]
+        tag_items = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+        while pending or tag_items:
+            chunk, tag_chunk = pending[:MAX_METRICS], tag_items[:MAX_TAGS]
             if retry:
-                self._retry(self.client.log_batch, run_id, metrics=chunk)
+                self._retry(self.client.log_batch, run_id, metrics=chunk, tags=tag_chunk)
             else:
-                self.client.log_batch(run_id, metrics=chunk)
+                self.client.log_batch(run_id, metrics=chunk, tags=tag_chunk)
             del pending[: len(chunk)]
+            del tag_items[: len(tag_chunk)]
         self._pending.pop(run_id, None)
         self._last_flush[run_id] = time.monotonic()
 
@@ -158,19 +164,27 @@ class MlflowTracker:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / STATE_DICT_FILE
             torch.save({key: value.detach().cpu() for key, value in state_dict.items()}, path)
-            self._retry(self.client.log_artifact, run_id, str(path))
+            artifact_uri = self._artifact_uri.get(run_id)
+            if artifact_uri is None:
+                self._retry(self.client.log_artifact, run_id, str(path))
+            else:  # straight to the run's artifact store: MlflowClient would look the run up first (one more call)
+                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+                repository = get_artifact_repository(artifact_uri, tracking_uri=self.client.tracking_uri)
+                self._retry(repository.log_artifact, str(path))
 
     def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str) -> None:
         """Upload the files of a local folder under ``artifact_path`` of the run."""
         self._retry(self.client.log_artifacts, run_id, str(folder), artifact_path)
 
-    def end_run(self, run_id: str, status: str) -> None:
-        """Flush what is buffered and close the run as FINISHED, FAILED or KILLED."""
+    def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None) -> None:
+        """Flush what is buffered, with the run's final ``tags``, and close it as FINISHED, FAILED or KILLED."""
         try:
-            self.flush(run_id)
+            self.flush(run_id, tags=tags)
         finally:
             self._retry(self.client.set_terminated, run_id, status=status)
             self._last_flush.pop(run_id, None)
+            self._artifact_uri.pop(run_id, None)
 
     def close_dead_run(self, run_id: str, curve: Mapping[int, float], *, reason: str, retried: bool) -> None:
         """Close a dead worker's run as KILLED, completing its val_loss curve from the trial's reported values."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,19 @@ def train_epoch(model: nn.Module, batches: Batches, task: Task, loss_fn: nn.Modu
     return float(total) / count  # one CPU-GPU sync point per epoch
 
 
+_METRICS: dict[tuple[str, int, str], Any] = {}  # built once per process, reset for every evaluation
+
+
+def _metrics(task: Task, n_outputs: int, device: torch.device) -> Any:
+    """The task's metric collection, emptied (building one costs ~0.6 ms, as much as a small model's epoch)."""
+    key = (task.name, n_outputs, str(device))
+    if key not in _METRICS:
+        _METRICS[key] = task.metrics(n_outputs).to(device)
+    metrics = _METRICS[key]
+    metrics.reset()
+    return metrics
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, task: Task, loss_fn: nn.Module) -> dict[str, float]:
     """Validation loss and the task's metrics over the whole validation set, in eval mode."""
@@ -50,7 +64,7 @@ def evaluate(model: nn.Module, batches: Batches, task: Task, loss_fn: nn.Module)
             if metrics is None:
                 task.check_outputs(outputs)
                 n_outputs = outputs.shape[1] if outputs.dim() == 2 else 1
-                metrics = task.metrics(n_outputs).to(outputs.device)
+                metrics = _metrics(task, n_outputs, outputs.device)
             total = total + loss_fn(outputs, targets) * len(inputs)
             count += len(inputs)
             metrics.update(*task.metric_inputs(outputs, targets))

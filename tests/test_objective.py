@@ -46,7 +46,8 @@ class InMemoryTracker:
     def log_state_dict(self, run_id: str, state_dict: Mapping[str, Any]) -> None:
         self.runs[run_id]["state_dict"] = dict(state_dict)
 
-    def end_run(self, run_id: str, status: str) -> None:
+    def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None) -> None:
+        self.runs[run_id]["tags"].update(tags or {})
         self.runs[run_id]["status"] = status
 
 

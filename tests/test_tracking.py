@@ -57,10 +57,25 @@ def test_curves_are_buffered_and_sent_in_one_batch(tracker: MlflowTracker) -> No
     for epoch in range(1, 21):
         tracker.log_metrics(run, {"train_loss": 1 / epoch, "val_loss": 2 / epoch, "val_mse": 2 / epoch}, step=epoch)
     assert calls == [] and tracker.client.get_run(run).data.metrics == {}
-    tracker.end_run(run, "FINISHED")
-    assert len(calls) == 1
+    tracker.end_run(run, "FINISHED", tags={"state": "COMPLETE", "mlflow.runName": "trial-0 val_loss=0.1"})
+    assert len(calls) == 1  # the curves and the final tags together
+    finished = tracker.client.get_run(run)
+    assert finished.data.tags["state"] == "COMPLETE" and finished.info.run_name == "trial-0 val_loss=0.1"
     history = tracker.client.get_metric_history(run, "val_loss")
     assert [(p.step, p.value) for p in history] == [(epoch, 2 / epoch) for epoch in range(1, 21)]
+
+
+def test_weights_of_a_run_started_here_go_straight_to_its_artifact_store(tracker: MlflowTracker,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tracker.start_run(tracker.experiment_id("study"), "trial-0")
+
+    def no_lookup(run_id: str) -> None:
+        raise AssertionError("the upload looked the run up again")
+
+    monkeypatch.setattr(tracker.client, "get_run", no_lookup)
+    tracker.log_state_dict(run, {"weight": torch.ones(2, 2)})
+    monkeypatch.undo()
+    assert [item.path for item in tracker.client.list_artifacts(run)] == [STATE_DICT_FILE]
 
 
 def test_large_flushes_respect_mlflow_batch_limits(tracker: MlflowTracker) -> None:
@@ -70,7 +85,7 @@ def test_large_flushes_respect_mlflow_batch_limits(tracker: MlflowTracker) -> No
     for step in range(1, 1201):
         tracker.log_metrics(run, {"val_loss": float(step)}, step=step)
     tracker.flush(run)
-    assert [len(call.get("params", call.get("metrics", []))) for call in calls] == [100, 50, 1000, 200]
+    assert [len(call.get("params") or call.get("metrics")) for call in calls] == [100, 50, 1000, 200]
     assert len(tracker.client.get_run(run).data.params) == 150
     assert len(tracker.client.get_metric_history(run, "val_loss")) == 1200
 
