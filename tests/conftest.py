@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without SEARCHLAB_*/MLflow settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEARCHLAB_") and k != "MLFLOW_TRACKING_URI"}
     return {**env, **extra}
+
+def default_sigint() -> None:
+    """For subprocesses a test stops with SIGINT, as a terminal's Ctrl-C does: a process started in the background
+    (CI runners often are) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 STUDY_TEMPLATE = '''
 import torch

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import POSTGRES_URL, SEARCHLAB, clean_env, write_study
+from conftest import POSTGRES_URL, SEARCHLAB, clean_env, default_sigint, write_study
 from mlflow import MlflowClient
 
 from searchlab.cli import main
@@ -95,9 +95,10 @@ def test_a_failed_sweep_exits_1_and_is_recorded(workdir: Path) -> None:
 
 
 def test_a_second_night_during_the_first_exits_with_a_clear_message(workdir: Path) -> None:
-    study_file = write_study(workdir, name="nightly", max_epochs=60, patience=60)
-    first = subprocess.Popen([SEARCHLAB, "nightly", str(study_file), "--trials", "30"], cwd=workdir, env=clean_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    study_file = write_study(workdir, name="nightly", max_epochs=200, patience=200)
+    first = subprocess.Popen([SEARCHLAB, "nightly", str(study_file), "--trials", "500"], cwd=workdir,
+                             env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=default_sigint)
     lock = workdir / "searchlab.journal.nightly.nightly-lock"
     deadline = time.monotonic() + 120
     while not (lock.exists() and lock.read_text()):
@@ -115,12 +116,13 @@ def test_a_second_night_during_the_first_exits_with_a_clear_message(workdir: Pat
 
 def test_the_postgresql_lock_holds_all_night_without_an_open_transaction(workdir: Path) -> None:
     name = f"night-{uuid.uuid4().hex[:8]}"
-    study_file = write_study(workdir, name=name, max_epochs=60, patience=60)
+    study_file = write_study(workdir, name=name, max_epochs=200, patience=200)
     args = ["--storage", POSTGRES_URL, "--tracking-uri", f"sqlite:///{workdir / 'mlflow.db'}"]
     # A server that kills sessions idle in a transaction for 1 s would end a lock held inside one.
     env = clean_env(PGOPTIONS="-c idle_in_transaction_session_timeout=1000")
-    first = subprocess.Popen([SEARCHLAB, "nightly", str(study_file), "--trials", "30", *args], cwd=workdir, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([SEARCHLAB, "nightly", str(study_file), "--trials", "500", *args], cwd=workdir,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 120
         while True:  # wait until the first night trains

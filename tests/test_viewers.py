@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import SEARCHLAB, clean_env, free_port, write_study
+from conftest import SEARCHLAB, clean_env, default_sigint, free_port, write_study
 
 from searchlab.cli import main
 
@@ -50,7 +50,7 @@ def start(folder: Path, *args: str, ready: str) -> Server:
     log = folder / f"{args[0]}-{port}.log"
     with log.open("w") as out:
         process = subprocess.Popen([SEARCHLAB, *args, "--port", str(port)], cwd=folder, env=clean_env(),
-                                   stdout=out, stderr=subprocess.STDOUT)
+                                   stdout=out, stderr=subprocess.STDOUT, preexec_fn=default_sigint)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
