@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,9 +73,8 @@ class RunSummary:
             lines.append(f"open       {experiment_page(base, self.experiment_id)}")
         else:
             tracking = "" if self.tracking_uri == default_tracking_uri() else \
-                f" --tracking-uri {mask_password(self.tracking_uri)}"
-            storage = "" if self.storage == DEFAULT_JOURNAL else \
-                ' --storage "$SEARCHLAB_STORAGE"' if "***" in self.storage else f" --storage {self.storage}"
+                _flag("--tracking-uri", mask_password(self.tracking_uri), "SEARCHLAB_TRACKING_URI")
+            storage = "" if self.storage == DEFAULT_JOURNAL else _flag("--storage", self.storage, "SEARCHLAB_STORAGE")
             lines.append(f"compare    searchlab ui --study-name {self.study_name}{tracking} (MLflow UI); searchlab "
                          f"dashboard --study-name {self.study_name}{storage} (Optuna dashboard)")
         return lines
@@ -96,6 +96,11 @@ class StudyInterrupted(Exception):
     def __init__(self, summary: RunSummary) -> None:
         super().__init__("interrupted")
         self.summary = summary
+
+
+def _flag(name: str, masked_url: str, variable: str) -> str:
+    """A flag to copy: a URL whose password is masked would not work, so point at its variable instead."""
+    return f' {name} "${variable}"' if "***" in masked_url else f" {name} {masked_url}"
 
 
 def _short(value: Any) -> str:
@@ -156,7 +161,7 @@ def plan_slots(config: RunConfig) -> list[Slot]:
 
 
 def run_study(study: Study, config: RunConfig, *, study_file: str | None = None, check: bool = True,
-              progress: bool = True, enqueue: list[dict[str, Any]] = ()) -> RunSummary:
+              progress: bool = True, enqueue: Sequence[dict[str, Any]] = ()) -> RunSummary:
     """Run ``config.n_trials`` more trials of ``study`` and track them; bad input, or (with ``check``) a model
     that cannot overfit one tiny batch, fails before anything is written. ``study_file`` (the file declaring
     ``study``) is needed to start worker processes. ``enqueue``: params to run first, on top of ``n_trials``."""
