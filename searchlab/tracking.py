@@ -10,6 +10,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from searchlab.errors import ConfigError, first_line
 
 STATE_DICT_FILE = "model_state_dict.pt"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+CREATE_TOKEN_TAG = "searchlab_create_token"
 EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
 # MLflow's own limits per log_batch call.
@@ -92,7 +94,22 @@ class MlflowTracker:
         all_tags = {key: str(value) for key, value in (tags or {}).items()}
         if parent_run_id is not None:
             all_tags[PARENT_RUN_TAG] = parent_run_id
-        run = self._retry(self.client.create_run, experiment_id, run_name=name, tags=all_tags)
+        # A server that dies after creating the run but before answering would get a second run from a plain
+        # retry, and the first would stay RUNNING: a retry first looks for the run this token names.
+        all_tags[CREATE_TOKEN_TAG] = token = uuid.uuid4().hex
+        attempts = 0
+
+        def create() -> Any:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                found = self.client.search_runs([experiment_id], f"tags.{CREATE_TOKEN_TAG} = '{token}'",
+                                                max_results=1)
+                if found:
+                    return found[0]
+            return self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+
+        run = self._retry(create)
         self._last_flush[run.info.run_id] = time.monotonic()
         self._artifact_uri[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id

@@ -65,6 +65,25 @@ def test_curves_are_buffered_and_sent_in_one_batch(tracker: MlflowTracker) -> No
     assert [(p.step, p.value) for p in history] == [(epoch, 2 / epoch) for epoch in range(1, 21)]
 
 
+def test_a_retried_run_creation_never_makes_a_second_run(tracker: MlflowTracker,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    experiment_id = tracker.experiment_id("study")
+    real = tracker.client.create_run
+    answers: list[str] = []
+
+    def created_but_unanswered(*args: object, **kwargs: object) -> object:
+        run = real(*args, **kwargs)
+        if not answers:
+            answers.append(run.info.run_id)
+            raise ConnectionError("the server died before it answered")
+        return run
+
+    monkeypatch.setattr(tracker.client, "create_run", created_but_unanswered)
+    run_id = tracker.start_run(experiment_id, "trial-0")
+    assert run_id == answers[0]
+    assert [run.info.run_id for run in tracker.client.search_runs([experiment_id])] == [run_id]
+
+
 def test_weights_of_a_run_started_here_go_straight_to_its_artifact_store(tracker: MlflowTracker,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     run = tracker.start_run(tracker.experiment_id("study"), "trial-0")
