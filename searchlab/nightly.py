@@ -261,20 +261,21 @@ def run_night(study: Any, config: Any, *, study_file: str, reevaluate: int = 0, 
             best = min(complete, key=lambda trial: trial.value)
             night.best_value, night.best_trial, night.best_params = best.value, best.number, dict(best.params)
             night.importances = importances(complete)
-        client = MlflowTracker(config.tracking_uri).client
+        tracker = MlflowTracker(config.tracking_uri)
+        client = tracker.client
         champion = current_version(client, config.study_name, CHAMPION_ALIAS)
+        val_data = load_split(study, config.seed)[1] if complete else None  # tonight's, for both uses below
         if champion is not None and complete:
             night.champion_before = champion.version
             night.champion_recorded = float(champion.tags["val_loss"]) if "val_loss" in champion.tags else None
             try:
                 loaded = load_registered(f"models:/{config.study_name}@{CHAMPION_ALIAS}",
                                          tracking_uri=config.tracking_uri, study_file=study_file)
-                night.champion_tonight = validation_loss(loaded, seed=config.seed)
+                night.champion_tonight = validation_loss(loaded, val_data)
             except Exception as error:  # e.g. the study's model changed: the champion cannot be compared
                 night.reason = f"the champion could not be evaluated ({describe_error(error)}), so tonight's best " \
                                "replaces it"
         if decide(night, threshold):
-            _, val_data = load_split(study, config.seed)
             night.champion_after = register(client, config.study_name, best, study, study_file, val_data,
                                             alias=CHAMPION_ALIAS).version
         else:
@@ -282,7 +283,7 @@ def run_night(study: Any, config: Any, *, study_file: str, reevaluate: int = 0, 
         nights.append(dataclasses.asdict(night))
         optuna_study.set_user_attr(NIGHTS_ATTR, nights)
         if night.parent_run_id is not None:
-            _log_night(MlflowTracker(config.tracking_uri), night, config.study_name, nights)
+            _log_night(tracker, night, config.study_name, nights)
     return night, summary
 
 

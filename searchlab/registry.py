@@ -165,8 +165,8 @@ def load_registered(uri: str, *, tracking_uri: str, study_file: str | None = Non
     return Loaded(model.eval(), version, info, study)
 
 
-def validation_loss(loaded: Loaded, seed: int | None = None) -> float:
-    """The loaded model's loss on its study's validation split, for data seed ``seed`` (by default the one it
+def validation_loss(loaded: Loaded, val_data: Any = None) -> float:
+    """The loaded model's loss on ``val_data`` (by default its study's validation split for the data seed it
     trained with), with the batch size it trained with."""
     import torch
 
@@ -177,7 +177,8 @@ def validation_loss(loaded: Loaded, seed: int | None = None) -> float:
     from searchlab.train import evaluate
 
     task = get_task(loaded.study.task)
-    _, val_data = load_split(loaded.study, loaded.info["data_seed"] if seed is None else seed)
+    if val_data is None:
+        _, val_data = load_split(loaded.study, loaded.info["data_seed"])
     batch_size = int(loaded.info["params"].get("batch_size", DROPPED_DEFAULTS["batch_size"]))
     batches = make_batches(val_data, batch_size, shuffle=False, seed=0, device=torch.device("cpu"))
     return evaluate(loaded.model, batches, task, task.loss_fn())["val_loss"]

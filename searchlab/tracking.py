@@ -242,6 +242,17 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, OSError)
 
 
+def local_store_path(uri: str) -> Path | None:
+    """The file or folder behind a local tracking store (sqlite:///, file:// or a path); None for a server."""
+    from searchlab.storage import local_file
+
+    if uri.startswith("sqlite:///"):
+        return local_file(uri)
+    if "://" not in uri or uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    return None
+
+
 def check_tracking_uri(uri: str) -> None:
     """Fail fast, before anything is written, when the tracking store cannot be reached."""
     import urllib.error
@@ -262,6 +273,6 @@ def check_tracking_uri(uri: str) -> None:
     if is_database_url(uri):
         check_sqlite_folder(uri)
         return
-    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
-    if "://" not in uri and not path.parent.is_dir():
+    path = local_store_path(uri)
+    if "://" not in uri and path is not None and not path.parent.is_dir():
         raise ConfigError(f"tracking folder {str(path.parent)!r} does not exist: create it or fix --tracking-uri")

@@ -29,13 +29,9 @@ def check_port_free(host: str, port: int) -> None:
 
 def check_runs_exist(tracking_uri: str) -> None:
     """A local tracking store that is not there yet is an error (a server would create an empty one)."""
-    from pathlib import Path
+    from searchlab.tracking import local_store_path
 
-    from searchlab.storage import local_file
-
-    path = local_file(tracking_uri) if tracking_uri.startswith("sqlite:///") else \
-        Path(tracking_uri.removeprefix("file://")) if "://" not in tracking_uri or tracking_uri.startswith("file://") \
-        else None
+    path = local_store_path(tracking_uri)
     if path is not None and not path.exists():
         raise ConfigError(f"no MLflow runs at {tracking_uri}: run 'searchlab run' here first, or pass the "
                           "--tracking-uri it used")

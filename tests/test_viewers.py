@@ -90,20 +90,22 @@ def rendered_text(url: str) -> str:
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
 
 
-@pytest.fixture(scope="module")
-def dashboard(finished_study: Path) -> Iterator[Server]:
-    server = start(finished_study, "dashboard", "--study-name", "viewed", ready="/api/studies")
+def serving(folder: Path, command: str, ready: str) -> Iterator[Server]:
+    """A module's server for the study in ``folder``, killed at the end if a test did not stop it."""
+    server = start(folder, command, "--study-name", "viewed", ready=ready)
     yield server
     if server.process.poll() is None:
         server.process.kill()
+
+
+@pytest.fixture(scope="module")
+def dashboard(finished_study: Path) -> Iterator[Server]:
+    yield from serving(finished_study, "dashboard", "/api/studies")
 
 
 @pytest.fixture(scope="module")
 def mlflow_ui(finished_study: Path) -> Iterator[Server]:
-    server = start(finished_study, "ui", "--study-name", "viewed", ready="/health")
-    yield server
-    if server.process.poll() is None:
-        server.process.kill()
+    yield from serving(finished_study, "ui", "/health")
 
 
 def experiment_runs(server: Server) -> tuple[str, list[dict]]:
