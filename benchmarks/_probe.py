@@ -82,8 +82,9 @@ class Probe:
         import searchlab.objective
         import searchlab.tracking
         import searchlab.train
+        from searchlab.storage import journal_file_class
 
-        self.patch(JournalFileBackend, "append_logs", "optuna journal (append+lock+fsync)")
+        self.patch(journal_file_class(), "append_logs", "optuna journal (append+lock, fsync at trial start/end)")
         self.patch(JournalFileBackend, "read_logs", "optuna journal (read)")
         for sampler in (optuna.samplers.TPESampler, optuna.samplers.RandomSampler):
             for method in ("sample_relative", "sample_independent", "infer_relative_search_space", "before_trial",

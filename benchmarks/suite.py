@@ -1,18 +1,22 @@
 """The performance suite: framework overhead, the naive MLflow script, scaling, start-up, data path, side by side.
 
 Run: python benchmarks/suite.py [--repeats 3] [--json benchmarks/results/suite.json]
-                                [--only overhead,naive,scaling,startup,data] [--study studies/regression.py]
+                                [--only overhead,naive,small,scaling,startup,data]
+                                [--workload benchmarks/studies/regression_workload.py] [--study studies/regression.py]
 
 Each benchmark alternates its variants (reversed order every other repeat), each measurement in a fresh
 process; the table gives the median, min and max over repeats, the ratio the issue's target is about, and
 pass/fail. The JSON holds the table, every raw figure, the breakdown of a tracked study's time and the machine.
 
 - overhead  ``searchlab`` (``run_study``, one worker, journal storage, full tracking to a ``searchlab server``
-            over HTTP, overfit check off) against ``bare`` (the same trials, params, seeds and epochs through
-            ``objective.train_trial``, no Optuna, no tracking): target searchlab <= 1.05 x bare.
-            (benchmarks/overhead.py)
+            over HTTP, best model registered, overfit check off, no report) against ``bare`` (the same trials,
+            params, seeds and epochs through ``objective.train_trial``, no Optuna, no tracking): target searchlab
+            <= 1.05 x bare; and ``searchlab`` as run by default (with the study report). On ``--workload``: the
+            regression workload at the issue's scale (a trial trains ~2 s). (benchmarks/overhead.py)
 - naive     the same study as an Optuna objective with synchronous ``mlflow.log_metric`` per metric per epoch
             and ``mlflow.log_artifact`` for the weights: target searchlab <= 0.70 x naive.
+- small     ``searchlab`` against ``bare`` on ``--study`` (the shipped studies/regression.py, ~50-120 ms per
+            trial): what searchlab costs per trial where a trial is tiny (no target).
 - scaling   benchmarks/parallel.py's trials per hour with 1 and 2 workers: target 2 workers >= 1.8 x 1 worker.
 - startup   import cost of each entry point, ``searchlab run`` to the first epoch (1 and 2 workers), and where the
             first seconds go. (benchmarks/startup.py)
@@ -37,7 +41,8 @@ from typing import Any
 
 from _common import DEFAULT_STUDY, HERE, LOADS, alternate, run_child, stats, tracking_server, write_json
 
-BENCHMARKS = ("overhead", "naive", "scaling", "startup", "data")
+BENCHMARKS = ("overhead", "naive", "small", "scaling", "startup", "data")
+WORKLOAD = str(HERE / "studies" / "regression_workload.py")
 DEFAULT_JSON = HERE / "results" / "suite.json"
 
 
@@ -94,56 +99,69 @@ def machine() -> dict[str, Any]:
             "load_average_start": os.getloadavg()}
 
 
-def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], uri: str, selected: set[str]) -> None:
-    common = ["--study", args.study, "--trials", str(args.trials), "--epochs", str(args.epochs)]
+def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], uri: str, selected: set[str], *,
+             study: str, name: str, targets: bool) -> None:
+    """The overhead variants on one study; ``targets``: the study the issue's ratios are judged on (with the
+    naive script and the default run with its report), else the per-trial cost only."""
+    common = ["--study", study, "--trials", str(args.trials), "--epochs", str(args.epochs)]
     with tempfile.TemporaryDirectory(prefix="searchlab-overhead-") as folder:
-        log("overhead: untimed searchlab run (samples the trials; timed part by part)")
+        log(f"{name}: untimed searchlab run (samples the trials; timed part by part)")
         prepared = run_child("overhead", ["searchlab", *common, "--tracking-uri", uri, "--breakdown"],
                              cwd=tempfile.mkdtemp(dir=folder))
         params_file = Path(folder) / "params.json"
         write_json(params_file, prepared)
-        details["breakdown"] = prepared["breakdown"]
-        details["prepare"] = {k: v for k, v in prepared.items() if k != "breakdown"}
-        variants = ["searchlab", "bare"] + (["naive"] if "naive" in selected else [])
+        details[f"{name}_breakdown"] = prepared["breakdown"]
+        details[f"{name}_prepare"] = {k: v for k, v in prepared.items() if k != "breakdown"}
+        variants = ["searchlab", "bare"] + (["searchlab+report"] if targets else []) + \
+            (["naive"] if targets and "naive" in selected else [])
         runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         latencies: list[dict[str, float]] = []
         for repeat in range(args.repeats):
             for variant in alternate(variants, repeat):
-                extra = {"searchlab": ["--tracking-uri", uri], "bare": ["--params", str(params_file)],
+                extra = {"searchlab": ["--tracking-uri", uri], "searchlab+report": ["--tracking-uri", uri, "--report"],
+                         "bare": ["--params", str(params_file)],
                          "naive": ["--tracking-uri", uri, "--breakdown"]}[variant]
-                result = run_child("overhead", [variant, *common, *extra], cwd=tempfile.mkdtemp(dir=folder))
+                result = run_child("overhead", [variant.removesuffix("+report"), *common, *extra],
+                                   cwd=tempfile.mkdtemp(dir=folder))
                 runs[variant].append(result)
-                log(f"overhead repeat {repeat + 1}: {variant} {result['wall_s']:.2f} s ({result['epochs']} epochs)")
+                log(f"{name} repeat {repeat + 1}: {variant} {result['wall_s']:.2f} s ({result['epochs']} epochs)")
             latencies.append(run_child("overhead", ["latency", "--tracking-uri", uri]))
     digest = prepared["params_digest"]
     same = {v: all(r["params_digest"] == digest and r["epochs"] == prepared["epochs"] for r in rs)
             for v, rs in runs.items()}
-    details["overhead_runs"] = {v: [{k: x for k, x in r.items() if k not in ("trials",)} for r in rs]
-                                for v, rs in runs.items()}
-    details["same_trials"] = same
-    details["latency"] = latencies
+    details[f"{name}_runs"] = {v: [{k: x for k, x in r.items() if k not in ("trials",)} for r in rs]
+                               for v, rs in runs.items()}
+    details[f"{name}_same_trials"] = same
+    details[f"{name}_latency"] = latencies
     wall = {v: [r["wall_s"] for r in rs] for v, rs in runs.items()}
     bare = statistics.median(wall["bare"])
     searchlab = statistics.median(wall["searchlab"])
     ratio = searchlab / bare
-    table.add("overhead", f"bare loop ({args.trials} trials x {args.epochs} epochs)", "s", wall["bare"], ratio=1.0)
-    table.add("overhead", "searchlab, tracked over HTTP (/ bare)", "s", wall["searchlab"], ratio=ratio,
-              target="<= 1.05 x bare", passed=ratio <= 1.05 and same["searchlab"])
+    short = Path(study).name
+    table.add(name, f"bare loop ({short}, {args.trials} trials x {args.epochs} epochs)", "s", wall["bare"], ratio=1.0)
+    table.add(name, "searchlab, tracked over HTTP, no report (/ bare)", "s", wall["searchlab"], ratio=ratio,
+              target="<= 1.05 x bare" if targets else "",
+              passed=(ratio <= 1.05 and same["searchlab"]) if targets else None)
+    if "searchlab+report" in wall:
+        with_report = statistics.median(wall["searchlab+report"])
+        table.add(name, "searchlab as run by default, + study report (/ bare)", "s", wall["searchlab+report"],
+                  ratio=with_report / bare)
+        table.add(name, "study report, once per run ((default - no report))", "s",
+                  [r - s for r, s in zip(wall["searchlab+report"], wall["searchlab"], strict=True)])
     # What each trial costs on top of training, pairing each repeat's runs: the target holds for any workload
     # whose bare trial takes at least 20 x this.
-    table.add("overhead", "searchlab cost per trial ((searchlab - bare) / trials)", "ms",
+    table.add(name, "searchlab cost per trial ((searchlab - bare) / trials)", "ms",
               [1000 * (s - b) / args.trials for s, b in zip(wall["searchlab"], wall["bare"], strict=True)],
               target=f"<= {50 * bare / args.trials:.1f} ms here")
     per_call = {key: [run[key] for run in latencies] for key in latencies[0]}
-    table.add("overhead", "one MLflow log_batch, kept-alive connection", "ms", per_call["log_batch_keepalive_ms"])
-    table.add("overhead", "one MLflow log_batch, new connection", "ms", per_call["log_batch_new_connection_ms"])
+    table.add(name, "one MLflow log_batch, kept-alive connection", "ms", per_call["log_batch_keepalive_ms"])
     if "naive" in runs:
         naive = statistics.median(wall["naive"])
         table.add("naive", "naive mlflow.log_metric script (/ bare)", "s", wall["naive"], ratio=naive / bare,
                   target="(issue: ~1.5)")
         table.add("naive", "naive cost per trial ((naive - bare) / trials)", "ms",
                   [1000 * (n - b) / args.trials for n, b in zip(wall["naive"], wall["bare"], strict=True)])
-        table.add("naive", "searchlab (/ naive)", "s", wall["searchlab"], ratio=searchlab / naive,
+        table.add("naive", "searchlab, no report (/ naive)", "s", wall["searchlab"], ratio=searchlab / naive,
                   target="<= 0.70 x naive", passed=searchlab / naive <= 0.70 and same["naive"])
 
 
@@ -233,10 +251,12 @@ def data(args: argparse.Namespace, table: Table, details: dict[str, Any]) -> Non
 
 
 def print_details(details: dict[str, Any]) -> None:
-    breakdown = details.get("breakdown")
-    if breakdown:
-        trials = len(details["prepare"]["trials"])
-        print(f"\nWhere a tracked study's time goes (untimed searchlab run, {trials} trials, "
+    for name in ("overhead", "small"):
+        breakdown = details.get(f"{name}_breakdown")
+        if not breakdown:
+            continue
+        trials = len(details[f"{name}_prepare"]["trials"])
+        print(f"\nWhere a tracked study's time goes ({name}: untimed searchlab run, {trials} trials, "
               f"{breakdown['total_s']:.2f} s; exclusive times):")
         for part, seconds in breakdown["parts_s"].items():
             print(f"  {seconds:8.3f} s  {1000 * seconds / trials:8.1f} ms/trial  {part}")
@@ -269,12 +289,14 @@ def main() -> None:
     parser.add_argument("--json", default=str(DEFAULT_JSON), help=f"where to write the results [{DEFAULT_JSON}]")
     parser.add_argument("--only", default=",".join(BENCHMARKS),
                         help="comma-separated subset of: " + ",".join(BENCHMARKS))
-    parser.add_argument("--study", default=DEFAULT_STUDY, help="the workload of overhead/naive/startup/data")
+    parser.add_argument("--workload", default=WORKLOAD, help="the study of overhead/naive (the issue's targets)")
+    parser.add_argument("--study", default=DEFAULT_STUDY, help="the study of small/startup/data")
     parser.add_argument("--trials", type=int, default=20, help="overhead/naive trials")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (early stopping off)")
     parser.add_argument("--scaling-trials", type=int, default=12)
     args = parser.parse_args()
     args.study = str(Path(args.study).resolve())
+    args.workload = str(Path(args.workload).resolve())
     selected = {name.strip() for name in args.only.split(",") if name.strip()}
     unknown = selected - set(BENCHMARKS)
     if unknown:
@@ -283,12 +305,14 @@ def main() -> None:
     info = machine()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="searchlab-suite-") as folder:
-        needs_server = bool(selected & {"overhead", "naive", "startup"})
+        needs_server = bool(selected & {"overhead", "naive", "small", "startup"})
         server = tracking_server(Path(folder)) if needs_server else None
         uri = server.__enter__() if server else ""
         try:
             if selected & {"overhead", "naive"}:
-                overhead(args, table, details, uri, selected)
+                overhead(args, table, details, uri, selected, study=args.workload, name="overhead", targets=True)
+            if "small" in selected:
+                overhead(args, table, details, uri, selected, study=args.study, name="small", targets=False)
             if "scaling" in selected:
                 scaling(args, table, details)
             if "startup" in selected:

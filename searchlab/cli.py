@@ -77,6 +77,9 @@ def search_options(command: Any) -> Any:
         click.option("--trials-per-device", type=int, help="Workers that may share one GPU [default: 1]."),
         device_options,
         click.option("--no-check", is_flag=True, help="Skip the overfit-one-batch check before the first trial."),
+        click.option("--report/--no-report", default=None,
+                     help="Write the study report (plots, summary) to the parent run at the end; it takes a few "
+                     "seconds [default: on; env SEARCHLAB_REPORT]."),
     ]):
         command = option(command)
     return command

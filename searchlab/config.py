@@ -33,6 +33,15 @@ class RunConfig:
     trials_per_device: int = 1
     retries: int = 1
     heartbeat: int = 10  # seconds between heartbeats on database storages; stale after 3 missed
+    report: bool = True  # write the study report to the parent run at the end of the run
+
+
+def _bool(text: str) -> bool:
+    value = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+             "off": False}.get(text.lower())
+    if value is None:
+        raise ValueError
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -58,6 +67,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "trials_per_device": ("SEARCHLAB_TRIALS_PER_DEVICE", int),
     "retries": ("SEARCHLAB_RETRIES", int),
     "heartbeat": ("SEARCHLAB_HEARTBEAT", int),
+    "report": ("SEARCHLAB_REPORT", _bool),
 }
 
 
@@ -76,7 +86,7 @@ def from_environment(env: Mapping[str, str]) -> dict[str, Any]:
         try:
             values[name] = parse(text)
         except ValueError:
-            kind = "a positive number" if parse is _positive_float else "an integer"
+            kind = {_positive_float: "a positive number", _bool: "true or false"}.get(parse, "an integer")
             raise ConfigError(f"{variable}={text!r} must be {kind}") from None
     if "tracking_uri" not in values and env.get("MLFLOW_TRACKING_URI", "").strip():
         values["tracking_uri"] = env["MLFLOW_TRACKING_URI"].strip()

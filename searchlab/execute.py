@@ -240,7 +240,7 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
                 tracker.set_tags(parent_run_id, {"best_trial": summary.best.number,
                                                  "best_run_id": summary.best.user_attrs.get("mlflow_run_id")})
             summary.published = publish(optuna_study, tracker, parent_run_id, study, study_file, data[1],
-                                        config.study_name)
+                                        config.study_name, report=config.report)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -267,18 +267,21 @@ HOW_TO_COMPARE = """One searchlab run of this study; each child run is one trial
 
 
 def publish(study: optuna.Study, tracker: Any, parent_run_id: str, declared: Study, study_file: str | None,
-            val_data: Any, name: str) -> list[str]:
-    """Write the study report to the parent run and register the best model (alias ``best``); returns summary
-    lines. Either failing is reported in its line and does not fail the run."""
+            val_data: Any, name: str, *, report: bool = True) -> list[str]:
+    """Write the study report to the parent run (unless not ``report``) and register the best model (alias
+    ``best``); returns summary lines. Either failing is reported in its line and does not fail the run."""
     from searchlab.registry import BEST_ALIAS, register
     from searchlab.report import REPORT_FOLDER, log_report
 
     lines = []
-    try:
-        log_report(study, lambda folder, path: tracker.log_artifacts(parent_run_id, folder, path))
-        lines.append(f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, plots, report.html)")
-    except Exception as error:
-        lines.append(f"report     not written: {describe_error(error)} (try 'searchlab report')")
+    if not report:
+        lines.append("report     not written (--no-report): 'searchlab report' writes it")
+    else:
+        try:
+            log_report(study, lambda folder, path: tracker.log_artifacts(parent_run_id, folder, path))
+            lines.append(f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, plots, report.html)")
+        except Exception as error:
+            lines.append(f"report     not written: {describe_error(error)} (try 'searchlab report')")
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if complete:
         best = min(complete, key=lambda trial: trial.value)

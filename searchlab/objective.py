@@ -123,25 +123,34 @@ class Objective:
         optuna_trial.set_user_attr("setup", {"data_seed": self.seed, "threads": self.slot.threads,
                                              "max_epochs": self.max_epochs, "patience": self.patience})
         params = sample_params(self.study.space, optuna_trial, self.start)
-        run_id = self.tracker.start_run(
+        run = self.tracker.start_run(
             self.experiment_id, f"trial-{optuna_trial.number}", parent_run_id=self.parent_run_id,
             tags={**self.run_tags, "trial_number": optuna_trial.number, "worker": worker_name()},
         )
+        recorded = False
+
+        def record_run_id(wait: bool) -> None:
+            """The trial names its MLflow run once the run exists (it is created in the background)."""
+            nonlocal recorded
+            run_id = None if recorded else self.tracker.run_id(run, wait=wait)
+            if run_id is not None:
+                optuna_trial.set_user_attr("mlflow_run_id", run_id)
+                recorded = True
+
         status, tags = "FAILED", {"state": "FAIL"}
         try:
-            optuna_trial.set_user_attr("mlflow_run_id", run_id)
             trial = Trial(optuna_trial, params, seed)
 
             def on_built(model: nn.Module) -> None:
                 n_params = sum(parameter.numel() for parameter in model.parameters())
                 lineage = {"start_from": self.start.source, "frozen": ",".join(self.study.freeze)} if self.start else {}
-                self.tracker.log_params(run_id, {**trial.params, "seed": seed, "n_params": n_params,
-                                                 "device": self.slot.device, "threads": self.slot.threads,
-                                                 "max_epochs": self.max_epochs, "patience": self.patience,
-                                                 **lineage})
+                self.tracker.log_params(run, {**trial.params, "seed": seed, "n_params": n_params,
+                                              "device": self.slot.device, "threads": self.slot.threads,
+                                              "max_epochs": self.max_epochs, "patience": self.patience, **lineage})
 
             def on_epoch(epoch: int, values: dict[str, float]) -> None:
-                self.tracker.log_metrics(run_id, values, step=epoch)
+                self.tracker.log_metrics(run, values, step=epoch)
+                record_run_id(wait=False)
                 optuna_trial.report(values["val_loss"], epoch)
                 if optuna_trial.should_prune():
                     optuna_trial.set_user_attr("pruned_epoch", epoch)
@@ -158,8 +167,8 @@ class Objective:
             if result.best_epoch is None:
                 raise TrialStopped(result.stop_reason)
             optuna_trial.set_user_attr("best_epoch", result.best_epoch)
-            self.tracker.log_state_dict(run_id, model.state_dict())
-            self.tracker.log_metrics(run_id, {"best_val_loss": result.best_val_loss}, step=result.best_epoch)
+            self.tracker.log_state_dict(run, model.state_dict())
+            self.tracker.log_metrics(run, {"best_val_loss": result.best_val_loss}, step=result.best_epoch)
             tags.update(state="COMPLETE", best_epoch=result.best_epoch, val_loss=result.best_val_loss)
             status = "FINISHED"
             return result.best_val_loss
@@ -175,5 +184,8 @@ class Objective:
             tags["reason"] = tags.get("reason") if isinstance(error, TrialStopped) else describe_error(error)
             raise
         finally:
-            self.tracker.end_run(run_id, status, tags={**tags, "mlflow.runName": run_name(optuna_trial.number, tags)})
+            try:
+                record_run_id(wait=True)
+            finally:
+                self.tracker.end_run(run, status, tags={**tags, "mlflow.runName": run_name(optuna_trial.number, tags)})
 

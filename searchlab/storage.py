@@ -1,13 +1,14 @@
 """Storage URLs → Optuna storages, with passwords masked wherever a URL is shown.
 
 The embedded default is an Optuna journal file (``searchlab.journal`` in the working directory): an append-only
-log with a file lock, safe for several processes on one host, ~16-20 ms per trial where SQLite costs
-~100-170 ms and locks under several writers. ``postgresql://`` is the choice when several hosts share a study.
+log with a file lock, safe for several processes on one host, a few ms per trial where SQLite costs ~100-170 ms
+and locks under several writers. ``postgresql://`` is the choice when several hosts share a study.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import warnings
 from pathlib import Path
@@ -65,9 +66,46 @@ def open_storage(url: str | None, *, heartbeat: int | None = None, on_stale: Any
     path = Path(url)
     if not path.parent.is_dir():
         raise ConfigError(f"storage folder {str(path.parent)!r} does not exist: create it or choose another path")
-    from optuna.storages.journal import JournalFileBackend
+    return optuna.storages.JournalStorage(journal_file(str(path)))
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+def journal_file(path: str) -> Any:
+    """Optuna's journal file backend (same file format, same lock), synced to disk when a study or a trial
+    starts or ends rather than on every append: a trial's epochs and attributes reach the disk with its end.
+
+    Optuna syncs every append (~0.4-1 ms each, 25 per trial); after a power cut the trial a worker was running
+    is lost either way (it is recovered as failed). A crashed process loses nothing: its writes were made."""
+    return journal_file_class()(path)
+
+
+@functools.cache
+def journal_file_class() -> type:
+    import json
+    import os
+
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+    durable = {0, 1, 2, 3, 4, 6, 10}  # JournalOperation: study create/delete/attrs, trial create, state, discard
+
+    class JournalFile(JournalFileBackend):
+        def __init__(self, file_path: str) -> None:
+            self.lock = JournalFileSymlinkLock(file_path)
+            self.path = file_path
+            super().__init__(file_path, lock_obj=self.lock)
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode()
+            self.lock.acquire()
+            try:
+                with open(self.path, "ab") as file:
+                    file.write(text)
+                    if any(log.get("op_code") in durable for log in logs):
+                        file.flush()
+                        os.fsync(file.fileno())
+            finally:
+                self.lock.release()
+
+    return JournalFile
 
 
 def has_heartbeats(storage: Any) -> bool:

@@ -1,7 +1,9 @@
 """MLflow through ``MlflowClient`` with explicit run ids: experiments, parent/child runs, buffered curves.
 
 Never MLflow's global active run (``mlflow.start_run``): it is process-global state and breaks under parallel
-trials. Per-epoch metrics are buffered and sent with ``log_batch``, one call per flush, not one per value.
+trials. Per-epoch metrics (and params logged with ``buffered=True``) are buffered and sent with ``log_batch``, one
+call per flush, not one per value. The trial loop reaches this class through ``sender.BackgroundTracker``, which
+makes these calls on a thread of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,10 +37,19 @@ class Tracker(Protocol):
                   tags: Mapping[str, Any] | None = None) -> str: ...
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, run_id: str, values: Mapping[str, float], step: int) -> None: ...
+    def run_id(self, run: str, *, wait: bool) -> str | None: ...
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None: ...
     def log_state_dict(self, run_id: str, state_dict: Mapping[str, Any]) -> None: ...
     def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str) -> None: ...
     def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None) -> None: ...
+
+
+@dataclass
+class _Pending:
+    """What a run has buffered for its next flush."""
+
+    params: list[Any] = field(default_factory=list)
+    metrics: list[Any] = field(default_factory=list)
 
 
 class MlflowTracker:
@@ -61,7 +73,7 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri)
         self.flush_seconds = flush_seconds
         self.retry_seconds = retry_seconds
-        self._pending: dict[str, list[Any]] = {}
+        self._pending: dict[str, _Pending] = {}
         self._last_flush: dict[str, float] = {}
         self._artifact_uri: dict[str, str] = {}  # of the runs started here: uploads need no runs/get first
 
@@ -114,19 +126,29 @@ class MlflowTracker:
         self._artifact_uri[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
-    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+    def run_id(self, run: str, *, wait: bool = True) -> str:
+        """The MLflow id of a run this tracker started: ``start_run`` returned it already."""
+        return run
+
+    def log_params(self, run_id: str, params: Mapping[str, Any], *, buffered: bool = False) -> None:
+        """Send the params now, or with ``buffered`` at the run's next flush (with its curves: one call)."""
         from mlflow.entities import Param
 
         items = [Param(key, str(value)) for key, value in params.items()]
+        if buffered:
+            self._pending.setdefault(run_id, _Pending()).params.extend(items)
+            return
         for start in range(0, len(items), MAX_PARAMS):
             self._retry(self.client.log_batch, run_id, params=items[start : start + MAX_PARAMS])
 
-    def log_metrics(self, run_id: str, values: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, run_id: str, values: Mapping[str, float], step: int, *,
+                    timestamp: int | None = None) -> None:
+        """Buffer one step's values (``timestamp`` in ms, default now); flush when ``flush_seconds`` have passed."""
         from mlflow.entities import Metric
 
-        timestamp = int(time.time() * 1000)
-        pending = self._pending.setdefault(run_id, [])
-        pending.extend(Metric(key, float(value), timestamp, step) for key, value in values.items())
+        timestamp = int(time.time() * 1000) if timestamp is None else timestamp
+        pending = self._pending.setdefault(run_id, _Pending())
+        pending.metrics.extend(Metric(key, float(value), timestamp, step) for key, value in values.items())
         if time.monotonic() - self._last_flush.get(run_id, 0.0) >= self.flush_seconds:
             try:
                 self.flush(run_id, retry=False)
@@ -136,18 +158,21 @@ class MlflowTracker:
                 self._last_flush[run_id] = time.monotonic()  # keep the points; try again at the next flush
 
     def flush(self, run_id: str, *, retry: bool = True, tags: Mapping[str, Any] | None = None) -> None:
-        """Send the run's buffered metric points (and ``tags``) in as few ``log_batch`` calls as MLflow allows."""
+        """Send the run's buffered params and metric points (and ``tags``) in as few ``log_batch`` calls as MLflow
+        allows; what a failed call did not send stays buffered."""
         from mlflow.entities import RunTag
 
-        pending = self._pending.get(run_id, [])
+        pending = self._pending.get(run_id, _Pending())
         tag_items = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
-        while pending or tag_items:
-            chunk, tag_chunk = pending[:MAX_METRICS], tag_items[:MAX_TAGS]
+        while pending.params or pending.metrics or tag_items:
+            params, tag_chunk = pending.params[:MAX_PARAMS], tag_items[:MAX_TAGS]
+            chunk = pending.metrics[: MAX_METRICS - len(params) - len(tag_chunk)]  # 1000 entities per call
             if retry:
-                self._retry(self.client.log_batch, run_id, metrics=chunk, tags=tag_chunk)
+                self._retry(self.client.log_batch, run_id, metrics=chunk, params=params, tags=tag_chunk)
             else:
-                self.client.log_batch(run_id, metrics=chunk, tags=tag_chunk)
-            del pending[: len(chunk)]
+                self.client.log_batch(run_id, metrics=chunk, params=params, tags=tag_chunk)
+            del pending.params[: len(params)]
+            del pending.metrics[: len(chunk)]
             del tag_items[: len(tag_chunk)]
         self._pending.pop(run_id, None)
         self._last_flush[run_id] = time.monotonic()

@@ -116,6 +116,7 @@ def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: st
 
     from searchlab.execute import load_split, load_start_for
     from searchlab.objective import Objective
+    from searchlab.sender import BackgroundTracker
     from searchlab.tracking import MlflowTracker
 
     torch.set_num_threads(slot.threads)
@@ -127,11 +128,6 @@ def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: st
     optuna_study = optuna.load_study(study_name=config.study_name, storage=storage)
     optuna_study.sampler = make_sampler(config.sampler, config.seed, len(optuna_study.trials), worker_seed)
     optuna_study.pruner = make_pruner(config.pruner, config.max_epochs)
-    objective = Objective(study, train_data, val_data, tracker, experiment_id, parent_run_id, config.seed,
-                          config.max_epochs, config.patience, slot,
-                          {"study_name": config.study_name, "sampler": config.sampler, "pruner": config.pruner},
-                          start)
-
     lock = budget_lock(config.storage, storage, config.study_name)
 
     def reap() -> None:
@@ -141,8 +137,15 @@ def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: st
                 optuna.storages.fail_stale_trials(optuna_study)
         reap_dead_local_trials(optuna_study, retries=config.retries, tracker=tracker, lock=lock)
 
-    search(optuna_study, objective, lock=lock,
-           deadline=deadline, heartbeat=config.heartbeat, reap=reap, on_trial_end=on_trial_end)
+    # The trials' runs are tracked by a sender thread of their own; leaving, it sends what is queued and closes
+    # every run (also on Ctrl-C and on errors), before the caller publishes or closes the parent run.
+    with BackgroundTracker(MlflowTracker(config.tracking_uri)) as trial_tracker:
+        objective = Objective(study, train_data, val_data, trial_tracker, experiment_id, parent_run_id, config.seed,
+                              config.max_epochs, config.patience, slot,
+                              {"study_name": config.study_name, "sampler": config.sampler, "pruner": config.pruner},
+                              start)
+        search(optuna_study, objective, lock=lock,
+               deadline=deadline, heartbeat=config.heartbeat, reap=reap, on_trial_end=on_trial_end)
 
 
 @contextlib.contextmanager

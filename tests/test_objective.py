@@ -34,6 +34,9 @@ class InMemoryTracker:
                              "metrics": [], "state_dict": None, "status": "RUNNING"}
         return run_id
 
+    def run_id(self, run: str, *, wait: bool = True) -> str:
+        return run
+
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         self.runs[run_id]["params"].update(params)
 
