@@ -7,8 +7,9 @@ A run's params, curves and final tags reach MLflow in one ``log_batch`` when the
 ``end_run`` blocks beyond that, so a slow server slows the search instead of filling memory.
 
 An error in the background (after the tracker's own retries) is raised by the next call the trial loop makes,
-so the trial running then fails with it, and the run it happened on is closed as FAILED. ``close()`` sends
-everything queued, then raises an error that no call raised yet.
+so the trial running then fails with it; the run it happened on still gets its other calls and is closed as
+FAILED, with the error in its ``tracking_error`` tag. ``close()`` sends everything queued, then raises an error
+that no call raised yet.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class BackgroundTracker:
             run_id = self._ids.get(run)
             if call == "end_run":
                 self._end(run, run_id, *args, **kwargs)
-            elif run_id is not None and run not in self._broken:
+            elif run_id is not None:  # after an error the run still gets the rest: it keeps what it can
                 getattr(self.tracker, call)(run_id, *args, **kwargs)
         except Exception as error:
             if call != "end_run":

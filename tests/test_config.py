@@ -34,6 +34,7 @@ VALUES = {
     "trials_per_device": ("2", 2, 4),
     "retries": ("0", 0, 3),
     "heartbeat": ("2", 2, 5),
+    "report": ("off", False, True),
 }
 
 

@@ -57,6 +57,16 @@ def test_every_run_writes_the_report_to_its_parent_run(workdir: Path) -> None:
         assert f"## Pruned trials: {len(pruned)}" in (folder / "summary.md").read_text()
 
 
+def test_no_report_skips_it_and_says_how_to_write_it(workdir: Path, study_file: Path) -> None:
+    result = invoke("run", str(study_file), "--trials", "2", "--no-report")
+    assert result.exit_code == 0, result.output
+    assert "report     not written (--no-report): 'searchlab report' writes it" in result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert client.list_artifacts(study.user_attrs[PARENT_RUN_ATTR], REPORT_FOLDER) == []
+    assert "model      models:/tiny@best" in result.output  # the best model is registered all the same
+
+
 def test_report_command_writes_a_folder_or_the_latest_parent_run(workdir: Path, study_file: Path) -> None:
     assert invoke("run", str(study_file), "--trials", "3").exit_code == 0
     study = optuna.load_study(study_name="tiny", storage=open_storage(None))

@@ -113,6 +113,37 @@ def test_two_journal_storages_on_one_path_share_trials(workdir: Path):
     assert [trial.value for trial in optuna.load_study(study_name="s", storage=writer).trials] == [0.5, 0.25]
 
 
+def test_the_journal_is_synced_when_a_trial_starts_and_ends_not_per_epoch(workdir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    import os
+
+    study = optuna.create_study(study_name="s", storage=open_storage("sync.journal"))
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    trial = study.ask()  # created: synced
+    assert len(synced) == 1
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    trial.set_user_attr("seed", 3)
+    for epoch in range(10):
+        trial.report(1.0 / (epoch + 1), epoch)
+    assert len(synced) == 1
+    study.tell(trial, 0.1)  # finished: synced (with everything before it)
+    assert len(synced) == 2
+
+
+def test_the_journal_file_is_optunas_format(workdir: Path):
+    """Optuna's own JournalFileBackend reads what searchlab wrote, and searchlab reads what it writes."""
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.create_study(study_name="s", storage=open_storage("shared.journal"))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    plain = optuna.storages.JournalStorage(JournalFileBackend("shared.journal"))
+    optuna.load_study(study_name="s", storage=plain).optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    again = optuna.load_study(study_name="s", storage=open_storage("shared.journal"))
+    assert [trial.state.name for trial in again.trials] == ["COMPLETE"] * 5
+    assert again.trials[4].params == optuna.load_study(study_name="s", storage=plain).trials[4].params
+
+
 def test_journal_in_a_missing_folder_raises_config_error(workdir: Path):
     message = one_line_config_error(open_storage, "missing/x.journal")
     assert "'missing'" in message and "does not exist" in message
