@@ -43,6 +43,8 @@ class BackgroundTracker:
         self._error: BaseException | None = None  # not yet raised in the trial loop
         self._error_lock = threading.Lock()
         self._unsent = threading.Semaphore(max_unsent)
+        self._open: set[str] = set()  # handles started and not yet ended (the trial loop's side)
+        self._retry_seconds = tracker.retry_seconds
         self._thread = threading.Thread(target=self._send, name="searchlab-tracking", daemon=True)
         self._thread.start()
 
@@ -57,6 +59,7 @@ class BackgroundTracker:
     def start_run(self, experiment_id: str, name: str, *, parent_run_id: str | None = None,
                   tags: Mapping[str, Any] | None = None) -> str:
         handle = f"pending-{uuid.uuid4().hex}"
+        self._open.add(handle)
         self._put("start", handle, experiment_id, name, parent_run_id=parent_run_id, tags=dict(tags or {}))
         return handle
 
@@ -81,6 +84,7 @@ class BackgroundTracker:
         """Queue the run's close (always, even after an error), then raise an error not raised yet."""
         self._unsent.acquire()  # released once the sender has closed the run
         self._queue.put(("end_run", run, (status,), {"tags": dict(tags or {})}))
+        self._open.discard(run)
         self._raise_pending()
 
     def run_id(self, run: str, *, wait: bool = True) -> str | None:
@@ -92,8 +96,12 @@ class BackgroundTracker:
             return self._ids.get(run)
 
     def close(self, *, raise_error: bool = True) -> None:
-        """Send everything queued and stop the sender; then raise an error the trial loop has not seen."""
+        """Close the runs still open (KILLED: their trial was cut short), send everything queued and stop the
+        sender; then raise an error the trial loop has not seen."""
         if self._thread.is_alive():
+            for run in list(self._open):
+                self._queue.put(("end_run", run, ("KILLED",), {"tags": {"state": "FAIL", "reason": "stopped"}}))
+                self._open.discard(run)
             self._queue.put(_STOP)
             self._thread.join()
         if raise_error:
@@ -142,7 +150,10 @@ class BackgroundTracker:
                 self._end(run, run_id, *args, **kwargs)
             elif run_id is not None:  # after an error the run still gets the rest: it keeps what it can
                 getattr(self.tracker, call)(run_id, *args, **kwargs)
+            self.tracker.retry_seconds = self._retry_seconds
         except Exception as error:
+            if isinstance(error, ConnectionError):  # unreachable for the whole window: later calls try once
+                self.tracker.retry_seconds = 0.0
             if call != "end_run":
                 self._broken.setdefault(run, error)
             with self._error_lock:
