@@ -12,14 +12,15 @@ batch size (the variants alternate within every repeat; medians over repeats):
 - ``core``: zero_grad → forward → loss → backward → step over the same batches, pre-made: the work an epoch
   cannot avoid. ``1 - core / epoch`` is the share spent elsewhere (batching, validation and its metrics,
   bookkeeping); ``parts`` splits that: training pass, validation pass, building the metrics, the state copy.
-- ``threads``: the in-memory epoch with 1 torch thread and with the slot's share of the cores (what a single
-  worker uses), since tiny models can be slower on more threads.
+- ``threads``: the in-memory epoch with 1 torch thread (what a CPU worker uses) and with every core (torch's
+  own default), since tiny models can be slower on more threads.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import time
 from typing import Any
@@ -50,8 +51,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from searchlab.tasks import get_task
     from searchlab.trial import Trial
 
-    slot_threads = assign_slots(["cpu"], 1)[0].threads
-    torch.set_num_threads(slot_threads)
+    core_threads = os.cpu_count() or 1  # torch's default, against a CPU worker's one thread
+    torch.set_num_threads(assign_slots(["cpu"], 1)[0].threads)
     study = load_study_file(args.study)
     task = get_task(study.task)
     train_data, val_data = load_split(study, study.seed)
@@ -70,11 +71,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 make_batches(val, batch_size, shuffle=False, seed=0, device=device))
 
     results: dict[str, Any] = {"examples": {"train": len(train_data), "val": len(val_data)},
-                               "slot_threads": slot_threads, "epochs_per_timing": args.epochs, "batch_sizes": {}}
+                               "core_threads": core_threads, "epochs_per_timing": args.epochs, "batch_sizes": {}}
     for batch_size in args.batch_sizes:
         runs: dict[str, list[float]] = {}
         for repeat in range(args.repeats):
-            for name, value in one_repeat(setup, task, batch_size, repeat, slot_threads, args.epochs).items():
+            for name, value in one_repeat(setup, task, batch_size, repeat, core_threads, args.epochs).items():
                 runs.setdefault(name, []).append(value)
         medians = {name: statistics.median(values) for name, values in runs.items()}
         results["batch_sizes"][str(batch_size)] = {
@@ -87,7 +88,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def one_repeat(setup: Any, task: Any, batch_size: int, repeat: int, slot_threads: int,
+def one_repeat(setup: Any, task: Any, batch_size: int, repeat: int, core_threads: int,
                epochs: int) -> dict[str, float]:
     """Every timing of one repeat at one batch size, in ms per epoch (the data paths and thread counts in
     alternating order)."""
@@ -108,12 +109,12 @@ def one_repeat(setup: Any, task: Any, batch_size: int, repeat: int, slot_threads
     timings["part: evaluate"] = per_epoch(functools.partial(evaluate, model, val, task, loss_fn), epochs)
     timings["part: metrics built"] = per_epoch(functools.partial(task.metrics, 1), epochs)
     timings["part: best-state copy"] = per_epoch(functools.partial(copy_state, model), epochs)
-    for threads in alternate([1, slot_threads], repeat):
+    for threads in alternate([1, core_threads], repeat):
         torch.set_num_threads(threads)
         model, optimizer, train, val = setup(batch_size, "memory")
         timings[f"epoch memory, {threads} thread(s)"] = 1000 * timed_fit(fit, model, optimizer, train, val, task,
                                                                          epochs)
-    torch.set_num_threads(slot_threads)
+    torch.set_num_threads(core_threads)
     return timings
 
 

@@ -139,9 +139,12 @@ def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], ur
     ratio = searchlab / bare
     short = Path(study).name
     table.add(name, f"bare loop ({short}, {args.trials} trials x {args.epochs} epochs)", "s", wall["bare"], ratio=1.0)
-    table.add(name, "searchlab, tracked over HTTP, no report (/ bare)", "s", wall["searchlab"], ratio=ratio,
+    table.add(name, "searchlab, tracked over HTTP, no report (/ bare)", "s", wall["searchlab"], ratio=ratio)
+    # The machine's speed drifts over minutes (a shared host): each repeat's own ratio is judged, not the medians'.
+    paired = [s / b for s, b in zip(wall["searchlab"], wall["bare"], strict=True)]
+    table.add(name, "searchlab / bare, each repeat (median ratio)", "ratio", paired, ratio=statistics.median(paired),
               target="<= 1.05 x bare" if targets else "",
-              passed=(ratio <= 1.05 and same["searchlab"]) if targets else None)
+              passed=(statistics.median(paired) <= 1.05 and same["searchlab"]) if targets else None)
     if "searchlab+report" in wall:
         with_report = statistics.median(wall["searchlab+report"])
         table.add(name, "searchlab as run by default, + study report (/ bare)", "s", wall["searchlab+report"],
@@ -161,8 +164,11 @@ def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], ur
                   target="(issue: ~1.5)")
         table.add("naive", "naive cost per trial ((naive - bare) / trials)", "ms",
                   [1000 * (n - b) / args.trials for n, b in zip(wall["naive"], wall["bare"], strict=True)])
-        table.add("naive", "searchlab, no report (/ naive)", "s", wall["searchlab"], ratio=searchlab / naive,
-                  target="<= 0.70 x naive", passed=searchlab / naive <= 0.70 and same["naive"])
+        table.add("naive", "searchlab, no report (/ naive)", "s", wall["searchlab"], ratio=searchlab / naive)
+        paired = [s / n for s, n in zip(wall["searchlab"], wall["naive"], strict=True)]
+        table.add("naive", "searchlab / naive, each repeat (median ratio)", "ratio", paired,
+                  ratio=statistics.median(paired), target="<= 0.70 x naive",
+                  passed=statistics.median(paired) <= 0.70 and same["naive"])
 
 
 def scaling(args: argparse.Namespace, table: Table, details: dict[str, Any]) -> None:
@@ -245,8 +251,8 @@ def data(args: argparse.Namespace, table: Table, details: dict[str, Any]) -> Non
                   [figures["share_outside_core"]])
         for part in ("part: evaluate", "part: metrics built", "part: best-state copy"):
             table.add("data", f"bs {batch_size}: {part.removeprefix('part: ')}", "ms/epoch", values(part))
-        one, slot = ms["epoch memory, 1 thread(s)"]["median"], ms[f"epoch memory, {result['slot_threads']} thread(s)"]
-        table.add("data", f"bs {batch_size}: fit epoch, {result['slot_threads']} threads (/ 1 thread)", "ms/epoch",
+        one, slot = ms["epoch memory, 1 thread(s)"]["median"], ms[f"epoch memory, {result['core_threads']} thread(s)"]
+        table.add("data", f"bs {batch_size}: fit epoch, {result['core_threads']} threads (/ 1 thread)", "ms/epoch",
                   slot["values"], ratio=slot["median"] / one)
 
 

@@ -51,9 +51,11 @@ def store_options(command: Any) -> Any:
 
 
 def device_options(command: Any) -> Any:
-    """--devices and --retries, shared by the commands that run trials."""
+    """--devices, --threads and --retries, shared by the commands that run trials."""
     command = click.option("--retries", type=int, help="Times a trial whose worker died is run again [default: 1].")(
         command)
+    command = click.option("--threads", type=int, help="Torch threads per worker [default: 1 per CPU worker (use "
+                           "--workers auto for every core); a share of the cores per GPU worker].")(command)
     return click.option("--devices", help="auto (every GPU, else the CPU), cpu, cuda, or cuda:0,2 [default: auto].")(
         command)
 
@@ -251,6 +253,9 @@ def worker(file: str, **flags: Any) -> None:
     study = load_study_file(file)
     try:
         finished = join_study(study, resolve_config(study, flags))
+    except RunFailed as failed:
+        click.echo(f"Error: {failed}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted: the open trial was failed and its MLflow run closed", err=True)
         sys.exit(130)

@@ -34,6 +34,7 @@ class RunConfig:
     retries: int = 1
     heartbeat: int = 10  # seconds between heartbeats on database storages; stale after 3 missed
     report: bool = True  # write the study report to the parent run at the end of the run
+    threads: int | None = None  # torch threads per worker; None: 1 per CPU worker, a share of the cores per GPU one
 
 
 def _bool(text: str) -> bool:
@@ -68,6 +69,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "retries": ("SEARCHLAB_RETRIES", int),
     "heartbeat": ("SEARCHLAB_HEARTBEAT", int),
     "report": ("SEARCHLAB_REPORT", _bool),
+    "threads": ("SEARCHLAB_THREADS", int),
 }
 
 
@@ -129,6 +131,8 @@ def _check(config: RunConfig) -> None:
         raise ConfigError("the study name must not be empty")
     for name in ("n_trials", "max_epochs", "patience", "trials_per_device", "heartbeat"):
         check_positive_int(name, getattr(config, name))
+    if config.threads is not None:
+        check_positive_int("threads", config.threads)
     check_int("retries", config.retries)
     if config.retries < 0:
         raise ConfigError(f"retries must be 0 or more, got {config.retries}")

@@ -83,11 +83,13 @@ def parse_workers(spec: str | int) -> int | None:
 
 
 def assign_slots(devices: list[str], workers: int | None, *, trials_per_device: int = 1,
-                 cpu_count: int | None = None) -> list[Slot]:
+                 cpu_count: int | None = None, threads: int | None = None) -> list[Slot]:
     """One slot per worker: GPUs round-robin (``trials_per_device`` workers may share one), CPU threads split.
 
     ``workers=None`` means one worker per slot: ``trials_per_device`` per GPU, or one per core on the CPU.
-    Each worker gets an equal share of the cores as its torch thread budget, so N workers never oversubscribe.
+    Torch threads per worker: ``threads`` if given; else one on the CPU (the small models a CPU search trains
+    are as fast or faster on one thread, and the cores are used by more workers, one per core); else (GPU
+    workers) an equal share of the cores. Either way, up to one worker per core never oversubscribes.
     """
     cores = cpu_count or os.cpu_count() or 1
     if trials_per_device < 1:
@@ -98,5 +100,8 @@ def assign_slots(devices: list[str], workers: int | None, *, trials_per_device: 
     if not on_cpu and count > capacity:
         raise ConfigError(f"{count} workers need {count} GPU slots, but {len(devices)} GPU(s) x "
                           f"{trials_per_device} trial(s) per device give {capacity}: raise --trials-per-device")
-    threads = max(1, cores // count)
+    if threads is None:
+        threads = 1 if on_cpu else max(1, cores // count)
+    elif threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
     return [Slot(index, devices[index % len(devices)], threads) for index in range(count)]

@@ -157,7 +157,7 @@ def load_start_for(study: Study, config: RunConfig) -> Any:
 def plan_slots(config: RunConfig) -> list[Slot]:
     """The device slots this run's workers take (checked before anything is written)."""
     return assign_slots(parse_devices(config.devices, cuda_device_count()), parse_workers(config.workers),
-                        trials_per_device=config.trials_per_device)
+                        trials_per_device=config.trials_per_device, threads=config.threads)
 
 
 def run_study(study: Study, config: RunConfig, *, study_file: str | None = None, check: bool = True,

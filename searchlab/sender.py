@@ -21,14 +21,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from searchlab.errors import first_line
+from searchlab.errors import RunFailed, first_line
 from searchlab.tracking import MlflowTracker
 
 _STOP = ("stop", "", (), {})
 
 
-class TrackingFailed(RuntimeError):
-    """A tracking call made in the background failed."""
+class TrackingFailed(RunFailed):
+    """A tracking call made in the background failed (in a trial: the trial fails; at the end: the run does)."""
 
 
 class BackgroundTracker:
@@ -69,16 +69,10 @@ class BackgroundTracker:
     def log_metrics(self, run: str, values: Mapping[str, float], step: int) -> None:
         self._put("log_metrics", run, dict(values), step, timestamp=int(time.time() * 1000))
 
-    def set_tags(self, run: str, tags: Mapping[str, Any]) -> None:
-        self._put("set_tags", run, dict(tags))
-
     def log_state_dict(self, run: str, state_dict: Mapping[str, Any]) -> None:
         # Detached CPU tensors: the model may go on training (or be freed) while they wait to be sent.
         self._put("log_state_dict", run, {key: value.detach().to("cpu", copy=True) for key, value in
                                           state_dict.items()})
-
-    def log_artifacts(self, run: str, folder: Any, artifact_path: str) -> None:
-        raise NotImplementedError("the trial loop logs no folders; use MlflowTracker.log_artifacts")
 
     def end_run(self, run: str, status: str, tags: Mapping[str, Any] | None = None) -> None:
         """Queue the run's close (always, even after an error), then raise an error not raised yet."""

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from searchlab.budget import budget_lock, claim
 from searchlab.config import RunConfig
 from searchlab.devices import Slot
-from searchlab.errors import ConfigError, TrialStopped, describe_error
+from searchlab.errors import ConfigError, RunFailed, TrialStopped, describe_error
 from searchlab.recovery import reap_dead_local_trials, stale_trial_callback, worker_name
 from searchlab.storage import Heartbeat, has_heartbeats, open_storage
 from searchlab.study import Study, load_study_file
@@ -187,3 +187,6 @@ def worker_process(study_file: str, config: RunConfig, slot: Slot, experiment_id
         except ConfigError as error:
             print(f"Error: {error}", file=sys.stderr)
             sys.exit(2)
+        except RunFailed as error:  # e.g. MLflow unreachable when the worker sent its last runs
+            print(f"Error: {error}", file=sys.stderr)
+            sys.exit(1)

@@ -70,10 +70,6 @@ def test_cpu_workers_share_the_cores() -> None:
     assert assign_slots(["cpu"], 2, cpu_count=2) == [Slot(0, "cpu", 1), Slot(1, "cpu", 1)]
 
 
-def test_a_single_cpu_worker_gets_every_core() -> None:
-    assert assign_slots(["cpu"], 1, cpu_count=8) == [Slot(0, "cpu", 8)]
-
-
 def test_auto_workers_on_the_cpu_are_one_per_core() -> None:
     slots = assign_slots(["cpu"], None, cpu_count=6)
     assert [slot.index for slot in slots] == list(range(6))
@@ -115,6 +111,12 @@ def test_threads_never_drop_below_one_nor_oversubscribe_the_cores(cores: int, de
         assert len({slot.threads for slot in slots}) == 1
         if len(slots) <= cores:
             assert sum(slot.threads for slot in slots) <= cores
+
+
+def test_a_single_cpu_worker_trains_on_one_thread_unless_told() -> None:
+    assert assign_slots(["cpu"], 1, cpu_count=8) == [Slot(0, "cpu", 1)]
+    assert assign_slots(["cpu"], 2, cpu_count=8, threads=4) == [Slot(0, "cpu", 4), Slot(1, "cpu", 4)]
+    assert "--threads" in config_error(assign_slots, ["cpu"], 1, cpu_count=8, threads=0)
 
 
 def test_more_cpu_workers_than_cores_still_get_one_thread_each() -> None:

@@ -12,7 +12,7 @@ from searchlab.cli import main
 
 def test_replay_reproduces_trials_exactly(workdir: Path) -> None:
     path = write_study(workdir, max_epochs=12, patience=4)
-    assert CliRunner().invoke(main, ["run", str(path), "--trials", "2", "--seed", "3"]).exit_code == 0
+    assert CliRunner().invoke(main, ["run", str(path), "--trials", "2", "--seed", "3", "--threads", "2"]).exit_code == 0
     assert CliRunner().invoke(main, ["run", str(path), "--trials", "2", "--workers", "2"]).exit_code == 0
     for number in range(4):  # two in this process (2 threads), two in worker processes (1 thread each)
         result = CliRunner().invoke(main, ["replay", str(number), str(path)])
