@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -38,6 +39,39 @@ def one_run(workers: int, trials: int) -> dict[str, float]:
         busy = (last - first).total_seconds()
     return {"wall_s": wall, "trials_s": busy, "trials_per_hour": 3600 * trials / busy,
             "wall_trials_per_hour": 3600 * trials / wall}
+
+
+def _steps(seconds: Any, steps: int) -> None:
+    """A pure torch training loop on one thread (the cpu_bound study's MLP, batch 32), timed."""
+    import torch
+
+    torch.set_num_threads(1)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 32), torch.randn(32, 1)
+    for step in range(steps + 200):  # 200 warm-up steps
+        if step == 200:
+            started = time.perf_counter()
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    seconds.put(time.perf_counter() - started)
+
+
+def machine_ceiling(processes: int, steps: int = 4000) -> float:
+    """Training steps per second of ``processes`` plain torch loops at once, no searchlab: what the machine's
+    cores give together (a VM's cores may share physical ones, which caps any scaling below the core count)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    seconds = context.Queue()
+    workers = [context.Process(target=_steps, args=(seconds, steps)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(steps / seconds.get() for _ in workers)
 
 
 def main() -> None:
