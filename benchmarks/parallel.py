@@ -59,9 +59,9 @@ def _steps(seconds: Any, steps: int) -> None:
     seconds.put(time.perf_counter() - started)
 
 
-def machine_ceiling(processes: int, steps: int = 4000) -> float:
-    """Training steps per second of ``processes`` plain torch loops at once, no searchlab: what the machine's
-    cores give together (a VM's cores may share physical ones, which caps any scaling below the core count)."""
+def plain_torch_rate(processes: int, steps: int = 4000) -> float:
+    """Training steps per second of ``processes`` plain torch loops at once, no searchlab: how the machine itself
+    scales (a VM's cores may share physical ones with other guests)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
