@@ -24,9 +24,6 @@ class InMemoryTracker:
     def __init__(self) -> None:
         self.runs: dict[str, dict[str, Any]] = {}
 
-    def experiment_id(self, name: str) -> str:
-        return "0"
-
     def start_run(self, experiment_id: str, name: str, *, parent_run_id: str | None = None,
                   tags: Mapping[str, Any] | None = None) -> str:
         run_id = f"run{len(self.runs)}"
@@ -42,9 +39,6 @@ class InMemoryTracker:
 
     def log_metrics(self, run_id: str, values: Mapping[str, float], step: int) -> None:
         self.runs[run_id]["metrics"].append((step, dict(values)))
-
-    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        self.runs[run_id]["tags"].update(tags)
 
     def log_state_dict(self, run_id: str, state_dict: Mapping[str, Any]) -> None:
         self.runs[run_id]["state_dict"] = dict(state_dict)
