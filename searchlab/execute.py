@@ -260,7 +260,7 @@ HOW_TO_COMPARE = """One searchlab run of this study; each child run is one trial
   per-epoch `train_loss` / `val_loss` curves. Every trial logs the same param and metric names.
 * **Run names** say the trial number and its headline: `trial-12 val_loss=0.0345`, `trial-3 pruned@4`.
 * **Report**: the artifacts of this run, under `report/`: `summary.md` (the best trials, pruned and failed
-  counts and reasons), Optuna's plots as PNG and `report.html` (interactive).
+  counts and reasons) and `report.html` (Optuna's plots, interactive); `searchlab report FILE` adds PNGs.
 * **Best model**: registered under the study's name with the alias `best` (Models tab); load it with
   `searchlab best FILE --load` or `searchlab.load_model("models:/NAME@best", FILE)`.
 """
@@ -278,8 +278,10 @@ def publish(study: optuna.Study, tracker: Any, parent_run_id: str, declared: Stu
         lines.append("report     not written (--no-report): 'searchlab report' writes it")
     else:
         try:
-            log_report(study, lambda folder, path: tracker.log_artifacts(parent_run_id, folder, path))
-            lines.append(f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, plots, report.html)")
+            # no PNGs: drawing them takes seconds at the end of every run; 'searchlab report' draws them
+            log_report(study, lambda folder, path: tracker.log_artifacts(parent_run_id, folder, path), images=False)
+            lines.append(f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html; PNGs: "
+                         "searchlab report)")
         except Exception as error:
             lines.append(f"report     not written: {describe_error(error)} (try 'searchlab report')")
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -1,5 +1,5 @@
-"""A study report: Optuna's own plots (PNG images, and one interactive HTML page when plotly is installed) and a
-markdown summary of the best trials and of what was pruned or failed, written to a folder or to the parent run.
+"""A study report: a markdown summary of the best trials and of what was pruned or failed, and Optuna's own plots
+(one interactive HTML page, and PNG images on demand), written to a folder or to the parent run.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from optuna.trial import FrozenTrial, TrialState
 from searchlab.errors import first_line
 
 REPORT_FOLDER = "report"  # the artifact folder of the parent run
+HTML_PAGE = "report.html"
 TOP_TRIALS = 5  # best trials in the summary table and in the learning-curve plot
 
-# file stem → (title, the optuna.visualization function name); each is drawn with matplotlib, and with plotly
+# file stem → (title, the optuna.visualization function name); each is drawn with plotly, and with matplotlib
 PLOTS = {
     "optimization_history": ("Optimization history", "plot_optimization_history"),
     "param_importances": ("Parameter importances", "plot_param_importances"),
@@ -45,8 +46,10 @@ def _plot_input(study: optuna.Study, stem: str) -> optuna.Study:
     return best
 
 
-def write_report(study: optuna.Study, folder: str | Path) -> list[str]:
-    """Write the report's files into ``folder``; returns a note for each plot that could not be drawn."""
+def write_report(study: optuna.Study, folder: str | Path, *, images: bool = True) -> list[str]:
+    """Write the report's files into ``folder``: ``summary.md``, ``report.html`` and, if ``images``, one PNG per
+    plot (matplotlib: seconds, so a run leaves them to ``searchlab report``); returns a note for each plot that
+    could not be drawn."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -57,29 +60,32 @@ def write_report(study: optuna.Study, folder: str | Path) -> list[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna's matplotlib backend is "experimental"
             for stem, (title, name) in PLOTS.items():
+                source = _plot_input(study, stem)
+                if images:
+                    try:
+                        _draw_png(study, source, stem, name, folder)
+                    except Exception as error:
+                        notes.append(f"{title}: not drawn ({first_line(error)})")
                 try:
-                    interactive += _draw(study, stem, name, folder, title)
+                    interactive.append((title, _plotly_figure(study, source, stem, name)))
                 except Exception as error:
-                    notes.append(f"{title}: not drawn ({first_line(error)})")
+                    notes.append(f"{title} (interactive): not drawn ({first_line(error)})")
     finally:
         optuna.logging.set_verbosity(verbosity)
     if interactive:
-        _write_html(study.study_name, interactive, folder / "report.html")
-    (folder / "summary.md").write_text(summary_markdown(study, notes))
+        _write_html(study.study_name, interactive, folder / HTML_PAGE)
+    (folder / "summary.md").write_text(summary_markdown(study, notes, images=images))
     return notes
 
 
-def _draw(study: optuna.Study, stem: str, name: str, folder: Path, title: str) -> list[tuple[str, Any]]:
-    """Save one plot as ``stem.png`` (matplotlib); return it as a plotly figure too, when plotly is installed."""
+def _draw_png(study: optuna.Study, source: optuna.Study, stem: str, name: str, folder: Path) -> None:
+    """Save one plot as ``stem.png`` (Optuna's matplotlib plots)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as draw
 
-    source = _plot_input(study, stem)
-    # Importances by Optuna's default evaluator, PED-ANOVA: deterministic, ~15 ms (fANOVA with 16 trees took
-    # ~1.7 s here, most of it importing scikit-learn)
     try:
         axes = getattr(draw, name)(source)
         if stem == "best_learning_curves":
@@ -88,14 +94,17 @@ def _draw(study: optuna.Study, stem: str, name: str, folder: Path, title: str) -
         figure.savefig(folder / f"{stem}.png", dpi=100, bbox_inches="tight")
     finally:
         plt.close("all")
-    if not optuna.visualization.is_available():
-        return []
+
+
+def _plotly_figure(study: optuna.Study, source: optuna.Study, stem: str, name: str) -> Any:
+    """One plot as a plotly figure (Optuna's default plots). Importances by Optuna's default evaluator,
+    PED-ANOVA: deterministic, milliseconds (fANOVA with 16 trees took ~1.7 s here)."""
     figure = getattr(optuna.visualization, name)(source)
     if stem == "best_learning_curves":
         for trace, trial in zip(figure.data, best_trials(study), strict=False):
             trace.name = f"Trial{trial.number}"
         figure.update_layout(xaxis_title="epoch", yaxis_title="val_loss")
-    return [(title, figure)]
+    return figure
 
 
 def _label_curves(axes: Any, trials: list[FrozenTrial]) -> None:
@@ -119,8 +128,9 @@ def _value(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def summary_markdown(study: optuna.Study, notes: list[str] = ()) -> str:
-    """The best trials with their params and values, and the counts and reasons of pruned and failed trials."""
+def summary_markdown(study: optuna.Study, notes: list[str] = (), *, images: bool = True) -> str:
+    """The best trials with their params and values, the counts and reasons of pruned and failed trials, and the
+    plots: ``report.html``, and the PNG images when ``images``, else how to draw them."""
     trials = study.get_trials(deepcopy=False)
     states = collections.Counter(trial.state.name for trial in trials)
     lines = [f"# Study {study.study_name}", "",
@@ -143,8 +153,12 @@ def summary_markdown(study: optuna.Study, notes: list[str] = ()) -> str:
             lines += ["", f"## {state.name.capitalize()} trials: {sum(reasons.values())}", "",
                       "| reason | trials |", "|---|---|"]
             lines += [f"| {reason} | {n} |" for reason, n in reasons.most_common()]
-    lines += ["", "## Plots", ""]
-    lines += [f"![{title}]({stem}.png)" for stem, (title, _) in PLOTS.items()]
+    lines += ["", "## Plots", "", f"Interactive, every plot on one page: [{HTML_PAGE}]({HTML_PAGE})", ""]
+    if images:
+        lines += [f"![{title}]({stem}.png)" for stem, (title, _) in PLOTS.items()]
+    else:
+        lines.append("PNG images of each plot: `searchlab report FILE` draws them (into the study's latest run, or "
+                     "`--out DIR`).")
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
@@ -158,9 +172,9 @@ def _fail_reason(trial: FrozenTrial) -> str:
     return str(trial.user_attrs.get("fail_reason", "its worker died")).replace("|", "/")
 
 
-def log_report(study: optuna.Study, log_artifacts: Callable[[str, str], None]) -> list[str]:
+def log_report(study: optuna.Study, log_artifacts: Callable[[str, str], None], *, images: bool = True) -> list[str]:
     """Write the report into a temporary folder and hand it to ``log_artifacts(local_folder, artifact_path)``."""
     with tempfile.TemporaryDirectory() as folder:
-        notes = write_report(study, folder)
+        notes = write_report(study, folder, images=images)
         log_artifacts(folder, REPORT_FOLDER)
     return notes

@@ -59,7 +59,7 @@ def publish_report(study: Any, tracking_uri: str | None, out: str | None) -> str
         raise ConfigError(f"run {parent_run_id} is not in {mask_password(uri)}: pass the --tracking-uri the "
                           "study ran with") from None
     notes = log_report(study, lambda folder, path: client.log_artifacts(parent_run_id, folder, path))
-    return "\n".join([f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md and plots)", *notes])
+    return "\n".join([f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html, PNGs)", *notes])
 
 
 def load_best(study_name: str, tracking_uri: str, file: str | None) -> str:

@@ -25,15 +25,22 @@ def invoke(*args: str) -> object:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def check_report(folder: Path, study: optuna.Study) -> None:
-    """Every plot is a PNG image, the HTML page holds every plot, and the summary's best value is Optuna's."""
+def check_report(folder: Path, study: optuna.Study, *, images: bool = True) -> None:
+    """Every plot is a PNG image (if ``images``, else none is and the summary says how to draw them), the HTML
+    page holds every plot, and the summary's best value is Optuna's."""
+    summary = (folder / "summary.md").read_text()
     for stem in PLOTS:
-        assert (folder / f"{stem}.png").read_bytes().startswith(PNG_SIGNATURE), stem
+        if images:
+            assert (folder / f"{stem}.png").read_bytes().startswith(PNG_SIGNATURE), stem
+            assert f"]({stem}.png)" in summary
+        else:
+            assert not (folder / f"{stem}.png").exists() and f"]({stem}.png)" not in summary
+    assert ("`searchlab report FILE` draws them" in summary) is not images
+    assert "[report.html](report.html)" in summary
     html = (folder / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert html.count("plotly-graph-div") >= len(PLOTS)
     assert all(title in html for title, _ in PLOTS.values())
-    summary = (folder / "summary.md").read_text()
     best = re.search(r"Best value \(val_loss\): \*\*(\S+)\*\* \(trial (\d+)\)", summary)
     assert best is not None, summary
     assert float(best.group(1)) == pytest.approx(study.best_value, rel=1e-5)
@@ -41,16 +48,17 @@ def check_report(folder: Path, study: optuna.Study) -> None:
     assert f"| {study.best_trial.number} | {best.group(1)} |" in summary  # first row of the best-trials table
 
 
-def test_every_run_writes_the_report_to_its_parent_run(workdir: Path) -> None:
+def test_every_run_writes_the_report_to_its_parent_run_without_the_slow_pngs(workdir: Path) -> None:
     study_file = write_study(workdir, max_epochs=8, patience=8, extra="pruner='median'")
     result = invoke("run", str(study_file), "--trials", "8")
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=open_storage(None))
     parent_run_id = study.user_attrs[PARENT_RUN_ATTR]
-    assert f"report     runs:/{parent_run_id}/{REPORT_FOLDER}" in result.output
+    assert f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html; PNGs: searchlab report)" \
+        in result.output
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     folder = Path(client.download_artifacts(parent_run_id, REPORT_FOLDER, str(workdir)))
-    check_report(folder, study)
+    check_report(folder, study, images=False)
     assert client.get_run(parent_run_id).info.status == "FINISHED"
     pruned = [trial for trial in study.trials if trial.state == TrialState.PRUNED]
     if pruned:  # the median pruner usually prunes some of 8 trials; the summary counts them either way
@@ -76,9 +84,10 @@ def test_report_command_writes_a_folder_or_the_latest_parent_run(workdir: Path, 
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     parent_run_id = study.user_attrs[PARENT_RUN_ATTR]
-    before = {item.path for item in client.list_artifacts(parent_run_id, REPORT_FOLDER)}
-    assert invoke("report", str(study_file)).exit_code == 0
-    assert {item.path for item in client.list_artifacts(parent_run_id, REPORT_FOLDER)} == before
+    result = invoke("report", str(study_file))
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html, PNGs)"
+    check_report(Path(client.download_artifacts(parent_run_id, REPORT_FOLDER, str(workdir / "run"))), study)
 
 
 def test_report_of_an_unknown_study_is_one_line(workdir: Path, study_file: Path) -> None:
@@ -137,3 +146,20 @@ def test_a_plot_that_fails_is_noted_and_the_rest_are_drawn(tmp_path: Path, monke
     assert not (tmp_path / "slice.png").exists()
     assert (tmp_path / "optimization_history.png").read_bytes().startswith(PNG_SIGNATURE)
     assert "- Slice plots: not drawn (cannot slice this)" in (tmp_path / "summary.md").read_text()
+    assert PLOTS["slice"][0] in (tmp_path / "report.html").read_text()  # the interactive one is drawn apart
+
+
+def test_without_images_no_matplotlib_plot_is_drawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna.visualization.matplotlib as draw
+
+    def forbidden(study: optuna.Study) -> None:
+        raise AssertionError("a PNG was drawn")
+
+    for _, name in PLOTS.values():
+        monkeypatch.setattr(draw, name, forbidden)
+    study = optuna.create_study(study_name="quick")
+    study.add_trial(create_trial(value=0.3, params={"lr": 0.01},
+                                 distributions={"lr": FloatDistribution(1e-4, 1e-1, log=True)},
+                                 intermediate_values={1: 0.5, 2: 0.3}))
+    assert write_report(study, tmp_path, images=False) == []
+    check_report(tmp_path, study, images=False)
