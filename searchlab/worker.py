@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -120,6 +121,7 @@ def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: st
     from searchlab.tracking import MlflowTracker
 
     torch.set_num_threads(slot.threads)
+    import torch._dynamo  # the first optimizer step imports it (~1 s): start-up, not the first trial
     train_data, val_data = data or load_split(study, config.seed)
     start = start or load_start_for(study, config)
     tracker = MlflowTracker(config.tracking_uri)
@@ -190,3 +192,5 @@ def worker_process(study_file: str, config: RunConfig, slot: Slot, experiment_id
         except RunFailed as error:  # e.g. MLflow unreachable when the worker sent its last runs
             print(f"Error: {error}", file=sys.stderr)
             sys.exit(1)
+        finally:
+            gc.freeze()  # the process ends here: see cli.entry_point

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import sys
 import uuid
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from conftest import POSTGRES_URL, write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from searchlab.cli import main
+from searchlab.cli import entry_point, main
 from searchlab.storage import open_storage
 from searchlab.study import load_study_file
 from searchlab.tracking import PARENT_RUN_TAG, STATE_DICT_FILE
@@ -275,3 +277,17 @@ def test_every_pruner_runs(workdir: Path, study_file: Path, pruner: str) -> None
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=open_storage(None))
     assert all(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in study.trials)
+
+
+def test_the_console_script_freezes_the_heap_on_its_way_out(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The installed ``searchlab`` ends through entry_point: the command's own exit code, its objects frozen so
+    that interpreter shutdown does not walk them (seconds after a run)."""
+    monkeypatch.setattr(sys, "argv", ["searchlab", "--version"])
+    try:
+        with pytest.raises(SystemExit) as exited:
+            entry_point()
+        assert exited.value.code == 0 and "version" in capsys.readouterr().out
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
