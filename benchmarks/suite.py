@@ -192,10 +192,14 @@ def scaling(args: argparse.Namespace, table: Table, details: dict[str, Any]) -> 
             log(f"scaling repeat {repeat + 1}: {workers} worker(s) {runs[workers][-1]['trials_per_hour']:.0f} trials/h")
     details["scaling"] = runs
     rates = {w: [r["trials_per_hour"] for r in rs] for w, rs in runs.items()}
-    ratio = statistics.median(rates[2]) / statistics.median(rates[1])
     table.add("scaling", f"1 worker ({args.scaling_trials} trials, cpu_bound)", "trials/h", rates[1], ratio=1.0)
-    table.add("scaling", "2 workers (/ 1 worker)", "trials/h", rates[2], ratio=ratio, target=">= 1.8 x 1 worker",
-              passed=ratio >= 1.8)
+    table.add("scaling", "2 workers (/ 1 worker)", "trials/h", rates[2],
+              ratio=statistics.median(rates[2]) / statistics.median(rates[1]))
+    # As for the overhead: each repeat's own ratio (its two runs are next to each other in time) is judged.
+    paired = [two / one for two, one in zip(rates[2], rates[1], strict=True)]
+    ratio = statistics.median(paired)
+    table.add("scaling", "2 workers / 1 worker, each repeat (median ratio)", "ratio", paired, ratio=ratio,
+              target=">= 1.8 x 1 worker", passed=ratio >= 1.8)
     # The machine's own scaling: plain torch loops in 1 and 2 processes, no searchlab.
     plain: dict[int, list[float]] = {1: [], 2: []}
     for repeat in range(args.repeats):
@@ -211,6 +215,11 @@ def scaling(args: argparse.Namespace, table: Table, details: dict[str, Any]) -> 
     table.add("scaling", "1 worker, whole command", "s", walls[1])
     table.add("scaling", "2 workers, whole command (/ 1 worker)", "s", walls[2],
               ratio=statistics.median(walls[2]) / statistics.median(walls[1]))
+    for workers in (1, 2):
+        table.add("scaling", f"{workers} worker(s): command start -> first trial", "s",
+                  [r["before_first_trial_s"] for r in runs[workers]])
+        table.add("scaling", f"{workers} worker(s): last trial's end -> command exit", "s",
+                  [r["after_last_trial_s"] for r in runs[workers]])
 
 
 def startup(args: argparse.Namespace, table: Table, details: dict[str, Any], uri: str) -> None:
@@ -320,7 +329,7 @@ def main() -> None:
     parser.add_argument("--study", default=DEFAULT_STUDY, help="the study of small/startup/data")
     parser.add_argument("--trials", type=int, default=20, help="overhead/naive trials")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (early stopping off)")
-    parser.add_argument("--scaling-trials", type=int, default=12)
+    parser.add_argument("--scaling-trials", type=int, default=20)
     args = parser.parse_args()
     args.study = str(Path(args.study).resolve())
     args.workload = str(Path(args.workload).resolve())
