@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -341,7 +342,8 @@ def coordinate(study_file: str, config: RunConfig, slots: list[Slot], study: opt
     deaths_in_a_row = 0
     try:
         while processes:
-            time.sleep(0.5)
+            # wake when a worker exits (at once: the run's end), else twice a second for the progress bar
+            multiprocessing.connection.wait([process.sentinel for process in processes.values()], timeout=0.5)
             for slot in slots:
                 process = processes.get(slot.index)
                 if process is None or process.exitcode is None:

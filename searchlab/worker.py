@@ -78,6 +78,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
     return study.tell(trial, value)
 
 
+WAIT_FIRST_SECONDS, WAIT_MAX_SECONDS = 0.05, 1.0  # how often a worker with nothing to claim looks again
+
+
 def search(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, lock: Any, deadline: float | None,
            heartbeat: int, reap: Callable[[], None], on_trial_end: Callable[[FrozenTrial], None]) -> None:
     """The one search loop: claim a trial while the budget has room, run it, tell it; stop at the deadline.
@@ -85,14 +88,17 @@ def search(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, l
     While other workers still run the last trials, wait (and recover dead ones): a retry may come back.
     """
     me = worker_name()
+    pause = WAIT_FIRST_SECONDS
     while deadline is None or time.time() < deadline:
         reap()  # Optuna fails stale trials only when a worker starts one: do it on every claim and every wait
         trial = claim(study, lock, worker=me)
         if trial == "done":
             return
-        if trial == "wait":
-            time.sleep(1.0)
+        if trial == "wait":  # soon again (the last trials usually end within a second), then once a second
+            time.sleep(pause)
+            pause = min(2 * pause, WAIT_MAX_SECONDS)
             continue
+        pause = WAIT_FIRST_SECONDS
         with Heartbeat(study._storage, trial._trial_id, heartbeat):
             frozen = run_trial(study, trial, objective)
         release_device_memory()

@@ -59,7 +59,7 @@ def no_running_runs(client: MlflowClient, name: str) -> None:
 
 
 def test_workers_share_an_exact_budget_on_the_default_storage(workdir: Path) -> None:
-    path = write_study(workdir)
+    path = write_study(workdir, max_epochs=150, patience=150)  # trials long enough for every worker to start
     result = CliRunner().invoke(main, ["run", str(path), "--workers", "3", "--trials", "10"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=open_storage(None))

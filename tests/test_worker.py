@@ -96,3 +96,19 @@ def test_interrupt_once_raises_once_then_ignores_and_restores() -> None:
         os.kill(os.getpid(), signal.SIGINT)  # ignored while cleaning up
         time.sleep(0.1)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_worker_with_nothing_to_claim_looks_again_soon_then_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a study's end the last trials of other workers usually end within a second: the waiting worker must
+    notice at once (the run ends with it), yet not poll the storage faster than once a second for long."""
+    import searchlab.worker as worker
+
+    answers = iter(["wait"] * 6 + ["done"])
+    slept: list[float] = []
+    monkeypatch.setattr(worker, "claim", lambda study, lock, worker: next(answers))
+    monkeypatch.setattr(worker.time, "sleep", slept.append)
+    reaped: list[int] = []
+    search(optuna.create_study(), lambda trial: 0.0, lock=contextlib.nullcontext, deadline=None, heartbeat=60,
+           reap=lambda: reaped.append(1), on_trial_end=lambda trial: None)
+    assert slept == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0]
+    assert len(reaped) == 7  # dead workers' trials are looked for on every wait
