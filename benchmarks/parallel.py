@@ -16,29 +16,36 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 HERE = Path(__file__).resolve().parent
-SEARCHLAB = str(Path(sys.executable).with_name("searchlab"))
+# The console script beside this Python, else `python -m searchlab` (e.g. searchlab on PYTHONPATH, not installed)
+_SCRIPT = Path(sys.executable).with_name("searchlab")
+SEARCHLAB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "searchlab"]
 
 
-def one_run(workers: int, trials: int) -> dict[str, float]:
+def one_run(workers: int, trials: int, *, study: str = "cpu_bound", options: Sequence[str] = ()) -> dict[str, float]:
+    """One `searchlab run benchmarks/studies/STUDY.py --workers W --trials T OPTIONS` in a fresh folder, timed."""
     from searchlab.storage import open_storage
 
     with tempfile.TemporaryDirectory() as folder:
         started, clock = time.perf_counter(), time.time()
-        subprocess.run([SEARCHLAB, "run", str(HERE / "studies" / "cpu_bound.py"), "--workers", str(workers),
-                        "--trials", str(trials)], cwd=folder, check=True, capture_output=True)
+        subprocess.run([*SEARCHLAB, "run", str(HERE / "studies" / f"{study}.py"), "--workers", str(workers),
+                        "--trials", str(trials), *options], cwd=folder, check=True, capture_output=True)
         wall = time.perf_counter() - started
-        study = optuna.load_study(study_name="cpu-bound", storage=open_storage(str(Path(folder) / "searchlab.journal")))
-        first = min(trial.datetime_start for trial in study.trials).timestamp()
-        last = max(trial.datetime_complete for trial in study.trials).timestamp()
+        name = study.replace("_", "-")  # the benchmark studies are named after their files
+        trials_done = optuna.load_study(study_name=name,
+                                        storage=open_storage(str(Path(folder) / "searchlab.journal"))).trials
+        first = min(trial.datetime_start for trial in trials_done).timestamp()
+        last = max(trial.datetime_complete for trial in trials_done).timestamp()
         busy = last - first
+        durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials_done]
     return {"wall_s": wall, "trials_s": busy, "trials_per_hour": 3600 * trials / busy,
-            "wall_trials_per_hour": 3600 * trials / wall,
+            "wall_trials_per_hour": 3600 * trials / wall, "trial_s_median": statistics.median(durations),
             "before_first_trial_s": first - clock, "after_last_trial_s": clock + wall - last}
 
 
