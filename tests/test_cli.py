@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -291,3 +292,10 @@ def test_the_console_script_freezes_the_heap_on_its_way_out(monkeypatch: pytest.
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_python_dash_m_searchlab_is_the_same_command() -> None:
+    """``python -m searchlab`` works where the console script is not on PATH (e.g. searchlab on PYTHONPATH)."""
+    done = subprocess.run([sys.executable, "-m", "searchlab", "run", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Usage: python -m searchlab run" in done.stdout and "--trials-per-device" in done.stdout
