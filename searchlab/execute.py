@@ -1,12 +1,14 @@
 """Running a study: check the input, open the stores, start the workers and watch them, then summarise.
 
 With one worker the search runs in this process. With several, each is a spawned process on its own device
-slot; this process (the coordinator) shows progress, recovers the trials of workers that die (failed, retried,
-their MLflow runs closed) and starts replacements, and on Ctrl-C stops every worker before it closes the run.
+slot, started first so that it loads while this process sets the run up; this process (the coordinator) shows
+progress, recovers the trials of workers that die (failed, retried, their MLflow runs closed) and starts
+replacements, and on Ctrl-C stops every worker before it closes the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
@@ -40,6 +42,7 @@ from searchlab.worker import (
 )
 
 STOP_GRACE_SECONDS = 60  # how long stopped workers get to close their trials before they are killed
+CANCEL_GRACE_SECONDS = 10  # how long workers of a run that never started get to exit
 
 
 @dataclass
@@ -167,10 +170,25 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
     that cannot overfit one tiny batch, fails before anything is written. ``study_file`` (the file declaring
     ``study``) is needed to start worker processes. ``enqueue``: params to run first, on top of ``n_trials``."""
     from searchlab.tasks import get_task
-    from searchlab.tracking import MlflowTracker, check_tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and summary say it all
     task = get_task(study.task)
+    slots = plan_slots(config)
+    if len(slots) == 1:
+        return _run_study(study, config, task, slots, None, study_file, check, progress, enqueue)
+    if study_file is None:
+        raise ConfigError("several workers need the study's file: run it with 'searchlab run FILE --workers N'")
+    workers = Workers(study_file, config, slots)  # now: they get ready while this process sets the run up
+    try:
+        return _run_study(study, config, task, slots, workers, study_file, check, progress, enqueue)
+    finally:
+        workers.cancel()  # the run stopped before it started them: they exit, having written nothing
+
+
+def _run_study(study: Study, config: RunConfig, task: Any, slots: list[Slot], workers: Workers | None,
+               study_file: str | None, check: bool, progress: bool, enqueue: Sequence[dict[str, Any]]) -> RunSummary:
+    from searchlab.tracking import MlflowTracker, check_tracking_uri
+
     data = load_split(study, config.seed)
     check_tracking_uri(config.tracking_uri)
     start = load_start_for(study, config)
@@ -183,9 +201,6 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
             raise CheckFailed(f"the model cannot learn one tiny batch, so the sweep would be wasted: "
                               f"{result.summary.removeprefix('check failed: ')} (see 'searchlab check'; "
                               "skip with --no-check)")
-    slots = plan_slots(config)
-    if len(slots) > 1 and study_file is None:
-        raise ConfigError("several workers need the study's file: run it with 'searchlab run FILE --workers N'")
     storage = open_storage(config.storage)
     optuna_study = optuna.create_study(storage=storage, study_name=config.study_name, direction="minimize",
                                        load_if_exists=True)
@@ -225,14 +240,14 @@ def run_study(study: Study, config: RunConfig, *, study_file: str | None = None,
             bar = _progress_bar(config, enabled=progress, total=config.n_trials
                                 + len(optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
             try:
-                if len(slots) == 1:
+                if workers is None:
                     run_worker(study, config, slots[0], experiment_id=experiment_id, parent_run_id=parent_run_id,
                                deadline=deadline, data=data, start=start,
                                on_trial_end=lambda trial: _show(bar, [trial]))
                 else:
-                    assert study_file is not None
-                    coordinate(study_file, config, slots, optuna_study, tracker, bar, lock, before,
-                               experiment_id=experiment_id, parent_run_id=parent_run_id, deadline=deadline)
+                    workers.go(experiment_id=experiment_id, parent_run_id=parent_run_id, deadline=deadline)
+                    coordinate(workers, config, slots, optuna_study, tracker, bar, lock, before,
+                               experiment_id=experiment_id)
             finally:
                 bar.close()
                 summary.record(optuna_study.get_trials(deepcopy=False), before)
@@ -322,23 +337,61 @@ def join_study(study: Study, config: RunConfig) -> int:
     return len(finished)
 
 
-def coordinate(study_file: str, config: RunConfig, slots: list[Slot], study: optuna.Study, tracker: Any, bar: Any,
-               lock: Any, before: set[int], *, experiment_id: str, parent_run_id: str, deadline: float | None) -> None:
-    """Run one worker process per slot until the budget is met; replace the ones that die. ``before``: the
-    trials the study held before this run."""
-    context = multiprocessing.get_context("spawn")  # never fork a process that may hold a CUDA context
-    started = 0
+class Workers:
+    """One spawned worker process per slot, started before the run is set up so that their imports and data
+    loading overlap it; each waits for ``go`` (the run's ids), or exits on ``cancel`` if the run never starts."""
 
-    def start(slot: Slot) -> Any:
-        nonlocal started
-        started += 1
-        process = context.Process(target=worker_process, name=f"searchlab-worker-{slot.index}", args=(
-            study_file, config, slot, experiment_id, parent_run_id, deadline, started))
+    def __init__(self, study_file: str, config: RunConfig, slots: list[Slot]) -> None:
+        self.context = multiprocessing.get_context("spawn")  # never fork a process that may hold a CUDA context
+        self.study_file, self.config = study_file, config
+        self.run: dict[str, Any] | None = None  # what go() sent
+        self.launched = 0
+        self.processes = {slot.index: self.start(slot) for slot in slots}
+
+    def start(self, slot: Slot) -> Any:
+        """A new worker on ``slot`` (a replacement starts at once if the run has started)."""
+        self.launched += 1
+        orders, send = self.context.Pipe(duplex=False)
+        process = self.context.Process(target=worker_process, name=f"searchlab-worker-{slot.index}", args=(
+            self.study_file, self.config, slot, orders, self.launched))
         process.start()
+        orders.close()
+        process.orders = send
+        if self.run is not None:
+            self._send(process, self.run)
         return process
 
+    def go(self, **run: Any) -> None:
+        """Start the run in every worker: ``experiment_id``, ``parent_run_id``, ``deadline``."""
+        self.run = run
+        for process in self.processes.values():
+            self._send(process, run)
+
+    def cancel(self) -> None:
+        """If the run never started: stop every worker (none has written anything; SIGTERM makes it exit quietly)
+        and wait for it, so that nothing outlives the command."""
+        if self.run is not None:
+            return
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            process.join(CANCEL_GRACE_SECONDS)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+
+    @staticmethod
+    def _send(process: Any, message: Any) -> None:
+        with contextlib.suppress(OSError):  # it died already: the coordinator sees its exit code
+            process.orders.send(message)
+
+
+def coordinate(workers: Workers, config: RunConfig, slots: list[Slot], study: optuna.Study, tracker: Any, bar: Any,
+               lock: Any, before: set[int], *, experiment_id: str) -> None:
+    """Watch the started workers until the budget is met; replace the ones that die. ``before``: the trials the
+    study held before this run."""
     seen = {trial.number for trial in study.get_trials(deepcopy=False) if trial.state.is_finished()}
-    processes = {slot.index: start(slot) for slot in slots}
+    processes = workers.processes
     deaths_in_a_row = 0
     try:
         while processes:
@@ -361,8 +414,9 @@ def coordinate(study_file: str, config: RunConfig, slots: list[Slot], study: opt
                     deaths_in_a_row += 1
                     if deaths_in_a_row > 3 * len(slots):
                         raise RunFailed("workers keep dying without finishing a trial; see the messages above")
+                    deadline = workers.run["deadline"]
                     if has_room(study) and (deadline is None or time.time() < deadline):
-                        processes[slot.index] = start(slot)
+                        processes[slot.index] = workers.start(slot)
             trials = study.get_trials(deepcopy=False)
             finished = [t for t in trials if t.state.is_finished() and t.number not in seen]
             if finished:

@@ -180,16 +180,46 @@ def interrupt_once() -> Iterator[None]:
             signal.signal(number, old)
 
 
-def worker_process(study_file: str, config: RunConfig, slot: Slot, experiment_id: str, parent_run_id: str,
-                   deadline: float | None, worker_seed: int) -> None:
-    """Entry point of a spawned worker: pin the device before torch starts, then run the worker."""
+def prepare_worker(study_file: str, config: RunConfig) -> tuple[Study, Any, Any]:
+    """What a spawned worker loads before its run starts: the study file, the study's data and starting weights,
+    and the modules its first trial would import (seconds, overlapping the coordinator's own set-up)."""
+    from searchlab.execute import load_split, load_start_for
+
+    study = load_study_file(study_file)
+    import mlflow  # noqa: F401  (the trial tracker's)
+    import torch._dynamo  # noqa: F401  (the first optimizer step's)
+
+    return study, load_split(study, config.seed), load_start_for(study, config)
+
+
+def wait_for_go(orders: Any) -> dict[str, Any] | None:
+    """The run's ids and deadline from the coordinator; None if the run stopped before it started (or the
+    coordinator is gone)."""
+    try:
+        return orders.recv()
+    except (EOFError, OSError):
+        return None
+
+
+def worker_process(study_file: str, config: RunConfig, slot: Slot, orders: Any, worker_seed: int) -> None:
+    """Entry point of a spawned worker: pin the device before torch starts, get ready, then wait for the
+    coordinator's go (``orders``, a pipe) and run the worker. Getting ready fails quietly when the run never
+    starts: the coordinator meets the same bad input first and says so."""
     os.environ.update(slot.environment)
     slot = dataclasses.replace(slot, isolated=True)
     with interrupt_once():
         try:
-            study = load_study_file(study_file)
-            run_worker(study, config, slot, experiment_id=experiment_id, parent_run_id=parent_run_id,
-                       deadline=deadline, worker_seed=worker_seed)
+            try:
+                prepared: tuple[Study, Any, Any] | Exception = prepare_worker(study_file, config)
+            except Exception as error:
+                prepared = error
+            go = wait_for_go(orders)
+            if go is None:
+                return
+            if isinstance(prepared, Exception):
+                raise prepared
+            study, data, start = prepared
+            run_worker(study, config, slot, data=data, start=start, worker_seed=worker_seed, **go)
         except KeyboardInterrupt:
             sys.exit(130)
         except ConfigError as error:

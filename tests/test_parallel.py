@@ -288,3 +288,49 @@ def test_a_study_reopened_after_its_run_was_killed_recovers_first(workdir: Path)
     assert count(trials).running == 0 and count(trials).final == 3
     assert client.get_run(orphan.user_attrs["mlflow_run_id"]).info.status == "KILLED"
     no_running_runs(client, "tiny")
+
+
+WAIT_FOR_THE_WORKERS = """def data(seed):
+    import os, pathlib, time
+    pathlib.Path(f"data-{os.getpid()}").touch()
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:  # the command itself (each worker's slot sets it): wait for both
+        deadline = time.monotonic() + 60
+        while len(list(pathlib.Path().glob("data-*"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+"""
+
+
+def group_alive(group: int) -> bool:
+    """Whether a process of the group still runs (multiprocessing's resource tracker ends just after the command:
+    it reads the command's end from a pipe)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_workers_start_with_the_run_and_leave_quietly_when_its_set_up_fails(workdir: Path) -> None:
+    """The workers load while the run is set up (here the command's data() waits until theirs ran); when the
+    set-up fails (here: the one-batch check), they exit with it, before writing anything, and the command says
+    why once."""
+    from test_check import PLANTED
+
+    path = write_study(workdir, body=PLANTED["detached output"][0])
+    path.write_text(path.read_text().replace("def data(seed):\n", WAIT_FOR_THE_WORKERS))
+    env = {k: v for k, v in clean_env().items() if k != "CUDA_VISIBLE_DEVICES"}
+    started = time.monotonic()
+    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "4"], cwd=workdir, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 1, stderr
+    assert time.monotonic() - started < 50, "the command's data() waited in vain: its workers had not started"
+    assert stderr.count("cannot learn one tiny batch") == 1 and "Traceback" not in stderr, stderr
+    assert len(list(workdir.glob("data-*"))) == 3  # the command's and both workers'
+    wait_until(lambda: not group_alive(run.pid), timeout=10, what="the command's processes to end")
+    assert [p.name for p in workdir.iterdir() if p.name != "__pycache__" and not p.name.startswith("data-")] == [
+        "tiny_study.py"]
