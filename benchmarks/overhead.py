@@ -7,9 +7,9 @@ Run by benchmarks/suite.py; by hand:
 
 - ``searchlab``: ``execute.run_study(study, config, check=False, progress=False)``: one worker, the default journal
   storage (in the working directory), full tracking to ``--tracking-uri`` (parent and child runs, params,
-  per-epoch curves, state_dict) and the best model registered; the study report only with ``--report`` (it is
-  work the other variants do not do: a few seconds per run). The overfit check is not counted (it is start-up,
-  measured by the start-up benchmark); the preflight is.
+  per-epoch curves, state_dict); the study report only with ``--report`` and the best model's registration only
+  with ``--register`` (work the other variants do not do, at the end of a run: as run by default, both). The
+  overfit check is not counted (it is start-up, measured by the start-up benchmark); the preflight is.
 - ``bare``: the same trials (params, seeds, epochs from ``--params``: a searchlab variant's output) trained with
   ``objective.train_trial`` and nothing else: no Optuna, no tracking.
 - ``naive``: what users write today: ``optuna.create_study()`` (in memory) with the same seeded sampler, and an
@@ -82,7 +82,7 @@ def variant_searchlab(study: Any, args: argparse.Namespace) -> dict[str, Any]:
     name = f"bench-searchlab-{os.getpid()}"
     config = resolve_config(study, {"n_trials": args.trials, "max_epochs": args.epochs, "patience": args.epochs,
                                     "tracking_uri": args.tracking_uri, "study_name": name, "workers": "1",
-                                    "devices": "cpu", "report": args.report})
+                                    "devices": "cpu", "report": args.report, "register": args.register})
     started = time.perf_counter()
     run_study(study, config, check=False, progress=False)
     wall = time.perf_counter() - started
@@ -229,6 +229,7 @@ def main() -> None:
     parser.add_argument("--params", help="bare: the JSON a searchlab variant wrote (its trials are retrained)")
     parser.add_argument("--breakdown", action="store_true", help="time the parts (searchlab, naive)")
     parser.add_argument("--report", action="store_true", help="searchlab: write the study report too")
+    parser.add_argument("--register", action="store_true", help="searchlab: register the best model too")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.variant == "latency":

@@ -9,10 +9,11 @@ process; the table gives the median, min and max over repeats, the ratio the iss
 pass/fail. The JSON holds the table, every raw figure, the breakdown of a tracked study's time and the machine.
 
 - overhead  ``searchlab`` (``run_study``, one worker, journal storage, full tracking to a ``searchlab server``
-            over HTTP, best model registered, overfit check off, no report) against ``bare`` (the same trials,
-            params, seeds and epochs through ``objective.train_trial``, no Optuna, no tracking): target searchlab
-            <= 1.05 x bare; and ``searchlab`` as run by default (with the study report). On ``--workload``: the
-            regression workload at the issue's scale (a trial trains ~1.5 s). (benchmarks/overhead.py)
+            over HTTP: parent and child runs, params, curves, state_dict; overfit check off, no report, no model
+            registration) against ``bare`` (the same trials, params, seeds and epochs through
+            ``objective.train_trial``, no Optuna, no tracking): target searchlab <= 1.05 x bare; and ``searchlab``
+            as run by default (+ the study report and the best model registered). On ``--workload``: the
+            regression workload at the issue's scale (a trial trains ~0.7-1.5 s). (benchmarks/overhead.py)
 - naive     the same study as an Optuna objective with synchronous ``mlflow.log_metric`` per metric per epoch
             and ``mlflow.log_artifact`` for the weights: target searchlab <= 0.70 x naive.
 - small     ``searchlab`` against ``bare`` on ``--study`` (the shipped studies/regression.py, ~50-120 ms per
@@ -106,7 +107,7 @@ def machine() -> dict[str, Any]:
 def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], uri: str, selected: set[str], *,
              study: str, name: str, targets: bool) -> None:
     """The overhead variants on one study; ``targets``: the study the issue's ratios are judged on (with the
-    naive script and the default run with its report), else the per-trial cost only."""
+    naive script and the default run with its report and registry), else the per-trial cost only."""
     common = ["--study", study, "--trials", str(args.trials), "--epochs", str(args.epochs)]
     with tempfile.TemporaryDirectory(prefix="searchlab-overhead-") as folder:
         log(f"{name}: untimed searchlab run (samples the trials; timed part by part)")
@@ -116,16 +117,17 @@ def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], ur
         write_json(params_file, prepared)
         details[f"{name}_breakdown"] = prepared["breakdown"]
         details[f"{name}_prepare"] = {k: v for k, v in prepared.items() if k != "breakdown"}
-        variants = ["searchlab", "bare"] + (["searchlab+report"] if targets else []) + \
+        variants = ["searchlab", "bare"] + (["searchlab+publish"] if targets else []) + \
             (["naive"] if targets and "naive" in selected else [])
         runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         latencies: list[dict[str, float]] = []
         for repeat in range(args.repeats):
             for variant in alternate(variants, repeat):
-                extra = {"searchlab": ["--tracking-uri", uri], "searchlab+report": ["--tracking-uri", uri, "--report"],
+                extra = {"searchlab": ["--tracking-uri", uri],
+                         "searchlab+publish": ["--tracking-uri", uri, "--report", "--register"],
                          "bare": ["--params", str(params_file)],
                          "naive": ["--tracking-uri", uri, "--breakdown"]}[variant]
-                result = run_child("overhead", [variant.removesuffix("+report"), *common, *extra],
+                result = run_child("overhead", [variant.removesuffix("+publish"), *common, *extra],
                                    cwd=tempfile.mkdtemp(dir=folder))
                 runs[variant].append(result)
                 log(f"{name} repeat {repeat + 1}: {variant} {result['wall_s']:.2f} s ({result['epochs']} epochs)")
@@ -143,7 +145,8 @@ def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], ur
     ratio = searchlab / bare
     short = Path(study).name
     table.add(name, f"bare loop ({short}, {args.trials} trials x {args.epochs} epochs)", "s", wall["bare"], ratio=1.0)
-    table.add(name, "searchlab, tracked over HTTP, no report (/ bare)", "s", wall["searchlab"], ratio=ratio)
+    table.add(name, "searchlab, tracked over HTTP, no report or registry (/ bare)", "s", wall["searchlab"],
+              ratio=ratio)
     # The machine's speed drifts over minutes (a shared host): each repeat's own ratio is judged, not the medians'.
     paired = [s / b for s, b in zip(wall["searchlab"], wall["bare"], strict=True)]
     table.add(name, "searchlab / bare, each repeat (median ratio)", "ratio", paired, ratio=statistics.median(paired),
@@ -155,12 +158,12 @@ def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], ur
     training = sum(seconds for part, seconds in parts.items() if part.startswith(TRAINING_PARTS))
     table.add(name, "share of a tracked run outside training (breakdown run)", "share",
               [1 - training / prepared["breakdown"]["total_s"]])
-    if "searchlab+report" in wall:
-        with_report = statistics.median(wall["searchlab+report"])
-        table.add(name, "searchlab as run by default, + study report (/ bare)", "s", wall["searchlab+report"],
-                  ratio=with_report / bare)
-        table.add(name, "study report, once per run ((default - no report))", "s",
-                  [r - s for r, s in zip(wall["searchlab+report"], wall["searchlab"], strict=True)])
+    if "searchlab+publish" in wall:
+        by_default = statistics.median(wall["searchlab+publish"])
+        table.add(name, "searchlab as run by default, + report + registry (/ bare)", "s", wall["searchlab+publish"],
+                  ratio=by_default / bare)
+        table.add(name, "report + registry, once per run (default - without)", "s",
+                  [r - s for r, s in zip(wall["searchlab+publish"], wall["searchlab"], strict=True)])
     # What each trial costs on top of training, pairing each repeat's runs: the target holds for any workload
     # whose bare trial takes at least 20 x this.
     table.add(name, "searchlab cost per trial ((searchlab - bare) / trials)", "ms",
@@ -174,7 +177,8 @@ def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], ur
                   target="(issue: ~1.5)")
         table.add("naive", "naive cost per trial ((naive - bare) / trials)", "ms",
                   [1000 * (n - b) / args.trials for n, b in zip(wall["naive"], wall["bare"], strict=True)])
-        table.add("naive", "searchlab, no report (/ naive)", "s", wall["searchlab"], ratio=searchlab / naive)
+        table.add("naive", "searchlab, no report or registry (/ naive)", "s", wall["searchlab"],
+                  ratio=searchlab / naive)
         paired = [s / n for s, n in zip(wall["searchlab"], wall["naive"], strict=True)]
         table.add("naive", "searchlab / naive, each repeat (median ratio)", "ratio", paired,
                   ratio=statistics.median(paired), target="<= 0.70 x naive",

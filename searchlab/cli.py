@@ -93,6 +93,9 @@ def search_options(command: Any) -> Any:
         click.option("--report/--no-report", default=None,
                      help="Write the study report (plots, summary) to the parent run at the end; it takes a few "
                      "seconds [default: on; env SEARCHLAB_REPORT]."),
+        click.option("--register/--no-register", default=None,
+                     help="Register the best trial's model as NAME@best in the MLflow Model Registry at the end "
+                     "[default: on; env SEARCHLAB_REGISTER]."),
     ]):
         command = option(command)
     return command

@@ -34,6 +34,7 @@ class RunConfig:
     retries: int = 1
     heartbeat: int = 10  # seconds between heartbeats on database storages; stale after 3 missed
     report: bool = True  # write the study report to the parent run at the end of the run
+    register: bool = True  # register the best trial's model (alias best) at the end of the run
     threads: int | None = None  # torch threads per worker; None: 1 per CPU worker, a share of the cores per GPU one
 
 
@@ -69,6 +70,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "retries": ("SEARCHLAB_RETRIES", int),
     "heartbeat": ("SEARCHLAB_HEARTBEAT", int),
     "report": ("SEARCHLAB_REPORT", _bool),
+    "register": ("SEARCHLAB_REGISTER", _bool),
     "threads": ("SEARCHLAB_THREADS", int),
 }
 

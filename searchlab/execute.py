@@ -251,21 +251,17 @@ def _run_study(study: Study, config: RunConfig, task: Any, slots: list[Slot], wo
             finally:
                 bar.close()
                 summary.record(optuna_study.get_trials(deepcopy=False), before)
-            if summary.best is not None:
-                tracker.log_metrics(parent_run_id, {"best_value": summary.best.value}, step=0)
-                tracker.set_tags(parent_run_id, {"best_trial": summary.best.number,
-                                                 "best_run_id": summary.best.user_attrs.get("mlflow_run_id")})
             summary.published = publish(optuna_study, tracker, parent_run_id, study, study_file, data[1],
-                                        config.study_name, report=config.report)
+                                        config.study_name, report=config.report, register_best=config.register)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise StudyInterrupted(summary) from None
-        finally:
-            try:
-                tracker.set_tags(parent_run_id, {"state": status})
-            finally:
-                tracker.end_run(parent_run_id, status)
+        finally:  # the run's outcome in one call, then its status
+            best = {} if summary.best is None else {"best_trial": summary.best.number,
+                                                    "best_run_id": summary.best.user_attrs.get("mlflow_run_id")}
+            tracker.end_run(parent_run_id, status, tags={"state": status, **best},
+                            metrics={"best_value": summary.best.value} if summary.best else None)
     return summary
 
 
@@ -283,9 +279,10 @@ HOW_TO_COMPARE = """One searchlab run of this study; each child run is one trial
 
 
 def publish(study: optuna.Study, tracker: Any, parent_run_id: str, declared: Study, study_file: str | None,
-            val_data: Any, name: str, *, report: bool = True) -> list[str]:
+            val_data: Any, name: str, *, report: bool = True, register_best: bool = True) -> list[str]:
     """Write the study report to the parent run (unless not ``report``) and register the best model (alias
-    ``best``); returns summary lines. Either failing is reported in its line and does not fail the run."""
+    ``best``; unless not ``register_best``); returns summary lines. Either failing is reported in its line and
+    does not fail the run."""
     from searchlab.registry import BEST_ALIAS, register
     from searchlab.report import REPORT_FOLDER, log_report
 
@@ -301,7 +298,10 @@ def publish(study: optuna.Study, tracker: Any, parent_run_id: str, declared: Stu
         except Exception as error:
             lines.append(f"report     not written: {describe_error(error)} (try 'searchlab report')")
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if complete:
+    if complete and not register_best:
+        lines.append("model      not registered (--no-register): the best weights are in its trial's run "
+                     "(searchlab best --export)")
+    elif complete:
         best = min(complete, key=lambda trial: trial.value)
         try:
             version = register(tracker.client, name, best, declared, study_file, val_data)

@@ -218,9 +218,17 @@ class MlflowTracker:
         """Upload the files of a local folder under ``artifact_path`` of the run."""
         self._retry(self.client.log_artifacts, run_id, str(folder), artifact_path)
 
-    def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None) -> None:
-        """Flush what is buffered, with the run's final ``tags``, and close it as FINISHED, FAILED or KILLED."""
+    def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None, *,
+                metrics: Mapping[str, float] | None = None) -> None:
+        """Flush what is buffered, with the run's final ``tags`` and ``metrics`` (step 0), and close it as FINISHED,
+        FAILED or KILLED."""
         try:
+            if metrics:
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                self._pending.setdefault(run_id, _Pending()).metrics.extend(
+                    Metric(key, float(value), now, 0) for key, value in metrics.items())
             self.flush(run_id, tags=tags)
         finally:
             self._retry(self.client.set_terminated, run_id, status=status)

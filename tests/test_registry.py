@@ -62,6 +62,24 @@ def test_a_run_registers_its_best_model_which_loads_back(workdir: Path, study_fi
     assert f'sl.load_model("models:/tiny@best", "{study_file}", tracking_uri=' in loaded.output
 
 
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_no_register_leaves_the_registry_alone(workdir: Path, study_file: Path, how: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    if how == "environment":
+        monkeypatch.setenv("SEARCHLAB_REGISTER", "false")
+    result = invoke("run", str(study_file), "--trials", "2", *(["--no-register"] if how == "flag" else []))
+    assert result.exit_code == 0, result.output
+    assert "model      not registered (--no-register): the best weights are in its trial's run " \
+           "(searchlab best --export)" in result.output
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert client.search_registered_models() == []
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    assert client.list_artifacts(study.best_trial.user_attrs["mlflow_run_id"], MODEL_FOLDER) == []
+    exported = invoke("best", str(study_file), "--export", "best.pt")
+    assert exported.exit_code == 0, exported.output
+    assert set(torch.load(workdir / "best.pt", weights_only=True)) == {"0.weight", "0.bias", "3.weight", "3.bias"}
+
+
 def test_the_registered_source_rebuilds_the_model_when_trusted(workdir: Path, study_file: Path) -> None:
     assert invoke("run", str(study_file), "--trials", "2").exit_code == 0
     study = optuna.load_study(study_name="tiny", storage=open_storage(None))
