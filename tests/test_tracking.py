@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,14 @@ import torch
 from mlflow import MlflowClient
 
 from searchlab.errors import ConfigError
-from searchlab.tracking import PARENT_RUN_TAG, STATE_DICT_FILE, MlflowTracker, check_tracking_uri
+from searchlab.tracking import (
+    ENVIRONMENT_PROBES,
+    PARENT_RUN_TAG,
+    STATE_DICT_FILE,
+    MlflowTracker,
+    check_tracking_uri,
+    remember_missing,
+)
 
 
 @pytest.fixture
@@ -149,3 +159,18 @@ def test_runs_against_a_tracking_server(mlflow_server: str, tmp_path: Path) -> N
     assert client.get_run(run).info.status == "FINISHED"
     assert client.get_metric_history(run, "val_loss")[0].step == 1
     assert torch.load(tracker.download_state_dict(run, tmp_path), weights_only=True)["weight"].shape == (1, 2)
+
+
+def test_a_missing_module_is_remembered_and_an_installed_one_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's client imports its environment probes on every request; a missing one then fails at once."""
+    monkeypatch.delitem(sys.modules, "searchlab_no_such_module", raising=False)
+    remember_missing(("searchlab_no_such_module", "json"))
+    try:
+        assert sys.modules["searchlab_no_such_module"] is None
+        with pytest.raises(ImportError):
+            importlib.import_module("searchlab_no_such_module")
+        assert sys.modules["json"] is json
+    finally:
+        sys.modules.pop("searchlab_no_such_module", None)
+    MlflowTracker("sqlite:///:memory:")  # the tracker does it for MLflow's probes (Databricks' runtime: not here)
+    assert "dbruntime" in ENVIRONMENT_PROBES and sys.modules.get("dbruntime", "not remembered") is None
