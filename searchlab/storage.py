@@ -70,40 +70,44 @@ def open_storage(url: str | None, *, heartbeat: int | None = None, on_stale: Any
 
 
 def journal_file(path: str) -> Any:
-    """Optuna's journal file backend (same file format, same lock), synced to disk when a study or a trial
-    starts or ends rather than on every append: a trial's epochs and attributes reach the disk with its end.
+    """Optuna's journal file backend (same file format), synced to disk when a study or a trial starts or ends
+    rather than on every append, and locked with the kernel's ``flock`` on the file itself.
 
     Optuna syncs every append (~0.4-1 ms each, 25 per trial); after a power cut the trial a worker was running
-    is lost either way (it is recovered as failed). A crashed process loses nothing: its writes were made."""
+    is lost either way (it is recovered as failed). A crashed process loses nothing: its writes were made.
+    Optuna's default lock is a symlink made and removed around every append: three directory updates (an append
+    took ~60 µs here, ~16 µs with ``flock``), and a lock that a killed process leaves behind stops every writer
+    until its grace period ends; a ``flock`` dies with its process. Appends are ``O_APPEND`` writes: lines do not
+    interleave with those of a plain Optuna process on the same file."""
     return journal_file_class()(path)
 
 
 @functools.cache
 def journal_file_class() -> type:
+    import fcntl
     import json
     import os
 
-    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+    from optuna.storages.journal import JournalFileBackend
 
     durable = {0, 1, 2, 3, 4, 6, 10}  # JournalOperation: study create/delete/attrs, trial create, state, discard
 
     class JournalFile(JournalFileBackend):
         def __init__(self, file_path: str) -> None:
-            self.lock = JournalFileSymlinkLock(file_path)
+            super().__init__(file_path)  # its symlink lock is never taken: append_logs locks the file
             self.path = file_path
-            super().__init__(file_path, lock_obj=self.lock)
 
         def append_logs(self, logs: list[dict[str, Any]]) -> None:
             text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode()
-            self.lock.acquire()
-            try:
-                with open(self.path, "ab") as file:
+            with open(self.path, "ab") as file:
+                fcntl.flock(file, fcntl.LOCK_EX)
+                try:
                     file.write(text)
+                    file.flush()
                     if any(log.get("op_code") in durable for log in logs):
-                        file.flush()
                         os.fsync(file.fileno())
-            finally:
-                self.lock.release()
+                finally:
+                    fcntl.flock(file, fcntl.LOCK_UN)
 
     return JournalFile
 

@@ -144,6 +144,28 @@ def test_the_journal_file_is_optunas_format(workdir: Path):
     assert again.trials[4].params == optuna.load_study(study_name="s", storage=plain).trials[4].params
 
 
+def test_journal_appends_wait_for_the_file_lock_and_leave_no_lock_file(workdir: Path):
+    """Appends take the kernel's flock on the journal itself: one held elsewhere (another process, or here another
+    open file) makes them wait; none leaves a lock file behind (a killed process's flock goes with it)."""
+    import fcntl
+    import threading
+
+    storage = open_storage("locked.journal")
+    study = optuna.create_study(study_name="s", storage=storage)
+    with open(workdir / "locked.journal", "ab") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        writer = threading.Thread(target=lambda: study.enqueue_trial({"x": 0.5}))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive(), "an append went ahead while another holder had the lock"
+        fcntl.flock(other, fcntl.LOCK_UN)
+    writer.join(10)
+    assert not writer.is_alive()
+    assert [trial.state.name for trial in optuna.load_study(study_name="s", storage=open_storage("locked.journal"))
+            .trials] == ["WAITING"]
+    assert sorted(path.name for path in workdir.iterdir()) == ["locked.journal"]
+
+
 def test_journal_in_a_missing_folder_raises_config_error(workdir: Path):
     message = one_line_config_error(open_storage, "missing/x.journal")
     assert "'missing'" in message and "does not exist" in message
