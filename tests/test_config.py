@@ -35,6 +35,7 @@ VALUES = {
     "retries": ("0", 0, 3),
     "heartbeat": ("2", 2, 5),
     "report": ("off", False, True),
+    "register": ("no", False, True),
     "threads": ("3", 3, 4),
 }
 
