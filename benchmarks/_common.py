@@ -24,7 +24,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PYTHON = sys.executable
-SEARCHLAB = str(Path(sys.executable).with_name("searchlab"))
+# The searchlab command: the console script beside this Python, else `python -m searchlab` (searchlab on
+# PYTHONPATH, not installed: e.g. on a lent GPU machine).
+_SCRIPT = Path(sys.executable).with_name("searchlab")
+SEARCHLAB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "searchlab"]
 DEFAULT_STUDY = str(ROOT / "studies" / "regression.py")
 # Packages whose import costs seconds or pulls a large tree; the start-up benchmark says which path loads which.
 HEAVY = ("torch", "torch._dynamo", "mlflow", "torchmetrics", "optuna", "sklearn", "pandas", "numpy", "scipy",
@@ -54,7 +57,7 @@ def tracking_server(folder: Path) -> Iterator[str]:
     port = free_port()
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(
-        [SEARCHLAB, "server", "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        [*SEARCHLAB, "server", "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--artifacts-destination", str(folder / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True,
     )
@@ -125,7 +128,7 @@ def stats(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def alternate(variants: Sequence[str], repeat: int) -> list[str]:
+def alternate(variants: Sequence[Any], repeat: int) -> list[Any]:
     """The order of the variants in a repeat: as given on even repeats, reversed on odd ones."""
     return list(variants) if repeat % 2 == 0 else list(variants)[::-1]
 

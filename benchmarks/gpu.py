@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import parallel  # benchmarks/parallel.py: one timed `searchlab run` of a benchmark study
+from _common import alternate
 
 
 class GpuSampler:
@@ -61,7 +62,7 @@ def main() -> None:
     variants = [int(n) for n in args.packing.split(",")]
     results: dict[int, list[dict[str, float]]] = {n: [] for n in variants}
     for repeat in range(args.repeats):
-        for packed in variants if repeat % 2 == 0 else variants[::-1]:  # alternate the order
+        for packed in alternate(variants, repeat):
             with GpuSampler(args.devices) as sampler:
                 run = parallel.one_run(packed, args.trials, study="gpu_bound",
                                        options=["--devices", args.devices, "--trials-per-device", str(packed),

@@ -21,11 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-
-HERE = Path(__file__).resolve().parent
-# The console script beside this Python, else `python -m searchlab` (e.g. searchlab on PYTHONPATH, not installed)
-_SCRIPT = Path(sys.executable).with_name("searchlab")
-SEARCHLAB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "searchlab"]
+from _common import HERE, SEARCHLAB, alternate
 
 
 def one_run(workers: int, trials: int, *, study: str = "cpu_bound", options: Sequence[str] = ()) -> dict[str, float]:
@@ -92,7 +88,7 @@ def main() -> None:
     variants = [int(w) for w in args.workers.split(",")]
     results: dict[int, list[dict[str, float]]] = {w: [] for w in variants}
     for repeat in range(args.repeats):
-        for workers in variants if repeat % 2 == 0 else variants[::-1]:  # alternate the order
+        for workers in alternate(variants, repeat):
             results[workers].append(one_run(workers, args.trials))
             print(f"repeat {repeat + 1}: {workers} worker(s): {results[workers][-1]['trials_per_hour']:.0f} trials/h",
                   file=sys.stderr)

@@ -21,18 +21,19 @@ import tempfile
 from pathlib import Path
 
 import optuna
+from _common import SEARCHLAB
 from optuna.trial import TrialState
 
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "regression.py"
-SEARCHLAB = str(Path(sys.executable).with_name("searchlab"))
 
 
 def search(sampler: str, pruner: str, seed: int, trials: int) -> list[optuna.trial.FrozenTrial]:
     from searchlab.storage import open_storage
 
     with tempfile.TemporaryDirectory() as folder:
-        subprocess.run([SEARCHLAB, "run", str(STUDY), "--trials", str(trials), "--sampler", sampler, "--pruner", pruner,
-                        "--seed", str(seed), "--no-check"], cwd=folder, check=True, capture_output=True)
+        subprocess.run([*SEARCHLAB, "run", str(STUDY), "--trials", str(trials), "--sampler", sampler,
+                        "--pruner", pruner, "--seed", str(seed), "--no-check"], cwd=folder, check=True,
+                       capture_output=True)
         journal = open_storage(str(Path(folder) / "searchlab.journal"))
         study = optuna.load_study(study_name="regression", storage=journal)
         return sorted(study.get_trials(), key=lambda trial: trial.datetime_complete)

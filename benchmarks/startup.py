@@ -98,7 +98,7 @@ def measure_imports(study: str) -> dict[str, Any]:
         results[name] = {"wall_s": wall, "heavy_loaded": loaded, **parse_importtime(done.stderr)}
     # The console script itself, without -X importtime (which slows imports down).
     started = time.perf_counter()
-    subprocess.run([SEARCHLAB, "--help"], capture_output=True, check=True, env=clean_env())
+    subprocess.run([*SEARCHLAB, "--help"], capture_output=True, check=True, env=clean_env())
     results["searchlab --help"]["command_wall_s"] = time.perf_counter() - started
     return results
 
@@ -112,7 +112,7 @@ def first_epoch(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="searchlab-startup-") as folder:
         name = f"bench-startup-{os.getpid()}"
         tracking = args.tracking_uri or f"sqlite:///{Path(folder) / 'mlflow.db'}"
-        command = [SEARCHLAB, "run", args.study, "--trials", str(args.workers), "--workers", str(args.workers),
+        command = [*SEARCHLAB, "run", args.study, "--trials", str(args.workers), "--workers", str(args.workers),
                    "--max-epochs", str(args.epochs), "--study-name", name, "--tracking-uri", tracking]
         started = time.time()
         done = subprocess.run(command, cwd=folder, env=clean_env(), capture_output=True, text=True)
