@@ -117,18 +117,62 @@ def test_the_journal_is_synced_when_a_trial_starts_and_ends_not_per_epoch(workdi
                                                                           monkeypatch: pytest.MonkeyPatch):
     import os
 
+    from searchlab.storage import SYNCER
+
     study = optuna.create_study(study_name="s", storage=open_storage("sync.journal"))
+    SYNCER.wait()
     synced: list[int] = []
-    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.fstat(fd).st_size))
     trial = study.ask()  # created: synced
+    SYNCER.wait()
     assert len(synced) == 1
     trial.suggest_float("lr", 1e-4, 1e-1, log=True)
     trial.set_user_attr("seed", 3)
     for epoch in range(10):
         trial.report(1.0 / (epoch + 1), epoch)
+    SYNCER.wait()
     assert len(synced) == 1
     study.tell(trial, 0.1)  # finished: synced (with everything before it)
-    assert len(synced) == 2
+    SYNCER.wait()
+    assert synced[1:] == [(workdir / "sync.journal").stat().st_size]
+
+
+def test_journal_syncs_wait_on_the_disk_in_the_background_and_before_the_process_exits(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch):
+    """A slow disk never holds up the trial loop: a sync blocked on it leaves appends going, the syncs asked for
+    meanwhile are made together once it returns, and the process waits for them before it exits."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from searchlab.storage import SYNCER
+
+    study = optuna.create_study(study_name="s", storage=open_storage("slow.journal"))
+    SYNCER.wait()
+    disk = threading.Event()
+    synced: list[int] = []
+
+    def slow_fsync(fd: int) -> None:
+        disk.wait(10)
+        synced.append(os.fstat(fd).st_size)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)  # 6 syncs asked for, none made
+    assert synced == [] and len(study.trials) == 3
+    disk.set()
+    SYNCER.wait()
+    assert 1 <= len(synced) <= 2 and synced[-1] == (workdir / "slow.journal").stat().st_size
+
+    script = ("import os, time, optuna\n"
+              "real = os.fsync\n"
+              "def slow(fd):\n    time.sleep(1); real(fd); print('synced', flush=True)\n"
+              "os.fsync = slow\n"
+              "from searchlab.storage import open_storage\n"
+              "optuna.create_study(study_name='s', storage=open_storage('exit.journal'))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=workdir, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "synced" in done.stdout
 
 
 def test_the_journal_file_is_optunas_format(workdir: Path):
