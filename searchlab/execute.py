@@ -15,6 +15,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ from searchlab.worker import (
 
 STOP_GRACE_SECONDS = 60  # how long stopped workers get to close their trials before they are killed
 CANCEL_GRACE_SECONDS = 10  # how long workers of a run that never started get to exit
+# What every worker imports before its first trial (seconds each): a fork server imports them once, in parallel
+# with the coordinator's set-up, and forks the workers from there. It never runs torch, so no CUDA context is forked.
+WORKER_PRELOAD = ["searchlab.worker", "mlflow", "optuna", "torch", "torch._dynamo", "torchmetrics"]
 
 
 @dataclass
@@ -337,23 +341,46 @@ def join_study(study: Study, config: RunConfig) -> int:
     return len(finished)
 
 
+def worker_context() -> Any:
+    """Where worker processes come from: a fork server that preloads ``WORKER_PRELOAD`` (where the platform has
+    one), else a fresh interpreter each (spawn). Never a fork of the coordinator, which may hold a CUDA context."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    return context
+
+
 class Workers:
-    """One spawned worker process per slot, started before the run is set up so that their imports and data
-    loading overlap it; each waits for ``go`` (the run's ids), or exits on ``cancel`` if the run never starts."""
+    """One worker process per slot, started before the run is set up so that their imports and data loading
+    overlap it; each waits for ``go`` (the run's ids), or exits on ``cancel`` if the run never starts. They are
+    started from a thread: a fork server forks the first one once its preload is done (seconds), and the
+    coordinator's set-up goes on meanwhile."""
 
     def __init__(self, study_file: str, config: RunConfig, slots: list[Slot]) -> None:
-        self.context = multiprocessing.get_context("spawn")  # never fork a process that may hold a CUDA context
+        self.context = worker_context()
         self.study_file, self.config = study_file, config
         self.run: dict[str, Any] | None = None  # what go() sent
         self.launched = 0
-        self.processes = {slot.index: self.start(slot) for slot in slots}
+        self.processes: dict[int, Any] = {}
+        self._start_error: BaseException | None = None
+        self._starter = threading.Thread(target=self._start_all, args=(slots,), name="searchlab-start-workers",
+                                         daemon=True)
+        self._starter.start()
+
+    def _start_all(self, slots: list[Slot]) -> None:
+        try:
+            for slot in slots:
+                self.processes[slot.index] = self.start(slot)
+        except BaseException as error:  # raised by go()
+            self._start_error = error
 
     def start(self, slot: Slot) -> Any:
         """A new worker on ``slot`` (a replacement starts at once if the run has started)."""
         self.launched += 1
         orders, send = self.context.Pipe(duplex=False)
         process = self.context.Process(target=worker_process, name=f"searchlab-worker-{slot.index}", args=(
-            self.study_file, self.config, slot, orders, self.launched))
+            self.study_file, self.config, slot, orders, self.launched, dict(os.environ)))
         process.start()
         orders.close()
         process.orders = send
@@ -363,6 +390,9 @@ class Workers:
 
     def go(self, **run: Any) -> None:
         """Start the run in every worker: ``experiment_id``, ``parent_run_id``, ``deadline``."""
+        self._starter.join()
+        if self._start_error is not None:
+            raise RunFailed(f"cannot start the worker processes: {describe_error(self._start_error)}")
         self.run = run
         for process in self.processes.values():
             self._send(process, run)
@@ -372,6 +402,7 @@ class Workers:
         and wait for it, so that nothing outlives the command."""
         if self.run is not None:
             return
+        self._starter.join()
         for process in self.processes.values():
             process.terminate()
         for process in self.processes.values():

@@ -201,11 +201,18 @@ def wait_for_go(orders: Any) -> dict[str, Any] | None:
         return None
 
 
-def worker_process(study_file: str, config: RunConfig, slot: Slot, orders: Any, worker_seed: int) -> None:
-    """Entry point of a spawned worker: pin the device before torch starts, get ready, then wait for the
-    coordinator's go (``orders``, a pipe) and run the worker. Getting ready fails quietly when the run never
-    starts: the coordinator meets the same bad input first and says so."""
-    os.environ.update(slot.environment)
+def worker_process(study_file: str, config: RunConfig, slot: Slot, orders: Any, worker_seed: int,
+                   environment: dict[str, str]) -> None:
+    """Entry point of a worker process: take the coordinator's environment (a forked worker has its fork server's)
+    and pin the device before torch starts any, get ready, then wait for the coordinator's go (``orders``, a pipe)
+    and run the worker. Getting ready fails quietly when the run never starts: the coordinator meets the same bad
+    input first and says so."""
+    os.environ.clear()
+    os.environ.update(environment)
+    os.environ.update(slot.environment)  # read after: it maps the GPU through the coordinator's CUDA_VISIBLE_DEVICES
+    import torch  # a fork server's was loaded before OMP_NUM_THREADS was set: size its thread pool here
+
+    torch.set_num_threads(slot.threads)
     slot = dataclasses.replace(slot, isolated=True)
     with interrupt_once():
         try:
