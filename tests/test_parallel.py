@@ -300,6 +300,36 @@ WAIT_FOR_THE_WORKERS = """def data(seed):
 """
 
 
+RECORD_THE_PROCESS = """def data(seed):
+    import json, os, torch
+    with open("processes.jsonl", "a") as out:
+        out.write(json.dumps({"pid": os.getpid(), "mark": os.environ.get("TEST_MARK"),
+                              "slot": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": torch.get_num_threads()}))
+        out.write("\\n")
+"""
+
+
+def test_workers_see_their_runs_environment_and_their_slots_threads(workdir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers are forked from a fork server that outlives a run (here, two runs in one process): each run's
+    workers still get that run's environment, and torch in each has its slot's thread count."""
+    import json
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # a worker's slot sets it; the command's stays unset
+    path = write_study(workdir)
+    path.write_text(path.read_text().replace("def data(seed):\n", RECORD_THE_PROCESS))
+    for mark in ("first", "second"):
+        monkeypatch.setenv("TEST_MARK", mark)
+        result = CliRunner().invoke(main, ["run", str(path), "--workers", "2", "--trials", "2"],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (workdir / "processes.jsonl").read_text().splitlines()]
+    workers = [record for record in records if record["slot"] is not None]
+    assert [record["mark"] for record in workers] == ["first", "first", "second", "second"]
+    assert len({record["pid"] for record in workers}) == 4
+    assert [record["threads"] for record in workers] == [1, 1, 1, 1]  # 2 workers on this machine's cores: 1 each
+
+
 def group_alive(group: int) -> bool:
     """Whether a process of the group still runs (multiprocessing's resource tracker ends just after the command:
     it reads the command's end from a pipe)."""
