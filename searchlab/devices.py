@@ -15,7 +15,7 @@ class Slot:
     index: int
     device: str
     threads: int
-    isolated: bool = False  # True in a spawned worker, whose environment hides every other GPU
+    isolated: bool = False  # True in a worker process, whose environment hides every other GPU
 
     @property
     def environment(self) -> dict[str, str]:
@@ -32,7 +32,7 @@ class Slot:
 
     @property
     def torch_device(self) -> str:
-        """The device as torch names it in the worker: a spawned worker's one visible GPU is cuda:0; in this
+        """The device as torch names it in the worker: a worker process's one visible GPU is cuda:0; in this
         process the GPU keeps its own index."""
         if not self.device.startswith("cuda"):
             return "cpu"

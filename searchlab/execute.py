@@ -1,7 +1,8 @@
 """Running a study: check the input, open the stores, start the workers and watch them, then summarise.
 
-With one worker the search runs in this process. With several, each is a spawned process on its own device
-slot, started first so that it loads while this process sets the run up; this process (the coordinator) shows
+With one worker the search runs in this process. With several, each is a process on its own device slot,
+forked from a fork server that imported torch, mlflow and optuna once (spawned where there is none) and started
+first so that it loads while this process sets the run up; this process (the coordinator) shows
 progress, recovers the trials of workers that die (failed, retried, their MLflow runs closed) and starts
 replacements, and on Ctrl-C stops every worker before it closes the run.
 """

@@ -181,7 +181,7 @@ def interrupt_once() -> Iterator[None]:
 
 
 def prepare_worker(study_file: str, config: RunConfig) -> tuple[Study, Any, Any]:
-    """What a spawned worker loads before its run starts: the study file, the study's data and starting weights,
+    """What a worker process loads before its run starts: the study file, the study's data and starting weights,
     and the modules its first trial would import (seconds, overlapping the coordinator's own set-up)."""
     from searchlab.execute import load_split, load_start_for
 
