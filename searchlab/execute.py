@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -47,7 +48,7 @@ STOP_GRACE_SECONDS = 60  # how long stopped workers get to close their trials be
 CANCEL_GRACE_SECONDS = 10  # how long workers of a run that never started get to exit
 # What every worker imports before its first trial (seconds each): a fork server imports them once, in parallel
 # with the coordinator's set-up, and forks the workers from there. It never runs torch, so no CUDA context is forked.
-WORKER_PRELOAD = ["searchlab.worker", "mlflow", "optuna", "torch", "torch._dynamo", "torchmetrics"]
+WORKER_PRELOAD = ["searchlab.preload", "searchlab.worker", "mlflow", "optuna", "torch", "torch._dynamo", "torchmetrics"]
 
 
 @dataclass
@@ -349,6 +350,12 @@ def worker_context() -> Any:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(WORKER_PRELOAD)
+    if threading.current_thread() is threading.main_thread():  # start it now, with Ctrl-C ignored until its
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # searchlab.preload handles it (milliseconds here)
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            signal.signal(signal.SIGINT, previous)
     return context
 
 
@@ -365,6 +372,8 @@ class Workers:
         self.launched = 0
         self.processes: dict[int, Any] = {}
         self._start_error: BaseException | None = None
+        self._cancelled = False
+        self._lock = threading.Lock()
         self._starter = threading.Thread(target=self._start_all, args=(slots,), name="searchlab-start-workers",
                                          daemon=True)
         self._starter.start()
@@ -372,7 +381,12 @@ class Workers:
     def _start_all(self, slots: list[Slot]) -> None:
         try:
             for slot in slots:
-                self.processes[slot.index] = self.start(slot)
+                process = self.start(slot)
+                with self._lock:
+                    self.processes[slot.index] = process
+                    if self._cancelled:  # the run stopped meanwhile: it exits when it finds no go coming
+                        process.orders.close()
+                        return
         except BaseException as error:  # raised by go()
             self._start_error = error
 
@@ -400,13 +414,16 @@ class Workers:
 
     def cancel(self) -> None:
         """If the run never started: stop every worker (none has written anything; SIGTERM makes it exit quietly)
-        and wait for it, so that nothing outlives the command."""
+        and wait for it, so that nothing outlives the command. One the fork server has yet to fork exits on its own:
+        its go never comes."""
         if self.run is not None:
             return
-        self._starter.join()
-        for process in self.processes.values():
+        with self._lock:  # one still being started is stopped by the starter (a Ctrl-C need not wait for it)
+            self._cancelled = True
+            started = list(self.processes.values())
+        for process in started:
             process.terminate()
-        for process in self.processes.values():
+        for process in started:
             process.join(CANCEL_GRACE_SECONDS)
             if process.exitcode is None:
                 process.kill()

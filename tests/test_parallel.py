@@ -213,6 +213,33 @@ def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(workdir: Path, who
         assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
 
+def test_ctrl_c_while_the_fork_server_loads_ends_everything_at_once_with_one_line(workdir: Path) -> None:
+    """A Ctrl-C in the first seconds, while the workers' fork server imports torch and mlflow: the command says
+    'interrupted' once, with no traceback, and every process that holds its output is gone at once (the fork
+    server does not finish its imports first)."""
+    path = write_study(workdir)
+    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "4"], cwd=workdir,
+                           env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+
+    def fork_server_loading() -> bool:
+        listed = subprocess.run(["ps", "-o", "args=", "-g", str(run.pid)], capture_output=True, text=True).stdout
+        return "multiprocessing.forkserver" in listed
+
+    try:
+        wait_until(fork_server_loading, timeout=60, what="the fork server to start")
+        os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        interrupted = time.monotonic()
+        _, stderr = run.communicate(timeout=60)  # its end: every holder of the command's output has exited
+        waited = time.monotonic() - interrupted
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted") and "Traceback" not in stderr, stderr
+    assert waited < 3.0, f"the command's output stayed open {waited:.1f} s after Ctrl-C"
+
+
 def test_parallel_workers_log_to_a_tracking_server(workdir: Path, mlflow_server: str) -> None:
     name = f"http-workers-{uuid.uuid4().hex[:8]}"
     path = write_study(workdir)

@@ -1,0 +1,9 @@
+"""Imported first by the workers' fork server (``execute.WORKER_PRELOAD``): a Ctrl-C while it imports the rest
+ends it at once and quietly (the command reports the interruption) rather than with a traceback from the middle
+of an import. It starts with Ctrl-C ignored (``execute.worker_context``), so none can land while its interpreter
+starts. Its workers start with this handler until they set their own."""
+
+import os
+import signal
+
+signal.signal(signal.SIGINT, lambda number, frame: os._exit(130))
