@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -223,11 +224,20 @@ def test_ctrl_c_while_the_fork_server_loads_ends_everything_at_once_with_one_lin
                            start_new_session=True)
 
     def fork_server_loading() -> bool:
-        listed = subprocess.run(["ps", "-o", "args=", "-g", str(run.pid)], capture_output=True, text=True).stdout
-        return "multiprocessing.forkserver" in listed
+        """Whether the fork server is importing, with searchlab.preload's Ctrl-C handler in place (before it, for
+        the ~0.1 s its interpreter takes to start, a Ctrl-C is ignored: it would end once its imports did)."""
+        listed = subprocess.run(["ps", "-o", "pid=,args=", "-g", str(run.pid)], capture_output=True, text=True).stdout
+        for line in listed.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            if "multiprocessing.forkserver" in args:
+                with contextlib.suppress(OSError):
+                    caught = next(row for row in Path(f"/proc/{pid}/status").read_text().splitlines()
+                                  if row.startswith("SigCgt:"))
+                    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+        return False
 
     try:
-        wait_until(fork_server_loading, timeout=60, what="the fork server to start")
+        wait_until(fork_server_loading, timeout=60, what="the fork server to load with its Ctrl-C handler")
         os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         interrupted = time.monotonic()
         _, stderr = run.communicate(timeout=60)  # its end: every holder of the command's output has exited
