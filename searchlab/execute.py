@@ -350,8 +350,10 @@ def worker_context() -> Any:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(WORKER_PRELOAD)
-    if threading.current_thread() is threading.main_thread():  # start it now, with Ctrl-C ignored until its
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # searchlab.preload handles it (milliseconds here)
+    if threading.current_thread() is threading.main_thread():
+        # Start it now (milliseconds) with Ctrl-C ignored: it inherits that until searchlab.preload, its first
+        # import, makes a Ctrl-C end it quietly.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             multiprocessing.forkserver.ensure_running()
         finally:

@@ -91,6 +91,10 @@ class Syncer:
     """Syncs files to disk in one background thread; files asked for while a sync runs are synced together next."""
 
     def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked child has no sync thread, whatever its parent had
+
+    def _reset(self) -> None:
         self._pending: set[str] = set()
         self._busy = False
         self._changed = threading.Condition()

@@ -175,6 +175,31 @@ def test_journal_syncs_wait_on_the_disk_in_the_background_and_before_the_process
     assert "synced" in done.stdout
 
 
+def test_a_forked_child_syncs_on_its_own_thread(workdir: Path):
+    """The sync thread does not survive a fork (workers are forked from a fork server): a child that writes a
+    journal gets its own, and waiting for its syncs returns."""
+    import os
+    import threading
+
+    from searchlab.storage import SYNCER
+
+    optuna.create_study(study_name="s", storage=open_storage("parent.journal"))  # this process's thread runs
+    SYNCER.wait()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code, never return into pytest
+        code = 1
+        try:
+            optuna.create_study(study_name="c", storage=open_storage("child.journal"))
+            waiting = threading.Thread(target=SYNCER.wait, daemon=True)
+            waiting.start()
+            waiting.join(10)
+            code = 3 if waiting.is_alive() else 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's syncs were never made"
+
+
 def test_the_journal_file_is_optunas_format(workdir: Path):
     """Optuna's own JournalFileBackend reads what searchlab wrote, and searchlab reads what it writes."""
     from optuna.storages.journal import JournalFileBackend
