@@ -12,6 +12,10 @@ Run by benchmarks/suite.py; by hand:
   overfit check is not counted (it is start-up, measured by the start-up benchmark); the preflight is.
 - ``bare``: the same trials (params, seeds, epochs from ``--params``: a searchlab variant's output) trained with
   ``objective.train_trial`` and nothing else: no Optuna, no tracking.
+- ``bare+traffic``: ``bare`` while another process makes the MLflow calls of one tracked trial (searchlab's
+  ``MlflowTracker``: a child run, its params, 10 epochs of curves, its state_dict, its close) every ``--period``
+  seconds against the same server: what the tracking server's and a client's work cost the training on this
+  machine's cores, whatever framework makes the calls.
 - ``naive``: what users write today: ``optuna.create_study()`` (in memory) with the same seeded sampler, and an
   objective that trains with the same loop inside ``mlflow.start_run(nested=True)`` under a parent run, logs
   params with ``mlflow.log_params``, every metric every epoch with ``mlflow.log_metric`` (synchronous), and the
@@ -118,6 +122,68 @@ def variant_bare(study: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {"wall_s": wall, "epochs": epochs, "params_digest": params_digest(given)}
 
 
+def variant_bare_with_traffic(study: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``bare`` while a ``replay`` process makes a tracked trial's MLflow calls every ``--period`` seconds."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as folder:
+        count = Path(folder) / "replayed.json"
+        replay = subprocess.Popen([sys.executable, __file__, "replay", "--study", args.study, "--tracking-uri",
+                                   args.tracking_uri, "--period", str(args.period), "--out", str(count)])
+        try:
+            while not count.exists():  # its first trial's calls are made: it is under way
+                if replay.poll() is not None:
+                    raise RuntimeError(f"the replay process exited ({replay.returncode})")
+                time.sleep(0.1)
+            result = variant_bare(study, args)
+        finally:
+            replay.terminate()
+            replay.wait(60)
+        return {**result, "replayed_trials": json.loads(count.read_text())["trials"]}
+
+
+def replay(args: argparse.Namespace) -> None:
+    """Make one tracked trial's MLflow calls every ``--period`` seconds until SIGTERM, as searchlab's objective
+    makes them (through ``MlflowTracker``; weights of the study's model); ``--out`` counts the trials so far."""
+    import signal
+
+    import optuna
+
+    from searchlab.objective import sample_params
+    from searchlab.tracking import MlflowTracker
+    from searchlab.trial import Trial
+
+    study = preload(args.study)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stop: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    sampled = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    model = study.model(Trial(sampled, sample_params(study.space, sampled), 0))
+    tracker = MlflowTracker(args.tracking_uri)
+    experiment = tracker.experiment_id(f"bench-replay-{os.getpid()}")
+    parent = tracker.start_run(experiment, "replay", tags={"role": "study"})
+    trials = 0
+    while not stop:
+        started = time.perf_counter()
+        run = tracker.start_run(experiment, f"trial-{trials}", parent_run_id=parent,
+                                tags={"trial_number": trials, "study_name": "replay", "worker": os.getpid()})
+        tracker.log_params(run, {**sampled.params, "seed": 0, "n_params": 1, "device": "cpu", "threads": 1,
+                                 "max_epochs": 10, "patience": 10, "optimizer": "sgd", "init": "default"},
+                           buffered=True)
+        for epoch in range(10):
+            tracker.log_metrics(run, {"train_loss": 0.5, "val_loss": 0.5, "val_mae": 0.5, "val_mse": 0.5,
+                                      "val_r2": 0.5}, step=epoch)
+        tracker.log_state_dict(run, model.state_dict())
+        tracker.log_metrics(run, {"best_val_loss": 0.5}, step=9)
+        tracker.end_run(run, "FINISHED", tags={"state": "COMPLETE", "epochs": 10, "best_epoch": 9, "val_loss": 0.5,
+                                               "mlflow.runName": f"trial-{trials} val_loss=0.5"})
+        trials += 1
+        write_json(args.out, {"trials": trials})
+        time.sleep(max(0.0, args.period - (time.perf_counter() - started)))
+    tracker.end_run(parent, "FINISHED")
+
+
 def variant_naive(study: Any, args: argparse.Namespace) -> dict[str, Any]:
     import mlflow
     import optuna
@@ -221,7 +287,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", choices=["searchlab", "bare", "naive", "latency"])
+    parser.add_argument("variant", choices=["searchlab", "bare", "bare+traffic", "naive", "latency", "replay"])
     parser.add_argument("--study", default=DEFAULT_STUDY)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=10)
@@ -230,13 +296,18 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true", help="time the parts (searchlab, naive)")
     parser.add_argument("--report", action="store_true", help="searchlab: write the study report too")
     parser.add_argument("--register", action="store_true", help="searchlab: register the best model too")
+    parser.add_argument("--period", type=float, default=0.8, help="bare+traffic: seconds per replayed trial")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.variant == "latency":
         write_json(args.out, latency(args))
         return
+    if args.variant == "replay":
+        replay(args)
+        return
     study = preload(args.study)
-    run = {"searchlab": variant_searchlab, "bare": variant_bare, "naive": variant_naive}[args.variant]
+    run = {"searchlab": variant_searchlab, "bare": variant_bare, "bare+traffic": variant_bare_with_traffic,
+           "naive": variant_naive}[args.variant]
     write_json(args.out, {"variant": args.variant, "threads": threads(), **run(study, args)})
 
 

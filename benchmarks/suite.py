@@ -12,7 +12,9 @@ pass/fail. The JSON holds the table, every raw figure, the breakdown of a tracke
             over HTTP: parent and child runs, params, curves, state_dict; overfit check off, no report, no model
             registration) against ``bare`` (the same trials, params, seeds and epochs through
             ``objective.train_trial``, no Optuna, no tracking): target searchlab <= 1.05 x bare; and ``searchlab``
-            as run by default (+ the study report and the best model registered). On ``--workload``: the
+            as run by default (+ the study report and the best model registered); and ``bare+traffic``, the bare
+            loop while another process makes one tracked trial's MLflow calls per trial-length against the same
+            server (what the server's work on these cores costs the training, whoever sends). On ``--workload``: the
             regression workload at the issue's scale (a trial trains ~0.7-1.5 s). (benchmarks/overhead.py)
 - naive     the same study as an Optuna objective with synchronous ``mlflow.log_metric`` per metric per epoch
             and ``mlflow.log_artifact`` for the weights: target searchlab <= 0.70 x naive.
@@ -117,8 +119,9 @@ def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], ur
         write_json(params_file, prepared)
         details[f"{name}_breakdown"] = prepared["breakdown"]
         details[f"{name}_prepare"] = {k: v for k, v in prepared.items() if k != "breakdown"}
-        variants = ["searchlab", "bare"] + (["searchlab+publish"] if targets else []) + \
+        variants = ["searchlab", "bare"] + (["searchlab+publish", "bare+traffic"] if targets else []) + \
             (["naive"] if targets and "naive" in selected else [])
+        period = prepared["wall_s"] / args.trials  # bare+traffic replays a trial's MLflow calls at searchlab's pace
         runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         latencies: list[dict[str, float]] = []
         for repeat in range(args.repeats):
@@ -126,6 +129,8 @@ def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], ur
                 extra = {"searchlab": ["--tracking-uri", uri],
                          "searchlab+publish": ["--tracking-uri", uri, "--report", "--register"],
                          "bare": ["--params", str(params_file)],
+                         "bare+traffic": ["--params", str(params_file), "--tracking-uri", uri,
+                                          "--period", f"{period:.3f}"],
                          "naive": ["--tracking-uri", uri, "--breakdown"]}[variant]
                 result = run_child("overhead", [variant.removesuffix("+publish"), *common, *extra],
                                    cwd=tempfile.mkdtemp(dir=folder))
@@ -158,6 +163,17 @@ def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], ur
     training = sum(seconds for part, seconds in parts.items() if part.startswith(TRAINING_PARTS))
     table.add(name, "share of a tracked run outside training (breakdown run)", "share",
               [1 - training / prepared["breakdown"]["total_s"]])
+    if "bare+traffic" in wall:
+        # The same bare loop while another process makes one tracked trial's MLflow calls per trial-length against
+        # the same server: what tracking to a server on this machine costs the training, whoever makes the calls.
+        table.add(name, f"bare loop + a trial's MLflow calls every {period:.2f} s, other process (/ bare)", "s",
+                  wall["bare+traffic"], ratio=statistics.median(wall["bare+traffic"]) / bare)
+        traffic = [t / b for t, b in zip(wall["bare+traffic"], wall["bare"], strict=True)]
+        table.add(name, "bare + traffic / bare, each repeat (median ratio): the server's share", "ratio", traffic,
+                  ratio=statistics.median(traffic))
+        beyond = [s / t for s, t in zip(wall["searchlab"], wall["bare+traffic"], strict=True)]
+        table.add(name, "searchlab / (bare + traffic), each repeat (median ratio): searchlab's own", "ratio",
+                  beyond, ratio=statistics.median(beyond))
     if "searchlab+publish" in wall:
         by_default = statistics.median(wall["searchlab+publish"])
         table.add(name, "searchlab as run by default, + report + registry (/ bare)", "s", wall["searchlab+publish"],
