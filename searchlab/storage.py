@@ -78,7 +78,8 @@ def journal_file(path: str) -> Any:
 
     Optuna syncs every append (~0.4-1 ms each, 25 per trial) in the caller; a sync here waits on the disk in the
     ``searchlab-journal-sync`` thread (2-30 ms each while a tracking server writes to the same disk), never in the
-    trial loop, and syncs asked for meanwhile are made as one. The process waits for the last one before it exits.
+    trial loop, and syncs asked for meanwhile are made as one. A process waits for the last one before it exits
+    (at exit; a forked worker, which skips that, in ``worker_process``).
     After a power cut the trial a worker was running is lost either way (it is recovered as failed); a crashed
     process loses nothing: its writes were made. Optuna's default lock is a symlink made and removed around every
     append: three directory updates (an append took ~60 µs here, ~16 µs with ``flock``), and a lock that a killed

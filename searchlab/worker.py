@@ -27,7 +27,7 @@ from searchlab.config import RunConfig
 from searchlab.devices import Slot
 from searchlab.errors import ConfigError, RunFailed, TrialStopped, describe_error
 from searchlab.recovery import reap_dead_local_trials, stale_trial_callback, worker_name
-from searchlab.storage import Heartbeat, has_heartbeats, open_storage
+from searchlab.storage import SYNCER, Heartbeat, has_heartbeats, open_storage
 from searchlab.study import Study, load_study_file
 
 EXPERIMENT_ATTR, PARENT_RUN_ATTR = "mlflow_experiment_id", "mlflow_parent_run_id"
@@ -236,4 +236,5 @@ def worker_process(study_file: str, config: RunConfig, slot: Slot, orders: Any, 
             print(f"Error: {error}", file=sys.stderr)
             sys.exit(1)
         finally:
+            SYNCER.wait()  # a forked worker ends without running atexit: its last journal sync is made here
             gc.freeze()  # the process ends here: see cli.entry_point
