@@ -148,11 +148,7 @@ class MlflowTracker:
     def log_metrics(self, run_id: str, values: Mapping[str, float], step: int, *,
                     timestamp: int | None = None) -> None:
         """Buffer one step's values (``timestamp`` in ms, default now); flush when ``flush_seconds`` have passed."""
-        from mlflow.entities import Metric
-
-        timestamp = int(time.time() * 1000) if timestamp is None else timestamp
-        pending = self._pending.setdefault(run_id, _Pending())
-        pending.metrics.extend(Metric(key, float(value), timestamp, step) for key, value in values.items())
+        self._buffer_metrics(run_id, values, step, timestamp)
         if time.monotonic() - self._last_flush.get(run_id, 0.0) >= self.flush_seconds:
             try:
                 self.flush(run_id, retry=False)
@@ -160,6 +156,14 @@ class MlflowTracker:
                 if not is_transient(error):
                     raise
                 self._last_flush[run_id] = time.monotonic()  # keep the points; try again at the next flush
+
+    def _buffer_metrics(self, run_id: str, values: Mapping[str, float], step: int,
+                        timestamp: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000) if timestamp is None else timestamp
+        pending = self._pending.setdefault(run_id, _Pending())
+        pending.metrics.extend(Metric(key, float(value), timestamp, step) for key, value in values.items())
 
     def flush(self, run_id: str, *, retry: bool = True, tags: Mapping[str, Any] | None = None) -> None:
         """Send the run's buffered params and metric points (and ``tags``) in as few ``log_batch`` calls as MLflow
@@ -228,12 +232,7 @@ class MlflowTracker:
         """Flush what is buffered, with the run's final ``tags`` and ``metrics`` (step 0), and close it as FINISHED,
         FAILED or KILLED."""
         try:
-            if metrics:
-                from mlflow.entities import Metric
-
-                now = int(time.time() * 1000)
-                self._pending.setdefault(run_id, _Pending()).metrics.extend(
-                    Metric(key, float(value), now, 0) for key, value in metrics.items())
+            self._buffer_metrics(run_id, metrics or {}, 0)
             self.flush(run_id, tags=tags)
         finally:
             self._retry(self.client.set_terminated, run_id, status=status)
