@@ -226,7 +226,8 @@ def test_ctrl_c_while_the_fork_server_loads_ends_everything_at_once_with_one_lin
     def fork_server_loading() -> bool:
         """Whether the fork server is importing, with searchlab.preload's Ctrl-C handler in place (before it, for
         the ~0.1 s its interpreter takes to start, a Ctrl-C is ignored: it would end once its imports did)."""
-        listed = subprocess.run(["ps", "-o", "pid=,args=", "-g", str(run.pid)], capture_output=True, text=True).stdout
+        listed = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "-g", str(run.pid)],  # -ww: never cut at 80
+                                capture_output=True, text=True).stdout
         for line in listed.splitlines():
             pid, _, args = line.strip().partition(" ")
             if "multiprocessing.forkserver" in args:
