@@ -73,8 +73,20 @@ class DefaultsTrial:
 
 
 def check_study(study: Study, train_data: Data, *, examples: int = EXAMPLES, steps: int = STEPS,
-                seed: int = 0, start: Start | None = None) -> CheckResult:
-    """Try to overfit ``examples`` training examples in ``steps`` full-batch steps (from ``start``'s weights)."""
+                seed: int = 0, start: Start | None = None, threads: int | None = None) -> CheckResult:
+    """Try to overfit ``examples`` training examples in ``steps`` full-batch steps (from ``start``'s weights), on
+    ``threads`` torch threads (default: as set; torch's setting is restored after)."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _overfit(study, train_data, examples=examples, steps=steps, seed=seed, start=start)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _overfit(study: Study, train_data: Data, *, examples: int, steps: int, seed: int,
+             start: Start | None) -> CheckResult:
     task = get_task(study.task)
     params = {**(start.params if start else {}), **{name: first_value(dist) for name, dist in study.space.items()}}
     params.update({name: 0.0 for name in ("dropout", "weight_decay") if name in params})  # memorise, no regularising

@@ -202,7 +202,9 @@ def _run_study(study: Study, config: RunConfig, task: Any, slots: list[Slot], wo
     if check:
         from searchlab.check import CheckFailed, check_study
 
-        result = check_study(study, data[0], seed=config.seed, start=start)
+        # On one slot's threads, as a trial trains: all of the cores would contend with the workers getting ready
+        # (their fork server's imports), and a thread pool that waits for a busy core runs many times slower.
+        result = check_study(study, data[0], seed=config.seed, start=start, threads=min(s.threads for s in slots))
         if not result.passed:
             raise CheckFailed(f"the model cannot learn one tiny batch, so the sweep would be wasted: "
                               f"{result.summary.removeprefix('check failed: ')} (see 'searchlab check'; "
