@@ -27,7 +27,7 @@ from searchlab.config import RunConfig
 from searchlab.devices import Slot
 from searchlab.errors import ConfigError, RunFailed, TrialStopped, describe_error
 from searchlab.recovery import reap_dead_local_trials, stale_trial_callback, worker_name
-from searchlab.storage import SYNCER, Heartbeat, has_heartbeats, open_storage
+from searchlab.storage import SYNCER, Heartbeat, has_heartbeats, is_database_url, open_storage
 from searchlab.study import Study, load_study_file
 
 EXPERIMENT_ATTR, PARENT_RUN_ATTR = "mlflow_experiment_id", "mlflow_parent_run_id"
@@ -186,8 +186,11 @@ def prepare_worker(study_file: str, config: RunConfig) -> tuple[Study, Any, Any]
     from searchlab.execute import load_split, load_start_for
 
     study = load_study_file(study_file)
-    import mlflow  # noqa: F401  (the trial tracker's)
+    import mlflow  # the trial tracker's
     import torch._dynamo  # noqa: F401  (the first optimizer step's)
+
+    if is_database_url(config.tracking_uri):  # MLflow's SQL store (the default sqlite one): seconds on some hosts
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
     return study, load_split(study, config.seed), load_start_for(study, config)
 
