@@ -3,6 +3,8 @@
 Run by benchmarks/suite.py; by hand:
     python benchmarks/startup.py imports --out imports.json
     python benchmarks/startup.py first-epoch --workers 2 --tracking-uri http://127.0.0.1:5000 --out first.json
+    python benchmarks/startup.py first-epoch --workers 4 --devices cuda:0 --study benchmarks/studies/gpu_bound.py \
+        --out gpu4.json
 
 - ``imports``: for each path (``import searchlab``; ``searchlab --help``; what ``searchlab run`` loads before the
   study runs; what a spawned worker loads before its first epoch), a fresh ``python -X importtime`` process:
@@ -112,8 +114,12 @@ def first_epoch(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="searchlab-startup-") as folder:
         name = f"bench-startup-{os.getpid()}"
         tracking = args.tracking_uri or f"sqlite:///{Path(folder) / 'mlflow.db'}"
-        command = [*SEARCHLAB, "run", args.study, "--trials", str(args.workers), "--workers", str(args.workers),
-                   "--max-epochs", str(args.epochs), "--study-name", name, "--tracking-uri", tracking]
+        command = [*SEARCHLAB, "run", str(Path(args.study).resolve()), "--trials", str(args.workers),
+                   "--workers", str(args.workers), "--max-epochs", str(args.epochs), "--study-name", name,
+                   "--tracking-uri", tracking]
+        if args.devices:  # every worker on these devices (a GPU host: K workers share each GPU)
+            per_device = -(-args.workers // len(args.devices.split(",")))
+            command += ["--devices", args.devices, "--trials-per-device", str(per_device)]
         started = time.time()
         done = subprocess.run(command, cwd=folder, env=clean_env(), capture_output=True, text=True)
         wall = time.time() - started
@@ -141,6 +147,7 @@ def first_epoch(args: argparse.Namespace) -> dict[str, Any]:
             mine["worker_start_to_first_epoch_s"] = mine["first_epoch_s"] - (parent_start - started)
         return {
             "workers": args.workers,
+            "devices": args.devices or "default",
             "tracking": "http" if tracking.startswith("http") else "sqlite (fresh)",
             "wall_s": wall,
             "parent_run_s": parent_start - started,
@@ -229,6 +236,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--tracking-uri", help="first-epoch: a tracking server; default: a fresh sqlite store")
+    parser.add_argument("--devices", help="first-epoch: run the workers on these devices (e.g. cuda:0), packed")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.mode == "imports":
