@@ -110,6 +110,9 @@ def run(file: str, no_check: bool, **flags: Any) -> None:
     Settings come from the study file, then SEARCHLAB_* variables, then these flags.
     Running again with the same study name continues the study.
     """
+    from searchlab.forkserver import start_early
+
+    start_early(flags["workers"])  # several workers: their fork server loads while this process does
     from searchlab.check import CheckFailed
     from searchlab.config import resolve_config
     from searchlab.execute import StudyInterrupted, run_study
@@ -143,6 +146,9 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
     got worse on the new data and nothing replaced it. One night per study at a time (a lock beside the storage,
     or a PostgreSQL advisory lock).
     """
+    from searchlab.forkserver import start_early
+
+    start_early(flags["workers"])
     from searchlab.config import resolve_config
     from searchlab.execute import StudyInterrupted
     from searchlab.nightly import run_night

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import multiprocessing
 import multiprocessing.connection
-import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -30,6 +28,7 @@ from searchlab.budget import BUDGET_ATTR, budget_lock, count, has_room
 from searchlab.config import RunConfig, default_tracking_uri
 from searchlab.devices import Slot, assign_slots, cuda_device_count, parse_devices, parse_workers
 from searchlab.errors import ConfigError, RunFailed, describe_error
+from searchlab.forkserver import worker_context
 from searchlab.recovery import is_dead_local_worker, reap_dead_local_trials, worker_name
 from searchlab.storage import DEFAULT_JOURNAL, describe, mask_password, open_storage
 from searchlab.study import Study
@@ -46,9 +45,6 @@ from searchlab.worker import (
 
 STOP_GRACE_SECONDS = 60  # how long stopped workers get to close their trials before they are killed
 CANCEL_GRACE_SECONDS = 10  # how long workers of a run that never started get to exit
-# What every worker imports before its first trial (seconds each): a fork server imports them once, in parallel
-# with the coordinator's set-up, and forks the workers from there. It never runs torch, so no CUDA context is forked.
-WORKER_PRELOAD = ["searchlab.preload", "searchlab.worker", "mlflow", "optuna", "torch", "torch._dynamo", "torchmetrics"]
 
 
 @dataclass
@@ -343,24 +339,6 @@ def join_study(study: Study, config: RunConfig) -> int:
                    deadline=None if config.timeout is None else time.time() + config.timeout, data=data,
                    start=start, worker_seed=os.getpid(), on_trial_end=finished.append)
     return len(finished)
-
-
-def worker_context() -> Any:
-    """Where worker processes come from: a fork server that preloads ``WORKER_PRELOAD`` (where the platform has
-    one), else a fresh interpreter each (spawn). Never a fork of the coordinator, which may hold a CUDA context."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(WORKER_PRELOAD)
-    if threading.current_thread() is threading.main_thread():
-        # Start it now (milliseconds) with Ctrl-C ignored: it inherits that until searchlab.preload, its first
-        # import, makes a Ctrl-C end it quietly.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            multiprocessing.forkserver.ensure_running()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-    return context
 
 
 class Workers:
