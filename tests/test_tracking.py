@@ -174,3 +174,20 @@ def test_a_missing_module_is_remembered_and_an_installed_one_left_alone(monkeypa
         sys.modules.pop("searchlab_no_such_module", None)
     MlflowTracker("sqlite:///:memory:")  # the tracker does it for MLflow's probes (Databricks' runtime: not here)
     assert "dbruntime" in ENVIRONMENT_PROBES and sys.modules.get("dbruntime", "not remembered") is None
+
+
+@pytest.mark.parametrize("store", ["sqlite", "server"])
+def test_a_run_renamed_as_it_ends_is_renamed_by_its_closing_update(tmp_path: Path, store: str,
+                                                                  request: pytest.FixtureRequest) -> None:
+    # Not as a tag in log_batch: the server then sets it through two more transactions and reloads the run.
+    uri = request.getfixturevalue("mlflow_server") if store == "server" else f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri, flush_seconds=3600)
+    batches = count_batches(tracker)
+    run = tracker.start_run(tracker.experiment_id(f"rename-{store}"), "trial-0")
+    tracker.log_metrics(run, {"val_loss": 0.5}, step=1)
+    tracker.end_run(run, "FINISHED", tags={"state": "COMPLETE", "mlflow.runName": "trial-0 val_loss=0.5"})
+    ended = MlflowClient(uri).get_run(run)
+    assert ended.info.run_name == "trial-0 val_loss=0.5" == ended.data.tags["mlflow.runName"]
+    assert ended.info.status == "FINISHED" and ended.info.end_time >= ended.info.start_time
+    assert ended.data.tags["state"] == "COMPLETE" and ended.data.metrics["val_loss"] == 0.5
+    assert [[tag.key for tag in batch["tags"]] for batch in batches] == [["state"]]
