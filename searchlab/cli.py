@@ -111,14 +111,15 @@ def run(file: str, no_check: bool, **flags: Any) -> None:
     Running again with the same study name continues the study.
     """
     from searchlab.forkserver import start_early
+    from searchlab.study import check_study_path, load_study_file
 
+    check_study_path(file)
     start_early(flags["workers"])  # several workers: their fork server loads while this process does
+    study = load_study_file(file)
     from searchlab.check import CheckFailed
     from searchlab.config import resolve_config
     from searchlab.execute import StudyInterrupted, run_study
-    from searchlab.study import load_study_file
 
-    study = load_study_file(file)
     try:
         summary = run_study(study, resolve_config(study, flags), study_file=file, check=not no_check)
     except (CheckFailed, RunFailed) as failed:
@@ -147,14 +148,15 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
     or a PostgreSQL advisory lock).
     """
     from searchlab.forkserver import start_early
+    from searchlab.study import check_study_path, load_study_file
 
+    check_study_path(file)
     start_early(flags["workers"])
+    study = load_study_file(file)
     from searchlab.config import resolve_config
     from searchlab.execute import StudyInterrupted
     from searchlab.nightly import run_night
-    from searchlab.study import load_study_file
 
-    study = load_study_file(file)
     try:
         night, summary = run_night(study, resolve_config(study, flags), study_file=file, reevaluate=reevaluate,
                           threshold=threshold, check=not no_check)

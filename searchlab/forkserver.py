@@ -1,12 +1,16 @@
 """Where worker processes come from: a fork server that imports what every worker needs once, then forks them.
 
-It never runs torch, so no CUDA context is ever forked. ``searchlab run`` starts it before its own imports when
-the run will have several workers, so that both load at once (seconds each); ``execute.Workers`` starts it
-otherwise. Where the platform has no fork server, each worker is a fresh interpreter (spawn).
+Workers are never forks of the coordinator, which may hold a CUDA context; the fork server never runs torch.
+``searchlab run`` starts it before its own imports when the run will have several workers, so that both load at
+once (seconds each); ``execute.Workers`` starts it otherwise. It is stopped when this process exits, even in the
+middle of its imports (a run that stopped at once, on bad input). Where the platform has no fork server, each
+worker is a fresh interpreter (spawn).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -36,7 +40,17 @@ def worker_context() -> Any:
             multiprocessing.forkserver.ensure_running()
         finally:
             signal.signal(signal.SIGINT, previous)
+        atexit.unregister(_stop_at_exit)
+        atexit.register(_stop_at_exit)
     return context
+
+
+def _stop_at_exit() -> None:
+    """End the fork server now: on its own it would notice this process's end only once its imports are done."""
+    pid = getattr(getattr(multiprocessing.forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def start_early(workers: str | None) -> None:

@@ -144,13 +144,19 @@ def check_int(what: str, value: Any) -> None:
         raise ConfigError(f"{what} must be an integer, got {value!r}")
 
 
-def load_study_file(path: str | Path) -> Study:
-    """Import a study file and return the one ``Study`` it declares at module level."""
+def check_study_path(path: str | Path) -> Path:
+    """The path of a study file, or the error that says what to fix (at once: nothing is imported)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study file {str(path)!r} not found: check the path (e.g. studies/regression.py)")
     if path.suffix != ".py":
         raise ConfigError(f"study file {str(path)!r} must be a Python file ending in .py")
+    return path
+
+
+def load_study_file(path: str | Path) -> Study:
+    """Import a study file and return the one ``Study`` it declares at module level."""
+    path = check_study_path(path)
     module_name = f"searchlab_study_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:

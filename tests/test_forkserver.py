@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from conftest import SEARCHLAB, clean_env, write_study
+from test_parallel import group_alive, wait_until
 
 import searchlab.forkserver
 from searchlab.forkserver import start_early
@@ -52,3 +57,21 @@ def test_start_early_starts_it_for_a_run_with_several_workers_and_leaves_bad_inp
         monkeypatch.setenv("SEARCHLAB_WORKERS", variable)
     start_early(flag)
     assert calls == ([True] if started else [])
+
+
+def test_a_run_that_stops_on_bad_input_leaves_no_fork_server_loading(workdir: Path) -> None:
+    # Started before the study file is read, the fork server would go on importing torch & co. for seconds after
+    # the command's one-line error, holding its output open (6.5 s here).
+    broken = workdir / "broken.py"
+    broken.write_text("raise RuntimeError('broken on purpose')\n")
+    started = time.monotonic()
+    run = subprocess.Popen([SEARCHLAB, "run", str(broken), "--workers", "2"], cwd=workdir, env=clean_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = run.communicate(timeout=60)
+        assert run.returncode == 2 and "broken on purpose" in stderr and len(stderr.strip().splitlines()) == 1
+        assert time.monotonic() - started < 3, "something held the command's output open"
+        wait_until(lambda: not group_alive(run.pid), timeout=5, what="the command's processes to end")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
