@@ -36,6 +36,7 @@ HEAVY = ("torch", "torch._dynamo", "mlflow", "torchmetrics", "optuna", "sklearn"
 
 
 LOADS: list[float] = []  # the 1-minute load average after each child: how busy the machine was meanwhile
+SERVER_GROUPS: dict[str, int] = {}  # tracking_server's URL -> its process group (see group_cpu_s)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -74,6 +75,7 @@ def tracking_server(folder: Path) -> Iterator[str]:
                                        ) from None
                 time.sleep(0.5)
         warm_up(url)
+        SERVER_GROUPS[url] = process.pid
         yield url
     finally:
         process.terminate()  # searchlab server stops its mlflow server on SIGTERM
@@ -85,6 +87,20 @@ def tracking_server(folder: Path) -> Iterator[str]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)  # what is left of the server's own group (its workers)
         log.close()
+
+
+def group_cpu_s(group: int) -> float:
+    """CPU seconds used so far by the live processes of a process group (Linux; nan elsewhere)."""
+    total, found = 0.0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[2]) == group:  # fields after the name: state, ppid, pgrp, ..., utime (12), stime (13)
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            found = True
+    return total if found else float("nan")
 
 
 def warm_up(url: str, connections: int = 32) -> None:

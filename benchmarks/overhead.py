@@ -21,7 +21,8 @@ Run by benchmarks/suite.py; by hand:
   params with ``mlflow.log_params``, every metric every epoch with ``mlflow.log_metric`` (synchronous), and the
   best weights with ``torch.save`` + ``mlflow.log_artifact``.
 
-Every variant imports the same heavy modules (torch and torch._dynamo, optuna, mlflow, torchmetrics, the study
+Each variant also reports its process's CPU time (all threads) and its main thread's. Every variant imports the
+same heavy modules (torch and torch._dynamo, optuna, mlflow, torchmetrics, the study
 file) before its clock starts: import costs are the start-up benchmark's. The clock covers loading the data and
 everything after. Epochs are fixed: ``patience = max_epochs``. ``latency`` measures single MLflow calls.
 """
@@ -308,7 +309,11 @@ def main() -> None:
     study = preload(args.study)
     run = {"searchlab": variant_searchlab, "bare": variant_bare, "bare+traffic": variant_bare_with_traffic,
            "naive": variant_naive}[args.variant]
-    write_json(args.out, {"variant": args.variant, "threads": threads(), **run(study, args)})
+    # CPU time: the whole process's (every thread) and the training thread's own.
+    cpu, main_thread_cpu = time.process_time(), time.thread_time()
+    result = run(study, args)
+    write_json(args.out, {"variant": args.variant, "threads": threads(), **result, "cpu_s": time.process_time() - cpu,
+                          "main_thread_cpu_s": time.thread_time() - main_thread_cpu})
 
 
 if __name__ == "__main__":

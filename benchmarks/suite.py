@@ -42,7 +42,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import DEFAULT_STUDY, HERE, LOADS, alternate, run_child, stats, tracking_server, write_json
+from _common import (
+    DEFAULT_STUDY,
+    HERE,
+    LOADS,
+    SERVER_GROUPS,
+    alternate,
+    group_cpu_s,
+    run_child,
+    stats,
+    tracking_server,
+    write_json,
+)
 
 BENCHMARKS = ("overhead", "naive", "small", "scaling", "startup", "data")
 WORKLOAD = str(HERE / "studies" / "regression_workload.py")
@@ -132,8 +143,10 @@ def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], ur
                          "bare+traffic": ["--params", str(params_file), "--tracking-uri", uri,
                                           "--period", f"{period:.3f}"],
                          "naive": ["--tracking-uri", uri, "--breakdown"]}[variant]
+                server_cpu = group_cpu_s(SERVER_GROUPS[uri])
                 result = run_child("overhead", [variant.removesuffix("+publish"), *common, *extra],
                                    cwd=tempfile.mkdtemp(dir=folder))
+                result["server_cpu_s"] = group_cpu_s(SERVER_GROUPS[uri]) - server_cpu
                 runs[variant].append(result)
                 log(f"{name} repeat {repeat + 1}: {variant} {result['wall_s']:.2f} s ({result['epochs']} epochs)")
             latencies.append(run_child("overhead", ["latency", "--tracking-uri", uri]))
@@ -163,6 +176,24 @@ def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], ur
     training = sum(seconds for part, seconds in parts.items() if part.startswith(TRAINING_PARTS))
     table.add(name, "share of a tracked run outside training (breakdown run)", "share",
               [1 - training / prepared["breakdown"]["total_s"]])
+    # CPU time: what the tracked run costs the machine's cores (the server's included), and whether the training
+    # thread itself needs more of it in the tracked process.
+    cpu = {v: [r["cpu_s"] for r in rs] for v, rs in runs.items()}
+    table.add(name, "CPU: searchlab process (all threads) / bare process, each repeat", "ratio",
+              [s / b for s, b in zip(cpu["searchlab"], cpu["bare"], strict=True)],
+              ratio=statistics.median(s / b for s, b in zip(cpu["searchlab"], cpu["bare"], strict=True)))
+    trained = [r["main_thread_cpu_s"] / b["main_thread_cpu_s"] for r, b in
+               zip(runs["searchlab"], runs["bare"], strict=True)]
+    table.add(name, "CPU: searchlab's main (training) thread / bare's, each repeat", "ratio", trained,
+              ratio=statistics.median(trained))
+    served = [r["server_cpu_s"] for r in runs["searchlab"]]
+    table.add(name, "CPU: tracking server per trial of a searchlab run", "ms",
+              [1000 * seconds / args.trials for seconds in served])
+    table.add(name, "CPU: tracking server during a bare run (idle)", "s", [r["server_cpu_s"] for r in runs["bare"]])
+    total = [(r["cpu_s"] + r["server_cpu_s"]) / b["cpu_s"] for r, b in zip(runs["searchlab"], runs["bare"],
+                                                                            strict=True)]
+    table.add(name, "CPU: searchlab process + tracking server / bare process, each repeat", "ratio", total,
+              ratio=statistics.median(total))
     if "bare+traffic" in wall:
         # The same bare loop while another process makes one tracked trial's MLflow calls per trial-length against
         # the same server: what tracking to a server on this machine costs the training, whoever makes the calls.
