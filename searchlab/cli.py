@@ -101,6 +101,17 @@ def search_options(command: Any) -> Any:
     return command
 
 
+def load_for_search(file: str, workers: str | None) -> Any:
+    """The study FILE declares, for a search with this --workers setting: a bad path fails at once, before anything
+    loads, and the fork server of several workers starts loading before the study file's own imports."""
+    from searchlab.forkserver import start_early
+    from searchlab.study import check_study_path, load_study_file
+
+    check_study_path(file)
+    start_early(workers)
+    return load_study_file(file)
+
+
 @main.command()
 @click.argument("file")
 @search_options
@@ -110,12 +121,7 @@ def run(file: str, no_check: bool, **flags: Any) -> None:
     Settings come from the study file, then SEARCHLAB_* variables, then these flags.
     Running again with the same study name continues the study.
     """
-    from searchlab.forkserver import start_early
-    from searchlab.study import check_study_path, load_study_file
-
-    check_study_path(file)
-    start_early(flags["workers"])  # several workers: their fork server loads while this process does
-    study = load_study_file(file)
+    study = load_for_search(file, flags["workers"])
     from searchlab.check import CheckFailed
     from searchlab.config import resolve_config
     from searchlab.execute import StudyInterrupted, run_study
@@ -147,12 +153,7 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
     got worse on the new data and nothing replaced it. One night per study at a time (a lock beside the storage,
     or a PostgreSQL advisory lock).
     """
-    from searchlab.forkserver import start_early
-    from searchlab.study import check_study_path, load_study_file
-
-    check_study_path(file)
-    start_early(flags["workers"])
-    study = load_study_file(file)
+    study = load_for_search(file, flags["workers"])
     from searchlab.config import resolve_config
     from searchlab.execute import StudyInterrupted
     from searchlab.nightly import run_night
