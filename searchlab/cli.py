@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -102,14 +107,43 @@ def search_options(command: Any) -> Any:
 
 
 def load_for_search(file: str, workers: str | None) -> Any:
-    """The study FILE declares, for a search with this --workers setting: a bad path fails at once, before anything
-    loads, and the fork server of several workers starts loading before the study file's own imports."""
+    """The study FILE declares, for a search with this --workers setting, and the modules a search needs: a bad path
+    fails at once, before anything loads, and the fork server of several workers starts loading before the study
+    file's own imports. Meanwhile a Ctrl-C ends the command at once (see ``exit_at_once_on_ctrl_c``)."""
     from searchlab.forkserver import start_early
     from searchlab.study import check_study_path, load_study_file
 
     check_study_path(file)
-    start_early(workers)
-    return load_study_file(file)
+    with exit_at_once_on_ctrl_c():
+        start_early(workers)
+        study = load_study_file(file)
+        import searchlab.check
+        import searchlab.execute  # noqa: F401
+    return study
+
+
+@contextlib.contextmanager
+def exit_at_once_on_ctrl_c() -> Iterator[None]:
+    """While the command loads (nothing is written yet), a Ctrl-C prints one line and ends it, with the fork server:
+    raised in the middle of an import, the interrupt can leave a module half-loaded (torch swallows one that comes
+    while it imports numpy, and the command then died later with a RecursionError deep in numpy)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(number: int, frame: Any) -> None:
+        from searchlab.forkserver import stop as stop_fork_server
+
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+        stop_fork_server()
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @main.command()

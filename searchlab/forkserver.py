@@ -40,13 +40,14 @@ def worker_context() -> Any:
             multiprocessing.forkserver.ensure_running()
         finally:
             signal.signal(signal.SIGINT, previous)
-        atexit.unregister(_stop_at_exit)
-        atexit.register(_stop_at_exit)
+        atexit.unregister(stop)
+        atexit.register(stop)
     return context
 
 
-def _stop_at_exit() -> None:
-    """End the fork server now: on its own it would notice this process's end only once its imports are done."""
+def stop() -> None:
+    """End the fork server now (at exit, or on a Ctrl-C while the command loads): on its own it would notice this
+    process's end only once its imports are done."""
     pid = getattr(getattr(multiprocessing.forkserver, "_forkserver", None), "_forkserver_pid", None)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):

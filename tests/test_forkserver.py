@@ -75,3 +75,37 @@ def test_a_run_that_stops_on_bad_input_leaves_no_fork_server_loading(workdir: Pa
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)
+
+
+# Study-file code that swallows a Ctrl-C while it "imports", as torch does when one comes while it imports numpy
+# (numpy is left half-loaded, and the command died later with a RecursionError deep in numpy).
+SWALLOWS_CTRL_C = '''
+import time as _time
+try:
+    open("loading", "w").close()
+    _time.sleep(60)
+except BaseException:
+    pass
+'''
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_while_the_study_loads_ends_the_command_at_once_even_if_an_import_swallows_it(
+        workdir: Path, workers: str) -> None:
+    path = write_study(workdir)
+    path.write_text(SWALLOWS_CTRL_C + path.read_text())
+    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--workers", workers, "--trials", "2"], cwd=workdir,
+                           env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        wait_until((workdir / "loading").exists, timeout=60, what="the study file to start loading")
+        run.send_signal(signal.SIGINT)  # to the command alone: it stops its fork server itself
+        sent = time.monotonic()
+        _, stderr = run.communicate(timeout=60)
+        assert run.returncode == 130 and stderr.strip() == "interrupted", stderr
+        assert time.monotonic() - sent < 3, "the command went on loading"
+        wait_until(lambda: not group_alive(run.pid), timeout=5, what="the command's processes to end")
+        assert sorted(p.name for p in workdir.iterdir() if p.name != "__pycache__") == ["loading", "tiny_study.py"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
