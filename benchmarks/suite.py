@@ -15,7 +15,8 @@ pass/fail. The JSON holds the table, every raw figure, the breakdown of a tracke
             as run by default (+ the study report and the best model registered); and ``bare+traffic``, the bare
             loop while another process makes one tracked trial's MLflow calls per trial-length against the same
             server (what the server's work on these cores costs the training, whoever sends). On ``--workload``: the
-            regression workload at the issue's scale (a trial trains ~0.7-1.5 s). (benchmarks/overhead.py)
+            regression workload at the issue's scale (a trial trains ~1 s; the naive script takes ~1.5x bare).
+            (benchmarks/overhead.py)
 - naive     the same study as an Optuna objective with synchronous ``mlflow.log_metric`` per metric per epoch
             and ``mlflow.log_artifact`` for the weights: target searchlab <= 0.70 x naive.
 - small     ``searchlab`` against ``bare`` on ``--study`` (the shipped studies/regression.py, ~50-120 ms per

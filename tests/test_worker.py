@@ -131,3 +131,24 @@ def test_a_worker_gets_mlflows_sql_store_ready_before_its_run_starts_when_it_tra
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(loaded)]
+
+
+def test_trials_run_with_the_loaded_objects_left_out_of_garbage_collections(workdir: Path) -> None:
+    """A full collection would walk everything torch, MLflow and Optuna loaded, several times a search; the trials
+    run with those objects frozen, and they are given back after the run."""
+    import gc
+
+    from searchlab.config import resolve_config
+    from searchlab.execute import run_study
+    from searchlab.study import load_study_file
+
+    body = '''    import gc
+    globals().setdefault("FROZEN", []).append(gc.get_freeze_count())
+    return nn.Linear(4, 1)'''
+    study = load_study_file(str(write_study(workdir, body=body)))
+    gc.unfreeze()
+    run_study(study, resolve_config(study, {"n_trials": 2, "workers": "1", "devices": "cpu"}, env={}), check=False,
+              progress=False)
+    frozen = study.model.__globals__["FROZEN"][-2:]  # the trials' models (the first one built is the preflight's)
+    assert min(frozen) > 50_000  # torch alone tracks more
+    assert gc.get_freeze_count() == 0

@@ -1,10 +1,12 @@
-"""The regression workload the overhead benchmark's targets are sized for: a trial that trains for seconds.
+"""The regression workload the overhead benchmark's targets are sized for: a trial that trains for about a second.
 
 Issue 7 calibrates its targets on a regression workload where a naive script (one synchronous MLflow call per
-metric per epoch, ~20-45 ms each) costs ~1.5x the bare loop: about 1.5 s of training per trial of 10 epochs on
-the 2-core benchmark machine. studies/regression.py (442 rows) trains a trial in ~50-120 ms there, where any
-framework's per-trial cost dominates; this study has the issue's scale: Friedman #1 regression from
-scikit-learn's generator (no download), 6,000 training rows, an MLP of two hidden layers.
+metric per epoch, ~15-45 ms each) costs ~1.5x the bare loop. This study is sized to that ratio: Friedman #1
+regression from scikit-learn's generator (no download), 12,800 training and 3,200 validation rows, an MLP of two
+hidden layers; a trial of 10 epochs trains ~0.9 s on the 2-core benchmark machine, and the naive script took
+1.55x the bare loop there. (With the 6,000 training rows it had before, the naive script took 2.0-2.1x: trials
+half as long as the issue's, which doubled every per-trial cost's share.) studies/regression.py (442 rows) trains
+a trial in ~50-120 ms, where any framework's per-trial cost dominates: the suite's ``small`` benchmark.
 
 Run: searchlab run benchmarks/studies/regression_workload.py
 """
@@ -17,9 +19,9 @@ import searchlab as sl
 
 
 def data(seed: int) -> sl.Split:
-    x, y = make_friedman1(n_samples=7_500, n_features=16, noise=0.5, random_state=seed)
+    x, y = make_friedman1(n_samples=16_000, n_features=16, noise=0.5, random_state=seed)
     x, y = torch.tensor(x, dtype=torch.float32), torch.tensor((y - y.mean()) / y.std(), dtype=torch.float32)
-    return sl.Split(train=(x[:6_000], y[:6_000]), val=(x[6_000:], y[6_000:]))
+    return sl.Split(train=(x[:12_800], y[:12_800]), val=(x[12_800:], y[12_800:]))
 
 
 def model(trial: sl.Trial) -> nn.Module:
