@@ -16,11 +16,25 @@ from test_parallel import group_alive, wait_until
 import searchlab.forkserver
 from searchlab.forkserver import start_early
 
-# Study-file code that records, as the file loads, whether the loading process has a fork server child yet.
+# Study-file code that records, as the file loads, whether the loading process has a fork server child yet. A child
+# that is still finishing its exec (the parent's start returns once the exec is under way) shows an empty command
+# line for a moment: it is read again.
 RECORD_CHILDREN = '''
 import os as _os
+import time as _time
+
+
+def _command(child):
+    for _ in range(100):
+        text = open(f"/proc/{child}/cmdline").read()
+        if text:
+            break
+        _time.sleep(0.01)
+    return text.replace("\\0", " ")
+
+
 _children = open(f"/proc/{_os.getpid()}/task/{_os.getpid()}/children").read().split()
-_commands = [open(f"/proc/{child}/cmdline").read().replace("\\0", " ") for child in _children]
+_commands = [_command(child) for child in _children]
 with open("loaded-by.txt", "a") as _record:
     _record.write(f"{_os.getpid()} {any('forkserver' in command for command in _commands)}\\n")
 '''
