@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from searchlab.budget import BUDGET_ATTR
 from searchlab.errors import ConfigError
-from searchlab.worker import interrupt_once, run_trial, search
+from searchlab.worker import interrupt_once, loaded_objects_frozen, run_trial, search
 
 
 def study_with_budget(budget: int) -> optuna.Study:
@@ -152,3 +152,20 @@ def test_trials_run_with_the_loaded_objects_left_out_of_garbage_collections(work
     frozen = study.model.__globals__["FROZEN"][-2:]  # the trials' models (the first one built is the preflight's)
     assert min(frozen) > 50_000  # torch alone tracks more
     assert gc.get_freeze_count() == 0
+
+
+def test_objects_the_process_froze_itself_stay_frozen() -> None:
+    import gc
+
+    gc.unfreeze()
+    with loaded_objects_frozen():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # e.g. a program that freezes its objects before it forks
+    try:
+        frozen = gc.get_freeze_count()
+        with loaded_objects_frozen():
+            pass
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
