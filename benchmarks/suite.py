@@ -180,9 +180,9 @@ def overhead(args: argparse.Namespace, table: Table, details: dict[str, Any], ur
     # CPU time: what the tracked run costs the machine's cores (the server's included), and whether the training
     # thread itself needs more of it in the tracked process.
     cpu = {v: [r["cpu_s"] for r in rs] for v, rs in runs.items()}
-    table.add(name, "CPU: searchlab process (all threads) / bare process, each repeat", "ratio",
-              [s / b for s, b in zip(cpu["searchlab"], cpu["bare"], strict=True)],
-              ratio=statistics.median(s / b for s, b in zip(cpu["searchlab"], cpu["bare"], strict=True)))
+    process = [s / b for s, b in zip(cpu["searchlab"], cpu["bare"], strict=True)]
+    table.add(name, "CPU: searchlab process (all threads) / bare process, each repeat", "ratio", process,
+              ratio=statistics.median(process))
     trained = [r["main_thread_cpu_s"] / b["main_thread_cpu_s"] for r, b in
                zip(runs["searchlab"], runs["bare"], strict=True)]
     table.add(name, "CPU: searchlab's main (training) thread / bare's, each repeat", "ratio", trained,

@@ -18,7 +18,7 @@ from searchlab.recovery import worker_name
 from searchlab.space import Distribution, suggest
 from searchlab.study import Study
 from searchlab.tasks import ModelError, Task, get_task
-from searchlab.tracking import Tracker
+from searchlab.tracking import RUN_NAME_TAG, Tracker
 from searchlab.train import EpochCallback, FitResult, fit
 from searchlab.transfer import Start, freeze, initialise, load_start
 from searchlab.trial import Trial
@@ -187,5 +187,5 @@ class Objective:
             try:
                 record_run_id(wait=True)
             finally:
-                self.tracker.end_run(run, status, tags={**tags, "mlflow.runName": run_name(optuna_trial.number, tags)})
+                self.tracker.end_run(run, status, tags={**tags, RUN_NAME_TAG: run_name(optuna_trial.number, tags)})
 
