@@ -464,7 +464,7 @@ def best(file: str | None, storage: str | None, study_name: str | None, tracking
     trial = best_trial(study)
     loaded = load_best(study.study_name, tracking_uri_for(tracking_uri), file) if load else None
     if export_path:
-        export_weights(trial, tracking_uri_for(tracking_uri), export_path)
+        export_weights(trial, study.study_name, tracking_uri_for(tracking_uri), export_path)
     click.echo(format_best(trial))
     if export_path:
         click.echo(f"weights    {export_path} (load with torch.load(path, weights_only=True))")

@@ -36,6 +36,7 @@ class RunConfig:
     report: bool = True  # write the study report to the parent run at the end of the run
     register: bool = True  # register the best trial's model (alias best) at the end of the run
     threads: int | None = None  # torch threads per worker; None: 1 per CPU worker, a share of the cores per GPU one
+    tracking_wait: float = 120.0  # seconds an unreachable tracking store is waited for before records are saved
 
 
 def _bool(text: str) -> bool:
@@ -72,6 +73,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "report": ("SEARCHLAB_REPORT", _bool),
     "register": ("SEARCHLAB_REGISTER", _bool),
     "threads": ("SEARCHLAB_THREADS", int),
+    "tracking_wait": ("SEARCHLAB_TRACKING_WAIT", _positive_float),
 }
 
 

@@ -30,8 +30,10 @@ from searchlab.devices import Slot, assign_slots, cuda_device_count, parse_devic
 from searchlab.errors import ConfigError, RunFailed, describe_error
 from searchlab.forkserver import worker_context
 from searchlab.recovery import is_dead_local_worker, reap_dead_local_trials, worker_name
+from searchlab.sender import resend_unsent, unsent_folder, unsent_runs
 from searchlab.storage import DEFAULT_JOURNAL, describe, mask_password, open_storage
 from searchlab.study import Study
+from searchlab.tracking import RUN_ID_ATTR
 from searchlab.viewers import experiment_page
 from searchlab.worker import (
     EXPERIMENT_ATTR,
@@ -60,6 +62,7 @@ class RunSummary:
     states: dict[str, int] = field(default_factory=dict)
     best: FrozenTrial | None = None
     published: list[str] = field(default_factory=list)  # where the report and the registered model are
+    notes: list[str] = field(default_factory=list)  # what the tracking store did not get yet
 
     def lines(self) -> list[str]:
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.states.items())) or "none"
@@ -72,8 +75,8 @@ class RunSummary:
         if self.best is not None:
             params = ", ".join(f"{k}={_short(v)}" for k, v in self.best.params.items())
             lines.append(f"best       trial {self.best.number}: val_loss={self.best.value:.6g} "
-                         f"(run {self.best.user_attrs.get('mlflow_run_id')}) {params}")
-        lines += self.published
+                         f"(run {self.best.user_attrs.get(RUN_ID_ATTR, 'not sent yet')}) {params}")
+        lines += self.published + self.notes
         if self.tracking_uri.startswith(("http://", "https://")):
             base = mask_password(self.tracking_uri).rstrip("/")
             lines.append(f"open       {experiment_page(base, self.experiment_id)}")
@@ -211,8 +214,9 @@ def _run_study(study: Study, config: RunConfig, task: Any, slots: list[Slot], wo
     if optuna_study.direction != optuna.study.StudyDirection.MINIMIZE:
         raise ConfigError(f"study {config.study_name!r} in {describe(config.storage)} maximizes; "
                           "searchlab minimizes validation loss: choose another --study-name")
-    tracker = MlflowTracker(config.tracking_uri)
+    tracker = MlflowTracker(config.tracking_uri, retry_seconds=config.tracking_wait)
     lock = budget_lock(config.storage, storage, config.study_name)
+    resent = resend_unsent(config.tracking_uri, wait=config.tracking_wait)  # before the dead runs: it may close some
     before = {trial.number for trial in optuna_study.get_trials(deepcopy=False)}  # retries enqueued next run here
     reap_dead_local_trials(optuna_study, retries=config.retries, tracker=tracker, lock=lock,
                            reason="its worker died before this run started")
@@ -223,6 +227,8 @@ def _run_study(study: Study, config: RunConfig, task: Any, slots: list[Slot], wo
                                             "worker": worker_name(), "mlflow.note.content": HOW_TO_COMPARE})
     summary = RunSummary(config.study_name, describe(config.storage), config.tracking_uri, experiment_id,
                          parent_run_id)
+    if resent:
+        summary.notes.append(f"resent     {resent} trial run(s) an earlier run could not send to MLflow")
     status = "FAILED"
     with interrupt_once():  # one Ctrl-C stops the run; the cleanup below is not interrupted by a second one
         try:
@@ -260,13 +266,27 @@ def _run_study(study: Study, config: RunConfig, task: Any, slots: list[Slot], wo
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
+            tracker.give_up.set()  # a Ctrl-C never waits for an unreachable store
             raise StudyInterrupted(summary) from None
         finally:  # the run's outcome in one call, then its status
             best = {} if summary.best is None else {"best_trial": summary.best.number,
-                                                    "best_run_id": summary.best.user_attrs.get("mlflow_run_id")}
-            tracker.end_run(parent_run_id, status, tags={"state": status, **best},
-                            metrics={"best_value": summary.best.value} if summary.best else None)
+                                                    "best_run_id": summary.best.user_attrs.get(RUN_ID_ATTR)}
+            try:
+                tracker.end_run(parent_run_id, status, tags={"state": status, **best},
+                                metrics={"best_value": summary.best.value} if summary.best else None)
+            except ConnectionError:
+                summary.notes.append(f"parent     run {parent_run_id} left RUNNING: MLflow is unreachable (the next "
+                                     "run closes it)")
+            note_unsent(summary, config.tracking_uri)
     return summary
+
+
+def note_unsent(summary: RunSummary, tracking_uri: str) -> None:
+    """Say in the summary what waits on disk for the tracking store, and who sends it."""
+    waiting = unsent_runs(tracking_uri)
+    if waiting:
+        summary.notes.append(f"unsent     {waiting} trial run(s) could not reach MLflow: saved in "
+                             f"{unsent_folder(tracking_uri)}; the next run on this tracking URI sends them")
 
 
 HOW_TO_COMPARE = """One searchlab run of this study; each child run is one trial.
@@ -300,6 +320,8 @@ def publish(study: optuna.Study, tracker: Any, parent_run_id: str, declared: Stu
             lines.append(f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html; PNGs: "
                          "searchlab report)")
         except Exception as error:
+            if isinstance(error, ConnectionError):
+                tracker.give_up.set()  # the store is unreachable: what follows fails at once, not after a wait
             lines.append(f"report     not written: {describe_error(error)} (try 'searchlab report')")
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if complete and not register_best:
@@ -457,6 +479,8 @@ def coordinate(workers: Workers, config: RunConfig, slots: list[Slot], study: op
     except BaseException as error:
         reason = "stopped with the run (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else \
             f"stopped with the run ({describe_error(error)})"
+        if isinstance(error, KeyboardInterrupt):
+            tracker.give_up.set()  # closing the dead workers' runs never waits for an unreachable store
         stop_workers(processes, study, tracker, lock, reason=reason)
         raise
 

@@ -18,7 +18,7 @@ from searchlab.recovery import worker_name
 from searchlab.space import Distribution, suggest
 from searchlab.study import Study
 from searchlab.tasks import ModelError, Task, get_task
-from searchlab.tracking import RUN_NAME_TAG, Tracker
+from searchlab.tracking import RUN_ID_ATTR, RUN_NAME_TAG, Tracker
 from searchlab.train import EpochCallback, FitResult, fit
 from searchlab.transfer import Start, freeze, initialise, load_start
 from searchlab.trial import Trial
@@ -130,11 +130,12 @@ class Objective:
         recorded = False
 
         def record_run_id(wait: bool) -> None:
-            """The trial names its MLflow run once the run exists (it is created in the background)."""
+            """The trial names its MLflow run once the run exists (it is created in the background; while the store
+            is unreachable it may not be by the trial's end: tracking.trial_run_id finds it later)."""
             nonlocal recorded
             run_id = None if recorded else self.tracker.run_id(run, wait=wait)
             if run_id is not None:
-                optuna_trial.set_user_attr("mlflow_run_id", run_id)
+                optuna_trial.set_user_attr(RUN_ID_ATTR, run_id)
                 recorded = True
 
         status, tags = "FAILED", {"state": "FAIL"}
@@ -177,8 +178,8 @@ class Objective:
             tags.update(state="PRUNED", reason=str(pruned), pruned_epoch=optuna_trial.user_attrs["pruned_epoch"])
             optuna_trial.set_user_attr("reason", str(pruned))
             raise
-        except KeyboardInterrupt:
-            status, tags["reason"] = "KILLED", "interrupted (Ctrl-C)"
+        except KeyboardInterrupt as interrupt:
+            status, tags["reason"] = "KILLED", str(interrupt) or "interrupted (Ctrl-C)"
             raise
         except Exception as error:
             tags["reason"] = tags.get("reason") if isinstance(error, TrialStopped) else describe_error(error)

@@ -3,11 +3,12 @@
 On every storage, a RUNNING trial records its worker as ``host:pid``; a trial of this host whose process is gone
 is dead. On database storages, workers also send heartbeats, and a trial whose heartbeat is older than the grace
 period is stale wherever its worker ran. Either way the trial is failed with the reason, its parameters are
-enqueued again (``--retries``), and its MLflow run is closed as KILLED with the curve it had.
+enqueued again (``--retries``), and its MLflow run is closed as KILLED with the curves it had sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.budget import retry_trial
+from searchlab.tracking import RUN_ID_ATTR
 
 WORKER_ATTR = "worker"
 
@@ -66,9 +68,10 @@ def recover(study: optuna.Study, trial: FrozenTrial, reason: str, *, retries: in
         study.tell(trial.number, state=TrialState.FAIL)
     else:  # failed by Optuna's heartbeat check, which then calls us
         retried = retry_trial(study, trial, retries)
-    run_id = trial.user_attrs.get("mlflow_run_id")
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if run_id is not None and tracker is not None:
-        tracker.close_dead_run(run_id, trial.intermediate_values, reason=reason, retried=retried)
+        with contextlib.suppress(ConnectionError):  # unreachable: the next run closes it (close_dead_runs)
+            tracker.close_dead_run(run_id, reason=reason, retried=retried)
 
 
 def reap_dead_local_trials(study: optuna.Study, *, retries: int, tracker: Any, lock: Callable[[], Any],

@@ -31,7 +31,8 @@ def snippet(uri: str, tracking_uri: str, study_file: str | None) -> str:
             f'# model.load_state_dict(torch.load("model/model_state_dict.pt", weights_only=True))')
 
 
-def model_info(study: Any, study_file: str | None, trial: Any, params: dict[str, Any], val_data: Any) -> dict[str, Any]:
+def model_info(study: Any, study_file: str | None, trial: Any, params: dict[str, Any], val_data: Any,
+               run_id: str) -> dict[str, Any]:
     """What it takes to rebuild the trial's model: builder, params, shapes, task, and the value it reached."""
     from searchlab.data import first_examples
 
@@ -41,7 +42,7 @@ def model_info(study: Any, study_file: str | None, trial: Any, params: dict[str,
         "builder": f"{study_file or '<study file>'}:{getattr(study.model, '__qualname__', 'model')}",
         "params": params, "input_shape": [None, *inputs.shape[1:]],
         "data_seed": trial.user_attrs.get("setup", {}).get("data_seed"),
-        "seed": trial.user_attrs.get("seed"), "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+        "seed": trial.user_attrs.get("seed"), "mlflow_run_id": run_id,
     }
 
 
@@ -52,10 +53,10 @@ def register(client: Any, name: str, trial: Any, study: Any, study_file: str | N
     from mlflow.exceptions import MlflowException
 
     from searchlab.storage import mask_password
-    from searchlab.tracking import STATE_DICT_FILE
+    from searchlab.tracking import STATE_DICT_FILE, trial_run_id
     from searchlab.transfer import run_params
 
-    run_id = trial.user_attrs.get("mlflow_run_id")
+    run_id = trial_run_id(client, name, trial)
     if run_id is None:
         raise ConfigError(f"trial {trial.number} has no MLflow run to register")
     current = current_version(client, name, alias)
@@ -66,7 +67,7 @@ def register(client: Any, name: str, trial: Any, study: Any, study_file: str | N
         client.set_registered_model_alias(name, alias, registered[0].version)
         return registered[0]
     # the logged params (fixed and inherited ones too), with the sampled ones exactly as Optuna holds them
-    info = model_info(study, study_file, trial, {**run_params(client, run_id), **trial.params}, val_data)
+    info = model_info(study, study_file, trial, {**run_params(client, run_id), **trial.params}, val_data, run_id)
     with tempfile.TemporaryDirectory() as folder:
         client.download_artifacts(run_id, STATE_DICT_FILE, folder)
         if study_file is not None:

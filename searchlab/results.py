@@ -110,16 +110,17 @@ def format_best(trial: Any) -> str:
     return "\n".join(lines)
 
 
-def export_weights(trial: Any, tracking_uri: str, path: str | Path) -> None:
+def export_weights(trial: Any, study_name: str, tracking_uri: str, path: str | Path) -> None:
     """Copy the trial's state_dict artifact to ``path``, after checking that it loads with weights_only=True."""
     import torch
 
-    from searchlab.tracking import MlflowTracker, check_tracking_uri
+    from searchlab.tracking import MlflowTracker, check_tracking_uri, trial_run_id
 
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id is None:
-        raise ConfigError(f"trial {trial.number} has no MLflow run id")
     check_tracking_uri(tracking_uri)
+    run_id = trial_run_id(MlflowTracker(tracking_uri).client, study_name, trial)
+    if run_id is None:
+        raise ConfigError(f"trial {trial.number} has no MLflow run in {mask_password(tracking_uri)}: pass the "
+                          "--tracking-uri the study ran with")
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError(f"folder {str(path.parent)!r} does not exist: create it or choose another --export path")

@@ -1,8 +1,8 @@
 """MLflow through ``MlflowClient`` with explicit run ids: experiments, parent/child runs, buffered curves.
 
 Never MLflow's global active run (``mlflow.start_run``): it is process-global state and breaks under parallel
-trials. Per-epoch metrics (and params logged with ``buffered=True``) are buffered and sent with ``log_batch``, one
-call per flush, not one per value. The trial loop reaches this class through ``sender.BackgroundTracker``, which
+trials. Per-epoch metrics are buffered and sent with ``log_batch``, one call per flush, not one per value; params
+are sent at once. The trial loop reaches this class through ``sender.BackgroundTracker``, which
 makes these calls on a thread of its own.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ STATE_DICT_FILE = "model_state_dict.pt"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 CREATE_TOKEN_TAG = "searchlab_create_token"
+RUN_ID_ATTR = "mlflow_run_id"  # the Optuna user attr naming a trial's MLflow run
 EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
 # Modules MLflow's client tries to import on every request, to tell whether it runs on Databricks or in a notebook
@@ -48,20 +49,14 @@ class Tracker(Protocol):
     def end_run(self, run: str, status: str, tags: Mapping[str, Any] | None = None) -> None: ...
 
 
-@dataclass
-class _Pending:
-    """What a run has buffered for its next flush."""
-
-    params: list[Any] = field(default_factory=list)
-    metrics: list[Any] = field(default_factory=list)
-
-
 class MlflowTracker:
     """A Tracker over ``MlflowClient``; curves are flushed every ``flush_seconds`` and when a run ends.
 
     Calls that fail for a passing reason (a tracking server down or restarting, a sqlite store locked by another
-    worker) are retried for up to ``retry_seconds``. A periodic curve flush that fails keeps its points and
-    training goes on; they are sent with the next flush. Past the window, the call raises and the trial fails.
+    worker) are retried for up to ``retry_seconds`` (``math.inf``: until it answers), or until ``give_up`` is set;
+    ``unreachable_since`` says since when a call has been failing. A periodic curve flush that fails keeps its
+    points and training goes on; they are sent with the next flush. Past the window, the call raises
+    ``Unreachable``.
     """
 
     def __init__(self, tracking_uri: str, *, flush_seconds: float = 5.0, retry_seconds: float = 120.0) -> None:
@@ -74,11 +69,14 @@ class MlflowTracker:
         from mlflow import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # set after import: mlflow resets it to INFO
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # a line per retry in an outage
         remember_missing(ENVIRONMENT_PROBES)
         self.client = MlflowClient(tracking_uri)
         self.flush_seconds = flush_seconds
         self.retry_seconds = retry_seconds
-        self._pending: dict[str, _Pending] = {}
+        self.give_up = threading.Event()
+        self.unreachable_since: float | None = None  # time.monotonic() of the first failure of the current call
+        self._pending: dict[str, list[Any]] = {}  # run id -> metric points not sent yet
         self._last_flush: dict[str, float] = {}
         self._artifact_uri: dict[str, str] = {}  # of the runs started here: uploads need no runs/get first
 
@@ -107,14 +105,17 @@ class MlflowTracker:
         return experiment_id
 
     def start_run(self, experiment_id: str, name: str, *, parent_run_id: str | None = None,
-                  tags: Mapping[str, Any] | None = None) -> str:
+                  tags: Mapping[str, Any] | None = None, token: str | None = None,
+                  maybe_created: bool = False) -> str:
+        """Create a run; ``token`` (default: a new one) names it in the tag CREATE_TOKEN_TAG. ``maybe_created``:
+        an earlier process may have created it already (then it is found by its token, not created twice)."""
         all_tags = {key: str(value) for key, value in (tags or {}).items()}
         if parent_run_id is not None:
             all_tags[PARENT_RUN_TAG] = parent_run_id
         # A server that dies after creating the run but before answering would get a second run from a plain
         # retry, and the first would stay RUNNING: a retry first looks for the run this token names.
-        all_tags[CREATE_TOKEN_TAG] = token = uuid.uuid4().hex
-        attempts = 0
+        all_tags[CREATE_TOKEN_TAG] = token = token or uuid.uuid4().hex
+        attempts = 1 if maybe_created else 0
 
         def create() -> Any:
             nonlocal attempts
@@ -135,14 +136,11 @@ class MlflowTracker:
         """The MLflow id of a run this tracker started: ``start_run`` returned it already."""
         return run
 
-    def log_params(self, run_id: str, params: Mapping[str, Any], *, buffered: bool = False) -> None:
-        """Send the params now, or with ``buffered`` at the run's next flush (with its curves: one call)."""
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Send the params now (a run that dies early keeps them)."""
         from mlflow.entities import Param
 
         items = [Param(key, str(value)) for key, value in params.items()]
-        if buffered:
-            self._pending.setdefault(run_id, _Pending()).params.extend(items)
-            return
         for start in range(0, len(items), MAX_PARAMS):
             self._retry(self.client.log_batch, run_id, params=items[start : start + MAX_PARAMS])
 
@@ -163,43 +161,59 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000) if timestamp is None else timestamp
-        pending = self._pending.setdefault(run_id, _Pending())
-        pending.metrics.extend(Metric(key, float(value), timestamp, step) for key, value in values.items())
+        points = [Metric(key, float(value), timestamp, step) for key, value in values.items()]
+        self._pending.setdefault(run_id, []).extend(points)
+
+    def pending_points(self, run_id: str) -> list[tuple[str, float, int, int]]:
+        """The run's buffered metric points, as (key, value, timestamp, step)."""
+        return [(point.key, point.value, point.timestamp, point.step) for point in self._pending.get(run_id, [])]
+
+    def log_points(self, run_id: str, points: list[tuple[str, float, int, int]]) -> None:
+        """Send metric points saved by ``pending_points``."""
+        for key, value, timestamp, step in points:
+            self._buffer_metrics(run_id, {key: value}, step, timestamp)
+        self.flush(run_id)
 
     def flush(self, run_id: str, *, retry: bool = True, tags: Mapping[str, Any] | None = None) -> None:
-        """Send the run's buffered params and metric points (and ``tags``) in as few ``log_batch`` calls as MLflow
-        allows; what a failed call did not send stays buffered."""
+        """Send the run's buffered metric points (and ``tags``) in as few ``log_batch`` calls as MLflow allows; what a
+        failed call did not send stays buffered."""
         from mlflow.entities import RunTag
 
-        pending = self._pending.get(run_id, _Pending())
+        pending = self._pending.get(run_id, [])
         tag_items = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
-        while pending.params or pending.metrics or tag_items:
-            params, tag_chunk = pending.params[:MAX_PARAMS], tag_items[:MAX_TAGS]
-            chunk = pending.metrics[: MAX_METRICS - len(params) - len(tag_chunk)]  # 1000 entities per call
+        while pending or tag_items:
+            tag_chunk = tag_items[:MAX_TAGS]
+            chunk = pending[: MAX_METRICS - len(tag_chunk)]  # 1000 entities per call
             if retry:
-                self._retry(self.client.log_batch, run_id, metrics=chunk, params=params, tags=tag_chunk)
+                self._retry(self.client.log_batch, run_id, metrics=chunk, tags=tag_chunk)
             else:
-                self.client.log_batch(run_id, metrics=chunk, params=params, tags=tag_chunk)
-            del pending.params[: len(params)]
-            del pending.metrics[: len(chunk)]
+                self.client.log_batch(run_id, metrics=chunk, tags=tag_chunk)
+            del pending[: len(chunk)]
             del tag_items[: len(tag_chunk)]
         self._pending.pop(run_id, None)
         self._last_flush[run_id] = time.monotonic()
 
     def _retry(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + self.retry_seconds
+        start = time.monotonic()
         delay = 0.2
         while True:
             try:
-                return call(*args, **kwargs)
+                result = call(*args, **kwargs)
             except Exception as error:
                 if not is_transient(error):
+                    self.unreachable_since = None
                     raise
-                if time.monotonic() + delay > deadline:
-                    raise ConnectionError(f"MLflow tracking unreachable for {self.retry_seconds:g}s: "
-                                          f"{first_line(error)}") from error
-                time.sleep(delay)
+                if self.unreachable_since is None:
+                    self.unreachable_since = start
+                waited = time.monotonic() - start
+                if self.give_up.is_set() or waited + delay > self.retry_seconds:
+                    raise Unreachable(f"MLflow tracking unreachable for {waited:.0f}s: {first_line(error)}") \
+                        from error
+                self.give_up.wait(delay)
                 delay = min(delay * 2, 5.0)
+            else:
+                self.unreachable_since = None
+                return result
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -215,14 +229,18 @@ class MlflowTracker:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / STATE_DICT_FILE
             torch.save({key: value.detach().cpu() for key, value in state_dict.items()}, path)
-            artifact_uri = self._artifact_uri.get(run_id)
-            if artifact_uri is None:
-                self._retry(self.client.log_artifact, run_id, str(path))
-            else:  # straight to the run's artifact store: MlflowClient would look the run up first (one more call)
-                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+            self.log_state_dict_file(run_id, path)
 
-                repository = get_artifact_repository(artifact_uri, tracking_uri=self.client.tracking_uri)
-                self._retry(repository.log_artifact, str(path))
+    def log_state_dict_file(self, run_id: str, path: str | Path) -> None:
+        """Upload a state_dict file saved already (named STATE_DICT_FILE)."""
+        artifact_uri = self._artifact_uri.get(run_id)
+        if artifact_uri is None:
+            self._retry(self.client.log_artifact, run_id, str(path))
+        else:  # straight to the run's artifact store: MlflowClient would look the run up first (one more call)
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            repository = get_artifact_repository(artifact_uri, tracking_uri=self.client.tracking_uri)
+            self._retry(repository.log_artifact, str(path))
 
     def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str) -> None:
         """Upload the files of a local folder under ``artifact_path`` of the run."""
@@ -251,15 +269,9 @@ class MlflowTracker:
         self.client._tracking_client.store.update_run_info(run_id, run_status=RunStatus.from_string(status),
                                                            end_time=int(time.time() * 1000), run_name=name)
 
-    def close_dead_run(self, run_id: str, curve: Mapping[int, float], *, reason: str, retried: bool) -> None:
-        """Close a dead worker's run as KILLED, completing its val_loss curve from the trial's reported values."""
-        from mlflow.entities import Metric
-
-        logged = {point.step for point in self._retry(self.client.get_metric_history, run_id, "val_loss")}
-        now = int(time.time() * 1000)
-        missing = [Metric("val_loss", value, now, step) for step, value in sorted(curve.items()) if step not in logged]
-        for start in range(0, len(missing), MAX_METRICS):
-            self._retry(self.client.log_batch, run_id, metrics=missing[start : start + MAX_METRICS])
+    def close_dead_run(self, run_id: str, *, reason: str, retried: bool) -> None:
+        """Close a dead worker's run as KILLED. Its curves stay as the worker sent them, all cut at the same last
+        flush (none is completed from the trial's reported values, so that they stay alike)."""
         self.set_tags(run_id, {"state": "FAIL", "reason": reason, "retried": retried})
         self._retry(self.client.set_terminated, run_id, status="KILLED")
 
@@ -277,6 +289,25 @@ class MlflowTracker:
     def download_state_dict(self, run_id: str, destination: str | Path) -> Path:
         """Fetch a run's state_dict artifact into the folder ``destination``."""
         return Path(self.client.download_artifacts(run_id, STATE_DICT_FILE, str(destination)))
+
+
+class Unreachable(ConnectionError):
+    """The tracking store did not answer within the retry window (or the tracker gave up waiting)."""
+
+
+def trial_run_id(client: Any, study_name: str, trial: Any) -> str | None:
+    """The MLflow run of an Optuna trial: its RUN_ID_ATTR, or, for a trial that ended before its run could be created
+    (the tracking server was down; an earlier run sent it later), the run tagged with its number in the study's
+    experiment."""
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    if run_id is not None:
+        return run_id
+    experiment = client.get_experiment_by_name(study_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], f"tags.trial_number = '{trial.number}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def remember_missing(names: tuple[str, ...]) -> None:

@@ -82,14 +82,19 @@ def _load(path: Path) -> Mapping[str, torch.Tensor]:
 
 def resolve_start(spec: str, *, storage: str | None, tracking_uri: str) -> Start:
     """Fetch the weights (and the source's model params) that ``spec`` names."""
-    from searchlab.tracking import STATE_DICT_FILE, MlflowTracker
+    from searchlab.tracking import STATE_DICT_FILE, MlflowTracker, trial_run_id
 
     if spec.startswith("study:"):
         from searchlab.results import best_trial
-        from searchlab.storage import load_existing_study
+        from searchlab.storage import load_existing_study, mask_password
 
-        best = best_trial(load_existing_study(storage, spec[len("study:"):]))
-        spec = f"runs:/{best.user_attrs['mlflow_run_id']}"
+        name = spec[len("study:"):]
+        best = best_trial(load_existing_study(storage, name))
+        run_id = trial_run_id(MlflowTracker(tracking_uri).client, name, best)
+        if run_id is None:
+            raise ConfigError(f"start_from {spec!r}: its best trial {best.number} has no MLflow run in "
+                              f"{mask_password(tracking_uri)}: pass the --tracking-uri it ran with")
+        spec = f"runs:/{run_id}"
     if not spec.startswith(("runs:/", "models:/")):
         path = Path(spec)
         if not path.is_file():

@@ -34,6 +34,9 @@ EXPERIMENT_ATTR, PARENT_RUN_ATTR = "mlflow_experiment_id", "mlflow_parent_run_id
 # The run's settings that joining workers adopt (no URLs: those are each host's own).
 RUN_SETTINGS_ATTR = "searchlab_run_settings"
 RUN_SETTINGS = ("seed", "sampler", "pruner", "max_epochs", "patience", "retries", "heartbeat")
+TRIAL_FLUSH_SECONDS = 2.0  # how often a training trial's curves are sent: a killed trial loses at most this much
+INTERRUPTED = "interrupted (Ctrl-C)"
+COORDINATOR_GONE = "stopped: its searchlab run died"
 
 
 def make_sampler(name: str, seed: int, n_existing: int, worker: int = 0) -> optuna.samplers.BaseSampler:
@@ -67,7 +70,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
         return study.tell(trial, state=TrialState.PRUNED)
     except (Exception, KeyboardInterrupt) as error:
         if isinstance(error, KeyboardInterrupt):
-            reason = "interrupted (Ctrl-C)"
+            reason = str(error) or INTERRUPTED
         else:
             reason = str(error) if isinstance(error, TrialStopped) else describe_error(error)
         trial.set_user_attr("fail_reason", reason)
@@ -130,7 +133,7 @@ def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: st
     import torch._dynamo  # the first optimizer step imports it (~1 s): start-up, not the first trial
     train_data, val_data = data or load_split(study, config.seed)
     start = start or load_start_for(study, config)
-    tracker = MlflowTracker(config.tracking_uri)
+    tracker = MlflowTracker(config.tracking_uri, retry_seconds=config.tracking_wait)
     on_stale = stale_trial_callback(config.retries, tracker, 3 * config.heartbeat)
     storage = open_storage(config.storage, heartbeat=config.heartbeat, on_stale=on_stale)
     optuna_study = optuna.load_study(study_name=config.study_name, storage=storage)
@@ -147,7 +150,8 @@ def run_worker(study: Study, config: RunConfig, slot: Slot, *, experiment_id: st
 
     # The trials' runs are tracked by a sender thread of their own; leaving, it sends what is queued and closes
     # every run (also on Ctrl-C and on errors), before the caller publishes or closes the parent run.
-    with BackgroundTracker(MlflowTracker(config.tracking_uri)) as trial_tracker, loaded_objects_frozen():
+    trial_runs = MlflowTracker(config.tracking_uri, flush_seconds=TRIAL_FLUSH_SECONDS)
+    with BackgroundTracker(trial_runs, wait=config.tracking_wait) as trial_tracker, loaded_objects_frozen():
         objective = Objective(study, train_data, val_data, trial_tracker, experiment_id, parent_run_id, config.seed,
                               config.max_epochs, config.patience, slot,
                               {"study_name": config.study_name, "sampler": config.sampler, "pruner": config.pruner},
@@ -171,10 +175,14 @@ def loaded_objects_frozen() -> Iterator[None]:
             gc.unfreeze()
 
 
+_stop_reason: list[str] = []  # why this process is being stopped, when it is not a Ctrl-C
+
+
 @contextlib.contextmanager
 def interrupt_once() -> Iterator[None]:
-    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored, so that cleanup (failing
-    the trial, closing its MLflow run) is not itself interrupted. Restores the previous handlers."""
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt (its message: why, when it is not a Ctrl-C); later ones
+    are ignored, so that cleanup (failing the trial, closing its MLflow run) is not itself interrupted. Restores the
+    previous handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
@@ -184,7 +192,7 @@ def interrupt_once() -> Iterator[None]:
     def handler(number: int, frame: Any) -> None:
         for each in signals:
             signal.signal(each, signal.SIG_IGN)
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(*_stop_reason[:1])
 
     for number in signals:
         signal.signal(number, handler)
@@ -219,6 +227,21 @@ def wait_for_go(orders: Any) -> dict[str, Any] | None:
         return None
 
 
+def stop_with_the_coordinator(orders: Any) -> None:
+    """Stop this worker (as SIGTERM does: its trial fails, its runs close) when the coordinator's end of ``orders``
+    closes: the coordinator died, even by kill -9, and no one would supervise it. Nothing else comes on ``orders``
+    after the go."""
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                orders.recv()
+        _stop_reason.append(COORDINATOR_GONE)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="searchlab-coordinator-watch", daemon=True).start()
+
+
 def worker_process(study_file: str, config: RunConfig, slot: Slot, orders: Any, worker_seed: int,
                    environment: dict[str, str]) -> None:
     """Entry point of a worker process: take the coordinator's environment (a forked worker has its fork server's)
@@ -244,6 +267,7 @@ def worker_process(study_file: str, config: RunConfig, slot: Slot, orders: Any, 
             if isinstance(prepared, Exception):
                 raise prepared
             study, data, start = prepared
+            stop_with_the_coordinator(orders)
             run_worker(study, config, slot, data=data, start=start, worker_seed=worker_seed, **go)
         except KeyboardInterrupt:
             sys.exit(130)

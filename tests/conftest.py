@@ -18,9 +18,15 @@ POSTGRES_URL = os.environ.get("SEARCHLAB_TEST_POSTGRES", "postgresql://postgres@
 SEARCHLAB = str(Path(sys.executable).with_name("searchlab"))
 
 
+def is_setting(variable: str) -> bool:
+    """A variable that would change what searchlab does (SEARCHLAB_UNSENT_DIR is the suite's own: see unsent_dir)."""
+    searchlab = variable.startswith("SEARCHLAB_") and variable != "SEARCHLAB_UNSENT_DIR"
+    return searchlab or variable == "MLFLOW_TRACKING_URI"
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without SEARCHLAB_*/MLflow settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEARCHLAB_") and k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if not is_setting(k)}
     return {**env, **extra}
 
 def default_sigint() -> None:
@@ -83,7 +89,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh working directory with no SEARCHLAB_*/MLflow variables leaking in."""
     monkeypatch.chdir(tmp_path)
     for variable in list(os.environ):
-        if variable.startswith("SEARCHLAB_") or variable == "MLFLOW_TRACKING_URI":
+        if is_setting(variable):
             monkeypatch.delenv(variable)
     return tmp_path
 
@@ -126,3 +132,58 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+class RestartableServer:
+    """A real `mlflow server` on a fixed loopback port that a test kills (SIGKILL) and starts again, as an outage."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port",
+                        str(self.port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                        "--artifacts-destination", str(folder / "art"), "--workers", "1"]
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True,
+                                        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("mlflow server did not start") from None
+                time.sleep(0.3)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture
+def restartable_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableServer]:
+    server = RestartableServer(tmp_path_factory.mktemp("restartable-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def unsent_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Records that could not reach MLflow wait in the suite's own folder, not in ~/.cache (subprocesses inherit
+    it; each store has its own subfolder)."""
+    folder = tmp_path_factory.mktemp("unsent")
+    previous = os.environ.get("SEARCHLAB_UNSENT_DIR")
+    os.environ["SEARCHLAB_UNSENT_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        del os.environ["SEARCHLAB_UNSENT_DIR"]
+    else:
+        os.environ["SEARCHLAB_UNSENT_DIR"] = previous

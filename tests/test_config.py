@@ -37,6 +37,7 @@ VALUES = {
     "report": ("off", False, True),
     "register": ("no", False, True),
     "threads": ("3", 3, 4),
+    "tracking_wait": ("5", 5.0, 7.5),
 }
 
 

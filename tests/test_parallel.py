@@ -24,7 +24,7 @@ from searchlab.budget import BUDGET_ATTR, count, retried_numbers
 from searchlab.cli import main
 from searchlab.recovery import stale_trial_callback
 from searchlab.storage import open_storage
-from searchlab.tracking import MlflowTracker
+from searchlab.tracking import MlflowTracker, trial_run_id
 from searchlab.worker import EXPERIMENT_ATTR, PARENT_RUN_ATTR
 
 # Trials of about a second: long enough to be killed in the middle, short enough for a quick suite.
@@ -85,7 +85,9 @@ def test_kill_9_of_workers_loses_nothing_and_leaves_nothing_running(workdir: Pat
     killed: list[int] = []
     try:
         while len(killed) < 5:
-            victim = wait_until(lambda: [t for t in running_trials("tiny", journal) if t.number not in killed],
+            # (a trial just claimed is RUNNING a moment before it names its worker)
+            victim = wait_until(lambda: [t for t in running_trials("tiny", journal)
+                                         if t.number not in killed and "worker" in t.user_attrs],
                                 what="a running trial")[0]
             time.sleep(0.3)  # some epochs in
             try:
@@ -117,7 +119,13 @@ def test_kill_9_of_workers_loses_nothing_and_leaves_nothing_running(workdir: Pat
             continue  # killed before it recorded its run id: that run was closed by its worker tag (checked above)
         run_record = client.get_run(dead.user_attrs["mlflow_run_id"])
         assert run_record.info.status == "KILLED" and run_record.data.tags["retried"] == "True"
-        assert len(client.get_metric_history(run_record.info.run_id, "val_loss")) == len(dead.intermediate_values)
+        if dead.intermediate_values:  # it trained: its params went with its run's creation, before any epoch
+            assert {key: run_record.data.params.get(key) for key in dead.params} == \
+                {key: str(value) for key, value in dead.params.items()}
+        # every curve is cut at the same last flush (seconds), none filled in afterwards
+        steps = [sorted(point.step for point in client.get_metric_history(run_record.info.run_id, name))
+                 for name in ("train_loss", "val_loss")]
+        assert steps[0] == steps[1] and len(steps[1]) <= len(dead.intermediate_values)
         retry = next(t for t in trials if number in t.system_attrs.get("retry_history", []))
         assert retry.params == dead.params
 
@@ -181,7 +189,8 @@ def test_a_worker_that_stopped_beating_elsewhere_is_failed_retried_and_closed(wo
         assert count(trials).final == 3 and count(trials).running == 0
         closed = MlflowClient(tracking).get_run(run_id)
         assert closed.info.status == "KILLED" and "heartbeats" in closed.data.tags["reason"]
-        assert [p.step for p in MlflowClient(tracking).get_metric_history(run_id, "val_loss")] == [1, 2]
+        # its curves stay as its worker sent them (this one sent none), not completed from Optuna's values
+        assert MlflowClient(tracking).get_metric_history(run_id, "val_loss") == []
     finally:
         optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL))
 
@@ -295,7 +304,8 @@ def test_a_tracking_server_that_goes_down_briefly_loses_no_curve_point(workdir: 
         client = MlflowClient(url)
         for trial in study.trials:
             assert trial.state == TrialState.COMPLETE
-            history = client.get_metric_history(trial.user_attrs["mlflow_run_id"], "val_loss")
+            # a trial that started while the server was down is found by its number (it ended before its run existed)
+            history = client.get_metric_history(trial_run_id(client, "tiny", trial), "val_loss")
             assert sorted(p.step for p in history) == list(range(1, trial.user_attrs["epochs"] + 1))
         no_running_runs(client, "tiny")
     finally:
@@ -402,3 +412,135 @@ def test_workers_start_with_the_run_and_leave_quietly_when_its_set_up_fails(work
     wait_until(lambda: not group_alive(run.pid), timeout=10, what="the command's processes to end")
     assert [p.name for p in workdir.iterdir() if p.name != "__pycache__" and not p.name.startswith("data-")] == [
         "tiny_study.py"]
+
+
+def check_stores_agree(client: MlflowClient, name: str, journal: str) -> list:
+    """Every trial's MLflow run says what Optuna says: its state, and for a complete trial its whole curves and
+    weights. Returns the trials."""
+    trials = load(name, journal).get_trials()
+    for trial in trials:
+        if trial.state == TrialState.WAITING:
+            continue
+        run = client.get_run(trial_run_id(client, name, trial))
+        assert run.data.tags["state"] == trial.state.name, (trial.number, run.data.tags)
+        assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "KILLED"}.get(
+            trial.state.name, run.info.status), (trial.number, run.info.status)
+        if trial.state == TrialState.COMPLETE:
+            epochs = list(range(1, trial.user_attrs["epochs"] + 1))
+            for curve in ("train_loss", "val_loss"):
+                assert sorted(p.step for p in client.get_metric_history(run.info.run_id, curve)) == epochs
+            assert "model_state_dict.pt" in [f.path for f in client.list_artifacts(run.info.run_id)]
+    no_running_runs(client, name)
+    return trials
+
+
+def test_an_outage_past_the_wait_fails_no_trial_and_the_stores_agree_once_it_is_back(
+        workdir: Path, restartable_server) -> None:
+    """The server stops mid-study for longer than SEARCHLAB_TRACKING_WAIT: the trials go on and complete (the run
+    ends while the server is still down), what MLflow did not get is saved, and the next run sends it."""
+    path = write_study(workdir, **SLOW)
+    journal = str(workdir / "searchlab.journal")
+    args = [SEARCHLAB, "run", str(path), "--tracking-uri", restartable_server.url]
+    env = clean_env(SEARCHLAB_TRACKING_WAIT="3")
+    run = subprocess.Popen([*args, "--trials", "5"], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: [t for t in running_trials("tiny", journal) if t.intermediate_values], what="a trial")
+        restartable_server.kill()
+        stdout, stderr = run.communicate(timeout=300)  # ends with the server down: nothing waited for it
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stderr
+    assert "Traceback" not in stderr and "failed" not in stderr, stderr
+    assert [t.state for t in load("tiny", journal).get_trials()] == [TrialState.COMPLETE] * 5
+    assert "the next run on this tracking URI sends them" in stdout, stdout
+    restartable_server.start()
+    again = subprocess.run([*args, "--trials", "1"], cwd=workdir, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resent" in again.stdout and "unsent" not in again.stdout, again.stdout
+    trials = check_stores_agree(MlflowClient(restartable_server.url), "tiny", journal)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+
+
+def test_ctrl_c_while_the_tracking_server_is_down_exits_at_once_and_the_next_run_closes_up(
+        workdir: Path, restartable_server) -> None:
+    from conftest import default_sigint
+
+    path = write_study(workdir, **SLOW)
+    journal = str(workdir / "searchlab.journal")
+    args = [SEARCHLAB, "run", str(path), "--tracking-uri", restartable_server.url]
+    run = subprocess.Popen([*args, "--trials", "50"], cwd=workdir, env=clean_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    try:
+        wait_until(lambda: [t for t in running_trials("tiny", journal) if t.number >= 1], what="a second trial")
+        restartable_server.kill()
+        time.sleep(1)  # the sender meets the outage
+        interrupted = time.monotonic()
+        run.send_signal(signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=120)
+        took = time.monotonic() - interrupted
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, stderr
+    assert took < 30, f"a Ctrl-C waited {took:.0f}s for the tracking server"  # the retry window is 120 s
+    assert "Traceback" not in stderr and "interrupted" in stderr, stderr
+    assert "the next run on this tracking URI sends them" in stdout, stdout
+    assert running_trials("tiny", journal) == []
+    restartable_server.start()
+    again = subprocess.run([*args, "--trials", "1"], cwd=workdir, env=clean_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resent" in again.stdout, again.stdout
+    trials = check_stores_agree(MlflowClient(restartable_server.url), "tiny", journal)
+    assert any(t.user_attrs.get("fail_reason") == "interrupted (Ctrl-C)" for t in trials)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        listing = subprocess.run(["ps", "-o", "pid=", "--ppid", str(todo.pop())], capture_output=True, text=True)
+        children = {int(line) for line in listing.stdout.split()}
+        found |= children
+        todo += children
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_kill_9_of_the_run_ends_its_fork_server_and_workers_and_fails_their_trials(workdir: Path) -> None:
+    path = write_study(workdir, max_epochs=100000, patience=100000)
+    journal = str(workdir / "searchlab.journal")
+    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "10"], cwd=workdir,
+                           env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len([t for t in running_trials("tiny", journal) if t.intermediate_values]) == 2,
+                   what="two trials training")
+        below = descendants(run.pid)
+        workers = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in running_trials("tiny", journal)}
+        assert workers < below and len(below) >= 3  # the fork server and two workers
+    finally:
+        run.kill()  # kill -9 of the whole run: its workers must not go on unsupervised
+        run.wait()
+    wait_until(lambda: not any(alive(pid) for pid in below), timeout=60, what="the fork server and workers to end")
+    trials = load("tiny", journal).get_trials()
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert running_trials("tiny", journal) == [] and len(stopped) == 2
+    assert {t.user_attrs["fail_reason"] for t in stopped} == {"stopped: its searchlab run died"}
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    for trial in stopped:  # the workers closed their trials' runs themselves
+        assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    again = subprocess.run([SEARCHLAB, "run", str(write_study(workdir)), "--trials", "1"], cwd=workdir,
+                           env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    no_running_runs(client, "tiny")  # the parent run the kill left RUNNING is closed by the next run

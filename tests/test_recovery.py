@@ -32,10 +32,10 @@ class RecordingTracker:
     """Records close_dead_run calls: the one side effect recovery has outside Optuna."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[int, float], str, bool]] = []
+        self.calls: list[tuple[str, str, bool]] = []
 
-    def close_dead_run(self, run_id: str, curve: dict[int, float], *, reason: str, retried: bool) -> None:
-        self.calls.append((run_id, dict(curve), reason, retried))
+    def close_dead_run(self, run_id: str, *, reason: str, retried: bool) -> None:
+        self.calls.append((run_id, reason, retried))
 
 
 def dead_pid() -> int:
@@ -91,7 +91,7 @@ def test_recover_fails_the_trial_and_enqueues_a_retry() -> None:
     assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "its worker process died"
     assert retry.state == TrialState.WAITING and retry.params == failed.params
     assert "mlflow_run_id" not in retry.user_attrs and retry.system_attrs["failed_trial"] == failed.number
-    assert tracker.calls == [("run-7", {1: 1.0, 2: 0.5}, "its worker process died", True)]
+    assert tracker.calls == [("run-7", "its worker process died", True)]
 
 
 def test_recover_without_retries_only_fails_the_trial() -> None:
@@ -99,7 +99,7 @@ def test_recover_without_retries_only_fails_the_trial() -> None:
     trial = running(study, worker_name(dead_pid()), run_id="run-7")
     recover(study, study.trials[trial.number], "gone", retries=0, tracker=tracker)
     assert [t.state for t in study.trials] == [TrialState.FAIL]
-    assert tracker.calls == [("run-7", {1: 1.0, 2: 0.5}, "gone", False)]
+    assert tracker.calls == [("run-7", "gone", False)]
 
 
 def test_recover_without_an_mlflow_run_closes_nothing() -> None:
@@ -133,7 +133,7 @@ def test_reap_recovers_every_dead_local_trial_on_a_journal(tmp_path: Path) -> No
     assert states[first.number] == states[second.number] == TrialState.FAIL
     assert states[alive.number] == TrialState.RUNNING
     assert [t.system_attrs["failed_trial"] for t in study.trials if t.state == TrialState.WAITING] == [0, 1]
-    assert [(run, reason) for run, _, reason, _ in tracker.calls] == [("a", "its worker process died"),
+    assert [(run, reason) for run, reason, _ in tracker.calls] == [("a", "its worker process died"),
                                                                      ("b", "its worker process died")]
     assert reap_dead_local_trials(study, retries=1, tracker=tracker, lock=contextlib.nullcontext) == []
 
@@ -151,8 +151,8 @@ def test_stale_trials_are_retried_with_a_heartbeat_reason(tmp_path: Path) -> Non
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
     assert study.trials[1].params == study.trials[0].params
     assert len(tracker.calls) == 1
-    run_id, curve, reason, retried = tracker.calls[0]
-    assert (run_id, curve, retried) == ("run-3", {1: 1.0, 2: 0.5}, True)
+    run_id, reason, retried = tracker.calls[0]
+    assert (run_id, retried) == ("run-3", True)
     assert "heartbeats" in reason and "30s" in reason
 
 
@@ -162,15 +162,17 @@ def test_stale_trial_callback_recovers_a_running_trial() -> None:
     stale_trial_callback(0, tracker, 12)(study, study.trials[trial.number])
     failed = study.trials[trial.number]
     assert failed.state == TrialState.FAIL and "heartbeats for over 12s" in failed.user_attrs["fail_reason"]
-    assert len(study.trials) == 1 and tracker.calls[0][3] is False
+    assert len(study.trials) == 1 and tracker.calls[0][2] is False
 
 
-def test_a_dead_run_in_mlflow_ends_killed_with_the_whole_curve(tmp_path: Path) -> None:
+def test_a_dead_run_in_mlflow_ends_killed_with_its_curves_alike(tmp_path: Path) -> None:
+    """Its curves stay as the worker sent them: none is completed from Optuna's values, so all end alike."""
     tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", flush_seconds=3600)
     run_id = tracker.start_run(tracker.experiment_id("study"), "trial-0")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for step, value in ((1, 0.9), (2, 0.8)):
         client.log_metric(run_id, "val_loss", value, step=step)
+        client.log_metric(run_id, "train_loss", value + 0.1, step=step)
     study = optuna.create_study()
     trial = running(study, worker_name(dead_pid()), run_id=run_id, curve=0)
     for step, value in ((1, 0.9), (2, 0.8), (3, 0.7), (4, 0.65)):
@@ -178,7 +180,8 @@ def test_a_dead_run_in_mlflow_ends_killed_with_the_whole_curve(tmp_path: Path) -
     recover(study, study.trials[trial.number], "its worker process died", retries=1, tracker=tracker)
     run = client.get_run(run_id)
     assert run.info.status == "KILLED"
-    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_loss"))
-    assert history == [(1, 0.9), (2, 0.8), (3, 0.7), (4, 0.65)]
+    steps = {name: sorted(m.step for m in client.get_metric_history(run_id, name))
+             for name in ("val_loss", "train_loss")}
+    assert steps == {"val_loss": [1, 2], "train_loss": [1, 2]}
     assert run.data.tags["state"] == "FAIL" and run.data.tags["reason"] == "its worker process died"
     assert run.data.tags["retried"] == "True"

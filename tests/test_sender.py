@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from searchlab.sender import BackgroundTracker, TrackingFailed
+from searchlab.sender import BackgroundTracker, TrackingFailed, resend_unsent, unsent_runs
 from searchlab.tracking import PARENT_RUN_TAG, MlflowTracker
 
 
@@ -68,8 +70,9 @@ def test_a_trial_is_tracked_without_waiting_and_arrives_whole(gated: GatedTracke
         assert gated.writes == [] and background.run_id(run, wait=False) is None
         gated.gate.set()
         run_id = background.run_id(run)
-    # Create, then params + curves + final tags in one batch, the weights, and the close: nothing per epoch.
-    assert gated.writes == ["create", "state_dict", "log_batch"]
+    # Create, the params at once (a killed trial keeps them), the weights, then curves + final tags in one batch
+    # with the close: nothing per epoch.
+    assert gated.writes == ["create", "log_batch", "state_dict", "log_batch"]
     finished = gated.client.get_run(run_id)
     assert finished.info.status == "FINISHED" and finished.info.run_name == "trial-3 done"
     assert finished.data.tags[PARENT_RUN_TAG] == parent and finished.data.params == {"lr": "0.01", "batch_size": "32"}
@@ -129,39 +132,95 @@ def test_a_slow_server_slows_the_search_instead_of_queueing_without_end(gated: G
     assert all(gated.client.get_run(background.run_id(run)).info.status == "FINISHED" for run in (first, second))
 
 
-def test_an_error_in_the_background_fails_the_next_call_and_marks_its_run(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", flush_seconds=3600, retry_seconds=1)
+def refused(*args: Any, **kwargs: Any) -> None:
+    raise MlflowException("artifact rejected: too large", error_code=INVALID_PARAMETER_VALUE)
+
+
+def test_an_error_fails_its_own_trial_while_it_trains_and_no_other(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", flush_seconds=3600)
     experiment = tracker.experiment_id("study")
-
-    def rejected(run_id: str, state_dict: Any) -> None:
-        raise MlflowException("artifact rejected: too large")
-
-    monkeypatch.setattr(tracker, "log_state_dict", rejected)
-    background = BackgroundTracker(tracker)
-    run = background.start_run(experiment, "trial-0")
-    background.log_state_dict(run, {"w": torch.zeros(1)})
-    background.log_metrics(run, {"val_loss": 1.0}, step=1)
-    raised = []
-    # end_run raises it if the sender has met it by then (the run is closed either way), else close() does: once.
-    for call in (lambda: background.end_run(run, "FINISHED"), background.close):
-        try:
-            call()
-        except TrackingFailed as error:
-            raised.append(str(error))
-    assert len(raised) == 1 and "artifact rejected" in raised[0]
-    failed = tracker.client.get_run(background.run_id(run))
+    real_log_params = tracker.log_params
+    monkeypatch.setattr(tracker, "log_params", lambda run_id, params: refused() if "bad" in params
+                        else real_log_params(run_id, params))
+    with BackgroundTracker(tracker) as background:
+        other = background.start_run(experiment, "trial-0")
+        run = background.start_run(experiment, "trial-1")
+        background.log_params(run, {"bad": 1})
+        background.log_params(other, {"lr": 0.1})
+        with pytest.raises(TrackingFailed, match="artifact rejected"):
+            for epoch in range(1, 3001):  # the trial's next calls: one of them meets the error
+                background.log_metrics(run, {"val_loss": 1.0}, step=epoch)
+                background.log_metrics(other, {"val_loss": 2.0}, step=epoch)
+                time.sleep(0.01)
+        background.end_run(run, "FAILED", tags={"state": "FAIL"})
+        background.end_run(other, "FINISHED", tags={"state": "COMPLETE"})  # the other trial never hears of it
+    failed, finished = (tracker.client.get_run(background.run_id(handle)) for handle in (run, other))
     assert failed.info.status == "FAILED" and "artifact rejected" in failed.data.tags["tracking_error"]
-    assert [point.value for point in tracker.client.get_metric_history(failed.info.run_id, "val_loss")] == [1.0]
+    assert finished.info.status == "FINISHED" and "tracking_error" not in finished.data.tags
+    assert finished.data.params == {"lr": "0.1"}
 
 
-def test_close_raises_an_error_no_call_raised(tmp_path: Path) -> None:
-    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", retry_seconds=1)
+def test_an_error_after_its_trial_ended_keeps_the_trials_state_and_says_so(gated: GatedTracker, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna has the trial COMPLETE by then: the run stays FINISHED, as the trial, with the error in a tag."""
+    experiment = gated.experiment_id("study")
+    real_log_state_dict = gated.log_state_dict
+    monkeypatch.setattr(gated, "log_state_dict", lambda run_id, weights: (real_log_state_dict, refused())[1])
+    with BackgroundTracker(gated) as background:
+        run = background.start_run(experiment, "trial-0")
+        background.log_metrics(run, {"val_loss": 1.0}, step=1)
+        background.log_state_dict(run, {"w": torch.zeros(1)})
+        background.end_run(run, "FINISHED", tags={"state": "COMPLETE"})  # queued before the sender meets it
+        gated.gate.set()
+    finished = gated.client.get_run(background.run_id(run))
+    assert finished.info.status == "FINISHED" and finished.data.tags["state"] == "COMPLETE"
+    assert "artifact rejected" in finished.data.tags["tracking_error"]
+    assert [point.value for point in gated.client.get_metric_history(finished.info.run_id, "val_loss")] == [1.0]
+
+
+def test_a_refused_creation_fails_its_trial_and_close_raises_nothing(tmp_path: Path) -> None:
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     background = BackgroundTracker(tracker)
     run = background.start_run("no-such-experiment", "trial-0")
+    assert background.run_id(run) is None  # MLflow refused it; later calls for it are skipped
     with pytest.raises(TrackingFailed):
-        background.close()
-    assert background.run_id(run) is None  # its creation failed; later calls for it are skipped
+        background.log_metrics(run, {"val_loss": 1.0}, step=1)
+    background.end_run(run, "FAILED")
+    background.close()
+
+
+def test_an_outage_holds_the_records_not_the_trials_and_the_next_run_sends_them(restartable_server: Any,
+                                                                                tmp_path: Path) -> None:
+    """Trials go on while the server is down (weights past max_in_memory wait on disk); closing gives up after
+    ``wait``, saves the rest, and resend_unsent sends it once the server is back: every run whole, in order."""
+    tracker = MlflowTracker(restartable_server.url, flush_seconds=3600)
+    experiment = tracker.experiment_id("study")
+    parent = tracker.start_run(experiment, "parent")
+    with BackgroundTracker(MlflowTracker(restartable_server.url)) as first:  # server up: sent at once
+        track_trial(first, experiment, parent, 0)
+    restartable_server.kill()
+    background = BackgroundTracker(MlflowTracker(restartable_server.url, flush_seconds=3600), wait=1,
+                                   max_in_memory=1)
+    runs = [track_trial(background, experiment, parent, number) for number in (1, 2, 3)]  # never waits
+    background.close()
+    assert background.saved is not None and background.run_id(runs[0], wait=False) is None
+    assert unsent_runs(restartable_server.url) == 3
+    assert resend_unsent(restartable_server.url, wait=1) == 0  # still down: it stays saved
+    restartable_server.start()
+    assert resend_unsent(restartable_server.url, wait=30) == 3
+    assert unsent_runs(restartable_server.url) == 0 and not background.saved.exists()
+    client = tracker.client
+    children = client.search_runs([experiment], f"tags.`{PARENT_RUN_TAG}` = '{parent}'")
+    assert sorted(run.data.tags["trial_number"] for run in children) == ["0", "1", "2", "3"]
+    for run in children:
+        number = int(run.data.tags["trial_number"])
+        assert run.info.status == "FINISHED" and run.info.run_name == f"trial-{number} done"
+        assert run.data.params == {"lr": "0.01", "batch_size": "32"}
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [(point.step, point.value) for point in history] == [(epoch, 2 / epoch) for epoch in range(1, 6)]
+        weights = torch.load(tracker.download_state_dict(run.info.run_id, tmp_path / str(number)), weights_only=True)
+        assert torch.equal(weights["weight"], torch.full((2, 2), float(number)))
 
 
 def test_the_synchronous_tracker_names_its_runs_itself(tmp_path: Path) -> None:
