@@ -356,8 +356,8 @@ def server(host: str, port: int, backend_store_uri: str, backend_store_uri_file:
     )
 
     backend_store_uri = backend_store_uri_for(backend_store_uri, backend_store_uri_file)
-    hosts = None if allowed_hosts is None else mlflow_allowed_hosts(served_names(host, parse_allowed_hosts(
-        allowed_hosts)))
+    names = served_names(host, parse_allowed_hosts(allowed_hosts))
+    hosts = None if allowed_hosts is None else mlflow_allowed_hosts(names)  # None: MLflow's defaults
     check_port_free(host, port)
     click.echo(f"MLflow tracking server on http://{host}:{port} (runs in {mask_password(backend_store_uri)}, "
                f"artifacts in {artifacts_destination}); Ctrl-C stops it", err=True)

@@ -138,11 +138,11 @@ def host_guard(app: Callable, names: Iterable[str], *, read_only: bool) -> Calla
     def guarded(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         write = environ["REQUEST_METHOD"] not in READS
         origin = environ.get("HTTP_ORIGIN")
-        if not allowed(urlsplit("//" + environ.get("HTTP_HOST", "")).hostname):
+        if not allowed(host_name(environ.get("HTTP_HOST", ""))):
             refusal = "Invalid Host header: add the name to --allowed-hosts"
         elif write and read_only:
             refusal = "This dashboard is read-only"
-        elif write and origin is not None and not allowed(urlsplit(origin).hostname):
+        elif write and origin is not None and not allowed(host_name(origin)):
             refusal = "Cross-origin request blocked"
         else:
             return app(environ, start_response)
@@ -152,6 +152,15 @@ def host_guard(app: Callable, names: Iterable[str], *, read_only: bool) -> Calla
         return [body]
 
     return guarded
+
+
+def host_name(value: str) -> str | None:
+    """The host name in a Host header or an Origin; None when malformed (a user part, a broken IPv6 address)."""
+    try:
+        split = urlsplit(value if "://" in value else "//" + value)
+        return None if "@" in split.netloc else split.hostname
+    except ValueError:
+        return None
 
 
 def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: str | None, *,
@@ -183,7 +192,6 @@ def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: s
     def serve() -> None:
         with make_wsgi_server(host, port, app) as server, contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()  # Ctrl-C is how it stops
-
 
     return url, serve
 

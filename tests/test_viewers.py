@@ -245,6 +245,8 @@ def test_dashboard_refuses_foreign_hosts_and_cross_origin_writes(guarded_study: 
         port = server.url.rsplit(":", 1)[1]
         evil = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}  # DNS rebinding
         assert send(server, "GET", "/api/studies", {"Host": evil["Host"]})[0] == 403
+        for malformed in (f"evil.example:{port}@127.0.0.1", "[::1", ""):
+            assert send(server, "GET", "/api/studies", {"Host": malformed})[0] == 403, malformed
         assert send(server, "GET", f"/api/studies/{study_id}", evil)[0] == 403
         assert send(server, "POST", "/api/studies", evil, {"study_name": "planted", "directions": ["minimize"]})[0] \
             == 403
