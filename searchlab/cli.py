@@ -322,28 +322,70 @@ def worker(file: str, **flags: Any) -> None:
 HOST_HELP = "Interface to bind; 0.0.0.0 opens it to other hosts."
 
 
+ALLOWED_HOSTS_HELP = ("Other host names (comma-separated, no port) clients reach it by, e.g. $(hostname); "
+                      "loopback and --host are always allowed.")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
 @click.option("--port", type=int, default=5000, show_default=True)
-@click.option("--backend-store-uri", default="sqlite:///mlflow.db", show_default=True,
-              help="Where runs are kept: a sqlite file or postgresql://USER:PASSWORD@HOST/DB.")
+@click.option("--backend-store-uri", envvar="SEARCHLAB_BACKEND_STORE_URI", default="sqlite:///mlflow.db",
+              show_default=True, help="Where runs are kept: a sqlite file or postgresql://USER@HOST/DB. A URI with a "
+              "password goes in env SEARCHLAB_BACKEND_STORE_URI or --backend-store-uri-file, out of `ps`.")
+@click.option("--backend-store-uri-file", type=click.Path(exists=True, dir_okay=False),
+              help="A file holding the backend store URI (e.g. a Docker or Kubernetes secret).")
 @click.option("--artifacts-destination", default="./mlartifacts", show_default=True,
               help="Where the server keeps artifacts (weights) it receives.")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Server processes. With more than one, uvicorn's shared socket delays every reply ~40 ms.")
-def server(host: str, port: int, backend_store_uri: str, artifacts_destination: str, workers: int) -> None:
+@click.option("--allowed-hosts", help=ALLOWED_HOSTS_HELP + " Without it, MLflow's default: loopback and private IPs.")
+def server(host: str, port: int, backend_store_uri: str, backend_store_uri_file: str | None,
+           artifacts_destination: str, workers: int, allowed_hosts: str | None) -> None:
     """Start an MLflow tracking server that workers on several hosts log to (--tracking-uri http://HOST:PORT).
 
     Runs `mlflow server` with these settings until Ctrl-C.
     """
     from searchlab.storage import mask_password
-    from searchlab.viewers import check_port_free, mlflow_server_command, run_until_interrupted
+    from searchlab.viewers import (
+        check_port_free,
+        mlflow_allowed_hosts,
+        mlflow_server_command,
+        parse_allowed_hosts,
+        run_until_interrupted,
+        served_names,
+    )
 
+    backend_store_uri = backend_store_uri_for(backend_store_uri, backend_store_uri_file)
+    names = served_names(host, parse_allowed_hosts(allowed_hosts))
+    hosts = None if allowed_hosts is None else mlflow_allowed_hosts(names)  # None: MLflow's defaults
     check_port_free(host, port)
     click.echo(f"MLflow tracking server on http://{host}:{port} (runs in {mask_password(backend_store_uri)}, "
                f"artifacts in {artifacts_destination}); Ctrl-C stops it", err=True)
     sys.exit(run_until_interrupted(mlflow_server_command(host, port, artifacts_destination=artifacts_destination,
-                                                         workers=workers), backend_store_uri))
+                                                         workers=workers, allowed_hosts=hosts), backend_store_uri))
+
+
+def backend_store_uri_for(flag: str, file: str | None) -> str:
+    """The backend store URI from the flag, SEARCHLAB_BACKEND_STORE_URI or a file; a password on the command line
+    is refused, since every local user reads it in `ps`."""
+    from click.core import ParameterSource
+
+    from searchlab.storage import mask_password
+
+    on_command_line = click.get_current_context().get_parameter_source("backend_store_uri") is \
+        ParameterSource.COMMANDLINE
+    if file is not None:
+        if on_command_line:
+            raise ConfigError("pass --backend-store-uri or --backend-store-uri-file, not both")
+        with open(file) as text:
+            uri = text.read().strip()
+        if not uri:
+            raise ConfigError(f"{file} is empty: it should hold the backend store URI")
+        return uri
+    if on_command_line and mask_password(flag) != flag:
+        raise ConfigError("--backend-store-uri holds a password, which `ps` shows to every local user: put the URI "
+                          "in env SEARCHLAB_BACKEND_STORE_URI or in a file for --backend-store-uri-file")
+    return flag
 
 
 @main.command()
@@ -386,13 +428,20 @@ def ui(file: str | None, tracking_uri: str | None, study_name: str | None, host:
 @store_options
 @click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
 @click.option("--port", type=int, default=8080, show_default=True)
-def dashboard(file: str | None, storage: str | None, study_name: str | None, host: str, port: int) -> None:
-    """Open optuna-dashboard on the study's storage (history, importances, parallel coordinates) until Ctrl-C."""
-    from searchlab.results import storage_for, study_name_for
-    from searchlab.viewers import serve_dashboard
+@click.option("--allowed-hosts", help=ALLOWED_HOSTS_HELP)
+@click.option("--read-only/--read-write", default=False, show_default=True,
+              help="Refuse every change (create, rename, delete, notes): for a dashboard others can reach.")
+def dashboard(file: str | None, storage: str | None, study_name: str | None, host: str, port: int,
+              allowed_hosts: str | None, read_only: bool) -> None:
+    """Open optuna-dashboard on the study's storage (history, importances, parallel coordinates) until Ctrl-C.
 
-    url, serve = serve_dashboard(storage_for(storage), host, port, study_name_for(file, study_name))
-    click.echo(f"Optuna dashboard: {url}; Ctrl-C stops it", err=True)
+    It answers only requests for loopback, --host and --allowed-hosts, and refuses changes sent from other sites."""
+    from searchlab.results import storage_for, study_name_for
+    from searchlab.viewers import parse_allowed_hosts, serve_dashboard
+
+    url, serve = serve_dashboard(storage_for(storage), host, port, study_name_for(file, study_name),
+                                 allowed_hosts=parse_allowed_hosts(allowed_hosts), read_only=read_only)
+    click.echo(f"Optuna dashboard: {url}{' (read-only)' if read_only else ''}; Ctrl-C stops it", err=True)
     serve()
 
 

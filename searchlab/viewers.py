@@ -1,6 +1,7 @@
 """Where studies are compared: the MLflow UI on a tracking store, optuna-dashboard on an Optuna storage.
 
-Both bind to 127.0.0.1 unless told otherwise and run in the foreground until Ctrl-C.
+Both bind to 127.0.0.1 unless told otherwise, answer only the host names they are reached by (a page elsewhere
+cannot read or change a study through DNS rebinding or a forged form) and run in the foreground until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,16 +12,25 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
+from fnmatch import fnmatch
 from typing import Any
+from urllib.parse import urlsplit
 
 from searchlab.errors import ConfigError
 
 MLFLOW_PORT, DASHBOARD_PORT = 5000, 8080
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+READS = ("GET", "HEAD", "OPTIONS")
 
 
 def check_port_free(host: str, port: int) -> None:
-    """A one-line error, before anything starts, when ``host:port`` cannot be bound."""
+    """A one-line error, before anything starts, when ``host:port`` cannot be bound.
+
+    The probe binds as the servers do (SO_REUSEADDR): connections a stopped server left in TIME_WAIT do not hold
+    the port, a live listener still does."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
@@ -37,8 +47,32 @@ def check_runs_exist(tracking_uri: str) -> None:
                           "--tracking-uri it used")
 
 
+def parse_allowed_hosts(value: str | None) -> tuple[str, ...]:
+    """The host names of ``--allowed-hosts a,b`` (no scheme, no port), lowercased."""
+    names = tuple(name.strip().strip("[]").lower() for name in (value or "").split(",") if name.strip())
+    for name in names:
+        if "/" in name or name.count(":") == 1:
+            raise ConfigError(f"--allowed-hosts takes host names without a scheme or port, not {name!r}")
+    return names
+
+
+def served_names(host: str, allowed_hosts: Iterable[str]) -> tuple[str, ...]:
+    """The names a server answers to: loopback, the interface it binds, and the --allowed-hosts."""
+    return tuple(dict.fromkeys([*LOOPBACK_NAMES, host.strip("[]").lower(), *allowed_hosts]))
+
+
+def mlflow_allowed_hosts(names: Iterable[str]) -> str:
+    """`mlflow server --allowed-hosts` for these names: MLflow matches the whole Host header, port included, so
+    each name goes with and without a port (IPv6 in brackets, escaped for its fnmatch)."""
+    patterns = []
+    for name in names:
+        bare = f"[{name}]" if ":" in name else name
+        patterns += [bare, bare.replace("[", "[[]", 1) + ":*"]
+    return ",".join(patterns)
+
+
 def mlflow_server_command(host: str, port: int, *, artifacts_destination: str | None = None,
-                          workers: int = 1) -> list[str]:
+                          workers: int = 1, allowed_hosts: str | None = None) -> list[str]:
     """The `mlflow server` command line (its backend store goes in the environment: see run_until_interrupted).
 
     One worker by default: with several, uvicorn binds a shared socket on which asyncio never sets TCP_NODELAY,
@@ -47,6 +81,8 @@ def mlflow_server_command(host: str, port: int, *, artifacts_destination: str | 
     command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
     if artifacts_destination is not None:
         command += ["--artifacts-destination", artifacts_destination]
+    if allowed_hosts is not None:
+        command += ["--allowed-hosts", allowed_hosts]
     return [*command, "--workers", str(workers)]
 
 
@@ -90,8 +126,49 @@ def experiment_page(base: str, experiment_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
-def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: str | None) -> tuple[str, Any]:
-    """Open the storage and return (the dashboard URL, a function that serves it until Ctrl-C)."""
+def host_guard(app: Callable, names: Iterable[str], *, read_only: bool) -> Callable:
+    """WSGI middleware in front of the dashboard: 403 for a Host it is not reached by (DNS rebinding), a write
+    whose Origin is another site (a forged form or fetch), and, read-only, any write. As `mlflow server` does."""
+    patterns = tuple(names)
+
+    def allowed(name: str | None) -> bool:
+        return name is not None and any(fnmatch(name, pattern) if "*" in pattern else name == pattern
+                                        for pattern in patterns)
+
+    def guarded(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        write = environ["REQUEST_METHOD"] not in READS
+        origin = environ.get("HTTP_ORIGIN")
+        if not allowed(host_name(environ.get("HTTP_HOST", ""))):
+            refusal = "Invalid Host header: add the name to --allowed-hosts"
+        elif write and read_only:
+            refusal = "This dashboard is read-only"
+        elif write and origin is not None and not allowed(host_name(origin)):
+            refusal = "Cross-origin request blocked"
+        else:
+            return app(environ, start_response)
+        body = refusal.encode()
+        start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8"),
+                                         ("Content-Length", str(len(body)))])
+        return [body]
+
+    return guarded
+
+
+def host_name(value: str) -> str | None:
+    """The host name in a Host header or an Origin; None when malformed (a user part, a broken IPv6 address)."""
+    try:
+        split = urlsplit(value if "://" in value else "//" + value)
+        return None if "@" in split.netloc else split.hostname
+    except ValueError:
+        return None
+
+
+def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: str | None, *,
+                    allowed_hosts: Iterable[str] = (), read_only: bool = False) -> tuple[str, Any]:
+    """Open the storage and return (the dashboard URL, a function that serves it until Ctrl-C).
+
+    optuna-dashboard's own app (`optuna_dashboard.wsgi`) behind host_guard, on wsgiref's threaded server as the
+    optuna-dashboard command serves it (its run_server has no way in for the guard)."""
     import optuna_dashboard
 
     from searchlab.storage import describe, local_file, open_storage
@@ -110,8 +187,22 @@ def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: s
             raise ConfigError(f"no study named {study_name!r} in {describe(storage_url)}: check --study-name "
                               "or --storage") from None
 
+    app = host_guard(optuna_dashboard.wsgi(storage), served_names(host, allowed_hosts), read_only=read_only)
+
     def serve() -> None:
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops
-            optuna_dashboard.run_server(storage, host=host, port=port)
+        with make_wsgi_server(host, port, app) as server, contextlib.suppress(KeyboardInterrupt):
+            server.serve_forever()  # Ctrl-C is how it stops
 
     return url, serve
+
+
+def make_wsgi_server(host: str, port: int, app: Callable) -> Any:
+    """wsgiref's server, one thread per request (the dashboard polls while pages load), IPv6 where asked."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIServer, make_server
+
+    class Server(ThreadingMixIn, WSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True  # Ctrl-C does not wait for open connections
+
+    return make_server(host.strip("[]"), port, app, server_class=Server)

@@ -251,6 +251,16 @@ def test_dashboard_listens_where_it_is_published() -> None:
     assert [port[2] for port in published("dashboard")] == [str(dashboard["port"])]
 
 
+def test_dashboard_is_read_only_unless_told_otherwise() -> None:
+    assert parse_searchlab(command("dashboard")).params["read_only"] is True
+    env = {**user_env(), "DASHBOARD_ACCESS": "read-write"}
+    argv = [str(part) for part in resolve(raw_compose(), env)["services"]["dashboard"]["command"]]
+    assert parse_searchlab(argv).params["read_only"] is False
+    del env["DASHBOARD_ACCESS"]  # a docker/.env written before the setting existed
+    argv = [str(part) for part in resolve(raw_compose(), env)["services"]["dashboard"]["command"]]
+    assert parse_searchlab(argv).params["read_only"] is True
+
+
 # ---------------------------------------------------------------- ports, secrets
 
 

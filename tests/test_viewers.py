@@ -1,10 +1,14 @@
-"""`searchlab ui` and `searchlab dashboard` as real servers: their HTTP APIs, a headless browser, Ctrl-C."""
+"""`searchlab ui`, `dashboard` and `server` as real servers: their HTTP APIs, a headless browser, Ctrl-C, the hosts
+and origins they answer, and secrets kept out of `ps`."""
 
 from __future__ import annotations
 
+import contextlib
 import html
+import http.client
 import json
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -16,11 +20,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
+import sqlalchemy
 from click.testing import CliRunner
-from conftest import SEARCHLAB, clean_env, default_sigint, free_port, write_study
+from conftest import POSTGRES_URL, SEARCHLAB, clean_env, default_sigint, free_port, write_study
 
 from searchlab.cli import main
+from searchlab.errors import ConfigError
+from searchlab.viewers import check_port_free
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))),
                 None)
@@ -44,12 +52,12 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def start(folder: Path, *args: str, ready: str) -> Server:
+def start(folder: Path, *args: str, ready: str, env: dict[str, str] | None = None) -> Server:
     """Start `searchlab ARGS --port P` in ``folder`` and wait until ``ready`` (a path) answers."""
     port = free_port()
     log = folder / f"{args[0]}-{port}.log"
     with log.open("w") as out:
-        process = subprocess.Popen([SEARCHLAB, *args, "--port", str(port)], cwd=folder, env=clean_env(),
+        process = subprocess.Popen([SEARCHLAB, *args, "--port", str(port)], cwd=folder, env=clean_env(**(env or {})),
                                    stdout=out, stderr=subprocess.STDOUT, preexec_fn=default_sigint)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -186,3 +194,201 @@ def test_viewers_refuse_bad_input_in_one_line(workdir: Path) -> None:
     assert result.output.strip() == "Error: no study storage at searchlab.journal: run 'searchlab run' here first, " \
         "or pass the --storage it used"
     assert list(workdir.iterdir()) == []
+
+
+# ---------------------------------------------------------------- hosts, origins, read-only, secrets, ports
+
+
+@contextlib.contextmanager
+def running(folder: Path, *args: str, ready: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    server = start(folder, *args, ready=ready, env=env)
+    try:
+        yield server
+    finally:
+        server.process.kill()
+        server.process.wait()
+
+
+def send(server: Server, method: str, path: str, headers: dict[str, str] | None = None,
+         body: dict | None = None) -> tuple[int, bytes]:
+    """(status, body) of one request to ``server``, with the given headers (a Host given replaces the real one)."""
+    port = int(server.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        connection.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def guarded_study(tmp_path: Path) -> tuple[Path, int]:
+    """A folder whose searchlab.journal holds the study "guarded" with one trial, and that study's id."""
+    study = optuna.create_study(study_name="guarded", storage=journal(tmp_path))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    return tmp_path, study._study_id
+
+
+def journal(folder: Path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "searchlab.journal")))
+
+
+def study_names(folder: Path) -> list[str]:
+    return [summary.study_name for summary in optuna.get_all_study_summaries(journal(folder))]
+
+
+def test_dashboard_refuses_foreign_hosts_and_cross_origin_writes(guarded_study: tuple[Path, int]) -> None:
+    folder, study_id = guarded_study
+    with running(folder, "dashboard", ready="/api/studies") as server:
+        port = server.url.rsplit(":", 1)[1]
+        evil = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}  # DNS rebinding
+        assert send(server, "GET", "/api/studies", {"Host": evil["Host"]})[0] == 403
+        for malformed in (f"evil.example:{port}@127.0.0.1", "[::1", ""):
+            assert send(server, "GET", "/api/studies", {"Host": malformed})[0] == 403, malformed
+        assert send(server, "GET", f"/api/studies/{study_id}", evil)[0] == 403
+        assert send(server, "POST", "/api/studies", evil, {"study_name": "planted", "directions": ["minimize"]})[0] \
+            == 403
+        assert send(server, "DELETE", f"/api/studies/{study_id}", evil)[0] == 403
+        assert send(server, "DELETE", f"/api/studies/{study_id}", {"Origin": evil["Origin"]})[0] == 403  # CSRF
+        assert study_names(folder) == ["guarded"]
+
+        status, body = send(server, "GET", "/api/studies")
+        assert status == 200 and [study["study_name"] for study in json.loads(body)["study_summaries"]] == ["guarded"]
+        assert send(server, "GET", "/dashboard", {"Host": f"localhost:{port}"})[0] == 200
+        own = {"Origin": server.url}  # the dashboard's own page still changes studies
+        assert send(server, "POST", "/api/studies", own, {"study_name": "made", "directions": ["minimize"]})[0] == 201
+        made = optuna.load_study(study_name="made", storage=journal(folder))._study_id
+        assert send(server, "DELETE", f"/api/studies/{made}", own)[0] == 204
+        assert study_names(folder) == ["guarded"]
+
+
+def test_dashboard_answers_its_allowed_hosts(guarded_study: tuple[Path, int]) -> None:
+    folder, study_id = guarded_study
+    with running(folder, "dashboard", "--allowed-hosts", "myname,*.lab.example", ready="/api/studies") as server:
+        port = server.url.rsplit(":", 1)[1]
+        for name in ("myname", "box1.lab.example"):
+            status, body = send(server, "GET", f"/api/studies/{study_id}", {"Host": f"{name}:{port}"})
+            assert status == 200 and len(json.loads(body)["trials"]) == 1
+        assert send(server, "GET", "/api/studies", {"Host": f"evil.example:{port}"})[0] == 403
+
+
+def test_read_only_dashboard_refuses_every_write(guarded_study: tuple[Path, int]) -> None:
+    folder, study_id = guarded_study
+    with running(folder, "dashboard", "--read-only", ready="/api/studies") as server:
+        assert send(server, "DELETE", f"/api/studies/{study_id}")[0] == 403
+        assert send(server, "DELETE", f"/api/studies/{study_id}", {"Origin": server.url})[0] == 403
+        assert send(server, "POST", "/api/studies", {}, {"study_name": "made", "directions": ["minimize"]})[0] == 403
+        assert send(server, "PUT", f"/api/studies/{study_id}/note", {}, {"version": 1, "body": "x"})[0] == 403
+        assert send(server, "GET", f"/api/studies/{study_id}")[0] == 200
+        assert study_names(folder) == ["guarded"]
+        assert "(read-only)" in server.log.read_text()
+
+
+def test_dashboard_refuses_a_malformed_allowed_host_in_one_line(guarded_study: tuple[Path, int],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(guarded_study[0])
+    result = CliRunner().invoke(main, ["dashboard", "--allowed-hosts", "http://myname:8080"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: --allowed-hosts takes host names without a scheme or port, not " \
+        "'http://myname:8080'"
+
+
+SEARCH = "/api/2.0/mlflow/experiments/search"
+
+
+@pytest.mark.parametrize("allowed", [True, False], ids=["allowed-hosts", "mlflow-defaults"])
+def test_server_answers_its_hostname_with_allowed_hosts(tmp_path: Path, allowed: bool) -> None:
+    hostname = socket.gethostname()
+    flags = ["--allowed-hosts", hostname] if allowed else []
+    with running(tmp_path, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *flags,
+                 ready="/health") as server:
+        port = server.url.rsplit(":", 1)[1]
+        status, body = send(server, "POST", SEARCH, {"Host": f"{hostname}:{port}"}, {"max_results": 1})
+        assert status == (200 if allowed else 403), body
+        assert send(server, "POST", SEARCH, {"Host": f"localhost:{port}"}, {"max_results": 1})[0] == 200
+        assert send(server, "POST", SEARCH, {"Host": f"evil.example:{port}"}, {"max_results": 1})[0] == 403
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database (MLflow's Alembic table cannot share the Optuna tests' one), dropped after."""
+    name = f"mlflow_{secrets.token_hex(4)}"
+    engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield name
+    finally:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        engine.dispose()
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """pid → command line (`ps -eo args`) of ``root`` and every process below it."""
+    rows = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    table = []
+    for line in rows.splitlines():
+        pid, ppid, *args = line.split(None, 2)
+        table.append((int(pid), int(ppid), args[0] if args else ""))
+    tree, grew = {root}, True
+    while grew:
+        below = {pid for pid, ppid, _ in table if ppid in tree} - tree
+        tree |= below
+        grew = bool(below)
+    return {pid: args for pid, _, args in table if pid in tree}
+
+
+@pytest.mark.parametrize("way", ["env", "file"])
+def test_server_keeps_the_backend_password_out_of_ps(tmp_path: Path, postgres_database: str, way: str) -> None:
+    password = f"pw{secrets.token_hex(8)}"  # trust auth ignores it; unique, so no other process shows it
+    base = urllib.parse.urlsplit(POSTGRES_URL)
+    uri = f"postgresql://{base.username or 'postgres'}:{password}@{base.hostname}:{base.port or 5432}/" \
+        f"{postgres_database}"
+    (tmp_path / "uri").write_text(uri + "\n")
+    args = ["--backend-store-uri-file", "uri"] if way == "file" else []
+    env = {"SEARCHLAB_BACKEND_STORE_URI": uri} if way == "env" else {}
+    with running(tmp_path, "server", *args, ready="/health", env=env) as server:
+        assert send(server, "POST", "/api/2.0/mlflow/experiments/create", {}, {"name": "in-postgres"})[0] == 200
+        tree = process_tree(server.process.pid)
+        everything = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert any("mlflow" in args and "server" in args for args in tree.values()), tree
+    assert not [args for args in tree.values() if password in args], "the password shows in ps"
+    assert password not in everything
+    assert password not in server.log.read_text()
+    engine = sqlalchemy.create_engine(uri)
+    with engine.connect() as connection:
+        names = connection.execute(sqlalchemy.text("SELECT name FROM experiments")).scalars().all()
+    engine.dispose()
+    assert "in-postgres" in names  # the server did keep its runs there
+
+
+def test_server_refuses_a_password_on_its_command_line(workdir: Path) -> None:
+    result = CliRunner().invoke(main, ["server", "--backend-store-uri", "postgresql://u:s3cret@db/mlflow"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "s3cret" not in result.output
+    assert result.output.startswith("Error: --backend-store-uri holds a password")
+    assert "SEARCHLAB_BACKEND_STORE_URI" in result.output and "--backend-store-uri-file" in result.output
+    (workdir / "empty").write_text("\n")
+    result = CliRunner().invoke(main, ["server", "--backend-store-uri-file", "empty"])
+    assert result.exit_code == 2 and result.output == "Error: empty is empty: it should hold the backend store URI\n"
+
+
+def test_port_check_passes_a_port_left_in_time_wait_and_refuses_a_live_one() -> None:
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and wsgiref listen
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server side closes first: its end waits in TIME_WAIT, holding the port
+            assert client.recv(1) == b""
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port} .Address already in use."):
+            check_port_free("127.0.0.1", port)  # still listening
+    check_port_free("127.0.0.1", port)  # stopped, with its closed connection in TIME_WAIT
+    if shutil.which("ss"):  # the case is the one meant: the port is held in TIME_WAIT
+        states = subprocess.run(["ss", "-tan", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert "TIME-WAIT" in states, states
