@@ -119,7 +119,7 @@ def export_weights(trial: Any, tracking_uri: str, path: str | Path) -> None:
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id is None:
         raise ConfigError(f"trial {trial.number} has no MLflow run id")
-    check_tracking_uri(tracking_uri)
+    check_tracking_uri(tracking_uri, writes=False)
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError(f"folder {str(path.parent)!r} does not exist: create it or choose another --export path")
