@@ -410,7 +410,7 @@ def ui(file: str | None, tracking_uri: str | None, study_name: str | None, host:
     )
 
     uri = tracking_uri_for(tracking_uri)
-    check_tracking_uri(uri)
+    check_tracking_uri(uri, writes=False)
     name = study_name_for(file, study_name)
     if uri.startswith(("http://", "https://")):
         click.echo(f"MLflow UI: {experiment_url(mask_password(uri).rstrip('/'), uri, name)} (served by the tracking "

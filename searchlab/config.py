@@ -11,7 +11,16 @@ from typing import Any
 
 from searchlab.devices import parse_workers
 from searchlab.errors import ConfigError
-from searchlab.study import PRUNERS, SAMPLERS, Study, check_int, check_positive_int, check_seed, check_timeout
+from searchlab.study import (
+    PRUNERS,
+    SAMPLERS,
+    Study,
+    check_int,
+    check_name,
+    check_positive_int,
+    check_seed,
+    check_timeout,
+)
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,7 @@ def _check(config: RunConfig) -> None:
         raise ConfigError(f"unknown pruner {config.pruner!r}: use one of {', '.join(PRUNERS)}")
     if not config.study_name.strip():
         raise ConfigError("the study name must not be empty")
+    check_name("the study name", config.study_name)
     for name in ("n_trials", "max_epochs", "patience", "trials_per_device", "heartbeat"):
         check_positive_int(name, getattr(config, name))
     if config.threads is not None:

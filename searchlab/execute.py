@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import multiprocessing.connection
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -84,8 +85,9 @@ class RunSummary:
             tracking = "" if self.tracking_uri == default_tracking_uri() else \
                 _flag("--tracking-uri", mask_password(self.tracking_uri), "SEARCHLAB_TRACKING_URI")
             storage = "" if self.storage == DEFAULT_JOURNAL else _flag("--storage", self.storage, "SEARCHLAB_STORAGE")
-            lines.append(f"compare    searchlab ui --study-name {self.study_name}{tracking} (MLflow UI); searchlab "
-                         f"dashboard --study-name {self.study_name}{storage} (Optuna dashboard)")
+            name = shlex.quote(self.study_name)  # pasted into a shell: a name like "a;$(id)" must stay one word
+            lines.append(f"compare    searchlab ui --study-name {name}{tracking} (MLflow UI); searchlab "
+                         f"dashboard --study-name {name}{storage} (Optuna dashboard)")
         return lines
 
     def record(self, trials: list[FrozenTrial], before: set[int]) -> None:
@@ -108,8 +110,9 @@ class StudyInterrupted(Exception):
 
 
 def _flag(name: str, masked_url: str, variable: str) -> str:
-    """A flag to copy: a URL whose password is masked would not work, so point at its variable instead."""
-    return f' {name} "${variable}"' if "***" in masked_url else f" {name} {masked_url}"
+    """A flag to copy into a shell, quoted: a URL whose password is masked would not work, so point at its variable
+    instead."""
+    return f' {name} "${variable}"' if "***" in masked_url else f" {name} {shlex.quote(masked_url)}"
 
 
 def _short(value: Any) -> str:

@@ -24,9 +24,10 @@ SOURCE_FILE = "study.py"
 
 
 def snippet(uri: str, tracking_uri: str, study_file: str | None) -> str:
-    """How to get a registered model back into PyTorch, in Python."""
+    """How to get a registered model back into PyTorch, in Python (to paste: the strings are escaped literals)."""
+    file = "None" if study_file is None else json.dumps(study_file)  # a JSON string is a Python literal too
     return (f'import searchlab as sl\n'
-            f'model = sl.load_model("{uri}", "{study_file}", tracking_uri="{tracking_uri}")  # eval mode\n'
+            f'model = sl.load_model({json.dumps(uri)}, {file}, tracking_uri={json.dumps(tracking_uri)})  # eval mode\n'
             f'# by hand: build the study\'s model with the params in model/{INFO_FILE}, then\n'
             f'# model.load_state_dict(torch.load("model/model_state_dict.pt", weights_only=True))')
 

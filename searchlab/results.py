@@ -116,7 +116,7 @@ def export_weights(trial: Any, study_name: str, tracking_uri: str, path: str | P
 
     from searchlab.tracking import MlflowTracker, check_tracking_uri, trial_run_id
 
-    check_tracking_uri(tracking_uri)
+    check_tracking_uri(tracking_uri, writes=False)
     run_id = trial_run_id(MlflowTracker(tracking_uri).client, study_name, trial)
     if run_id is None:
         raise ConfigError(f"trial {trial.number} has no MLflow run in {mask_password(tracking_uri)}: pass the "

@@ -39,17 +39,18 @@ def describe(url: str | None) -> str:
     return mask_password(url) if url else DEFAULT_JOURNAL
 
 
-def open_storage(url: str | None, *, heartbeat: int | None = None, on_stale: Any = None) -> Any:
+def open_storage(url: str | None, *, heartbeat: int | None = None, on_stale: Any = None, writes: bool = True) -> Any:
     """An Optuna storage for ``url``: a database URL, or a journal file path (default ``searchlab.journal``).
 
     On a database, ``heartbeat`` (seconds) turns on Optuna's heartbeats: a RUNNING trial whose worker has not
-    beaten for three intervals is stale, and ``on_stale(study, trial)`` runs after Optuna fails it.
+    beaten for three intervals is stale, and ``on_stale(study, trial)`` runs after Optuna fails it. Without
+    ``writes``, a local file is only read: it need not be writable.
     """
     import optuna
 
     url = url or DEFAULT_JOURNAL
     if is_database_url(url):
-        check_sqlite_folder(url)
+        check_sqlite_folder(url, writes=writes)
         kwargs: dict[str, Any] = {}
         if url.startswith(("postgresql", "postgres")):
             kwargs["connect_args"] = {"connect_timeout": 10}
@@ -67,8 +68,7 @@ def open_storage(url: str | None, *, heartbeat: int | None = None, on_stale: Any
         raise ConfigError(f"unknown storage {mask_password(url)!r}: use sqlite:///FILE, postgresql://USER@HOST/DB "
                           "or a journal file path")
     path = Path(url)
-    if not path.parent.is_dir():
-        raise ConfigError(f"storage folder {str(path.parent)!r} does not exist: create it or choose another path")
+    check_journal_path(path, writes=writes)
     return optuna.storages.JournalStorage(journal_file(str(path)))
 
 
@@ -213,11 +213,42 @@ def local_file(url: str | None) -> Path | None:
     return None if "://" in url else Path(url)
 
 
-def check_sqlite_folder(url: str) -> None:
-    """A sqlite URL whose folder is missing gets a clear message before anything opens it."""
+def check_sqlite_folder(url: str, *, writes: bool = True) -> None:
+    """A sqlite URL whose folder is missing, or (with ``writes``) that cannot be written, gets a clear message before
+    anything opens it: MLflow retries a store it cannot write for minutes, and sqlite writes its journal beside the
+    file, so the folder must be writable too."""
     path = local_file(url) if url.startswith("sqlite:///") else None
-    if path is not None and not path.parent.is_dir():
+    if path is None:
+        return
+    if not path.parent.is_dir():
         raise ConfigError(f"folder {str(path.parent)!r} of {url} does not exist: create it or fix the URL")
+    if path.is_dir():
+        raise ConfigError(f"{url} names a folder: name a file in it, e.g. sqlite:///{path / 'mlflow.db'}")
+    if writes and not writable(path):
+        raise ConfigError(f"{url} cannot be written here (a read-only file or folder): choose another path")
+
+
+def check_journal_path(path: Path, *, writes: bool = True) -> None:
+    """A journal path that is a folder, a Python file (a study file passed as ``--storage`` by mistake: Optuna fails
+    to read it as its log, or makes a log of that name) or (with ``writes``) cannot be written is refused before
+    Optuna opens it."""
+    if path.is_dir():
+        raise ConfigError(f"storage {str(path)!r} is a folder: name a journal file in it, e.g. "
+                          f"{str(path / DEFAULT_JOURNAL)!r}")
+    if path.suffix == ".py":
+        raise ConfigError(f"storage {str(path)!r} is a Python file: the study file is the command's argument; "
+                          f"--storage names a journal file (e.g. {DEFAULT_JOURNAL}) or a database URL")
+    if not path.parent.is_dir():
+        raise ConfigError(f"storage folder {str(path.parent)!r} does not exist: create it or choose another path")
+    if writes and not writable(path):
+        raise ConfigError(f"storage {str(path)!r} cannot be written here (a read-only file or folder): choose "
+                          "another path")
+
+
+def writable(path: Path) -> bool:
+    """Whether ``path`` can be written: the file if it exists, and the folder it is in (to create it, or for
+    sqlite's journal). A read-only mount says no to root too."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
 
 
 def load_existing_study(url: str | None, study_name: str | None) -> Any:
@@ -229,7 +260,7 @@ def load_existing_study(url: str | None, study_name: str | None) -> Any:
     path = local_file(url)
     if url and path is not None and not path.is_file():
         raise ConfigError(f"storage {str(path)!r} does not exist: check --storage")  # opening would create it
-    storage = open_storage(url)
+    storage = open_storage(url, writes=False)
     names = [summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name is None:
         if len(names) != 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ class Study:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError("Study(name=...) must be a non-empty string")
+        check_name("Study(name=...)", self.name)
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}: use one of {', '.join(TASKS)}")
         if self.sampler not in SAMPLERS:
@@ -117,6 +119,13 @@ class Study:
             raise SystemExit(130) from None
         print("\n".join(summary.lines()))
         return summary
+
+
+def check_name(what: str, name: str) -> None:
+    """A study name goes into MLflow, file names, unit names and printed commands: a control character (newline,
+    tab, escape, DEL, C1) would split or garble them, so it is refused."""
+    if any(unicodedata.category(character) == "Cc" for character in name):
+        raise ConfigError(f"{what} must not contain control characters (newline, tab, escape...), got {name!r}")
 
 
 def check_positive_int(what: str, value: Any) -> None:

@@ -178,7 +178,7 @@ def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: s
         raise ConfigError(f"no study storage at {describe(storage_url)}: run 'searchlab run' here first, "
                           "or pass the --storage it used")
     check_port_free(host, port)
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, writes=False)  # showing a study needs no write access
     url = f"http://{host}:{port}/dashboard/"
     if study_name is not None:
         try:

@@ -187,3 +187,38 @@ def unsent_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         del os.environ["SEARCHLAB_UNSENT_DIR"]
     else:
         os.environ["SEARCHLAB_UNSENT_DIR"] = previous
+
+
+@pytest.fixture
+def read_only_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An empty folder nothing can be written in: mode 0555, or, for root (whom modes do not stop), a read-only
+    tmpfs mounted on it; skipped only for root where mounting is not allowed."""
+    folder = tmp_path_factory.mktemp("read-only")
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"root ignores folder modes, and a read-only tmpfs cannot be mounted: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def by_host_name(url: str) -> str:
+    """``url`` (a server on 127.0.0.1) by this machine's host name, which MLflow's host check refuses by default;
+    skipped where the name does not lead to 127.0.0.1."""
+    name = socket.gethostname()
+    if name == "localhost":
+        pytest.skip("the host name is localhost, which MLflow's host check allows")
+    try:
+        address = socket.gethostbyname(name)
+    except OSError as error:
+        pytest.skip(f"host name {name!r} does not resolve: {error}")
+    if address != "127.0.0.1":
+        pytest.skip(f"host name {name!r} resolves to {address}, not to the test server's 127.0.0.1")
+    return url.replace("127.0.0.1", name, 1)

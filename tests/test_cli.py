@@ -13,7 +13,7 @@ import optuna
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import POSTGRES_URL, write_study
+from conftest import POSTGRES_URL, by_host_name, write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -214,23 +214,78 @@ BAD_INPUTS = {
     "dropped param still used": ({"extra": "space=sl.default_space(dropout=None)"}, ["run", "study.py"],
                                  "KeyError: 'dropout'"),
     "no study for trials": ({}, ["trials"], "run 'searchlab run FILE' first"),
+    "ftp tracking URI": ({}, ["run", "study.py", "--tracking-uri", "ftp://x"], "unsupported tracking URI 'ftp://x'"),
+    "plain-path tracking URI": ({}, ["run", "study.py", "--tracking-uri", "./mlruns"],
+                                "use sqlite:///PATH (e.g. sqlite:///mlflow.db) or http://HOST:PORT"),
+    "tracking server refusing the host name": ({}, ["run", "study.py", "--tracking-uri", "{server_by_host_name}"],
+                                               "(HTTP 403, MLflow's host check): start it with --allowed-hosts "),
+    "sqlite tracking in a read-only folder": ({}, ["run", "study.py", "--tracking-uri", "sqlite:///{read_only}/m.db"],
+                                              "cannot be written here"),
+    "journal in a read-only folder": ({}, ["run", "study.py", "--storage", "{read_only}/study.journal"],
+                                      "cannot be written here"),
+    "storage is a folder": ({}, ["run", "study.py", "--storage", "."], "storage '.' is a folder"),
+    "storage is the study file": ({}, ["run", "study.py", "--storage", "study.py"], "is a Python file"),
+    "storage is a new .py file": ({}, ["run", "study.py", "--storage", "some_file.py"], "is a Python file"),
+    "study name with a newline": ({}, ["run", "study.py", "--study-name", "we'ird\n$(id)"], "control characters"),
+    "study name with a tab in the file": ({"name": "a\tb"}, ["run", "study.py"], "control characters"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir: Path, case: str) -> None:
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir: Path, case: str,
+                                                         request: pytest.FixtureRequest) -> None:
     spec, args, message = BAD_INPUTS[case]
     if "text" in spec:
         (workdir / "study.py").write_text(spec["text"])
     else:
         write_study(workdir, filename="study.py", **spec)
+    study_text = (workdir / "study.py").read_text()
+    read_only = request.getfixturevalue("read_only_folder") if any("{read_only}" in arg for arg in args) else None
+    server = request.getfixturevalue("mlflow_server") if "{server_by_host_name}" in args else None
+    args = [arg.replace("{read_only}", str(read_only)) for arg in args]
+    if server is not None:
+        args = [by_host_name(server) if arg == "{server_by_host_name}" else arg for arg in args]
+        experiments = {experiment.name for experiment in MlflowClient(server).search_experiments()}
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and not result.stdout, result.output
     assert message in lines[0]
     assert "s3cret" not in result.output
+    # both stores untouched: no journal, sqlite file or study created, no experiment or run on the server
     assert sorted(path.name for path in workdir.iterdir() if path.name != "__pycache__") == ["study.py"]
+    assert (workdir / "study.py").read_text() == study_text
+    if read_only is not None:
+        assert not list(read_only.iterdir())
+    if server is not None:
+        assert {experiment.name for experiment in MlflowClient(server).search_experiments()} == experiments
+
+
+@pytest.mark.parametrize(("storage", "tracking_uri"), [
+    ("searchlab.journal", None), ("my runs/study.journal", "sqlite:///my runs/m;$(id).db"),
+    ("postgresql://bob:***@db/x", "sqlite:///x.db"),
+])
+def test_the_printed_compare_commands_paste_into_a_shell_as_they_read(workdir: Path, storage: str,
+                                                                      tracking_uri: str | None) -> None:
+    """A study name (or path) with quotes, ; or $(...) stays one word when the printed line is pasted."""
+    from searchlab.config import default_tracking_uri
+    from searchlab.execute import RunSummary
+
+    name = "we'ird;$(id) `id` \"x\""
+    summary = RunSummary(name, storage, tracking_uri or default_tracking_uri(), "1", "r")
+    (line,) = [line for line in summary.lines() if line.startswith("compare")]
+    ui, dashboard = line.removeprefix("compare    ").removesuffix(" (Optuna dashboard)").split(" (MLflow UI); ")
+    for command in (ui, dashboard):  # searchlab as a shell function that prints its arguments, one per line
+        done = subprocess.run(["sh", "-c", f'searchlab() {{ printf "%s\\n" "$@"; }}; {command}'], capture_output=True,
+                              text=True, env={"SEARCHLAB_STORAGE": "postgresql://bob:pw@db/x", "PATH": "/usr/bin:/bin"})
+        assert done.returncode == 0 and not done.stderr, done
+        words = done.stdout.splitlines()
+        assert words[:3] == [command.split()[1], "--study-name", name]
+        if command is ui:
+            assert words[3:] == ([] if tracking_uri is None else ["--tracking-uri", tracking_uri])
+        else:
+            assert words[3:] == ([] if storage == "searchlab.journal" else
+                                 ["--storage", "postgresql://bob:pw@db/x" if "***" in storage else storage])
 
 
 def test_environment_settings_are_checked_too(workdir: Path, study_file: Path,

@@ -146,6 +146,8 @@ def test_trials_parse_error_says_integer(workdir: Path):
     ({"sampler": "grid"}, {}, "unknown sampler 'grid'"),
     ({}, {"SEARCHLAB_SAMPLER": "cmaes"}, "unknown sampler 'cmaes'"),
     ({"study_name": "   "}, {}, "study name must not be empty"),
+    ({"study_name": "we'ird\n$(id)"}, {}, "study name must not contain control characters"),
+    ({}, {"SEARCHLAB_STUDY_NAME": "esc\x1b[31m"}, "study name must not contain control characters"),
     ({"timeout": 0}, {}, "timeout"),
     ({"timeout": -5.0}, {}, "timeout"),
     ({"seed": 1.5}, {}, "seed"),

@@ -253,6 +253,27 @@ def test_sqlite_in_a_missing_folder_names_the_folder(workdir: Path):
     assert not (workdir / "missing").exists()
 
 
+@pytest.mark.parametrize(("url", "message"), [
+    (".", "storage '.' is a folder: name a journal file in it"),
+    ("study.py", "storage 'study.py' is a Python file"),
+    ("new_file.py", "storage 'new_file.py' is a Python file"),
+    ("sqlite:///.", "names a folder"),
+])
+def test_a_storage_path_that_cannot_be_a_journal_is_refused_before_it_is_opened(workdir: Path, url: str,
+                                                                                message: str):
+    (workdir / "study.py").write_text("x = 1\n")
+    assert message in one_line_config_error(open_storage, url)
+    assert sorted(path.name for path in workdir.iterdir()) == ["study.py"]
+    assert (workdir / "study.py").read_text() == "x = 1\n"
+
+
+@pytest.mark.parametrize("name", ["x.journal", "x.db"])
+def test_a_storage_in_a_read_only_folder_is_refused_before_it_is_opened(read_only_folder: Path, name: str):
+    url = str(read_only_folder / name) if name.endswith(".journal") else f"sqlite:///{read_only_folder / name}"
+    assert "cannot be written here (a read-only file or folder)" in one_line_config_error(open_storage, url)
+    assert not list(read_only_folder.iterdir())
+
+
 def test_sqlite_storage_works(tmp_path: Path):
     url = f"sqlite:///{tmp_path}/x.db"
     storage = open_storage(url)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import torch
+from conftest import by_host_name, one_line_config_error
 from mlflow import MlflowClient
 
 from searchlab.errors import ConfigError
@@ -138,15 +142,46 @@ def test_weights_round_trip_as_a_plain_state_dict(tracker: MlflowTracker, tmp_pa
 
 def test_tracking_server_reachability(mlflow_server: str, tmp_path: Path) -> None:
     check_tracking_uri(mlflow_server)
+    check_tracking_uri(mlflow_server + "/")
     check_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    check_tracking_uri(str(tmp_path / "mlruns"))
     with pytest.raises(ConfigError, match=r"cannot reach the MLflow tracking server at http://u:\*\*\*@127.0.0.1:1"):
         check_tracking_uri("http://u:pw@127.0.0.1:1")
     with pytest.raises(ConfigError, match="does not exist"):
         check_tracking_uri(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
-    with pytest.raises(ConfigError, match="does not exist"):
-        check_tracking_uri(str(tmp_path / "missing" / "mlruns"))
     assert not (tmp_path / "mlflow.db").exists(), "checking must not create the store"
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("ftp://x", "unsupported tracking URI 'ftp://x': use sqlite:///PATH, postgresql://USER@HOST/DB or http://"),
+    ("./mlruns", "tracking URI './mlruns' is a folder (MLflow's file store, which MLflow 3 refuses): use sqlite:///"),
+    ("mlruns", "is a folder"),
+    ("file:///tmp/mlruns", "is a folder"),
+    ("", "is a folder"),
+])
+def test_a_tracking_uri_searchlab_cannot_track_to_is_refused(uri: str, message: str) -> None:
+    """MLflow 3 raises on a file store only at the first call, after the run has created its study."""
+    assert message in one_line_config_error(check_tracking_uri, uri)
+
+
+def test_a_server_that_refuses_the_host_name_is_refused_before_the_run(mlflow_server: str) -> None:
+    """MLflow's host check exempts /health: the check asks an endpoint it covers, as the run's first call does."""
+    url = by_host_name(mlflow_server)
+    with urllib.request.urlopen(url + "/health", timeout=10) as response:  # what the check used to ask
+        assert response.status == 200
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+    assert refused.value.code == 403
+    message = one_line_config_error(check_tracking_uri, url)
+    assert message == (f"the MLflow tracking server at {url} refuses the host name {urlsplit(url).netloc!r} (HTTP 403, "
+                       f"MLflow's host check): start it with --allowed-hosts {urlsplit(url).netloc}, or reach it by a "
+                       "private IP address")
+
+
+def test_sqlite_tracking_in_a_read_only_folder_is_refused_at_once(read_only_folder: Path) -> None:
+    """MLflow would retry the store it cannot write for minutes, after the run created its study."""
+    uri = f"sqlite:///{read_only_folder / 'mlflow.db'}"
+    assert "cannot be written here" in one_line_config_error(check_tracking_uri, uri)
+    check_tracking_uri(uri, writes=False)  # reading commands (ui, best --export) need no write access
 
 
 def test_runs_against_a_tracking_server(mlflow_server: str, tmp_path: Path) -> None:
