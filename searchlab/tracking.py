@@ -382,8 +382,8 @@ def check_tracking_server(uri: str) -> None:
             return
         if error.code == 403 and b"Invalid Host header" in error.read():
             raise ConfigError(f"the MLflow tracking server at {mask_password(uri)} refuses the host name {host!r} "
-                              f"(HTTP 403, MLflow's host check): start it with --allowed-hosts {host}, or reach it "
-                              "by a private IP address") from None
+                              f"(HTTP 403, MLflow's host check): start it with --allowed-hosts {parts.hostname}, or "
+                              "reach it by a private IP address") from None
         reason = f"HTTP {error.code}"
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = str(getattr(error, "reason", error))

@@ -173,8 +173,8 @@ def test_a_server_that_refuses_the_host_name_is_refused_before_the_run(mlflow_se
     assert refused.value.code == 403
     message = one_line_config_error(check_tracking_uri, url)
     assert message == (f"the MLflow tracking server at {url} refuses the host name {urlsplit(url).netloc!r} (HTTP 403, "
-                       f"MLflow's host check): start it with --allowed-hosts {urlsplit(url).netloc}, or reach it by a "
-                       "private IP address")
+                       f"MLflow's host check): start it with --allowed-hosts {urlsplit(url).hostname}, or "
+                       "reach it by a private IP address")
 
 
 def test_sqlite_tracking_in_a_read_only_folder_is_refused_at_once(read_only_folder: Path) -> None:
