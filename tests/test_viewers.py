@@ -311,6 +311,20 @@ def test_server_answers_its_hostname_with_allowed_hosts(tmp_path: Path, allowed:
         assert send(server, "POST", SEARCH, {"Host": f"evil.example:{port}"}, {"max_results": 1})[0] == 403
 
 
+def test_the_several_hosts_recipe_runs_by_host_name(tmp_path: Path) -> None:
+    """`searchlab server --allowed-hosts HOSTNAME`, then a run with --tracking-uri http://HOSTNAME:PORT: tracked."""
+    from conftest import by_host_name
+
+    study = write_study(tmp_path)
+    with running(tmp_path, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                 "--allowed-hosts", socket.gethostname(), ready="/health") as server:
+        url = by_host_name(server.url)
+        result = subprocess.run([SEARCHLAB, "run", str(study), "--trials", "1", "--tracking-uri", url], cwd=tmp_path,
+                                env=clean_env(), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert f"open       {url}/#/experiments/" in result.stdout
+
+
 @pytest.fixture
 def postgres_database() -> Iterator[str]:
     """A fresh PostgreSQL database (MLflow's Alembic table cannot share the Optuna tests' one), dropped after."""
