@@ -170,8 +170,7 @@ def replay(args: argparse.Namespace) -> None:
         run = tracker.start_run(experiment, f"trial-{trials}", parent_run_id=parent,
                                 tags={"trial_number": trials, "study_name": "replay", "worker": os.getpid()})
         tracker.log_params(run, {**sampled.params, "seed": 0, "n_params": 1, "device": "cpu", "threads": 1,
-                                 "max_epochs": 10, "patience": 10, "optimizer": "sgd", "init": "default"},
-                           buffered=True)
+                                 "max_epochs": 10, "patience": 10, "optimizer": "sgd", "init": "default"})
         for epoch in range(10):
             tracker.log_metrics(run, {"train_loss": 0.5, "val_loss": 0.5, "val_mae": 0.5, "val_mse": 0.5,
                                       "val_r2": 0.5}, step=epoch)

@@ -304,7 +304,7 @@ def worker(file: str, **flags: Any) -> None:
     """Join a study that `searchlab run` started (from any host that reaches its storage) and take its
     trials until its budget is met. Use the same --storage and --tracking-uri as the run."""
     from searchlab.config import resolve_config
-    from searchlab.execute import join_study
+    from searchlab.execute import join_study, unsent_note
     from searchlab.study import load_study_file
 
     study = load_study_file(file)
@@ -317,6 +317,8 @@ def worker(file: str, **flags: Any) -> None:
         click.echo("interrupted: the open trial was failed and its MLflow run closed", err=True)
         sys.exit(130)
     click.echo(f"worker done: {finished} trial(s) finished here")
+    for line in unsent_note(resolve_config(study, flags).tracking_uri):
+        click.echo(line)
 
 
 HOST_HELP = "Interface to bind; 0.0.0.0 opens it to other hosts."

@@ -280,16 +280,15 @@ def _run_study(study: Study, config: RunConfig, task: Any, slots: list[Slot], wo
             except ConnectionError:
                 summary.notes.append(f"parent     run {parent_run_id} left RUNNING: MLflow is unreachable (the next "
                                      "run closes it)")
-            note_unsent(summary, config.tracking_uri)
+            summary.notes += unsent_note(config.tracking_uri)
     return summary
 
 
-def note_unsent(summary: RunSummary, tracking_uri: str) -> None:
-    """Say in the summary what waits on disk for the tracking store, and who sends it."""
+def unsent_note(tracking_uri: str) -> list[str]:
+    """The summary line saying what waits on disk for the tracking store, and who sends it (none if nothing)."""
     waiting = unsent_runs(tracking_uri)
-    if waiting:
-        summary.notes.append(f"unsent     {waiting} trial run(s) could not reach MLflow: saved in "
-                             f"{unsent_folder(tracking_uri)}; the next run on this tracking URI sends them")
+    return [f"unsent     {waiting} trial run(s) could not reach MLflow: saved in {unsent_folder(tracking_uri)}; the "
+            "next run on this tracking URI sends them"] if waiting else []
 
 
 HOW_TO_COMPARE = """One searchlab run of this study; each child run is one trial.
@@ -349,6 +348,7 @@ def join_study(study: Study, config: RunConfig) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_tracking_uri(config.tracking_uri)
+    resend_unsent(config.tracking_uri, wait=config.tracking_wait)  # what this host's earlier workers left
     attrs = load_existing_study(config.storage, config.study_name).user_attrs
     if BUDGET_ATTR not in attrs or EXPERIMENT_ATTR not in attrs or RUN_SETTINGS_ATTR not in attrs:
         raise ConfigError(f"study {config.study_name!r} was not started by 'searchlab run': start it there first")
@@ -464,7 +464,8 @@ def coordinate(workers: Workers, config: RunConfig, slots: list[Slot], study: op
                     reason = f"its worker process (pid {process.pid}) died: {_exit_reason(process.exitcode)}"
                     numbers = reap_dead_local_trials(study, retries=config.retries, tracker=tracker, lock=lock,
                                                      pids={process.pid}, reason=reason)
-                    tracker.close_dead_runs(experiment_id, is_dead_local_worker)  # one it could not name
+                    with contextlib.suppress(ConnectionError):  # unreachable: the next run closes it
+                        tracker.close_dead_runs(experiment_id, is_dead_local_worker)  # one it could not name
                     bar.write(f"worker {slot.index} died ({_exit_reason(process.exitcode)}); "
                               f"trial(s) {numbers or 'none'} failed and retried where retries remain", file=sys.stderr)
                     deaths_in_a_row += 1

@@ -18,7 +18,7 @@ from searchlab.recovery import worker_name
 from searchlab.space import Distribution, suggest
 from searchlab.study import Study
 from searchlab.tasks import ModelError, Task, get_task
-from searchlab.tracking import RUN_ID_ATTR, RUN_NAME_TAG, Tracker
+from searchlab.tracking import RUN_ID_ATTR, RUN_NAME_TAG, RUN_TOKEN_ATTR, Tracker
 from searchlab.train import EpochCallback, FitResult, fit
 from searchlab.transfer import Start, freeze, initialise, load_start
 from searchlab.trial import Trial
@@ -130,13 +130,15 @@ class Objective:
         recorded = False
 
         def record_run_id(wait: bool) -> None:
-            """The trial names its MLflow run once the run exists (it is created in the background; while the store
-            is unreachable it may not be by the trial's end: tracking.trial_run_id finds it later)."""
+            """The trial names its MLflow run once the run exists (it is created in the background). One not created
+            by the trial's end (the store unreachable) is named by its handle, its creation token."""
             nonlocal recorded
             run_id = None if recorded else self.tracker.run_id(run, wait=wait)
             if run_id is not None:
                 optuna_trial.set_user_attr(RUN_ID_ATTR, run_id)
                 recorded = True
+            elif wait and not recorded:
+                optuna_trial.set_user_attr(RUN_TOKEN_ATTR, run)
 
         status, tags = "FAILED", {"state": "FAIL"}
         try:

@@ -22,13 +22,14 @@ import contextlib
 import hashlib
 import math
 import os
-import queue
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,13 @@ from typing import Any
 from searchlab.errors import RunFailed, first_line
 from searchlab.tracking import STATE_DICT_FILE, MlflowTracker, Unreachable
 
-_STOP = ("stop", "", (), {})
+Call = tuple[str, str, tuple[Any, ...], dict[str, Any]]  # (method, handle, args, kwargs)
+_STOP: Call = ("stop", "", (), {})
 RECORDS_FILE = "records.pt"
-GIVE_UP_SECONDS = 2.0  # how long a Ctrl-C waits for an unreachable store before saving the records
+GIVE_UP_SECONDS = 2.0  # how long a Ctrl-C waits for the store, reachable or not, before saving the records
+RUN_ID_WAIT_SECONDS = 2.0  # how long a trial's end waits for its run to be created before naming it by its token
+# What a saved record may ask for: nothing else is replayed, whatever the file says.
+REPLAYED = {"start", "log_params", "log_metrics", "log_points", "log_state_dict", "log_state_dict_file", "end_run"}
 
 
 class TrackingFailed(RunFailed):
@@ -48,8 +53,13 @@ class TrackingFailed(RunFailed):
 def unsent_folder(tracking_uri: str) -> Path:
     """Where records that could not reach ``tracking_uri`` wait: one folder per store, under
     ``SEARCHLAB_UNSENT_DIR`` (default ``~/.cache/searchlab/unsent``)."""
-    root = os.environ.get("SEARCHLAB_UNSENT_DIR") or \
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "searchlab" / "unsent"
+    root = os.environ.get("SEARCHLAB_UNSENT_DIR")
+    if not root:
+        try:
+            cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory (an arbitrary container uid)
+            cache = tempfile.gettempdir()
+        root = str(Path(cache) / "searchlab" / "unsent")
     return Path(root) / hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
 
 
@@ -62,7 +72,10 @@ class BackgroundTracker:
         self.tracker = tracker
         self.wait = wait
         self.saved: Path | None = None  # where close() saved what could not be sent
-        self._queue: queue.SimpleQueue[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = queue.SimpleQueue()
+        self._starts: deque[Call] = deque()  # run creations: made before any other queued call
+        self._calls: deque[Call] = deque()
+        self._wake = threading.Condition()
+        self._current: Call | None = None  # the call the sender is making
         self._ids: dict[str, str | None] = {}  # handle -> MLflow run id (None: MLflow refused its creation)
         self._created = threading.Condition()
         self._errors: dict[str, BaseException] = {}  # handle -> an error its trial has not raised yet
@@ -70,7 +83,7 @@ class BackgroundTracker:
         self._open: set[str] = set()  # handles started and not yet ended (the trial loop's side)
         self._in_memory = threading.BoundedSemaphore(max_in_memory)
         self._unsent = threading.Semaphore(max_unsent)  # ended runs not sent yet: end_run waits beyond that
-        self._leftovers: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = []
+        self._leftovers: list[Call] = []
         self._folder = unsent_folder(tracker.client.tracking_uri) / \
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._thread = threading.Thread(target=self._send, name="searchlab-tracking", daemon=True)
@@ -80,7 +93,7 @@ class BackgroundTracker:
         return self
 
     def __exit__(self, kind: object, error: object, traceback: object) -> None:
-        self.close(wait=GIVE_UP_SECONDS if kind is KeyboardInterrupt else None)
+        self.close(interrupted=kind is KeyboardInterrupt)
 
     # The Tracker calls of the trial loop: queued, never waiting on MLflow.
 
@@ -88,8 +101,8 @@ class BackgroundTracker:
                   tags: Mapping[str, Any] | None = None) -> str:
         handle = uuid.uuid4().hex
         self._open.add(handle)
-        self._queue.put(("start", handle, (experiment_id, name),
-                         {"parent_run_id": parent_run_id, "tags": {k: str(v) for k, v in (tags or {}).items()}}))
+        self._enqueue(("start", handle, (experiment_id, name),
+                       {"parent_run_id": parent_run_id, "tags": {k: str(v) for k, v in (tags or {}).items()}}))
         return handle
 
     def log_params(self, run: str, params: Mapping[str, Any]) -> None:
@@ -102,81 +115,110 @@ class BackgroundTracker:
     def log_state_dict(self, run: str, state_dict: Mapping[str, Any]) -> None:
         # Detached CPU tensors: the model may go on training (or be freed) while they wait to be sent.
         weights = {key: value.detach().to("cpu", copy=True) for key, value in state_dict.items()}
+        self._raise_error_of(run)
         if self._in_memory.acquire(blocking=False):
             self._put("log_state_dict", run, weights)
             return
         import torch  # the store is slow or down: this one waits on disk
 
         name = f"weights-{uuid.uuid4().hex[:8]}"
-        (self._folder / name).mkdir(parents=True)
+        (self._folder / name).mkdir(mode=0o700, parents=True)
         torch.save(weights, self._folder / name / STATE_DICT_FILE)
         self._put("log_state_dict_file", run, name)
 
     def end_run(self, run: str, status: str, tags: Mapping[str, Any] | None = None) -> None:
-        """Queue the run's close; if MLflow refused one of its calls, the run closes FAILED and this raises."""
+        """Queue the run's close. If MLflow refused one of its calls, the run closes FAILED, and a trial that was
+        to end FINISHED fails with the error (one ending otherwise, e.g. on Ctrl-C, keeps its own exception)."""
         error = self._errors.pop(run, None)
         tags = {key: str(value) for key, value in (tags or {}).items()}
         if error is not None:
-            status, tags = "FAILED", {**tags, "state": "FAIL", "reason": f"MLflow: {first_line(error)}"[:500]}
+            tags = {**tags, "state": "FAIL", "reason": f"MLflow: {first_line(error)}"[:500]}
         self._unsent.acquire()  # released once the sender has closed the run
-        self._queue.put(("end_run", run, (status,), {"tags": tags}))
+        self._enqueue(("end_run", run, ("FAILED" if error is not None else status,), {"tags": tags}))
         self._open.discard(run)
-        if error is not None:
+        if error is not None and status == "FINISHED":
             raise TrackingFailed(f"MLflow tracking failed: {first_line(error)}") from error
 
     def run_id(self, run: str, *, wait: bool = True) -> str | None:
-        """The MLflow id of the run behind ``run`` (a handle); None while it is being created (``wait=False``, or
-        while the store is unreachable) or when MLflow refused its creation."""
-        def known() -> bool:
-            return run in self._ids or not self._thread.is_alive() or self.tracker.unreachable_since is not None
-
+        """The MLflow id of the run behind ``run`` (a handle); None while it is being created (``wait=False``; with
+        ``wait``, after RUN_ID_WAIT_SECONDS or as soon as the store is unreachable) or when MLflow refused it.
+        A run not named yet is found later by its handle, its creation token (tracking.trial_run_id)."""
+        deadline = time.monotonic() + (RUN_ID_WAIT_SECONDS if wait else 0.0)
         with self._created:
-            if wait:
-                self._created.wait_for(known, timeout=None)
+            while run not in self._ids and self._thread.is_alive() and self.tracker.unreachable_since is None \
+                    and time.monotonic() < deadline:
+                self._created.wait(0.05)
             return self._ids.get(run)
 
-    def close(self, *, wait: float | None = None) -> None:
+    def close(self, *, wait: float | None = None, interrupted: bool = False) -> None:
         """Close the runs still open (KILLED: their trial was cut short), send everything queued and stop the
-        sender; after ``wait`` seconds (default: the tracker's) of an unreachable store, save what is left."""
+        sender. What is left once the store has been unreachable for ``wait`` seconds (default: the tracker's),
+        or, ``interrupted``, after GIVE_UP_SECONDS whatever the store does, is saved for the next run."""
         wait = self.wait if wait is None else wait
-        if self._thread.is_alive():
-            for run in list(self._open):
-                self._queue.put(("end_run", run, ("KILLED",), {"tags": {"state": "FAIL", "reason": "stopped"}}))
-                self._open.discard(run)
-            self._queue.put(_STOP)
-            closing = time.monotonic()
-            while self._thread.is_alive():
-                self._thread.join(0.1)
-                since = self.tracker.unreachable_since
-                if since is not None and time.monotonic() - max(since, closing) > wait:
-                    self.tracker.give_up.set()  # the sender keeps what is left, without trying it
-        self._save_leftovers()
+        try:
+            if self._thread.is_alive():
+                for run in list(self._open):
+                    self._enqueue(("end_run", run, ("KILLED",), {"tags": {"state": "FAIL", "reason": "stopped"}}))
+                    self._open.discard(run)
+                self._enqueue(_STOP)
+                closing = time.monotonic()
+                while self._thread.is_alive():
+                    self._thread.join(0.1)
+                    since = self.tracker.unreachable_since
+                    if (interrupted and time.monotonic() - closing > GIVE_UP_SECONDS) or \
+                            (since is not None and time.monotonic() - max(since, closing) > wait):
+                        break
+        except BaseException:  # a Ctrl-C while waiting for the store: save what is left at once
+            interrupted = True
+            raise
+        finally:
+            self._stop_sending(GIVE_UP_SECONDS if interrupted else 0.5)
+            self._save_leftovers()
 
     # The sender thread.
 
     def _put(self, call: str, run: str, *args: Any, **kwargs: Any) -> None:
+        self._raise_error_of(run)
+        self._enqueue((call, run, args, kwargs))
+
+    def _raise_error_of(self, run: str) -> None:
         error = self._errors.pop(run, None)
         if error is not None:
             raise TrackingFailed(f"MLflow tracking failed: {first_line(error)}") from error
-        self._queue.put((call, run, args, kwargs))
+
+    def _enqueue(self, entry: Call) -> None:
+        with self._wake:
+            (self._starts if entry[0] == "start" else self._calls).append(entry)
+            self._wake.notify()
 
     def _send(self) -> None:
         while True:
-            calls = [self._queue.get()]
-            while True:  # whatever else is queued: run creations first, the rest in order
-                try:
-                    calls.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            for call in sorted(calls, key=lambda call: call[0] != "start"):
-                if call is not _STOP:
-                    self._make(call)
-            if _STOP in calls:
-                return
+            with self._wake:
+                self._wake.wait_for(lambda: self._starts or self._calls)
+                entry = self._starts.popleft() if self._starts else self._calls.popleft()
+                if entry is _STOP:
+                    return
+                self._current = entry
+            self._make(entry)
+            self._current = None
 
-    def _make(self, entry: tuple[str, str, tuple[Any, ...], dict[str, Any]]) -> None:
+    def _stop_sending(self, grace: float) -> None:
+        """Stop the sender (it keeps each call it would make from now on) and take every call it did not make."""
+        self.tracker.give_up.set()
+        self._thread.join(grace)
+        with self._wake:
+            if self._thread.is_alive() and self._current is not None:  # stuck in a call: it may or may not land
+                self._leftovers.append(self._current)
+            self._leftovers += [entry for entry in (*self._starts, *self._calls) if entry is not _STOP]
+            self._starts.clear()
+            self._calls.clear()
+            self._calls.append(_STOP)
+            self._wake.notify()
+
+    def _make(self, entry: Call) -> None:
         call, run, args, kwargs = entry
-        if self.tracker.give_up.is_set():
+        kept = self.tracker.give_up.is_set()
+        if kept:
             self._leftovers.append(entry)
             return
         try:
@@ -201,6 +243,7 @@ class BackgroundTracker:
             else:
                 getattr(self.tracker, call)(run_id, *args, **kwargs)
         except Unreachable:  # close() gave up waiting: kept for the next run
+            kept = True
             self._leftovers.append(entry)
         except Exception as error:
             self._broken.setdefault(run, first_line(error)[:500])
@@ -212,7 +255,7 @@ class BackgroundTracker:
         finally:
             if call == "log_state_dict":
                 self._in_memory.release()
-            if call == "end_run" and entry not in self._leftovers:
+            if call == "end_run" and not kept:
                 self._unsent.release()
 
     def _end(self, run: str, run_id: str, status: str, tags: dict[str, str]) -> None:
@@ -230,23 +273,42 @@ class BackgroundTracker:
         if not self._leftovers and not points:
             shutil.rmtree(self._folder, ignore_errors=True)  # empty, or the weights it held were sent
             return
-        import torch
-
-        self._folder.mkdir(parents=True, exist_ok=True)
+        self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         calls = [("log_points", handle, (handle_points,), {}) for handle, handle_points in points.items()]
-        record = {"ids": dict(self._ids), "calls": calls + self._leftovers}
-        torch.save(record, self._folder / RECORDS_FILE)
+        save_records(self._folder, {"ids": dict(self._ids), "calls": calls + self._leftovers})
         self.saved = self._folder
+
+
+def save_records(folder: Path, record: dict[str, Any]) -> None:
+    """Write ``folder``'s records whole or not at all (a kill mid-write leaves the previous file, or none)."""
+    import torch
+
+    partial = folder / f"{RECORDS_FILE}.partial"
+    with partial.open("wb") as file:
+        torch.save(record, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, folder / RECORDS_FILE)
+
+
+def load_records(folder: Path) -> dict[str, Any] | None:
+    """A folder's records (plain containers and tensors only), or None, with a warning, if they do not load."""
+    import torch
+
+    try:
+        return torch.load(folder / RECORDS_FILE, weights_only=True)
+    except Exception as error:
+        print(f"warning: cannot read the unsent MLflow records in {folder} ({first_line(error)}); left there",
+              file=sys.stderr)
+        return None
 
 
 def unsent_runs(tracking_uri: str) -> int:
     """How many runs have records waiting for ``tracking_uri`` on this host."""
-    import torch
-
     total = 0
     for records in unsent_folder(tracking_uri).glob(f"*/{RECORDS_FILE}"):
-        with contextlib.suppress(Exception):
-            total += len({handle for _, handle, _, _ in torch.load(records, weights_only=True)["calls"]})
+        record = load_records(records.parent)
+        total += 0 if record is None else len({handle for _, handle, _, _ in record["calls"]})
     return total
 
 
@@ -254,8 +316,6 @@ def resend_unsent(tracking_uri: str, *, wait: float) -> int:
     """Send the records earlier runs on this host saved for ``tracking_uri``; returns how many runs it completed.
     What the store still does not take stays saved. Folders that a dead process left without records (weights it
     had spilled) are removed."""
-    import torch
-
     sent = 0
     for folder in sorted(unsent_folder(tracking_uri).glob("*")):
         if ".sending-" in folder.name:  # claimed by a resend that was killed: give it back
@@ -263,6 +323,8 @@ def resend_unsent(tracking_uri: str, *, wait: float) -> int:
             if pid.isdigit() and not _alive(int(pid)):
                 with contextlib.suppress(OSError):
                     folder.rename(folder.with_name(original))
+            continue
+        if folder.name.endswith(".unreadable"):
             continue
         if not (folder / RECORDS_FILE).is_file():
             _remove_if_abandoned(folder)
@@ -272,10 +334,13 @@ def resend_unsent(tracking_uri: str, *, wait: float) -> int:
             folder.rename(claimed)  # one sender per folder, even with several runs starting at once
         except OSError:
             continue
-        record = torch.load(claimed / RECORDS_FILE, weights_only=True)
+        record = load_records(claimed)
+        if record is None:
+            claimed.rename(folder.with_name(f"{folder.name}.unreadable"))
+            continue
         left = _replay(MlflowTracker(tracking_uri, retry_seconds=wait), record, claimed)
         if left:
-            torch.save({"ids": record["ids"], "calls": left}, claimed / RECORDS_FILE)
+            save_records(claimed, {"ids": record["ids"], "calls": left})
             claimed.rename(folder)
             break  # the store is unreachable again: the rest waits too
         sent += len({handle for _, handle, _, _ in record["calls"]})
@@ -284,10 +349,13 @@ def resend_unsent(tracking_uri: str, *, wait: float) -> int:
 
 
 def _replay(tracker: MlflowTracker, record: dict[str, Any], folder: Path) -> list[Any]:
-    """Make the saved calls in their order; returns those left when the store stopped answering."""
+    """Make the saved calls in their order; returns those left when the store stopped answering (first the curve
+    points the tracker had buffered for them)."""
     ids = record["ids"]
     for index, (call, handle, args, kwargs) in enumerate(record["calls"]):
         try:
+            if call not in REPLAYED or (call == "log_state_dict_file" and not _is_weights_name(args[0])):
+                raise ValueError(f"not a call searchlab saves: {call}")
             if call == "start":
                 ids[handle] = tracker.start_run(*args, token=handle, maybe_created=True, **kwargs)
                 continue
@@ -299,11 +367,17 @@ def _replay(tracker: MlflowTracker, record: dict[str, Any], folder: Path) -> lis
             else:
                 getattr(tracker, call)(run_id, *args, **kwargs)
         except Unreachable:
-            return record["calls"][index:]
+            points = [("log_points", h, (tracker.pending_points(i),), {}) for h, i in ids.items()
+                      if i is not None and tracker.pending_points(i)]
+            return points + record["calls"][index:]
         except Exception as error:
             print(f"warning: MLflow refused a saved {call} of run {ids.get(handle)}: {first_line(error)}",
                   file=sys.stderr)
     return []
+
+
+def _is_weights_name(name: object) -> bool:
+    return isinstance(name, str) and name.startswith("weights-") and "/" not in name and ".." not in name
 
 
 def _remove_if_abandoned(folder: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -18,13 +19,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from searchlab.errors import ConfigError, first_line
+from searchlab.errors import ConfigError, RunFailed, first_line
 
 STATE_DICT_FILE = "model_state_dict.pt"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 CREATE_TOKEN_TAG = "searchlab_create_token"
 RUN_ID_ATTR = "mlflow_run_id"  # the Optuna user attr naming a trial's MLflow run
+RUN_TOKEN_ATTR = "mlflow_run_token"  # ... or its creation token, when the run did not exist yet at the trial's end
 EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
 # Modules MLflow's client tries to import on every request, to tell whether it runs on Databricks or in a notebook
@@ -184,10 +186,15 @@ class MlflowTracker:
         while pending or tag_items:
             tag_chunk = tag_items[:MAX_TAGS]
             chunk = pending[: MAX_METRICS - len(tag_chunk)]  # 1000 entities per call
-            if retry:
-                self._retry(self.client.log_batch, run_id, metrics=chunk, tags=tag_chunk)
-            else:
-                self.client.log_batch(run_id, metrics=chunk, tags=tag_chunk)
+            try:
+                if retry:
+                    self._retry(self.client.log_batch, run_id, metrics=chunk, tags=tag_chunk)
+                else:
+                    self.client.log_batch(run_id, metrics=chunk, tags=tag_chunk)
+            except Exception as error:
+                if not isinstance(error, ConnectionError) and not is_transient(error):
+                    del pending[: len(chunk)]  # refused: sending it again would fail every later flush too
+                raise
             del pending[: len(chunk)]
             del tag_items[: len(tag_chunk)]
         self._pending.pop(run_id, None)
@@ -207,8 +214,10 @@ class MlflowTracker:
                     self.unreachable_since = start
                 waited = time.monotonic() - start
                 if self.give_up.is_set() or waited + delay > self.retry_seconds:
-                    raise Unreachable(f"MLflow tracking unreachable for {waited:.0f}s: {first_line(error)}") \
-                        from error
+                    from searchlab.storage import mask_password
+
+                    reason = re.sub(r"\w+://\S+", lambda url: mask_password(url.group()), first_line(error))
+                    raise Unreachable(f"MLflow tracking unreachable for {waited:.0f}s: {reason}") from error
                 self.give_up.wait(delay)
                 delay = min(delay * 2, 5.0)
             else:
@@ -291,22 +300,20 @@ class MlflowTracker:
         return Path(self.client.download_artifacts(run_id, STATE_DICT_FILE, str(destination)))
 
 
-class Unreachable(ConnectionError):
+class Unreachable(ConnectionError, RunFailed):
     """The tracking store did not answer within the retry window (or the tracker gave up waiting)."""
 
 
 def trial_run_id(client: Any, study_name: str, trial: Any) -> str | None:
     """The MLflow run of an Optuna trial: its RUN_ID_ATTR, or, for a trial that ended before its run could be created
-    (the tracking server was down; an earlier run sent it later), the run tagged with its number in the study's
-    experiment."""
-    run_id = trial.user_attrs.get(RUN_ID_ATTR)
-    if run_id is not None:
+    (the tracking server was down; it was sent later), the run its RUN_TOKEN_ATTR names in the study's experiment."""
+    run_id, token = trial.user_attrs.get(RUN_ID_ATTR), trial.user_attrs.get(RUN_TOKEN_ATTR)
+    if run_id is not None or token is None:
         return run_id
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:
         return None
-    runs = client.search_runs([experiment.experiment_id], f"tags.trial_number = '{trial.number}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs([experiment.experiment_id], f"tags.{CREATE_TOKEN_TAG} = '{token}'", max_results=1)
     return runs[0].info.run_id if runs else None
 
 

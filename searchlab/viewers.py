@@ -128,7 +128,9 @@ def experiment_page(base: str, experiment_id: str) -> str:
 
 def host_guard(app: Callable, names: Iterable[str], *, read_only: bool) -> Callable:
     """WSGI middleware in front of the dashboard: 403 for a Host it is not reached by (DNS rebinding), a write
-    whose Origin is another site (a forged form or fetch), and, read-only, any write. As `mlflow server` does."""
+    whose Origin is not the dashboard itself (a forged form or fetch from another site, or from another port of this
+    host; ``null`` too), and, read-only, any write. Stricter than `mlflow server`, which lets any loopback port
+    write."""
     patterns = tuple(names)
 
     def allowed(name: str | None) -> bool:
@@ -142,7 +144,7 @@ def host_guard(app: Callable, names: Iterable[str], *, read_only: bool) -> Calla
             refusal = "Invalid Host header: add the name to --allowed-hosts"
         elif write and read_only:
             refusal = "This dashboard is read-only"
-        elif write and origin is not None and not allowed(host_name(origin)):
+        elif write and origin is not None and urlsplit(origin).netloc.lower() != environ.get("HTTP_HOST", "").lower():
             refusal = "Cross-origin request blocked"
         else:
             return app(environ, start_response)

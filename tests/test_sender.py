@@ -12,7 +12,15 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from searchlab.sender import BackgroundTracker, TrackingFailed, resend_unsent, unsent_runs
+from searchlab.sender import (
+    RECORDS_FILE,
+    BackgroundTracker,
+    TrackingFailed,
+    resend_unsent,
+    save_records,
+    unsent_folder,
+    unsent_runs,
+)
 from searchlab.tracking import PARENT_RUN_TAG, MlflowTracker
 
 
@@ -240,3 +248,27 @@ def test_closing_ends_the_runs_no_trial_ended(tmp_path: Path) -> None:
     closed = tracker.client.get_run(background.run_id(run))
     assert closed.info.status == "KILLED" and closed.data.tags["state"] == "FAIL"
     assert [point.value for point in tracker.client.get_metric_history(closed.info.run_id, "val_loss")] == [1.0]
+
+
+def test_unreadable_or_planted_records_are_left_alone_and_the_run_goes_on(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri)
+    experiment = tracker.experiment_id("study")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key").write_text("do not upload")
+    torn, planted = (unsent_folder(uri) / f"elsewhere-1-{name}" for name in ("torn", "planted"))
+    for folder in (torn, planted):
+        folder.mkdir(parents=True)
+    (torn / RECORDS_FILE).write_bytes(b"half a file")  # e.g. a disk that filled up mid-write
+    save_records(planted, {"ids": {"h": None}, "calls": [
+        ("start", "h", (experiment, "trial-0"), {"parent_run_id": None, "tags": {}}),
+        ("log_artifacts", "h", (str(secret), "stolen"), {}),  # not a call searchlab saves
+        ("log_state_dict_file", "h", ("../../secret",), {}),
+        ("end_run", "h", ("FINISHED",), {"tags": {"state": "COMPLETE"}})]})
+    assert resend_unsent(uri, wait=1) == 1
+    assert "cannot read the unsent MLflow records" in capsys.readouterr().err
+    assert torn.with_name(f"{torn.name}.unreadable").is_dir()  # kept for a person to look at, never retried
+    (run,) = tracker.client.search_runs([experiment])
+    assert run.info.status == "FINISHED" and tracker.client.list_artifacts(run.info.run_id) == []

@@ -79,6 +79,20 @@ def test_curves_are_buffered_and_sent_in_one_batch(tracker: MlflowTracker) -> No
     assert [(p.step, p.value) for p in history] == [(epoch, 2 / epoch) for epoch in range(1, 21)]
 
 
+def test_points_mlflow_refuses_are_dropped_so_the_run_still_closes_with_its_tags(tracker: MlflowTracker) -> None:
+    from mlflow.exceptions import MlflowException
+
+    run = tracker.start_run(tracker.experiment_id("study"), "trial-0")
+    tracker.log_metrics(run, {"val_loss": 0.5, "bad key!": 1.0}, step=1)
+    with pytest.raises(MlflowException):
+        tracker.flush(run)
+    tracker.log_metrics(run, {"val_loss": 0.4}, step=2)
+    tracker.end_run(run, "FINISHED", tags={"state": "COMPLETE"})  # not refused again for the same points
+    closed = tracker.client.get_run(run)
+    assert closed.info.status == "FINISHED" and closed.data.tags["state"] == "COMPLETE"
+    assert [p.step for p in tracker.client.get_metric_history(run, "val_loss")] == [2]
+
+
 def test_a_retried_run_creation_never_makes_a_second_run(tracker: MlflowTracker,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     experiment_id = tracker.experiment_id("study")

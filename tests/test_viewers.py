@@ -252,6 +252,8 @@ def test_dashboard_refuses_foreign_hosts_and_cross_origin_writes(guarded_study: 
             == 403
         assert send(server, "DELETE", f"/api/studies/{study_id}", evil)[0] == 403
         assert send(server, "DELETE", f"/api/studies/{study_id}", {"Origin": evil["Origin"]})[0] == 403  # CSRF
+        for other in ("http://localhost:3000", f"http://127.0.0.1:{int(port) + 1}", "null"):  # another app, a sandbox
+            assert send(server, "DELETE", f"/api/studies/{study_id}", {"Origin": other})[0] == 403
         assert study_names(folder) == ["guarded"]
 
         status, body = send(server, "GET", "/api/studies")
