@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.budget import retry_trial
+from searchlab.sender import process_alive
 from searchlab.tracking import RUN_ID_ATTR
 
 WORKER_ATTR = "worker"
@@ -27,20 +28,10 @@ def worker_name(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_dead_local_worker(name: str) -> bool:
     """True for ``host:pid`` of this host whose process is gone (unknown or other hosts: False)."""
     host, _, pid = name.rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
+    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
 
 
 def dead_local_trials(study: optuna.Study, pids: set[int] | None = None) -> list[FrozenTrial]:

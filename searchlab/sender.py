@@ -320,7 +320,7 @@ def resend_unsent(tracking_uri: str, *, wait: float) -> int:
     for folder in sorted(unsent_folder(tracking_uri).glob("*")):
         if ".sending-" in folder.name:  # claimed by a resend that was killed: give it back
             original, _, pid = folder.name.partition(".sending-")
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     folder.rename(folder.with_name(original))
             continue
@@ -383,11 +383,12 @@ def _is_weights_name(name: object) -> bool:
 def _remove_if_abandoned(folder: Path) -> None:
     """A folder of this host whose process is gone holds weights nothing will send: remove it."""
     parts = folder.name.rsplit("-", 2)
-    if len(parts) == 3 and parts[0] == socket.gethostname() and parts[1].isdigit() and not _alive(int(parts[1])):
+    if len(parts) == 3 and parts[0] == socket.gethostname() and parts[1].isdigit() and not process_alive(int(parts[1])):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host runs under ``pid`` (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
