@@ -264,6 +264,8 @@ def _run_study(study: Study, config: RunConfig, task: Any, slots: list[Slot], wo
             finally:
                 bar.close()
                 summary.record(optuna_study.get_trials(deepcopy=False), before)
+            if unsent_runs(config.tracking_uri):  # the workers waited for the store already: publish does not
+                tracker.give_up.set()
             summary.published = publish(optuna_study, tracker, parent_run_id, study, study_file, data[1],
                                         config.study_name, report=config.report, register_best=config.register)
             status = "FINISHED"
