@@ -192,7 +192,7 @@ class MlflowTracker:
                 else:
                     self.client.log_batch(run_id, metrics=chunk, tags=tag_chunk)
             except Exception as error:
-                if not isinstance(error, ConnectionError) and not is_transient(error):
+                if not is_transient(error):  # (Unreachable, an OSError, counts as transient)
                     del pending[: len(chunk)]  # refused: sending it again would fail every later flush too
                 raise
             del pending[: len(chunk)]

@@ -139,12 +139,12 @@ def host_guard(app: Callable, names: Iterable[str], *, read_only: bool) -> Calla
 
     def guarded(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         write = environ["REQUEST_METHOD"] not in READS
-        origin = environ.get("HTTP_ORIGIN")
-        if not allowed(host_name(environ.get("HTTP_HOST", ""))):
+        host, origin = environ.get("HTTP_HOST", ""), environ.get("HTTP_ORIGIN")
+        if not allowed(host_name(host)):
             refusal = "Invalid Host header: add the name to --allowed-hosts"
         elif write and read_only:
             refusal = "This dashboard is read-only"
-        elif write and origin is not None and urlsplit(origin).netloc.lower() != environ.get("HTTP_HOST", "").lower():
+        elif write and origin is not None and urlsplit(origin).netloc.lower() != host.lower():
             refusal = "Cross-origin request blocked"
         else:
             return app(environ, start_response)
@@ -157,7 +157,7 @@ def host_guard(app: Callable, names: Iterable[str], *, read_only: bool) -> Calla
 
 
 def host_name(value: str) -> str | None:
-    """The host name in a Host header or an Origin; None when malformed (a user part, a broken IPv6 address)."""
+    """The host name in a Host header; None when malformed (a user part, a broken IPv6 address)."""
     try:
         split = urlsplit(value if "://" in value else "//" + value)
         return None if "@" in split.netloc else split.hostname
