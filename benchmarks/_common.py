@@ -147,8 +147,3 @@ def stats(values: Sequence[float]) -> dict[str, float]:
 def alternate(variants: Sequence[Any], repeat: int) -> list[Any]:
     """The order of the variants in a repeat: as given on even repeats, reversed on odd ones."""
     return list(variants) if repeat % 2 == 0 else list(variants)[::-1]
-
-
-def heavy_loaded(modules: Any) -> list[str]:
-    """Which HEAVY packages are in ``modules`` (e.g. ``sys.modules``)."""
-    return [name for name in HEAVY if name in modules]

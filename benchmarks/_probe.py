@@ -78,8 +78,8 @@ class Probe:
         import optuna
         from optuna.storages.journal import JournalFileBackend
 
-        import searchlab.execute
-        import searchlab.objective
+        import searchlab.lifecycle
+        import searchlab.preparation
         import searchlab.tracking
         import searchlab.train
         from searchlab.storage import journal_file_class
@@ -92,23 +92,16 @@ class Probe:
                 self.patch(sampler, method, "optuna sampler")
         self.patch(searchlab.train, "train_epoch", "train epochs (forward/backward/step, batches)")
         self.patch(searchlab.train, "evaluate", "validation (forward, torchmetrics)")
-        self.patch(searchlab.objective, "fit", "fit bookkeeping (best-state clone, callbacks)")
-        self.patch(searchlab.objective, "build_model", "per-trial model build")
-        self.patch(searchlab.objective, "build_optimizer", "per-trial optimizer build")
-        self.patch(searchlab.objective, "make_batches", "per-trial batches (to device)")
+        self.patch(searchlab.train, "fit", "fit bookkeeping (best-state clone, callbacks)")
+        self.patch(searchlab.train, "build_model", "per-trial model build")
+        self.patch(searchlab.train, "build_optimizer", "per-trial optimizer build")
+        self.patch(searchlab.train, "make_batches", "per-trial batches (to device)")
         self.patch(searchlab.tracking.MlflowTracker, "log_state_dict", "state_dict save (torch.save, temp dir)")
-        self.patch(searchlab.execute, "load_split", "data load (study.data)")
-        self.patch(searchlab.execute, "preflight_model", "preflight (model on a batch)")
-        self.patch(searchlab.execute, "publish", "publish (report, model registry; own work)")
-        for name in ("report", "registry"):
-            module = sys.modules.get(f"searchlab.{name}")
-            if module is None:
-                try:
-                    module = __import__(f"searchlab.{name}", fromlist=["_"])
-                except ImportError:
-                    continue
-            for function in ("log_report", "register"):
-                self.patch(module, function, f"publish: {name} (own work)")
+        self.patch(searchlab.preparation, "load_split", "data load (study.data)")
+        self.patch(searchlab.preparation, "preflight_model", "preflight (model on a batch)")
+        self.patch(searchlab.lifecycle, "publish", "publish (report, model registry; own work)")
+        for function, name in (("log_report", "report"), ("register", "registry")):
+            self.patch(searchlab.lifecycle, function, f"publish: {name} (own work)")
 
     def summary(self, total: float, n_trials: int) -> dict[str, Any]:
         parts = {name: seconds for name, seconds in sorted(self.exclusive.items(), key=lambda item: -item[1])}

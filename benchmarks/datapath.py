@@ -43,10 +43,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from torch.utils.data import TensorDataset
 
     from searchlab.check import DefaultsTrial, first_value
-    from searchlab.data import make_batches
+    from searchlab.data import load_split, make_batches
     from searchlab.devices import assign_slots
-    from searchlab.execute import load_split
-    from searchlab.objective import build_model, build_optimizer
+    from searchlab.model import build_model, build_optimizer
     from searchlab.study import load_study_file
     from searchlab.tasks import get_task
     from searchlab.trial import Trial

@@ -5,7 +5,7 @@ Run by benchmarks/suite.py; by hand:
     python benchmarks/overhead.py bare --params searchlab.json --out bare.json
     python benchmarks/overhead.py naive --tracking-uri http://127.0.0.1:5000 --out naive.json
 
-- ``searchlab``: ``execute.run_study(study, config, check=False, progress=False)``: one worker, the default journal
+- ``searchlab``: ``lifecycle.run_study(study, config, check=False, progress=False)``: one worker, the default journal
   storage (in the working directory), full tracking to ``--tracking-uri`` (parent and child runs, params,
   per-epoch curves, state_dict); the study report only with ``--report`` and the best model's registration only
   with ``--register`` (work the other variants do not do, at the end of a run: as run by default, both). The
@@ -50,8 +50,7 @@ def preload(study_file: str) -> Any:
     import torchmetrics  # noqa: F401
     from mlflow import MlflowClient  # noqa: F401
 
-    import searchlab.execute
-    import searchlab.objective  # noqa: F401
+    import searchlab.lifecycle  # noqa: F401
     from searchlab.study import load_study_file
 
     torch.set_num_threads(threads())
@@ -75,7 +74,7 @@ def variant_searchlab(study: Any, args: argparse.Namespace) -> dict[str, Any]:
     import optuna
 
     from searchlab.config import resolve_config
-    from searchlab.execute import run_study
+    from searchlab.lifecycle import run_study
     from searchlab.storage import open_storage
 
     probe = None
@@ -105,8 +104,9 @@ def variant_bare(study: Any, args: argparse.Namespace) -> dict[str, Any]:
     import optuna
     import torch
 
-    from searchlab.execute import load_split
-    from searchlab.objective import sample_params, train_trial
+    from searchlab.data import load_split
+    from searchlab.model import sample_params
+    from searchlab.train import train_trial
     from searchlab.trial import Trial
 
     given = json.loads(Path(args.params).read_text())["trials"]
@@ -151,7 +151,7 @@ def replay(args: argparse.Namespace) -> None:
 
     import optuna
 
-    from searchlab.objective import sample_params
+    from searchlab.model import sample_params
     from searchlab.tracking import MlflowTracker
     from searchlab.trial import Trial
 
@@ -189,10 +189,11 @@ def variant_naive(study: Any, args: argparse.Namespace) -> dict[str, Any]:
     import optuna
     import torch
 
-    from searchlab.execute import load_split
-    from searchlab.objective import sample_params, train_trial, trial_seed
+    from searchlab.catalog import make_sampler
+    from searchlab.data import load_split
+    from searchlab.model import sample_params, trial_seed
+    from searchlab.train import train_trial
     from searchlab.trial import Trial
-    from searchlab.worker import make_sampler
 
     probe = None
     if args.breakdown:

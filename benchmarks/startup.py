@@ -39,14 +39,14 @@ PATHS = {
     "searchlab --help": "from searchlab.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
     # `searchlab run` before run_study: the CLI, the modules run() imports, the study file.
     "searchlab run: before the study runs": (
-        "from searchlab.cli import main\nfrom searchlab.check import CheckFailed\n"
-        "from searchlab.config import resolve_config\nfrom searchlab.execute import StudyInterrupted, run_study\n"
+        "from searchlab.cli import main\nfrom searchlab.config import resolve_config\n"
+        "from searchlab.lifecycle import run_study\nfrom searchlab.summary import StudyInterrupted\n"
         "from searchlab.study import load_study_file\nload_study_file({study!r})"),
-    # A spawned worker: unpickling its target imports searchlab.worker; it loads the study file, then run_worker
-    # imports execute, objective and tracking, makes an MlflowClient, and the first optimizer imports torch._dynamo.
+    # A spawned worker: unpickling its target imports searchlab.pool (and with it the worker, the objective and
+    # tracking); it loads the study file, makes an MlflowClient, and the first optimizer imports torch._dynamo.
     "worker process: until its first optimizer": (
-        "from searchlab.worker import worker_process\nfrom searchlab.study import load_study_file\n"
-        "load_study_file({study!r})\nimport searchlab.execute, searchlab.objective, searchlab.tracking\n"
+        "from searchlab.pool import worker_process\nfrom searchlab.study import load_study_file\n"
+        "load_study_file({study!r})\n"
         "from mlflow import MlflowClient\nimport torch\ntorch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)"),
 }
 
@@ -183,36 +183,34 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
 
     at = time.perf_counter()
     import searchlab.cli
-    from searchlab.check import CheckFailed  # noqa: F401
     from searchlab.config import resolve_config
-    from searchlab.execute import run_study
+    from searchlab.lifecycle import run_study
     from searchlab.study import load_study_file
     step("imports of `searchlab run` (cli, check -> torch, torchmetrics, optuna)", time.perf_counter() - at, at)
     at = time.perf_counter()
     study = load_study_file(args.study)
     step("study file (its own imports)", time.perf_counter() - at, at)
 
-    import searchlab.check
-    import searchlab.execute
-    import searchlab.objective
+    import searchlab.lifecycle
+    import searchlab.preparation
     import searchlab.tracking
     import searchlab.train
     import searchlab.worker
 
     for owner, attribute, name in (
-        (searchlab.execute, "load_split", "data load (study.data)"),
-        (searchlab.tracking, "check_tracking_uri", "tracking URI check"),
-        (searchlab.execute, "preflight_model", "preflight (model on a batch)"),
-        (searchlab.check, "check_study", "overfit check (first optimizer imports torch._dynamo)"),
-        (searchlab.execute, "open_storage", "open the Optuna storage"),
+        (searchlab.preparation, "load_split", "data load (study.data)"),
+        (searchlab.lifecycle, "check_tracking_uri", "tracking URI check"),
+        (searchlab.preparation, "preflight_model", "preflight (model on a batch)"),
+        (searchlab.preparation, "check_study", "overfit check (first optimizer imports torch._dynamo)"),
+        (searchlab.lifecycle, "open_storage", "open the Optuna storage"),
         (searchlab.tracking.MlflowTracker, "__init__", "MlflowTracker (imports mlflow)"),
         (searchlab.tracking.MlflowTracker, "experiment_id", "experiment get/create"),
         (searchlab.tracking.MlflowTracker, "close_dead_runs", "search for dead runs"),
-        (searchlab.execute, "reap_dead_local_trials", "reap dead trials"),
+        (searchlab.lifecycle, "reap_dead_local_trials", "reap dead trials"),
         (searchlab.tracking.MlflowTracker, "start_run", "first run created (parent)"),
-        (searchlab.execute, "run_worker", "worker: its one trial, whole"),
+        (searchlab.lifecycle, "run_worker", "worker: its one trial, whole"),
         (searchlab.worker, "claim", "first trial claimed"),
-        (searchlab.objective, "build_optimizer", "first trial's optimizer"),
+        (searchlab.train, "build_optimizer", "first trial's optimizer"),
         (searchlab.train, "train_epoch", "first training epoch"),
         (searchlab.train, "evaluate", "first validation"),
     ):

@@ -9,21 +9,22 @@ so that two workers never both take the last trial.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import warnings
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from searchlab.locks import advisory_lock, file_lock, lock_key
+from searchlab.settings import BUDGET_ATTR, WORKER
 from searchlab.storage import DEFAULT_JOURNAL, local_file
 
-BUDGET_ATTR = "searchlab_budget"  # study user attribute: how many counted trials the study is to reach
+# what claim() says when it gives no trial
+WAIT: Final = "wait"
+DONE: Final = "done"
 
 
 @dataclass(frozen=True)
@@ -66,38 +67,15 @@ def retry_trial(study: optuna.Study, failed: FrozenTrial, max_retries: int) -> b
     return True
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _postgres_lock(storage: Any, key: int) -> Iterator[None]:
-    from sqlalchemy import text
-
-    with storage.engine.connect() as connection:
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        try:
-            yield
-        finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            connection.commit()
-
-
 def budget_lock(url: str | None, storage: Any, study_name: str) -> Callable[[], AbstractContextManager[None]]:
     """A factory of the lock every worker of this study takes around count-and-ask."""
     url = url or DEFAULT_JOURNAL
     if url.startswith(("postgresql", "postgres")):
-        key = zlib.crc32(f"searchlab:{study_name}".encode())
-        return lambda: _postgres_lock(storage, key)
+        key = lock_key(f"searchlab:{study_name}")
+        return lambda: advisory_lock(storage.engine, key)
     path = local_file(url)
     if path is not None:
-        return lambda: _file_lock(path.with_name(path.name + ".budget-lock"))
+        return lambda: file_lock(path.with_name(path.name + ".budget-lock"))
     return contextlib.nullcontext  # other databases: no cross-worker lock; the budget may overshoot by a few
 
 
@@ -107,15 +85,16 @@ def has_room(study: optuna.Study) -> bool:
     return bool(counts.waiting) or counts.claimed < study.user_attrs.get(BUDGET_ATTR, 0)
 
 
-def claim(study: optuna.Study, lock: Callable[[], AbstractContextManager[None]], *, worker: str) -> optuna.Trial | str:
-    """A new or enqueued trial to run, marked as ``worker``'s; or ``"wait"`` (others still run trials that may fail
-    and be retried), or ``"done"`` (the budget is met)."""
+def claim(study: optuna.Study, lock: Callable[[], AbstractContextManager[None]], *,
+          worker: str) -> optuna.Trial | Literal["wait", "done"]:
+    """A new or enqueued trial to run, marked as ``worker``'s; or WAIT (others still run trials that may fail and be
+    retried), or DONE (the budget is met)."""
     with lock():
         if has_room(study):
             with warnings.catch_warnings():  # the search loop sends the heartbeats Study.optimize would
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
                 trial = study.ask()
-            trial.set_user_attr("worker", worker)
+            trial.set_user_attr(WORKER, worker)
             return trial
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return "wait" if running else "done"
+    return WAIT if running else DONE

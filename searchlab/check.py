@@ -1,8 +1,10 @@
-"""The preflight check: a model that cannot overfit one tiny batch has a bug, not a tuning problem.
+"""The preflight checks: a model that fails on a validation batch, or cannot overfit one tiny batch, has a bug, not
+a tuning problem.
 
-Builds the study's model with the space's first values (regularisation off), trains it on a few examples with
-the highest learning rate the search would try, and says whether the loss falls near zero; when it does not,
-it names the usual cause: wrong output shape, wrong head for the loss, no gradient, a loss that never moves, NaN.
+``preflight_model`` runs a few validation examples through the model a trial would build. ``check_study`` builds
+the study's model with the space's first values (regularisation off), trains it on a few examples with the highest
+learning rate the search would try, and says whether the loss falls near zero; when it does not, it names the usual
+cause: wrong output shape, wrong head for the loss, no gradient, a loss that never moves, NaN.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from typing import Any
 import torch
 
 from searchlab.data import Data, first_examples
-from searchlab.errors import describe_error
-from searchlab.objective import DROPPED_DEFAULTS, build_model, build_optimizer
+from searchlab.errors import ConfigError, describe_error
+from searchlab.model import DROPPED_DEFAULTS, build_model, build_optimizer, sample_params
 from searchlab.space import Choice, Distribution, Fixed, Float, Int
 from searchlab.study import Study
-from searchlab.tasks import ModelError, get_task
+from searchlab.tasks import ModelError, Task, get_task
 from searchlab.transfer import Start
 from searchlab.trial import Trial
 
@@ -31,10 +33,6 @@ NEAR_ZERO = 0.05  # of the first loss
 class CheckResult:
     passed: bool
     summary: str  # one line: what was measured, and the diagnosis when it failed
-
-
-class CheckFailed(Exception):
-    """`searchlab run` refuses to sweep a model that failed the check."""
 
 
 def first_value(dist: Distribution) -> Any:
@@ -70,6 +68,26 @@ class DefaultsTrial:
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         return choices[0]
+
+
+def preflight_model(study: Study, task: Task, val_data: Data, start: Start | None = None) -> None:
+    """Build the model from a throwaway in-memory trial and run a few validation examples through it, so that
+    a failing builder, a wrong head or a wrong output shape fails before anything is written."""
+    import optuna
+
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    try:
+        model = build_model(study, Trial(probe, sample_params(study.space, probe, start), seed=0), task, start)
+        inputs, targets = first_examples(val_data, 8)
+        model.eval()
+        with torch.no_grad():
+            outputs = model(inputs)
+        task.align(outputs, targets)
+        task.check_outputs(outputs)
+    except ModelError:
+        raise
+    except Exception as error:
+        raise ConfigError(f"the study's model failed on a validation batch: {describe_error(error)}") from None
 
 
 def check_study(study: Study, train_data: Data, *, examples: int = EXAMPLES, steps: int = STEPS,

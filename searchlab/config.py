@@ -1,26 +1,22 @@
-"""One frozen RunConfig, resolved in one place: study file < SEARCHLAB_* environment < CLI flags."""
+"""One frozen RunConfig, resolved in one place: study file < SEARCHLAB_* environment < CLI flags; and the frozen
+settings a run's workers and trials get from it."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from searchlab.catalog import PRUNERS, SAMPLERS
 from searchlab.devices import parse_workers
 from searchlab.errors import ConfigError
-from searchlab.study import (
-    PRUNERS,
-    SAMPLERS,
-    Study,
-    check_int,
-    check_name,
-    check_positive_int,
-    check_seed,
-    check_timeout,
-)
+from searchlab.settings import default_tracking_uri, from_environment
+from searchlab.study import Study, check_int, check_name, check_positive_int, check_seed, check_timeout
+
+# The run's settings that joining workers adopt (no URLs: those are each host's own).
+RUN_SETTINGS = ("seed", "sampler", "pruner", "max_epochs", "patience", "retries", "heartbeat")
 
 
 @dataclass(frozen=True)
@@ -47,65 +43,36 @@ class RunConfig:
     threads: int | None = None  # torch threads per worker; None: 1 per CPU worker, a share of the cores per GPU one
     tracking_wait: float = 120.0  # seconds an unreachable tracking store is waited for before records are saved
 
-
-def _bool(text: str) -> bool:
-    value = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
-             "off": False}.get(text.lower())
-    if value is None:
-        raise ValueError
-    return value
+    def shared_settings(self) -> dict[str, Any]:
+        """The settings that workers joining the run adopt (RUN_SETTINGS)."""
+        return {name: getattr(self, name) for name in RUN_SETTINGS}
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError
-    return value
+@dataclass(frozen=True)
+class RunStarted:
+    """What the coordinator tells its workers once the run is set up: where trials are tracked, and when the run
+    stops taking new trials (``time.time()``; None: when the budget is met)."""
+
+    experiment_id: str
+    parent_run_id: str
+    deadline: float | None
 
 
-# field → (environment variable, parser)
-ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "study_name": ("SEARCHLAB_STUDY_NAME", str),
-    "n_trials": ("SEARCHLAB_TRIALS", int),
-    "timeout": ("SEARCHLAB_TIMEOUT", _positive_float),
-    "sampler": ("SEARCHLAB_SAMPLER", str),
-    "pruner": ("SEARCHLAB_PRUNER", str),
-    "seed": ("SEARCHLAB_SEED", int),
-    "storage": ("SEARCHLAB_STORAGE", str),
-    "tracking_uri": ("SEARCHLAB_TRACKING_URI", str),
-    "max_epochs": ("SEARCHLAB_MAX_EPOCHS", int),
-    "workers": ("SEARCHLAB_WORKERS", str),
-    "devices": ("SEARCHLAB_DEVICES", str),
-    "trials_per_device": ("SEARCHLAB_TRIALS_PER_DEVICE", int),
-    "retries": ("SEARCHLAB_RETRIES", int),
-    "heartbeat": ("SEARCHLAB_HEARTBEAT", int),
-    "report": ("SEARCHLAB_REPORT", _bool),
-    "register": ("SEARCHLAB_REGISTER", _bool),
-    "threads": ("SEARCHLAB_THREADS", int),
-    "tracking_wait": ("SEARCHLAB_TRACKING_WAIT", _positive_float),
-}
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a run is trained and tracked with, besides its study, data, device and tracker."""
 
+    experiment_id: str
+    parent_run_id: str
+    seed: int
+    max_epochs: int
+    patience: int
+    run_tags: Mapping[str, str]  # on every trial's MLflow run
 
-def default_tracking_uri() -> str:
-    """MLflow's own default: ``sqlite:///mlflow.db`` in the working directory."""
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def from_environment(env: Mapping[str, str]) -> dict[str, Any]:
-    """The settings given by SEARCHLAB_* variables (MLFLOW_TRACKING_URI as the tracking fallback)."""
-    values: dict[str, Any] = {}
-    for name, (variable, parse) in ENVIRONMENT.items():
-        text = env.get(variable, "").strip()
-        if not text:
-            continue
-        try:
-            values[name] = parse(text)
-        except ValueError:
-            kind = {_positive_float: "a positive number", _bool: "true or false"}.get(parse, "an integer")
-            raise ConfigError(f"{variable}={text!r} must be {kind}") from None
-    if "tracking_uri" not in values and env.get("MLFLOW_TRACKING_URI", "").strip():
-        values["tracking_uri"] = env["MLFLOW_TRACKING_URI"].strip()
-    return values
+    @classmethod
+    def of(cls, config: RunConfig, run: RunStarted) -> TrialSettings:
+        return cls(run.experiment_id, run.parent_run_id, config.seed, config.max_epochs, config.patience,
+                   {"study_name": config.study_name, "sampler": config.sampler, "pruner": config.pruner})
 
 
 def resolve_config(study: Study, flags: Mapping[str, Any] | None = None,

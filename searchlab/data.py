@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from searchlab.errors import ConfigError
-from searchlab.study import Split
-from searchlab.tasks import Task
+from searchlab.errors import ConfigError, describe_error
+from searchlab.study import Split, Study
+from searchlab.tasks import Task, get_task
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,16 @@ class TensorPair:
 
 
 Data = TensorPair | Dataset
+
+
+def load_split(study: Study, seed: int) -> tuple[Data, Data]:
+    """The study's training and validation data, checked and prepared for its task; a data() that raises is a
+    study-file error."""
+    try:
+        split = study.data(seed)
+    except Exception as error:
+        raise ConfigError(f"the study's data({seed}) failed: {describe_error(error)}") from None
+    return prepare_split(split, get_task(study.task))
 
 
 def prepare_split(split: Any, task: Task) -> tuple[Data, Data]:

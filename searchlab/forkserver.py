@@ -2,7 +2,7 @@
 
 Workers are never forks of the coordinator, which may hold a CUDA context; the fork server never runs torch.
 ``searchlab run`` starts it before its own imports when the run will have several workers, so that both load at
-once (seconds each); ``execute.Workers`` starts it otherwise. It is stopped when this process exits, even in the
+once (seconds each); ``pool.Workers`` starts it otherwise. It is stopped when this process exits, even in the
 middle of its imports (a run that stopped at once, on bad input). Where the platform has no fork server, each
 worker is a fresh interpreter (spawn).
 """
@@ -22,7 +22,7 @@ from searchlab.devices import parse_workers
 from searchlab.errors import ConfigError
 
 # What every worker imports before its first trial. searchlab.preload comes first: see its docstring.
-WORKER_PRELOAD = ["searchlab.preload", "searchlab.worker", "mlflow", "optuna", "torch", "torch._dynamo", "torchmetrics"]
+WORKER_PRELOAD = ["searchlab.preload", "searchlab.pool", "mlflow", "optuna", "torch", "torch._dynamo", "torchmetrics"]
 
 
 def worker_context() -> Any:

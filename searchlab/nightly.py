@@ -9,23 +9,33 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import socket
 import tempfile
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from searchlab.errors import ConfigError, RunFailed, describe_error
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 
-EXIT_OK, EXIT_FAILED, EXIT_WORSE = 0, 1, 3
+from searchlab.config import RunConfig
+from searchlab.data import load_split
+from searchlab.errors import EXIT_FAILED, EXIT_OK, EXIT_WORSE, ConfigError, RunFailed, describe_error, format_value
+from searchlab.lifecycle import run_study
+from searchlab.locks import LockHeld, advisory_lock, file_lock, lock_key
+from searchlab.registry import current_version, load_registered, register, validation_loss
+from searchlab.results import best_complete, best_trials
+from searchlab.settings import NIGHTS_ATTR
+from searchlab.storage import DEFAULT_JOURNAL, close_storage, local_file, open_storage, opened_storage
+from searchlab.study import Study
+from searchlab.summary import RunSummary
+from searchlab.tracking import MlflowTracker
+
 CHAMPION_ALIAS = "champion"
-NIGHTS_ATTR = "searchlab_nights"  # study user attribute: one record per night
 NIGHTLY_FOLDER = "nightly"  # the artifact folder of the night's parent run
 
 
@@ -37,57 +47,35 @@ class NightRunning(RunFailed):
 def night_lock(url: str | None, study_name: str) -> Iterator[None]:
     """Hold the study's single-instance lock for the night: a file lock beside a journal or sqlite file, a
     PostgreSQL advisory lock; raises NightRunning at once when another night holds it."""
-    from searchlab.storage import DEFAULT_JOURNAL, local_file, open_storage
-
     url = url or DEFAULT_JOURNAL
-    holder = f"{socket.gethostname()}:{os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-    if url.startswith(("postgresql", "postgres")):
-        from sqlalchemy import text
-
-        key = zlib.crc32(f"searchlab-nightly:{study_name}".encode())
-        # autocommit: a session-level lock, with no transaction left open (idle) for the whole night
-        with open_storage(url).engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar():
-                raise NightRunning(f"another nightly of study {study_name!r} is running (PostgreSQL advisory lock "
-                                   f"{key} is held): this one exits without running")
-            try:
-                yield
-            finally:
-                with contextlib.suppress(Exception):  # a lost session has released the lock already
-                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-        return
     path = local_file(url)
-    if path is None:  # another database: no cross-host lock here
-        yield
-        return
-    if not path.parent.is_dir():
+    storage = None
+    if url.startswith(("postgresql", "postgres")):
+        storage = open_storage(url)
+        lock: contextlib.AbstractContextManager[None] = advisory_lock(
+            storage.engine, lock_key(f"searchlab-nightly:{study_name}"), wait=False)
+    elif path is None:  # another database: no cross-host lock here
+        lock = contextlib.nullcontext()
+    elif not path.parent.is_dir():
         raise ConfigError(f"storage folder {str(path.parent)!r} does not exist: create it or choose another path")
-    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
-    lock_path = path.with_name(f"{path.name}.{safe_name}.nightly-lock")  # one per study in a shared storage
-    with lock_path.open("a+") as handle:
+    else:
+        safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
+        holder = f"{socket.gethostname()}:{os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        lock = file_lock(path.with_name(f"{path.name}.{safe_name}.nightly-lock"), wait=False, holder=holder)
+    with contextlib.ExitStack() as held:
+        held.callback(close_storage, storage)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            other = handle.read().strip() or f"see {lock_path}"
+            held.enter_context(lock)
+        except LockHeld as other:
             raise NightRunning(f"another nightly of study {study_name!r} is running ({other}): this one exits "
                                "without running") from None
-        handle.truncate(0)
-        handle.write(holder)
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
-def best_configurations(trials: list[Any], k: int) -> list[dict[str, Any]]:
+def best_configurations(trials: list[FrozenTrial], k: int) -> list[dict[str, Any]]:
     """The params of the ``k`` best completed trials, distinct, best first."""
-    from optuna.trial import TrialState
-
     chosen: list[dict[str, Any]] = []
-    for trial in sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value):
+    for trial in best_trials(trials, len(trials)):
         if len(chosen) == k:
             break
         if trial.params not in chosen:
@@ -97,8 +85,6 @@ def best_configurations(trials: list[Any], k: int) -> list[dict[str, Any]]:
 
 def importances(trials: list[Any]) -> dict[str, float]:
     """Optuna's parameter importances over these trials (empty when they cannot be computed)."""
-    import optuna
-
     study = optuna.create_study(direction="minimize")
     study.add_trials(trials)
     try:
@@ -138,15 +124,11 @@ class Night:
             lines.append(f"tonight    best val_loss {self.best_value:.6g} (trial {self.best_trial}) of {self.trials} "
                          f"trials, {self.reevaluated} re-evaluated")
         if self.champion_before is not None:
-            lines.append(f"champion   version {self.champion_before}: {_fmt(self.champion_recorded)} when promoted, "
-                         f"{_fmt(self.champion_tonight)} on tonight's data")
+            lines.append(f"champion   version {self.champion_before}: {format_value(self.champion_recorded)} when "
+                         f"promoted, {format_value(self.champion_tonight)} on tonight's data")
         if self.champion_after is not None:
             lines.append(f"champion   now version {self.champion_after}")
         return lines
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6g}"
 
 
 def decide(night: Night, threshold: float) -> bool:
@@ -183,8 +165,8 @@ def summary_markdown(study_name: str, nights: list[dict[str, Any]]) -> str:
              f"(exit {tonight['exit_code']}). {tonight['reason']}", "", "## Best value per night", "",
              "| night | started | trials | best val_loss | champion on that night's data | decision |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {n['night']} | {n['started']} | {n['trials']} | {_fmt(n['best_value'])} | "
-              f"{_fmt(n['champion_tonight'])} | {n['decision']} |" for n in nights]
+    lines += [f"| {n['night']} | {n['started']} | {n['trials']} | {format_value(n['best_value'])} | "
+              f"{format_value(n['champion_tonight'])} | {n['decision']} |" for n in nights]
     previous = next((n for n in reversed(nights[:-1]) if n["best_params"]), None)
     if previous is not None and tonight["best_params"]:
         names = sorted(set(previous["best_params"]) | set(tonight["best_params"]))
@@ -193,7 +175,7 @@ def summary_markdown(study_name: str, nights: list[dict[str, Any]]) -> str:
         lines += ["", f"## Best params: night {previous['night']} → tonight", ""]
         if changed:
             lines += ["| param | before | tonight |", "|---|---|---|"]
-            lines += [f"| {name} | {_value(old)} | {_value(new)} |" for name, old, new in changed]
+            lines += [f"| {name} | {format_value(old)} | {format_value(new)} |" for name, old, new in changed]
         else:
             lines.append("Unchanged.")
     drift_from = next((n for n in reversed(nights[:-1]) if n["importances"]), None)
@@ -208,35 +190,17 @@ def summary_markdown(study_name: str, nights: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _value(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def run_night(study: Any, config: Any, *, study_file: str, reevaluate: int = 0, threshold: float = 0.01,
-              check: bool = True) -> tuple[Night, Any]:
+def run_night(study: Study, config: RunConfig, *, study_file: str, reevaluate: int = 0, threshold: float = 0.01,
+              check: bool = True) -> tuple[Night, RunSummary | None]:
     """Run one night of ``study`` (``config.n_trials`` trials, the first ``reevaluate`` of them the best earlier
     configurations), compare with the champion, promote or not, and record the night; returns the night and the
     run's summary (None when the sweep failed)."""
-    import optuna
-    from optuna.trial import TrialState
-
-    from searchlab.check import CheckFailed
-    from searchlab.execute import load_split, run_study
-    from searchlab.registry import current_version, load_registered, register, validation_loss
-    from searchlab.storage import open_storage
-    from searchlab.tracking import MlflowTracker
-
     if reevaluate < 0:
         raise ConfigError(f"--reevaluate must be 0 or more, got {reevaluate}")
     if not 0 <= threshold < 1:
         raise ConfigError(f"--threshold must be a fraction in [0, 1), e.g. 0.01 for 1%, got {threshold}")
-    with night_lock(config.storage, config.study_name):
-        try:
-            earlier = optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage))
-            before = earlier.get_trials(deepcopy=False)
-            nights = list(earlier.user_attrs.get(NIGHTS_ATTR, []))
-        except KeyError:  # the first night creates the study
-            before, nights = [], []
+    with night_lock(config.storage, config.study_name), opened_storage(config.storage) as storage:
+        before, nights = _earlier_nights(config, storage)
         again = best_configurations(before, reevaluate)
         if again and config.n_trials <= len(again):
             raise ConfigError(f"--trials {config.n_trials} leaves no room to search after re-evaluating "
@@ -245,46 +209,64 @@ def run_night(study: Any, config: Any, *, study_file: str, reevaluate: int = 0, 
         try:
             summary = run_study(study, dataclasses.replace(config, n_trials=config.n_trials - len(again)),
                                 study_file=study_file, check=check, enqueue=again)
-        except (CheckFailed, RunFailed) as error:
+        except RunFailed as error:  # the preflight check too
             night.reason, night.sweep_failed = str(error), True
             summary = None
         try:
-            optuna_study = optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage))
+            optuna_study = optuna.load_study(study_name=config.study_name, storage=storage)
         except KeyError:  # the first night failed before its study was created
             return night, summary
-        numbers = {trial.number for trial in before}
-        tonight = [t for t in optuna_study.get_trials(deepcopy=False) if t.number not in numbers]
-        complete = [t for t in tonight if t.state == TrialState.COMPLETE]
-        night.trials = len(tonight)
         night.parent_run_id = summary.parent_run_id if summary else None
-        if complete:
-            best = min(complete, key=lambda trial: trial.value)
-            night.best_value, night.best_trial, night.best_params = best.value, best.number, dict(best.params)
-            night.importances = importances(complete)
-        tracker = MlflowTracker(config.tracking_uri)
-        client = tracker.client
-        champion = current_version(client, config.study_name, CHAMPION_ALIAS)
-        val_data = load_split(study, config.seed)[1] if complete else None  # tonight's, for both uses below
-        if champion is not None and complete:
-            night.champion_before = champion.version
-            night.champion_recorded = float(champion.tags["val_loss"]) if "val_loss" in champion.tags else None
-            try:
-                loaded = load_registered(f"models:/{config.study_name}@{CHAMPION_ALIAS}",
-                                         tracking_uri=config.tracking_uri, study_file=study_file)
-                night.champion_tonight = validation_loss(loaded, val_data)
-            except Exception as error:  # e.g. the study's model changed: the champion cannot be compared
-                night.reason = f"the champion could not be evaluated ({describe_error(error)}), so tonight's best " \
-                               "replaces it"
-        if decide(night, threshold):
-            night.champion_after = register(client, config.study_name, best, study, study_file, val_data,
-                                            alias=CHAMPION_ALIAS).version
-        else:
-            night.champion_after = night.champion_before
+        best = _record_tonight(night, optuna_study, {trial.number for trial in before})
+        _judge_and_promote(night, best, study, config, study_file, threshold)
         nights.append(dataclasses.asdict(night))
         optuna_study.set_user_attr(NIGHTS_ATTR, nights)
         if night.parent_run_id is not None:
-            _log_night(tracker, night, config.study_name, nights)
+            _log_night(MlflowTracker(config.tracking_uri), night, config.study_name, nights)
     return night, summary
+
+
+def _earlier_nights(config: RunConfig, storage: Any) -> tuple[list[FrozenTrial], list[dict[str, Any]]]:
+    """The study's trials and nights so far (none before the first night, which creates the study)."""
+    try:
+        earlier = optuna.load_study(study_name=config.study_name, storage=storage)
+    except KeyError:
+        return [], []
+    return earlier.get_trials(deepcopy=False), list(earlier.user_attrs.get(NIGHTS_ATTR, []))
+
+
+def _record_tonight(night: Night, study: optuna.Study, earlier: set[int]) -> FrozenTrial | None:
+    """Tonight's trials, best trial and importances, into ``night``; returns tonight's best trial."""
+    tonight = [trial for trial in study.get_trials(deepcopy=False) if trial.number not in earlier]
+    night.trials = len(tonight)
+    best = best_complete(tonight)
+    if best is not None:
+        night.best_value, night.best_trial, night.best_params = best.value, best.number, dict(best.params)
+        night.importances = importances([trial for trial in tonight if trial.state == TrialState.COMPLETE])
+    return best
+
+
+def _judge_and_promote(night: Night, best: FrozenTrial | None, study: Study, config: RunConfig, study_file: str,
+                       threshold: float) -> None:
+    """Score the champion on tonight's data, decide, and point the champion alias at tonight's best if it wins."""
+    client = MlflowTracker(config.tracking_uri).client
+    champion = current_version(client, config.study_name, CHAMPION_ALIAS)
+    val_data = load_split(study, config.seed)[1] if best is not None else None  # tonight's, for both uses below
+    if champion is not None and best is not None:
+        night.champion_before = champion.version
+        night.champion_recorded = float(champion.tags["val_loss"]) if "val_loss" in champion.tags else None
+        try:
+            loaded = load_registered(f"models:/{config.study_name}@{CHAMPION_ALIAS}",
+                                     tracking_uri=config.tracking_uri, study_file=study_file)
+            night.champion_tonight = validation_loss(loaded, val_data)
+        except Exception as error:  # e.g. the study's model changed: the champion cannot be compared
+            night.reason = f"the champion could not be evaluated ({describe_error(error)}), so tonight's best " \
+                           "replaces it"
+    if decide(night, threshold) and best is not None:
+        night.champion_after = register(client, config.study_name, best, study, study_file, val_data,
+                                        alias=CHAMPION_ALIAS).version
+    else:
+        night.champion_after = night.champion_before
 
 
 def _log_night(tracker: Any, night: Night, study_name: str, nights: list[dict[str, Any]]) -> None:

@@ -18,10 +18,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.budget import retry_trial
-from searchlab.sender import process_alive
-from searchlab.tracking import RUN_ID_ATTR
-
-WORKER_ATTR = "worker"
+from searchlab.settings import FAIL_REASON_ATTR, RUN_ID_ATTR, WORKER
+from searchlab.unsent import process_alive
 
 
 def worker_name(pid: int | None = None) -> str:
@@ -42,7 +40,7 @@ def dead_local_trials(study: optuna.Study, pids: set[int] | None = None) -> list
         return is_dead_local_worker(name) if named is None else name in named
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return [trial for trial in running if dead(str(trial.user_attrs.get(WORKER_ATTR, "")))]
+    return [trial for trial in running if dead(str(trial.user_attrs.get(WORKER, "")))]
 
 
 def recover(study: optuna.Study, trial: FrozenTrial, reason: str, *, retries: int, tracker: Any) -> None:
@@ -52,7 +50,7 @@ def recover(study: optuna.Study, trial: FrozenTrial, reason: str, *, retries: in
     """
     if trial.state == TrialState.RUNNING:
         try:
-            optuna.Trial(study, trial._trial_id).set_user_attr("fail_reason", reason)
+            optuna.Trial(study, trial._trial_id).set_user_attr(FAIL_REASON_ATTR, reason)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             return  # another process got there first
         retried = retry_trial(study, trial, retries)

@@ -8,7 +8,6 @@ load the weights with ``torch.load(..., weights_only=True)``. The registered mod
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from searchlab.errors import ConfigError, describe_error, first_line
+from searchlab.settings import RUN_ID_ATTR, SEED_ATTR, SETUP_ATTR, STATE_DICT_FILE, tracking_uri_for
+from searchlab.storage import mask_password
+from searchlab.study import load_study_file
+from searchlab.tracking import MlflowTracker
+from searchlab.trial import Trial
 
 BEST_ALIAS = "best"
 MODEL_FOLDER = "model"
@@ -35,15 +39,15 @@ def snippet(uri: str, tracking_uri: str, study_file: str | None) -> str:
 def model_info(study: Any, study_file: str | None, trial: Any, params: dict[str, Any], val_data: Any,
                run_id: str) -> dict[str, Any]:
     """What it takes to rebuild the trial's model: builder, params, shapes, task, and the value it reached."""
-    from searchlab.data import first_examples
+    from searchlab.data import first_examples  # torch
 
     inputs, _ = first_examples(val_data, 1)
     return {
         "study": study.name, "task": study.task, "trial_number": trial.number, "val_loss": trial.value,
         "builder": f"{study_file or '<study file>'}:{getattr(study.model, '__qualname__', 'model')}",
         "params": params, "input_shape": [None, *inputs.shape[1:]],
-        "data_seed": trial.user_attrs.get("setup", {}).get("data_seed"),
-        "seed": trial.user_attrs.get("seed"), "mlflow_run_id": run_id,
+        "data_seed": trial.user_attrs.get(SETUP_ATTR, {}).get("data_seed"),
+        "seed": trial.user_attrs.get(SEED_ATTR), RUN_ID_ATTR: run_id,
     }
 
 
@@ -53,9 +57,8 @@ def register(client: Any, name: str, trial: Any, study: Any, study_file: str | N
     already names that trial's run, nothing changes and its version is returned."""
     from mlflow.exceptions import MlflowException
 
-    from searchlab.storage import mask_password
-    from searchlab.tracking import STATE_DICT_FILE, trial_run_id
-    from searchlab.transfer import run_params
+    from searchlab.results import trial_run_id
+    from searchlab.weights import run_params
 
     run_id = trial_run_id(client, name, trial)
     if run_id is None:
@@ -131,22 +134,15 @@ def load_registered(uri: str, *, tracking_uri: str, study_file: str | None = Non
     import optuna
     import torch
 
-    from searchlab.storage import mask_password
-    from searchlab.study import load_study_file
-    from searchlab.tracking import STATE_DICT_FILE, MlflowTracker
-    from searchlab.trial import Trial
+    from searchlab.weights import model_version, parse_model_uri
 
-    match = re.fullmatch(r"models:/([^@/]+)(?:@(.+)|/(\d+))", uri)
-    if match is None:
-        raise ConfigError(f"{uri!r} is not a registered model: write models:/NAME@ALIAS or models:/NAME/VERSION")
-    name, alias, number = match.groups()
+    reference = parse_model_uri(uri)
     client = MlflowTracker(tracking_uri).client
     with tempfile.TemporaryDirectory() as folder:
         try:
-            version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name,
-                                                                                                          number)
+            version = model_version(client, *reference)
             local = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=client.get_model_version_download_uri(name, version.version), dst_path=folder,
+                artifact_uri=client.get_model_version_download_uri(version.name, version.version), dst_path=folder,
                 tracking_uri=tracking_uri))
             info = json.loads((local / INFO_FILE).read_text())
         except Exception as error:
@@ -172,17 +168,16 @@ def validation_loss(loaded: Loaded, val_data: Any = None) -> float:
     trained with), with the batch size it trained with."""
     import torch
 
-    from searchlab.data import make_batches
-    from searchlab.execute import load_split
-    from searchlab.objective import DROPPED_DEFAULTS
+    from searchlab.data import load_split, make_batches
+    from searchlab.model import batch_size
     from searchlab.tasks import get_task
     from searchlab.train import evaluate
 
     task = get_task(loaded.study.task)
     if val_data is None:
         _, val_data = load_split(loaded.study, loaded.info["data_seed"])
-    batch_size = int(loaded.info["params"].get("batch_size", DROPPED_DEFAULTS["batch_size"]))
-    batches = make_batches(val_data, batch_size, shuffle=False, seed=0, device=torch.device("cpu"))
+    size = batch_size(loaded.info["params"])
+    batches = make_batches(val_data, size, shuffle=False, seed=0, device=torch.device("cpu"))
     return evaluate(loaded.model, batches, task, task.loss_fn())["val_loss"]
 
 
@@ -192,7 +187,21 @@ def load_model(uri: str, study_file: str | None = None, *, tracking_uri: str | N
     loaded, in eval mode. ``trust_source=True`` runs the study source registered with the model instead.
 
     ``tracking_uri`` defaults to SEARCHLAB_TRACKING_URI, MLFLOW_TRACKING_URI, then sqlite:///mlflow.db here."""
-    from searchlab.results import tracking_uri_for
-
     return load_registered(uri, tracking_uri=tracking_uri_for(tracking_uri), study_file=study_file,
                            trust_source=trust_source).model
+
+
+def load_best(study_name: str, tracking_uri: str, file: str | None) -> str:
+    """Rebuild the registered best model, check its validation loss, and show the Python that does it."""
+    if file is None:
+        raise ConfigError("--load rebuilds the model with its study's builder: pass the study FILE")
+    uri = f"models:/{study_name}@{BEST_ALIAS}"
+    loaded = load_registered(uri, tracking_uri=tracking_uri, study_file=file)
+    info = loaded.info
+    return "\n".join([
+        f"model      {uri} (version {loaded.version.version}: trial {info['trial_number']}, "
+        f"run {info[RUN_ID_ATTR]})",
+        f"rebuilt    {info['builder']} with its params; weights loaded (weights_only=True)",
+        f"val_loss   {validation_loss(loaded):.6g} on the validation split (the trial recorded {info['val_loss']:.6g})",
+        "in Python:", *("    " + line for line in snippet(uri, mask_password(tracking_uri), file).splitlines()),
+    ])

@@ -8,10 +8,12 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial
 
+from searchlab.data import load_split
 from searchlab.errors import ConfigError
-from searchlab.execute import load_split
-from searchlab.objective import sample_params, train_trial
+from searchlab.model import sample_params
+from searchlab.settings import SEED_ATTR, SETUP_ATTR
 from searchlab.study import Study
+from searchlab.train import train_trial
 from searchlab.transfer import Start
 from searchlab.trial import Trial
 
@@ -39,8 +41,8 @@ class Replay:
 
 def replay_trial(study: Study, trial: FrozenTrial, start: Start | None = None) -> Replay:
     """Retrain ``trial`` on the CPU with its recorded seed, threads and budget (no tracking, no storage writes)."""
-    setup = trial.user_attrs.get("setup")
-    if "seed" not in trial.user_attrs or not setup:
+    setup = trial.user_attrs.get(SETUP_ATTR)
+    if SEED_ATTR not in trial.user_attrs or not setup:
         raise ConfigError(f"trial {trial.number} has no recorded seed and setup: it was not run by searchlab")
     if not trial.intermediate_values:
         raise ConfigError(f"trial {trial.number} recorded no epoch: nothing to replay")
@@ -49,7 +51,7 @@ def replay_trial(study: Study, trial: FrozenTrial, start: Start | None = None) -
     fixed = optuna.trial.FixedTrial(trial.params, number=trial.number)
     params = sample_params(study.space, fixed, start)
     replayed: dict[int, float] = {}
-    train_trial(study, Trial(fixed, params, trial.user_attrs["seed"]), train_data, val_data, torch.device("cpu"),
+    train_trial(study, Trial(fixed, params, trial.user_attrs[SEED_ATTR]), train_data, val_data, torch.device("cpu"),
                 max_epochs=max(trial.intermediate_values), patience=setup["patience"], start=start,
                 on_epoch=lambda epoch, values: replayed.__setitem__(epoch, values["val_loss"]))
     return Replay(dict(trial.intermediate_values), replayed)

@@ -1,5 +1,5 @@
 """A study report: a markdown summary of the best trials and of what was pruned or failed, and Optuna's own plots
-(one interactive HTML page, and PNG images on demand), written to a folder or to the parent run.
+(one interactive HTML page, and PNG images on demand), written to a folder or to the study's parent run.
 """
 
 from __future__ import annotations
@@ -7,14 +7,19 @@ from __future__ import annotations
 import collections
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from searchlab.errors import first_line
+from searchlab.endpoints import check_tracking_uri
+from searchlab.errors import ConfigError, first_line, format_value
+from searchlab.results import best_trials
+from searchlab.settings import FAIL_REASON_ATTR, PARENT_RUN_ATTR, PRUNED_EPOCH_ATTR, RUN_ID_ATTR, tracking_uri_for
+from searchlab.storage import mask_password
+from searchlab.tracking import MlflowTracker
 
 REPORT_FOLDER = "report"  # the artifact folder of the parent run
 HTML_PAGE = "report.html"
@@ -31,10 +36,8 @@ PLOTS = {
 }
 
 
-def best_trials(study: optuna.Study, n: int = TOP_TRIALS) -> list[FrozenTrial]:
-    """The ``n`` completed trials with the lowest value, best first."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(complete, key=lambda trial: trial.value)[:n]
+def _top(study: optuna.Study) -> list[FrozenTrial]:
+    return best_trials(study.get_trials(deepcopy=False), TOP_TRIALS)
 
 
 def _plot_input(study: optuna.Study, stem: str) -> optuna.Study:
@@ -42,7 +45,7 @@ def _plot_input(study: optuna.Study, stem: str) -> optuna.Study:
     if stem != "best_learning_curves":
         return study
     best = optuna.create_study(direction="minimize")
-    best.add_trials(best_trials(study))
+    best.add_trials(_top(study))
     return best
 
 
@@ -89,7 +92,7 @@ def _draw_png(study: optuna.Study, source: optuna.Study, stem: str, name: str, f
     try:
         axes = getattr(draw, name)(source)
         if stem == "best_learning_curves":
-            _label_curves(axes, best_trials(study))
+            _label_curves(axes, _top(study))
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure  # slice plots: one axes per param
         figure.savefig(folder / f"{stem}.png", dpi=100, bbox_inches="tight")
     finally:
@@ -98,10 +101,10 @@ def _draw_png(study: optuna.Study, source: optuna.Study, stem: str, name: str, f
 
 def _plotly_figure(study: optuna.Study, source: optuna.Study, stem: str, name: str) -> Any:
     """One plot as a plotly figure (Optuna's default plots). Importances by Optuna's default evaluator,
-    PED-ANOVA: deterministic, milliseconds (fANOVA with 16 trees took ~1.7 s here)."""
+    PED-ANOVA: deterministic and fast (fANOVA's trees take seconds)."""
     figure = getattr(optuna.visualization, name)(source)
     if stem == "best_learning_curves":
-        for trace, trial in zip(figure.data, best_trials(study), strict=False):
+        for trace, trial in zip(figure.data, _top(study), strict=False):
             trace.name = f"Trial{trial.number}"
         figure.update_layout(xaxis_title="epoch", yaxis_title="val_loss")
     return figure
@@ -124,27 +127,23 @@ def _write_html(study_name: str, figures: list[tuple[str, Any]], path: Path) -> 
                     f"</head><body><h1>Study {study_name}</h1>{''.join(parts)}</body></html>")
 
 
-def _value(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def summary_markdown(study: optuna.Study, notes: list[str] = (), *, images: bool = True) -> str:
+def summary_markdown(study: optuna.Study, notes: Sequence[str] = (), *, images: bool = True) -> str:
     """The best trials with their params and values, the counts and reasons of pruned and failed trials, and the
     plots: ``report.html``, and the PNG images when ``images``, else how to draw them."""
     trials = study.get_trials(deepcopy=False)
     states = collections.Counter(trial.state.name for trial in trials)
     lines = [f"# Study {study.study_name}", "",
              f"{len(trials)} trials: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(states.items())), ""]
-    top = best_trials(study)
+    top = _top(study)
     if top:
         names = sorted({name for trial in top for name in trial.params})
-        lines += [f"Best value (val_loss): **{_value(top[0].value)}** (trial {top[0].number})", "",
+        lines += [f"Best value (val_loss): **{format_value(top[0].value)}** (trial {top[0].number})", "",
                   f"## The {len(top)} best trials", "",
                   "| trial | val_loss | best epoch | " + " | ".join(names) + " | MLflow run |",
                   "|" + "---|" * (len(names) + 4)]
-        lines += [f"| {trial.number} | {_value(trial.value)} | {trial.user_attrs.get('best_epoch', '-')} | "
-                  + " | ".join(_value(trial.params.get(name, "-")) for name in names)
-                  + f" | {trial.user_attrs.get('mlflow_run_id', '-')} |" for trial in top]
+        lines += [f"| {trial.number} | {format_value(trial.value)} | {trial.user_attrs.get('best_epoch', '-')} | "
+                  + " | ".join(format_value(trial.params.get(name, "-")) for name in names)
+                  + f" | {trial.user_attrs.get(RUN_ID_ATTR, '-')} |" for trial in top]
     else:
         lines.append("No trial completed yet.")
     for state, reason_of in ((TrialState.PRUNED, _pruned_reason), (TrialState.FAIL, _fail_reason)):
@@ -164,12 +163,12 @@ def summary_markdown(study: optuna.Study, notes: list[str] = (), *, images: bool
 
 
 def _pruned_reason(trial: FrozenTrial) -> str:
-    epoch = trial.user_attrs.get("pruned_epoch")
+    epoch = trial.user_attrs.get(PRUNED_EPOCH_ATTR)
     return "pruned" if epoch is None else f"pruned at epoch {epoch}"
 
 
 def _fail_reason(trial: FrozenTrial) -> str:
-    return str(trial.user_attrs.get("fail_reason", "its worker died")).replace("|", "/")
+    return str(trial.user_attrs.get(FAIL_REASON_ATTR, "its worker died")).replace("|", "/")
 
 
 def log_report(study: optuna.Study, log_artifacts: Callable[[str, str], None], *, images: bool = True) -> list[str]:
@@ -178,3 +177,24 @@ def log_report(study: optuna.Study, log_artifacts: Callable[[str, str], None], *
         notes = write_report(study, folder, images=images)
         log_artifacts(folder, REPORT_FOLDER)
     return notes
+
+
+def publish_report(study: optuna.Study, tracking_uri: str | None, out: str | None) -> str:
+    """Write the study report to the folder ``out``, or to the study's latest parent run; says where."""
+    if out is not None:
+        notes = write_report(study, out)
+        return "\n".join([f"report     {out}/summary.md", *notes])
+    parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if parent_run_id is None:
+        raise ConfigError(f"study {study.study_name!r} has no MLflow run yet: run it with 'searchlab run', "
+                          "or write the report to a folder with --out")
+    uri = tracking_uri_for(tracking_uri)
+    check_tracking_uri(uri)
+    client = MlflowTracker(uri).client
+    try:
+        client.get_run(parent_run_id)
+    except Exception:
+        raise ConfigError(f"run {parent_run_id} is not in {mask_password(uri)}: pass the --tracking-uri the "
+                          "study ran with") from None
+    notes = log_report(study, lambda folder, path: client.log_artifacts(parent_run_id, folder, path))
+    return "\n".join([f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html, PNGs)", *notes])

@@ -13,12 +13,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from searchlab.errors import ConfigError
+from searchlab.errors import EXIT_MEANINGS, ConfigError
 
-FORMATS = ("cron", "systemd", "k8s")
+FORMATS = ("cron", "systemd", "k8s")  # what `searchlab schedule --format` writes
 DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-EXIT_MEANINGS = {0: "improved or held", 1: "the sweep failed", 2: "bad input", 3: "the champion got worse",
-                 130: "interrupted"}
 
 
 def check_cron(expression: str, *, seconds: bool = False) -> str:

@@ -8,8 +8,8 @@ with its curves and final tags that closes it.
 An outage holds the records, never the training: the sender retries each call until the tracking store answers,
 while the next trials go on and queue theirs. At most ``max_in_memory`` weights wait in memory; more are written
 to disk and uploaded from there. When the tracker closes and the store has been unreachable for ``wait`` seconds
-(Ctrl-C: ``GIVE_UP_SECONDS``), what is still queued is saved under ``unsent_folder(uri)``, and the next searchlab
-run on that store sends it (``resend_unsent``).
+(Ctrl-C: ``GIVE_UP_SECONDS``), what is still queued is saved under ``unsent.unsent_folder(uri)``, and the next
+searchlab run on that store sends it (``unsent.resend_unsent``).
 
 An error that retrying cannot cure (MLflow refused a call) belongs to its run: the trial that owns it fails at its
 next call while it is still training; once the trial has ended, its run keeps the trial's status and gets a
@@ -18,14 +18,11 @@ next call while it is still training; once the trial has ended, its run keeps th
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
 import os
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -35,32 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from searchlab.errors import RunFailed, first_line
-from searchlab.tracking import STATE_DICT_FILE, MlflowTracker, Unreachable
+from searchlab.settings import REASON, STATE_DICT_FILE, STATE_TAG
+from searchlab.tracking import MlflowTracker, Unreachable
+from searchlab.unsent import Call, save_records, unsent_folder
 
-Call = tuple[str, str, tuple[Any, ...], dict[str, Any]]  # (method, handle, args, kwargs)
 _STOP: Call = ("stop", "", (), {})
-RECORDS_FILE = "records.pt"
 GIVE_UP_SECONDS = 2.0  # how long a Ctrl-C waits for the store, reachable or not, before saving the records
 RUN_ID_WAIT_SECONDS = 2.0  # how long a trial's end waits for its run to be created before naming it by its token
-# What a saved record may ask for: nothing else is replayed, whatever the file says.
-REPLAYED = {"start", "log_params", "log_metrics", "log_points", "log_state_dict", "log_state_dict_file", "end_run"}
 
 
 class TrackingFailed(RunFailed):
     """MLflow refused a call of a trial that is still training: that trial fails."""
-
-
-def unsent_folder(tracking_uri: str) -> Path:
-    """Where records that could not reach ``tracking_uri`` wait: one folder per store, under
-    ``SEARCHLAB_UNSENT_DIR`` (default ``~/.cache/searchlab/unsent``)."""
-    root = os.environ.get("SEARCHLAB_UNSENT_DIR")
-    if not root:
-        try:
-            cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        except RuntimeError:  # no home directory (an arbitrary container uid)
-            cache = tempfile.gettempdir()
-        root = str(Path(cache) / "searchlab" / "unsent")
-    return Path(root) / hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
 
 
 class BackgroundTracker:
@@ -132,7 +114,7 @@ class BackgroundTracker:
         error = self._errors.pop(run, None)
         tags = {key: str(value) for key, value in (tags or {}).items()}
         if error is not None:
-            tags = {**tags, "state": "FAIL", "reason": f"MLflow: {first_line(error)}"[:500]}
+            tags = {**tags, STATE_TAG: "FAIL", REASON: f"MLflow: {first_line(error)}"[:500]}
         self._unsent.acquire()  # released once the sender has closed the run
         self._enqueue(("end_run", run, ("FAILED" if error is not None else status,), {"tags": tags}))
         self._open.discard(run)
@@ -142,7 +124,7 @@ class BackgroundTracker:
     def run_id(self, run: str, *, wait: bool = True) -> str | None:
         """The MLflow id of the run behind ``run`` (a handle); None while it is being created (``wait=False``; with
         ``wait``, after RUN_ID_WAIT_SECONDS or as soon as the store is unreachable) or when MLflow refused it.
-        A run not named yet is found later by its handle, its creation token (tracking.trial_run_id)."""
+        A run not named yet is found later by its handle, its creation token (results.trial_run_id)."""
         deadline = time.monotonic() + (RUN_ID_WAIT_SECONDS if wait else 0.0)
         with self._created:
             while run not in self._ids and self._thread.is_alive() and self.tracker.unreachable_since is None \
@@ -158,7 +140,7 @@ class BackgroundTracker:
         try:
             if self._thread.is_alive():
                 for run in list(self._open):
-                    self._enqueue(("end_run", run, ("KILLED",), {"tags": {"state": "FAIL", "reason": "stopped"}}))
+                    self._enqueue(("end_run", run, ("KILLED",), {"tags": {STATE_TAG: "FAIL", REASON: "stopped"}}))
                     self._open.discard(run)
                 self._enqueue(_STOP)
                 closing = time.monotonic()
@@ -274,125 +256,6 @@ class BackgroundTracker:
             shutil.rmtree(self._folder, ignore_errors=True)  # empty, or the weights it held were sent
             return
         self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        calls = [("log_points", handle, (handle_points,), {}) for handle, handle_points in points.items()]
+        calls: list[Call] = [("log_points", handle, (handle_points,), {}) for handle, handle_points in points.items()]
         save_records(self._folder, {"ids": dict(self._ids), "calls": calls + self._leftovers})
         self.saved = self._folder
-
-
-def save_records(folder: Path, record: dict[str, Any]) -> None:
-    """Write ``folder``'s records whole or not at all (a kill mid-write leaves the previous file, or none)."""
-    import torch
-
-    partial = folder / f"{RECORDS_FILE}.partial"
-    with partial.open("wb") as file:
-        torch.save(record, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, folder / RECORDS_FILE)
-
-
-def load_records(folder: Path) -> dict[str, Any] | None:
-    """A folder's records (plain containers and tensors only), or None, with a warning, if they do not load."""
-    import torch
-
-    try:
-        return torch.load(folder / RECORDS_FILE, weights_only=True)
-    except Exception as error:
-        print(f"warning: cannot read the unsent MLflow records in {folder} ({first_line(error)}); left there",
-              file=sys.stderr)
-        return None
-
-
-def unsent_runs(tracking_uri: str) -> int:
-    """How many runs have records waiting for ``tracking_uri`` on this host."""
-    total = 0
-    for records in unsent_folder(tracking_uri).glob(f"*/{RECORDS_FILE}"):
-        record = load_records(records.parent)
-        total += 0 if record is None else len({handle for _, handle, _, _ in record["calls"]})
-    return total
-
-
-def resend_unsent(tracking_uri: str, *, wait: float) -> int:
-    """Send the records earlier runs on this host saved for ``tracking_uri``; returns how many runs it completed.
-    What the store still does not take stays saved. Folders that a dead process left without records (weights it
-    had spilled) are removed."""
-    sent = 0
-    for folder in sorted(unsent_folder(tracking_uri).glob("*")):
-        if ".sending-" in folder.name:  # claimed by a resend that was killed: give it back
-            original, _, pid = folder.name.partition(".sending-")
-            if pid.isdigit() and not process_alive(int(pid)):
-                with contextlib.suppress(OSError):
-                    folder.rename(folder.with_name(original))
-            continue
-        if folder.name.endswith(".unreadable"):
-            continue
-        if not (folder / RECORDS_FILE).is_file():
-            _remove_if_abandoned(folder)
-            continue
-        claimed = folder.with_name(f"{folder.name}.sending-{os.getpid()}")
-        try:
-            folder.rename(claimed)  # one sender per folder, even with several runs starting at once
-        except OSError:
-            continue
-        record = load_records(claimed)
-        if record is None:
-            claimed.rename(folder.with_name(f"{folder.name}.unreadable"))
-            continue
-        left = _replay(MlflowTracker(tracking_uri, retry_seconds=wait), record, claimed)
-        if left:
-            save_records(claimed, {"ids": record["ids"], "calls": left})
-            claimed.rename(folder)
-            break  # the store is unreachable again: the rest waits too
-        sent += len({handle for _, handle, _, _ in record["calls"]})
-        shutil.rmtree(claimed, ignore_errors=True)
-    return sent
-
-
-def _replay(tracker: MlflowTracker, record: dict[str, Any], folder: Path) -> list[Any]:
-    """Make the saved calls in their order; returns those left when the store stopped answering (first the curve
-    points the tracker had buffered for them)."""
-    ids = record["ids"]
-    for index, (call, handle, args, kwargs) in enumerate(record["calls"]):
-        try:
-            if call not in REPLAYED or (call == "log_state_dict_file" and not _is_weights_name(args[0])):
-                raise ValueError(f"not a call searchlab saves: {call}")
-            if call == "start":
-                ids[handle] = tracker.start_run(*args, token=handle, maybe_created=True, **kwargs)
-                continue
-            run_id = ids.get(handle)
-            if run_id is None:
-                continue
-            if call == "log_state_dict_file":
-                tracker.log_state_dict_file(run_id, folder / args[0] / STATE_DICT_FILE)
-            else:
-                getattr(tracker, call)(run_id, *args, **kwargs)
-        except Unreachable:
-            points = [("log_points", h, (tracker.pending_points(i),), {}) for h, i in ids.items()
-                      if i is not None and tracker.pending_points(i)]
-            return points + record["calls"][index:]
-        except Exception as error:
-            print(f"warning: MLflow refused a saved {call} of run {ids.get(handle)}: {first_line(error)}",
-                  file=sys.stderr)
-    return []
-
-
-def _is_weights_name(name: object) -> bool:
-    return isinstance(name, str) and name.startswith("weights-") and "/" not in name and ".." not in name
-
-
-def _remove_if_abandoned(folder: Path) -> None:
-    """A folder of this host whose process is gone holds weights nothing will send: remove it."""
-    parts = folder.name.rsplit("-", 2)
-    if len(parts) == 3 and parts[0] == socket.gethostname() and parts[1].isdigit() and not process_alive(int(parts[1])):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process of this host runs under ``pid`` (one of another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

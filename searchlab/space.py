@@ -60,7 +60,6 @@ class Fixed:
 
 
 Distribution = Float | Int | Choice | Fixed
-Space = Mapping[str, Distribution]
 
 
 def _check_range(low: float, high: float, log: bool) -> None:

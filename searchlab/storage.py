@@ -1,19 +1,22 @@
 """Storage URLs → Optuna storages, with passwords masked wherever a URL is shown.
 
 The embedded default is an Optuna journal file (``searchlab.journal`` in the working directory): an append-only
-log with a file lock, safe for several processes on one host, a few ms per trial where SQLite costs ~100-170 ms
-and locks under several writers. ``postgresql://`` is the choice when several hosts share a study.
+log with a file lock, safe for several processes on one host, and far cheaper per trial than SQLite, which also
+locks under several writers. ``postgresql://`` is the choice when several hosts share a study.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import functools
+import json
 import os
 import re
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +79,13 @@ def journal_file(path: str) -> Any:
     """Optuna's journal file backend (same file format), synced to disk when a study or a trial starts or ends
     rather than on every append, by a background thread, and locked with the kernel's ``flock`` on the file itself.
 
-    Optuna syncs every append (~0.4-1 ms each, 25 per trial) in the caller; a sync here waits on the disk in the
-    ``searchlab-journal-sync`` thread (2-30 ms each while a tracking server writes to the same disk), never in the
+    Optuna syncs every append (many per trial) in the caller; a sync here waits on the disk in the
+    ``searchlab-journal-sync`` thread (slow while a tracking server writes to the same disk), never in the
     trial loop, and syncs asked for meanwhile are made as one. A process waits for the last one before it exits
     (at exit; a forked worker, which skips that, in ``worker_process``).
     After a power cut the trial a worker was running is lost either way (it is recovered as failed); a crashed
     process loses nothing: its writes were made. Optuna's default lock is a symlink made and removed around every
-    append: three directory updates (an append took ~60 µs here, ~16 µs with ``flock``), and a lock that a killed
+    append: three directory updates (several times the cost of a ``flock``), and a lock that a killed
     process leaves behind stops every writer until its grace period ends; a ``flock`` dies with its process.
     Appends are ``O_APPEND`` writes: lines do not interleave with those of a plain Optuna process on the file."""
     return journal_file_class()(path)
@@ -138,9 +141,6 @@ SYNCER = Syncer()
 
 @functools.cache
 def journal_file_class() -> type:
-    import fcntl
-    import json
-
     from optuna.storages.journal import JournalFileBackend
 
     durable = {0, 1, 2, 3, 4, 6, 10}  # JournalOperation: study create/delete/attrs, trial create, state, discard
@@ -163,6 +163,25 @@ def journal_file_class() -> type:
                 SYNCER.request(self.path)
 
     return JournalFile
+
+
+def close_storage(storage: Any) -> None:
+    """Close a database storage's pooled connections now, when a run is done with it: a process that runs study after
+    study (a notebook, a test suite, ``Study.run`` in a loop) would otherwise keep each run's until garbage collection,
+    and PostgreSQL refuses clients past its limit. The storage still works: it reconnects if used again."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def opened_storage(url: str | None, **options: Any) -> Iterator[Any]:
+    """``open_storage``, closed at the end of the block."""
+    storage = open_storage(url, **options)
+    try:
+        yield storage
+    finally:
+        close_storage(storage)
 
 
 def has_heartbeats(storage: Any) -> bool:

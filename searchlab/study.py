@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import sys
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -11,18 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from searchlab.errors import ConfigError, RunFailed, describe_error
-from searchlab.space import OPTIMIZERS, Choice, Distribution, Fixed, as_distribution, default_space, validate_space
+from searchlab.catalog import PRUNERS, SAMPLERS, TASK_LOSSES
+from searchlab.errors import ConfigError, describe_error
+from searchlab.space import Choice, Distribution, Fixed, as_distribution, default_space, validate_space
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
     from searchlab.trial import Trial
-
-TASKS = ("regression", "binary", "multiclass")
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("none", "median", "hyperband", "sha")
 
 
 @dataclass(frozen=True)
@@ -63,8 +59,8 @@ class Study:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError("Study(name=...) must be a non-empty string")
         check_name("Study(name=...)", self.name)
-        if self.task not in TASKS:
-            raise ConfigError(f"unknown task {self.task!r}: use one of {', '.join(TASKS)}")
+        if self.task not in TASK_LOSSES:
+            raise ConfigError(f"unknown task {self.task!r}: use one of {', '.join(TASK_LOSSES)}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
@@ -99,26 +95,9 @@ class Study:
         Prints where the results are and returns the run's summary. Run as a script (``python FILE``), bad input
         ends the process with one line and exit code 2, and Ctrl-C with exit code 130, as the CLI does.
         """
-        from searchlab.check import CheckFailed
-        from searchlab.config import resolve_config
-        from searchlab.execute import StudyInterrupted, run_study
+        from searchlab.lifecycle import run_declared  # the core's one call up into running: see the README's Layout
 
-        as_script = any(value is self for value in vars(sys.modules["__main__"]).values())
-        try:
-            summary = run_study(self, resolve_config(self, overrides), study_file=inspect.getsourcefile(self.model))
-        except (ConfigError, CheckFailed, RunFailed) as error:
-            if not as_script:
-                raise
-            print(f"Error: {error}", file=sys.stderr)
-            raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
-        except StudyInterrupted as interrupted:
-            if not as_script:
-                raise
-            print("interrupted: every open trial was failed and its MLflow run closed", file=sys.stderr)
-            print("\n".join(interrupted.summary.lines()))
-            raise SystemExit(130) from None
-        print("\n".join(summary.lines()))
-        return summary
+        return run_declared(self, overrides)
 
 
 def check_name(what: str, name: str) -> None:
@@ -190,4 +169,4 @@ def load_study_file(path: str | Path) -> Study:
     return next(iter(studies.values()))
 
 
-__all__ = ["OPTIMIZERS", "PRUNERS", "SAMPLERS", "TASKS", "Split", "Study", "load_study_file"]
+__all__ = ["Split", "Study", "load_study_file"]

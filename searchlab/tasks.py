@@ -9,6 +9,7 @@ import torchmetrics
 from torch import Tensor, nn
 from torchmetrics import classification, regression
 
+from searchlab.catalog import TASK_LOSSES
 from searchlab.errors import ConfigError
 
 SQUASHING_HEADS = (nn.Softmax, nn.LogSoftmax, nn.Sigmoid)
@@ -26,9 +27,7 @@ class Task:
     loss_name: str
 
     def loss_fn(self) -> nn.Module:
-        return {"regression": nn.MSELoss, "binary": nn.BCEWithLogitsLoss, "multiclass": nn.CrossEntropyLoss}[
-            self.name
-        ]()
+        return getattr(nn, self.loss_name)()
 
     def prepare_targets(self, targets: Tensor) -> Tensor:
         """Targets in the dtype the loss expects, checked once when in-memory data is loaded."""
@@ -130,11 +129,7 @@ class Task:
         return outputs, targets
 
 
-TASKS = {
-    "regression": Task("regression", "MSELoss"),
-    "binary": Task("binary", "BCEWithLogitsLoss"),
-    "multiclass": Task("multiclass", "CrossEntropyLoss"),
-}
+TASKS = {name: Task(name, loss) for name, loss in TASK_LOSSES.items()}
 
 
 def get_task(name: str) -> Task:

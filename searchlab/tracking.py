@@ -8,9 +8,11 @@ makes these calls on a thread of its own.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -19,19 +21,23 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from searchlab.errors import ConfigError, RunFailed, first_line
+from searchlab.errors import RunFailed, first_line
+from searchlab.settings import (
+    CREATE_TOKEN_TAG,
+    PARENT_RUN_TAG,
+    REASON,
+    RUN_NAME_TAG,
+    STATE_DICT_FILE,
+    STATE_TAG,
+    WORKER,
+)
+from searchlab.storage import mask_password
 
-STATE_DICT_FILE = "model_state_dict.pt"
-PARENT_RUN_TAG = "mlflow.parentRunId"
-RUN_NAME_TAG = "mlflow.runName"
-CREATE_TOKEN_TAG = "searchlab_create_token"
-RUN_ID_ATTR = "mlflow_run_id"  # the Optuna user attr naming a trial's MLflow run
-RUN_TOKEN_ATTR = "mlflow_run_token"  # ... or its creation token, when the run did not exist yet at the trial's end
 EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
 # Modules MLflow's client tries to import on every request, to tell whether it runs on Databricks or in a notebook
-# (about 13 attempts per call). Python does not remember an import that failed: each one searches sys.path again,
-# a third of the client's CPU time per call here.
+# (several attempts per call). Python does not remember an import that failed: each one searches sys.path again,
+# a large share of the client's CPU time per call.
 ENVIRONMENT_PROBES = ("IPython", "pyspark", "dbruntime")
 # MLflow's own limits per log_batch call.
 MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000
@@ -214,8 +220,6 @@ class MlflowTracker:
                     self.unreachable_since = start
                 waited = time.monotonic() - start
                 if self.give_up.is_set() or waited + delay > self.retry_seconds:
-                    from searchlab.storage import mask_password
-
                     reason = re.sub(r"\w+://\S+", lambda url: mask_password(url.group()), first_line(error))
                     raise Unreachable(f"MLflow tracking unreachable for {waited:.0f}s: {reason}") from error
                 self.give_up.wait(delay)
@@ -271,8 +275,8 @@ class MlflowTracker:
 
     def _terminate(self, run_id: str, status: str, name: str | None) -> None:
         """What ``MlflowClient.set_terminated`` does, renaming the run in the same update. A run name sent as a tag
-        in log_batch costs the server two more transactions and a reload of the whole run (~11 % of its work for a
-        tracked trial); MlflowClient.update_run would look the run up first and leave its end time unset."""
+        in log_batch costs the server two more transactions and a reload of the whole run; MlflowClient.update_run
+        would look the run up first and leave its end time unset."""
         from mlflow.entities import RunStatus
 
         self.client._tracking_client.store.update_run_info(run_id, run_status=RunStatus.from_string(status),
@@ -281,7 +285,7 @@ class MlflowTracker:
     def close_dead_run(self, run_id: str, *, reason: str, retried: bool) -> None:
         """Close a dead worker's run as KILLED. Its curves stay as the worker sent them, all cut at the same last
         flush (none is completed from the trial's reported values, so that they stay alike)."""
-        self.set_tags(run_id, {"state": "FAIL", "reason": reason, "retried": retried})
+        self.set_tags(run_id, {STATE_TAG: "FAIL", REASON: reason, "retried": retried})
         self._retry(self.client.set_terminated, run_id, status="KILLED")
 
     def close_dead_runs(self, experiment_id: str, is_dead: Callable[[str], bool]) -> list[str]:
@@ -289,9 +293,9 @@ class MlflowTracker:
         its trial's recovery cannot name (killed before the trial recorded its run id, or a killed run)."""
         runs = self._retry(self.client.search_runs, [experiment_id], "attributes.status = 'RUNNING'",
                            max_results=10000)
-        dead = [run.info.run_id for run in runs if is_dead(run.data.tags.get("worker", ""))]
+        dead = [run.info.run_id for run in runs if is_dead(run.data.tags.get(WORKER, ""))]
         for run_id in dead:
-            self.set_tags(run_id, {"state": "FAIL", "reason": "its searchlab process died"})
+            self.set_tags(run_id, {STATE_TAG: "FAIL", REASON: "its searchlab process died"})
             self._retry(self.client.set_terminated, run_id, status="KILLED")
         return dead
 
@@ -304,25 +308,9 @@ class Unreachable(ConnectionError, RunFailed):
     """The tracking store did not answer within the retry window (or the tracker gave up waiting)."""
 
 
-def trial_run_id(client: Any, study_name: str, trial: Any) -> str | None:
-    """The MLflow run of an Optuna trial: its RUN_ID_ATTR, or, for a trial that ended before its run could be created
-    (the tracking server was down; it was sent later), the run its RUN_TOKEN_ATTR names in the study's experiment."""
-    run_id, token = trial.user_attrs.get(RUN_ID_ATTR), trial.user_attrs.get(RUN_TOKEN_ATTR)
-    if run_id is not None or token is None:
-        return run_id
-    experiment = client.get_experiment_by_name(study_name)
-    if experiment is None:
-        return None
-    runs = client.search_runs([experiment.experiment_id], f"tags.{CREATE_TOKEN_TAG} = '{token}'", max_results=1)
-    return runs[0].info.run_id if runs else None
-
-
 def remember_missing(names: tuple[str, ...]) -> None:
     """Make a later ``import NAME`` of a module that is not installed fail at once (``sys.modules[NAME] = None``,
     Python's own marker for it) instead of searching every folder of sys.path again."""
-    import importlib.util
-    import sys
-
     for name in names:
         if name not in sys.modules and importlib.util.find_spec(name) is None:
             sys.modules[name] = None  # type: ignore[assignment]
@@ -337,62 +325,3 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, MlflowException):
         return error.get_http_status_code() >= 500
     return isinstance(error, OSError)
-
-
-def local_store_path(uri: str) -> Path | None:
-    """The file or folder behind a local tracking store (sqlite:///, file:// or a path); None for a server."""
-    from searchlab.storage import local_file
-
-    if uri.startswith("sqlite:///"):
-        return local_file(uri)
-    if "://" not in uri or uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    return None
-
-
-def check_tracking_uri(uri: str, *, writes: bool = True) -> None:
-    """Fail fast, before anything is written, when the tracking store cannot be used: a scheme searchlab does not
-    track to, a server that cannot be reached or refuses this host name, a sqlite file whose folder is missing or
-    (with ``writes``) read-only, which MLflow would retry for minutes."""
-    from searchlab.storage import check_sqlite_folder, is_database_url, mask_password
-
-    if uri.startswith(("http://", "https://")):
-        check_tracking_server(uri)
-    elif is_database_url(uri):
-        check_sqlite_folder(uri, writes=writes)
-    elif "://" not in uri or uri.startswith("file:"):
-        raise ConfigError(f"tracking URI {mask_password(uri)!r} is a folder (MLflow's file store, which MLflow 3 "
-                          "refuses): use sqlite:///PATH (e.g. sqlite:///mlflow.db) or http://HOST:PORT")
-    else:
-        raise ConfigError(f"unsupported tracking URI {mask_password(uri)!r}: use sqlite:///PATH, "
-                          "postgresql://USER@HOST/DB or http://HOST:PORT")
-
-
-def check_tracking_server(uri: str) -> None:
-    """Ask the server an API question, not /health: MLflow's host check (``--allowed-hosts``) exempts /health, so a
-    server that refuses the host name in ``uri`` passed it and then refused the run's first call (HTTP 403)."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    from searchlab.storage import mask_password
-
-    parts = urllib.parse.urlsplit(uri)
-    host = parts.netloc.rpartition("@")[2]  # the Host header; credentials are the MLflow client's business
-    url = urllib.parse.urlunsplit((parts.scheme, host, parts.path.rstrip("/") + "/api/2.0/mlflow/experiments/search",
-                                   "max_results=1", ""))
-    try:
-        with urllib.request.urlopen(url, timeout=10):
-            return
-    except urllib.error.HTTPError as error:
-        if error.code == 401:  # reached; it wants the credentials this check does not send
-            return
-        if error.code == 403 and b"Invalid Host header" in error.read():
-            raise ConfigError(f"the MLflow tracking server at {mask_password(uri)} refuses the host name {host!r} "
-                              f"(HTTP 403, MLflow's host check): start it with --allowed-hosts {parts.hostname}, or "
-                              "reach it by a private IP address") from None
-        reason = f"HTTP {error.code}"
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        reason = str(getattr(error, "reason", error))
-    raise ConfigError(f"cannot reach the MLflow tracking server at {mask_password(uri)} ({reason}): "
-                      "start it (mlflow server) or fix --tracking-uri")

@@ -1,4 +1,4 @@
-"""The loop: train an epoch, evaluate, and fit with early stopping and a NaN/inf guard.
+"""The loop: train an epoch, evaluate, fit with early stopping and a NaN/inf guard, and train one trial.
 
 Each step is the textbook one: zero_grad → forward → loss → backward → step. Evaluation runs in eval mode
 under no_grad, accumulates metrics over the whole validation set, and switches back to train mode.
@@ -14,8 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from searchlab.data import Batches
-from searchlab.tasks import Task
+from searchlab.data import Batches, Data, make_batches
+from searchlab.errors import ConfigError
+from searchlab.model import batch_size, build_model, build_optimizer
+from searchlab.study import Study
+from searchlab.tasks import Task, get_task
+from searchlab.transfer import Start
+from searchlab.trial import Trial
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -41,7 +46,8 @@ _METRICS: dict[tuple[str, int, str], Any] = {}  # built once per process, reset 
 
 
 def _metrics(task: Task, n_outputs: int, device: torch.device) -> Any:
-    """The task's metric collection, emptied (building one costs ~0.6 ms, as much as a small model's epoch)."""
+    """The task's metric collection, emptied (building one for every evaluation costs as much as a small model's
+    epoch)."""
     key = (task.name, n_outputs, str(device))
     if key not in _METRICS:
         _METRICS[key] = task.metrics(n_outputs).to(device)
@@ -70,6 +76,8 @@ def evaluate(model: nn.Module, batches: Batches, task: Task, loss_fn: nn.Module)
             metrics.update(*task.metric_inputs(outputs, targets))
     finally:
         model.train()
+    if metrics is None:
+        raise ConfigError("the validation data yielded no batch: Split.val needs at least one example")
     results = {"val_loss": float(total) / count}
     results.update({f"val_{name}": float(value) for name, value in metrics.compute().items()})
     return results
@@ -141,3 +149,26 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batches, val:
     if best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(stopper.best, stopper.best_epoch, epoch, stop_reason, history)
+
+
+def train_trial(study: Study, trial: Trial, train_data: Data, val_data: Data, device: torch.device, *,
+                max_epochs: int, patience: int, start: Start | None = None,
+                on_built: Callable[[nn.Module], None] = lambda model: None,
+                on_epoch: EpochCallback | None = None) -> tuple[nn.Module, FitResult]:
+    """The loop for one trial's params and seed: seed → model → optimizer → batches → fit (best weights kept).
+
+    The same code trains a trial in a search and replays it later, so that a CPU replay matches exactly.
+    """
+    task = get_task(study.task)
+    torch.manual_seed(trial.seed)
+    model = build_model(study, trial, task, start).to(device)
+    optimizer = build_optimizer(model, trial.params)
+    on_built(model)
+    size = batch_size(trial.params)
+    result = fit(
+        model, optimizer,
+        make_batches(train_data, size, shuffle=True, seed=trial.seed, device=device),
+        make_batches(val_data, size, shuffle=False, seed=trial.seed, device=device),
+        task, max_epochs=max_epochs, patience=patience, on_epoch=on_epoch,
+    )
+    return model, result

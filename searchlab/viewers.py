@@ -14,12 +14,16 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatch
+from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import urlsplit
+from wsgiref.simple_server import WSGIServer, make_server
 
+from searchlab.endpoints import experiment_page, local_store_path
 from searchlab.errors import ConfigError
+from searchlab.storage import describe, local_file, open_storage
+from searchlab.tracking import MlflowTracker
 
-MLFLOW_PORT, DASHBOARD_PORT = 5000, 8080
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 READS = ("GET", "HEAD", "OPTIONS")
 
@@ -39,8 +43,6 @@ def check_port_free(host: str, port: int) -> None:
 
 def check_runs_exist(tracking_uri: str) -> None:
     """A local tracking store that is not there yet is an error (a server would create an empty one)."""
-    from searchlab.tracking import local_store_path
-
     path = local_store_path(tracking_uri)
     if path is not None and not path.exists():
         raise ConfigError(f"no MLflow runs at {tracking_uri}: run 'searchlab run' here first, or pass the "
@@ -76,8 +78,8 @@ def mlflow_server_command(host: str, port: int, *, artifacts_destination: str | 
     """The `mlflow server` command line (its backend store goes in the environment: see run_until_interrupted).
 
     One worker by default: with several, uvicorn binds a shared socket on which asyncio never sets TCP_NODELAY,
-    so every reply on a kept-alive connection waits ~40 ms for the client's delayed ACK (measured: /health 44 ms
-    against 2 ms, log_batch 52 ms against 11-22 ms)."""
+    so every reply on a kept-alive connection waits for the client's delayed ACK (the benchmarks' notes have the
+    figures)."""
     command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
     if artifacts_destination is not None:
         command += ["--artifacts-destination", artifacts_destination]
@@ -90,7 +92,7 @@ def run_until_interrupted(command: list[str], backend_store_uri: str) -> int:
     """Run `mlflow server` in the foreground; on Ctrl-C (or SIGTERM) stop it gracefully and return 0.
 
     The backend store URI travels in the environment, not on the command line that any local user can read (it
-    may hold a password). MLflow's job runner (GenAI judges and trace rollups: seven extra processes) stays off
+    may hold a password). MLflow's job runner (GenAI judges and trace rollups: several extra processes) stays off
     unless asked for."""
     environment = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ,
                    "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
@@ -115,15 +117,8 @@ def experiment_url(base: str, tracking_uri: str, study_name: str | None) -> str:
     """The MLflow UI page of the study's experiment (the experiment list when there is no such experiment)."""
     if study_name is None:
         return base
-    from searchlab.tracking import MlflowTracker
-
     experiment = MlflowTracker(tracking_uri).client.get_experiment_by_name(study_name)
     return base if experiment is None else experiment_page(base, experiment.experiment_id)
-
-
-def experiment_page(base: str, experiment_id: str) -> str:
-    """An experiment's runs in the MLflow UI (its model-training view, not the GenAI one it opens on)."""
-    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def host_guard(app: Callable, names: Iterable[str], *, read_only: bool) -> Callable:
@@ -173,8 +168,6 @@ def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: s
     optuna-dashboard command serves it (its run_server has no way in for the guard)."""
     import optuna_dashboard
 
-    from searchlab.storage import describe, local_file, open_storage
-
     path = local_file(storage_url)
     if path is not None and not path.is_file():
         raise ConfigError(f"no study storage at {describe(storage_url)}: run 'searchlab run' here first, "
@@ -200,9 +193,6 @@ def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: s
 
 def make_wsgi_server(host: str, port: int, app: Callable) -> Any:
     """wsgiref's server, one thread per request (the dashboard polls while pages load), IPv6 where asked."""
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIServer, make_server
-
     class Server(ThreadingMixIn, WSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         daemon_threads = True  # Ctrl-C does not wait for open connections

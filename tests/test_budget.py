@@ -16,7 +16,8 @@ from conftest import POSTGRES_URL
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from searchlab.budget import BUDGET_ATTR, Counts, budget_lock, claim, count, retry_trial
+from searchlab.budget import Counts, budget_lock, claim, count, retry_trial
+from searchlab.settings import BUDGET_ATTR
 from searchlab.storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

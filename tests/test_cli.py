@@ -18,9 +18,9 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from searchlab.cli import entry_point, main
+from searchlab.settings import PARENT_RUN_TAG, STATE_DICT_FILE
 from searchlab.storage import open_storage
 from searchlab.study import load_study_file
-from searchlab.tracking import PARENT_RUN_TAG, STATE_DICT_FILE
 from searchlab.trial import Trial
 
 SPACE_PARAMS = {"lr", "momentum", "dropout", "weight_decay", "batch_size", "optimizer"}
@@ -268,8 +268,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir: Path, case: st
 def test_the_printed_compare_commands_paste_into_a_shell_as_they_read(workdir: Path, storage: str,
                                                                       tracking_uri: str | None) -> None:
     """A study name (or path) with quotes, ; or $(...) stays one word when the printed line is pasted."""
-    from searchlab.config import default_tracking_uri
-    from searchlab.execute import RunSummary
+    from searchlab.settings import default_tracking_uri
+    from searchlab.summary import RunSummary
 
     name = "we'ird;$(id) `id` \"x\""
     summary = RunSummary(name, storage, tracking_uri or default_tracking_uri(), "1", "r")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from searchlab.config import ENVIRONMENT, RunConfig, resolve_config
+from searchlab.config import RunConfig, resolve_config
 from searchlab.errors import ConfigError
+from searchlab.settings import ENVIRONMENT
 from searchlab.study import Study
 
 

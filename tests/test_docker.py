@@ -24,7 +24,7 @@ import yaml
 from conftest import POSTGRES_URL, free_port
 
 from searchlab.cli import main
-from searchlab.config import ENVIRONMENT
+from searchlab.settings import ENVIRONMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"

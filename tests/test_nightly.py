@@ -14,8 +14,9 @@ from conftest import POSTGRES_URL, SEARCHLAB, clean_env, default_sigint, write_s
 from mlflow import MlflowClient
 
 from searchlab.cli import main
-from searchlab.nightly import CHAMPION_ALIAS, NIGHTLY_FOLDER, NIGHTS_ATTR, Night, decide
-from searchlab.storage import open_storage
+from searchlab.nightly import CHAMPION_ALIAS, NIGHTLY_FOLDER, Night, decide
+from searchlab.settings import NIGHTS_ATTR
+from searchlab.storage import close_storage, open_storage
 
 # A study whose validation targets get noisier when noise.txt says so: "the data changed overnight".
 NOISY_DATA = '''
@@ -123,11 +124,12 @@ def test_the_postgresql_lock_holds_all_night_without_an_open_transaction(workdir
     first = subprocess.Popen([SEARCHLAB, "nightly", str(study_file), "--trials", "500", *args], cwd=workdir,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              preexec_fn=default_sigint)
+    storage = open_storage(POSTGRES_URL)  # one, for the polls below: each storage pools its own connections
     try:
         deadline = time.monotonic() + 120
         while True:  # wait until the first night trains
             try:
-                study = optuna.load_study(study_name=name, storage=open_storage(POSTGRES_URL))
+                study = optuna.load_study(study_name=name, storage=storage)
                 if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                     break
             except KeyError:
@@ -144,7 +146,8 @@ def test_the_postgresql_lock_holds_all_night_without_an_open_transaction(workdir
     finally:
         if first.poll() is None:
             first.kill()
-        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL))
+        optuna.delete_study(study_name=name, storage=storage)
+        close_storage(storage)
 
 
 def test_a_missing_storage_folder_is_one_line(workdir: Path, study_file: Path) -> None:

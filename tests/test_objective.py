@@ -11,10 +11,12 @@ import torch
 from torch import nn
 
 import searchlab as sl
+from searchlab.config import TrialSettings
 from searchlab.data import prepare_split
 from searchlab.devices import Slot
 from searchlab.errors import TrialStopped
-from searchlab.objective import Objective, build_optimizer, trial_seed
+from searchlab.model import build_optimizer, trial_seed
+from searchlab.objective import Objective
 from searchlab.tasks import ModelError, get_task
 
 
@@ -62,8 +64,9 @@ def model(trial: sl.Trial) -> nn.Module:
 
 def make_objective(study: sl.Study, tracker: InMemoryTracker) -> Objective:
     train, val = prepare_split(study.data(0), get_task(study.task))
-    return Objective(study, train, val, tracker, "0", "parent", seed=0, max_epochs=5, patience=2,
-                     slot=Slot(0, "cpu", threads=1), run_tags={"study_name": study.name, "sampler": "random"})
+    settings = TrialSettings("0", "parent", seed=0, max_epochs=5, patience=2,
+                             run_tags={"study_name": study.name, "sampler": "random"})
+    return Objective(study, train, val, tracker, settings, slot=Slot(0, "cpu", threads=1))
 
 
 def tiny_study(**changes: Any) -> sl.Study:

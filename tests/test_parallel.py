@@ -20,12 +20,13 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from test_cli import check_tracked
 
-from searchlab.budget import BUDGET_ATTR, count, retried_numbers
+from searchlab.budget import count, retried_numbers
 from searchlab.cli import main
 from searchlab.recovery import stale_trial_callback
+from searchlab.results import trial_run_id
+from searchlab.settings import BUDGET_ATTR, EXPERIMENT_ATTR, PARENT_RUN_ATTR
 from searchlab.storage import open_storage
-from searchlab.tracking import MlflowTracker, trial_run_id
-from searchlab.worker import EXPERIMENT_ATTR, PARENT_RUN_ATTR
+from searchlab.tracking import MlflowTracker
 
 # Trials of about a second: long enough to be killed in the middle, short enough for a quick suite.
 SLOW = {"max_epochs": 300, "patience": 300}

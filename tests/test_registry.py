@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 import searchlab as sl
 from searchlab.cli import main
-from searchlab.execute import load_split
+from searchlab.data import load_split
 from searchlab.registry import BEST_ALIAS, INFO_FILE, MODEL_FOLDER, SOURCE_FILE, load_registered, register
 from searchlab.storage import open_storage
 from searchlab.study import load_study_file

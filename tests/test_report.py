@@ -15,8 +15,8 @@ from optuna.trial import TrialState, create_trial
 
 from searchlab.cli import main
 from searchlab.report import PLOTS, REPORT_FOLDER, summary_markdown, write_report
+from searchlab.settings import PARENT_RUN_ATTR
 from searchlab.storage import open_storage
-from searchlab.worker import PARENT_RUN_ATTR
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

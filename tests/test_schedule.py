@@ -16,8 +16,8 @@ from conftest import SEARCHLAB, clean_env, write_study
 from croniter import croniter
 
 from searchlab.cli import main
-from searchlab.nightly import NIGHTS_ATTR
 from searchlab.schedule import serve, systemd_calendar
+from searchlab.settings import NIGHTS_ATTR
 from searchlab.storage import open_storage
 
 

@@ -12,16 +12,10 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from searchlab.sender import (
-    RECORDS_FILE,
-    BackgroundTracker,
-    TrackingFailed,
-    resend_unsent,
-    save_records,
-    unsent_folder,
-    unsent_runs,
-)
-from searchlab.tracking import PARENT_RUN_TAG, MlflowTracker
+from searchlab.sender import BackgroundTracker, TrackingFailed
+from searchlab.settings import PARENT_RUN_TAG
+from searchlab.tracking import MlflowTracker
+from searchlab.unsent import RECORDS_FILE, resend_unsent, save_records, unsent_folder, unsent_runs
 
 
 class GatedTracker(MlflowTracker):

@@ -15,15 +15,10 @@ import torch
 from conftest import by_host_name, one_line_config_error
 from mlflow import MlflowClient
 
+from searchlab.endpoints import check_tracking_uri
 from searchlab.errors import ConfigError
-from searchlab.tracking import (
-    ENVIRONMENT_PROBES,
-    PARENT_RUN_TAG,
-    STATE_DICT_FILE,
-    MlflowTracker,
-    check_tracking_uri,
-    remember_missing,
-)
+from searchlab.settings import PARENT_RUN_TAG, STATE_DICT_FILE
+from searchlab.tracking import ENVIRONMENT_PROBES, MlflowTracker, remember_missing
 
 
 @pytest.fixture

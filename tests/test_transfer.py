@@ -18,7 +18,8 @@ from searchlab.errors import ConfigError
 from searchlab.storage import open_storage
 from searchlab.tasks import ModelError
 from searchlab.tracking import MlflowTracker
-from searchlab.transfer import Start, freeze, initialise, load_start, resolve_start
+from searchlab.transfer import Start, freeze, initialise, load_start
+from searchlab.weights import resolve_start
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 

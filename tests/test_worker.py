@@ -13,9 +13,10 @@ import pytest
 from conftest import write_study
 from optuna.trial import TrialState
 
-from searchlab.budget import BUDGET_ATTR
 from searchlab.errors import ConfigError
-from searchlab.worker import interrupt_once, loaded_objects_frozen, run_trial, search
+from searchlab.settings import BUDGET_ATTR
+from searchlab.signals import interrupt_once
+from searchlab.worker import loaded_objects_frozen, run_trial, search
 
 
 def study_with_budget(budget: int) -> optuna.Study:
@@ -124,7 +125,7 @@ def test_a_worker_gets_mlflows_sql_store_ready_before_its_run_starts_when_it_tra
     # Its import took ~0.7 s here and 2-3 s on a GPU host, after the go; the default store is sqlite.
     study = write_study(tmp_path)
     code = ("import sys\nfrom searchlab.config import resolve_config\nfrom searchlab.study import load_study_file\n"
-            "from searchlab.worker import prepare_worker\n"
+            "from searchlab.pool import prepare_worker\n"
             f"config = resolve_config(load_study_file({str(study)!r}), {{'tracking_uri': {tracking_uri!r}}})\n"
             f"prepare_worker({str(study)!r}, config)\n"
             "print('mlflow.store.tracking.sqlalchemy_store' in sys.modules)")
@@ -139,7 +140,7 @@ def test_trials_run_with_the_loaded_objects_left_out_of_garbage_collections(work
     import gc
 
     from searchlab.config import resolve_config
-    from searchlab.execute import run_study
+    from searchlab.lifecycle import run_study
     from searchlab.study import load_study_file
 
     body = '''    import gc

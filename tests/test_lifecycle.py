@@ -13,8 +13,8 @@ from conftest import SEARCHLAB, clean_env, write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from searchlab.catalog import make_sampler
 from searchlab.storage import open_storage
-from searchlab.worker import make_sampler
 
 
 def wait_for_running_trial(storage_path: Path, name: str, process: subprocess.Popen, timeout: float = 120) -> None:

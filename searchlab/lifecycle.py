@@ -1,0 +1,231 @@
+"""A run's lifecycle: check the input, open the stores, run the search (in this process, or in a worker pool),
+then publish the report and the best model and close the parent run, whatever happened."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from searchlab.budget import budget_lock, count
+from searchlab.config import RunConfig, RunStarted, resolve_config
+from searchlab.data import Data
+from searchlab.devices import Slot
+from searchlab.endpoints import check_tracking_uri
+from searchlab.errors import EXIT_INTERRUPTED, ConfigError, RunFailed, describe_error, exit_with
+from searchlab.pool import Workers, coordinate
+from searchlab.preparation import Prepared, check_learns, plan_slots, prepare
+from searchlab.recovery import is_dead_local_worker, reap_dead_local_trials, worker_name
+from searchlab.registry import BEST_ALIAS, register
+from searchlab.report import REPORT_FOLDER, log_report
+from searchlab.results import best_complete, value_of
+from searchlab.settings import (
+    BUDGET_ATTR,
+    EXPERIMENT_ATTR,
+    PARENT_RUN_ATTR,
+    RUN_ID_ATTR,
+    RUN_SETTINGS_ATTR,
+    STATE_TAG,
+    WORKER,
+)
+from searchlab.signals import interrupt_once
+from searchlab.storage import close_storage, describe, open_storage
+from searchlab.study import Study
+from searchlab.summary import HOW_TO_COMPARE, RunSummary, StudyInterrupted, progress_bar, show_trials, unsent_note
+from searchlab.tracking import MlflowTracker
+from searchlab.unsent import resend_unsent, unsent_runs
+from searchlab.worker import run_worker
+
+
+def run_study(study: Study, config: RunConfig, *, study_file: str | None = None, check: bool = True,
+              progress: bool = True, enqueue: Sequence[dict[str, Any]] = ()) -> RunSummary:
+    """Run ``config.n_trials`` more trials of ``study`` and track them; bad input, or (with ``check``) a model
+    that cannot overfit one tiny batch, fails before anything is written. ``study_file`` (the file declaring
+    ``study``) is needed to start worker processes. ``enqueue``: params to run first, on top of ``n_trials``."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and summary say it all
+    slots = plan_slots(config)
+    if len(slots) == 1:
+        return _run_study(study, config, slots, None, study_file, check, progress, enqueue)
+    if study_file is None:
+        raise ConfigError("several workers need the study's file: run it with 'searchlab run FILE --workers N'")
+    workers = Workers(study_file, config, slots)  # now: they get ready while this process sets the run up
+    try:
+        return _run_study(study, config, slots, workers, study_file, check, progress, enqueue)
+    finally:
+        workers.cancel()  # the run stopped before it started them: they exit, having written nothing
+
+
+@dataclass
+class OpenRun:
+    """A run whose stores are open and whose parent run has started."""
+
+    storage: Any
+    study: optuna.Study
+    tracker: MlflowTracker
+    lock: Callable[[], Any]
+    before: set[int]  # the trials the study held before this run
+    experiment_id: str
+    parent_run_id: str
+    summary: RunSummary
+
+
+def _run_study(study: Study, config: RunConfig, slots: list[Slot], workers: Workers | None, study_file: str | None,
+               check: bool, progress: bool, enqueue: Sequence[dict[str, Any]]) -> RunSummary:
+    check_tracking_uri(config.tracking_uri)  # first: the starting weights may come from it
+    prepared = prepare(study, config)
+    if check:
+        # On one slot's threads, as a trial trains: all of the cores would contend with the workers getting ready
+        # (their fork server's imports), and a thread pool that waits for a busy core runs many times slower.
+        check_learns(study, prepared, config, threads=min(slot.threads for slot in slots))
+    run = _open_run(config)
+    status = "FAILED"
+    with interrupt_once():  # one Ctrl-C stops the run; the cleanup below is not interrupted by a second one
+        try:
+            _search(run, study, config, slots, workers, prepared, progress, enqueue)
+            if unsent_runs(config.tracking_uri):  # the workers waited for the store already: publish does not
+                run.tracker.give_up.set()
+            run.summary.published = publish(run.study, run.tracker, run.parent_run_id, study, study_file,
+                                            prepared.val, config.study_name, report=config.report,
+                                            register_best=config.register)
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            run.tracker.give_up.set()  # a Ctrl-C never waits for an unreachable store
+            raise StudyInterrupted(run.summary) from None
+        finally:
+            _close_parent_run(run, config, status)
+            close_storage(run.storage)
+    return run.summary
+
+
+def _open_run(config: RunConfig) -> OpenRun:
+    """Open (or create) the Optuna study and its MLflow experiment, recover what earlier runs left (unsent records,
+    trials and runs of dead workers), and start the parent run."""
+    storage = open_storage(config.storage)
+    study = optuna.create_study(storage=storage, study_name=config.study_name, direction="minimize",
+                                load_if_exists=True)
+    if study.direction != optuna.study.StudyDirection.MINIMIZE:
+        raise ConfigError(f"study {config.study_name!r} in {describe(config.storage)} maximizes; "
+                          "searchlab minimizes validation loss: choose another --study-name")
+    tracker = MlflowTracker(config.tracking_uri, retry_seconds=config.tracking_wait)
+    lock = budget_lock(config.storage, storage, config.study_name)
+    resent = resend_unsent(config.tracking_uri, wait=config.tracking_wait)  # before the dead runs: it may close some
+    before = {trial.number for trial in study.get_trials(deepcopy=False)}  # retries enqueued next run here
+    reap_dead_local_trials(study, retries=config.retries, tracker=tracker, lock=lock,
+                           reason="its worker died before this run started")
+    experiment_id = tracker.experiment_id(config.study_name)  # once, before any worker starts
+    tracker.close_dead_runs(experiment_id, is_dead_local_worker)
+    parent_run_id = tracker.start_run(experiment_id, f"{config.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      tags={"study_name": config.study_name, "role": "study",
+                                            WORKER: worker_name(), "mlflow.note.content": HOW_TO_COMPARE})
+    summary = RunSummary(config.study_name, describe(config.storage), config.tracking_uri, experiment_id,
+                         parent_run_id)
+    if resent:
+        summary.notes.append(f"resent     {resent} trial run(s) an earlier run could not send to MLflow")
+    return OpenRun(storage, study, tracker, lock, before, experiment_id, parent_run_id, summary)
+
+
+def _search(run: OpenRun, study: Study, config: RunConfig, slots: list[Slot], workers: Workers | None,
+            prepared: Prepared, progress: bool, enqueue: Sequence[dict[str, Any]]) -> None:
+    """Record the run's settings and budget, then run its trials: here, or in the worker pool."""
+    run.tracker.log_params(run.parent_run_id, {
+        "task": study.task, "sampler": config.sampler, "pruner": config.pruner, "seed": config.seed,
+        "n_trials": config.n_trials, "timeout": config.timeout, "max_epochs": config.max_epochs,
+        "patience": config.patience, "storage": describe(config.storage), "searched": ",".join(study.searched),
+        "workers": len(slots), "devices": ",".join(sorted({slot.device for slot in slots})),
+        "retries": config.retries,
+    })
+    optuna_study = run.study
+    optuna_study.set_user_attr(EXPERIMENT_ATTR, run.experiment_id)
+    optuna_study.set_user_attr(PARENT_RUN_ATTR, run.parent_run_id)
+    optuna_study.set_user_attr(RUN_SETTINGS_ATTR, config.shared_settings())
+    for params in enqueue:
+        optuna_study.enqueue_trial(params, skip_if_exists=False)
+    optuna_study.set_user_attr(BUDGET_ATTR, count(optuna_study.get_trials(deepcopy=False)).claimed + config.n_trials)
+    started = RunStarted(run.experiment_id, run.parent_run_id,
+                         None if config.timeout is None else time.time() + config.timeout)
+    bar = progress_bar(config, enabled=progress, total=config.n_trials
+                       + len(optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
+    try:
+        if workers is None:
+            run_worker(study, config, slots[0], started, prepared=prepared,
+                       on_trial_end=lambda trial: show_trials(bar, [trial]))
+        else:
+            workers.go(started)
+            coordinate(workers, config, slots, optuna_study, run.tracker, bar, run.lock, run.before,
+                       experiment_id=run.experiment_id)
+    finally:
+        bar.close()
+        run.summary.record(optuna_study.get_trials(deepcopy=False), run.before)
+
+
+def _close_parent_run(run: OpenRun, config: RunConfig, status: str) -> None:
+    """The run's outcome in one call, then its status; what could not be sent is noted in the summary."""
+    summary = run.summary
+    best = {} if summary.best is None else {"best_trial": summary.best.number,
+                                            "best_run_id": summary.best.user_attrs.get(RUN_ID_ATTR)}
+    try:
+        run.tracker.end_run(run.parent_run_id, status, tags={STATE_TAG: status, **best},
+                            metrics={"best_value": value_of(summary.best)} if summary.best else None)
+    except ConnectionError:
+        summary.notes.append(f"parent     run {run.parent_run_id} left RUNNING: MLflow is unreachable (the next "
+                             "run closes it)")
+    summary.notes += unsent_note(config.tracking_uri)
+
+
+def publish(study: optuna.Study, tracker: MlflowTracker, parent_run_id: str, declared: Study, study_file: str | None,
+            val_data: Data, name: str, *, report: bool = True, register_best: bool = True) -> list[str]:
+    """Write the study report to the parent run (unless not ``report``) and register the best model (alias
+    ``best``; unless not ``register_best``); returns summary lines. Either failing is reported in its line and
+    does not fail the run."""
+    lines = []
+    if not report:
+        lines.append("report     not written (--no-report): 'searchlab report' writes it")
+    else:
+        try:
+            # no PNGs: drawing them takes seconds at the end of every run; 'searchlab report' draws them
+            log_report(study, lambda folder, path: tracker.log_artifacts(parent_run_id, folder, path), images=False)
+            lines.append(f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html; PNGs: "
+                         "searchlab report)")
+        except Exception as error:
+            if isinstance(error, ConnectionError):
+                tracker.give_up.set()  # the store is unreachable: what follows fails at once, not after a wait
+            lines.append(f"report     not written: {describe_error(error)} (try 'searchlab report')")
+    best = best_complete(study.get_trials(deepcopy=False))
+    if best is not None and not register_best:
+        lines.append("model      not registered (--no-register): the best weights are in its trial's run "
+                     "(searchlab best --export)")
+    elif best is not None:
+        try:
+            version = register(tracker.client, name, best, declared, study_file, val_data)
+            lines.append(f"model      models:/{name}@{BEST_ALIAS} (version {version.version}, trial {best.number}; "
+                         "searchlab best --load)")
+        except Exception as error:
+            lines.append(f"model      not registered: {describe_error(error)}")
+    return lines
+
+
+def run_declared(study: Study, overrides: dict[str, Any]) -> RunSummary:
+    """``Study.run``: run the study as ``searchlab run`` would, and print where the results are. Run as a script
+    (``python FILE``), bad input ends the process with one line and exit code 2, and Ctrl-C with exit code 130."""
+    as_script = any(value is study for value in vars(sys.modules["__main__"]).values())
+    try:
+        summary = run_study(study, resolve_config(study, overrides), study_file=inspect.getsourcefile(study.model))
+    except (ConfigError, RunFailed) as error:
+        if not as_script:
+            raise
+        exit_with(error)
+    except StudyInterrupted as interrupted:
+        if not as_script:
+            raise
+        print("interrupted: every open trial was failed and its MLflow run closed", file=sys.stderr)
+        print("\n".join(interrupted.summary.lines()))
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    print("\n".join(summary.lines()))
+    return summary

@@ -1,0 +1,62 @@
+"""The two locks every worker of a study can take, wherever it runs: a ``flock`` on a file beside a journal or
+sqlite storage (it dies with its process), and a PostgreSQL advisory lock (it dies with its session).
+
+Waiting, a lock blocks until it is free; not waiting, a held lock raises ``LockHeld`` with what its holder wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class LockHeld(Exception):
+    """The lock is held by another process; the message says by whom, when the holder said."""
+
+
+def lock_key(name: str) -> int:
+    """The advisory-lock key of a lock name."""
+    return zlib.crc32(name.encode())
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, wait: bool = True, holder: str | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path``; ``holder`` is written in the file while it is held."""
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            raise LockHeld(handle.read().strip() or f"see {path}") from None
+        if holder is not None:
+            handle.truncate(0)
+            handle.write(holder)
+            handle.flush()
+        try:
+            yield
+        finally:
+            if holder is not None:
+                handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def advisory_lock(engine: Any, key: int, *, wait: bool = True) -> Iterator[None]:
+    """Hold PostgreSQL's session-level advisory lock ``key`` on a connection of ``engine`` (autocommit: no
+    transaction stays open while it is held)."""
+    from sqlalchemy import text
+
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        if wait:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        elif not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar():
+            raise LockHeld(f"PostgreSQL advisory lock {key} is held")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # a lost session has released the lock already
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})

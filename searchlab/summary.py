@@ -1,0 +1,128 @@
+"""What a run shows: one progress bar for all its workers, and the summary it ends with (where the results are, how
+to compare the trials, what the tracking store did not get yet)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from searchlab.budget import count
+from searchlab.config import RunConfig
+from searchlab.endpoints import experiment_page
+from searchlab.errors import Interrupted, format_value
+from searchlab.results import best_complete
+from searchlab.settings import FAIL_REASON_ATTR, RUN_ID_ATTR, default_tracking_uri
+from searchlab.storage import DEFAULT_JOURNAL, mask_password
+from searchlab.unsent import unsent_folder, unsent_runs
+
+HOW_TO_COMPARE = """One searchlab run of this study; each child run is one trial.
+
+* **Compare trials**: in the experiment's run list, expand this run, select its trial runs and press
+  *Compare*: parallel coordinates, scatter and contour plots of the params against `best_val_loss`, and the
+  per-epoch `train_loss` / `val_loss` curves. Every trial logs the same param and metric names.
+* **Run names** say the trial number and its headline: `trial-12 val_loss=0.0345`, `trial-3 pruned@4`.
+* **Report**: the artifacts of this run, under `report/`: `summary.md` (the best trials, pruned and failed
+  counts and reasons) and `report.html` (Optuna's plots, interactive); `searchlab report FILE` adds PNGs.
+* **Best model**: registered under the study's name with the alias `best` (Models tab); load it with
+  `searchlab best FILE --load` or `searchlab.load_model("models:/NAME@best", FILE)`.
+"""
+
+
+
+@dataclass
+class RunSummary:
+    """Where one invocation's results are, and how it went."""
+
+    study_name: str
+    storage: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    n_trials: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    best: FrozenTrial | None = None
+    published: list[str] = field(default_factory=list)  # where the report and the registered model are
+    notes: list[str] = field(default_factory=list)  # what the tracking store did not get yet
+
+    def lines(self) -> list[str]:
+        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.states.items())) or "none"
+        lines = [
+            f"study      {self.study_name}: {self.n_trials} trials this run ({counts})",
+            f"storage    {self.storage}",
+            f"tracking   {mask_password(self.tracking_uri)} (experiment {self.experiment_id}, "
+            f"parent run {self.parent_run_id})",
+        ]
+        if self.best is not None:
+            params = ", ".join(f"{k}={format_value(v, 4)}" for k, v in self.best.params.items())
+            lines.append(f"best       trial {self.best.number}: val_loss={self.best.value:.6g} "
+                         f"(run {self.best.user_attrs.get(RUN_ID_ATTR, 'not sent yet')}) {params}")
+        lines += self.published + self.notes
+        if self.tracking_uri.startswith(("http://", "https://")):
+            base = mask_password(self.tracking_uri).rstrip("/")
+            lines.append(f"open       {experiment_page(base, self.experiment_id)}")
+        else:
+            tracking = "" if self.tracking_uri == default_tracking_uri() else \
+                _flag("--tracking-uri", mask_password(self.tracking_uri), "SEARCHLAB_TRACKING_URI")
+            storage = "" if self.storage == DEFAULT_JOURNAL else _flag("--storage", self.storage, "SEARCHLAB_STORAGE")
+            name = shlex.quote(self.study_name)  # pasted into a shell: a name like "a;$(id)" must stay one word
+            lines.append(f"compare    searchlab ui --study-name {name}{tracking} (MLflow UI); searchlab "
+                         f"dashboard --study-name {name}{storage} (Optuna dashboard)")
+        return lines
+
+    def record(self, trials: list[FrozenTrial], before: set[int]) -> None:
+        """Count the trials this run added (numbers not in ``before``) and take the study's best."""
+        new = [trial for trial in trials if trial.number not in before]
+        self.n_trials = count(new).final
+        self.states = {}
+        for trial in new:
+            self.states[trial.state.name] = self.states.get(trial.state.name, 0) + 1
+        self.best = best_complete(trials)
+
+
+class StudyInterrupted(Interrupted):
+    """Ctrl-C stopped the run after every open trial and run was closed; carries the summary."""
+
+    def __init__(self, summary: RunSummary) -> None:
+        super().__init__("interrupted")
+        self.summary = summary
+
+
+def _flag(name: str, masked_url: str, variable: str) -> str:
+    """A flag to copy into a shell, quoted: a URL whose password is masked would not work, so point at its variable
+    instead."""
+    return f' {name} "${variable}"' if "***" in masked_url else f" {name} {shlex.quote(masked_url)}"
+
+
+def unsent_note(tracking_uri: str) -> list[str]:
+    """The summary line saying what waits on disk for the tracking store, and who sends it (none if nothing)."""
+    waiting = unsent_runs(tracking_uri)
+    return [f"unsent     {waiting} trial run(s) could not reach MLflow: saved in {unsent_folder(tracking_uri)}; the "
+            "next run on this tracking URI sends them"] if waiting else []
+
+
+def show_trials(bar: Any, trials: list[FrozenTrial], *, final: int | None = None) -> None:
+    """Report newly finished trials and the best value so far; the bar counts final outcomes (``final``, or
+    one per trial; a failed trial that is retried counts through its retry)."""
+    for trial in trials:
+        if trial.state == TrialState.FAIL:
+            bar.write(f"trial {trial.number} failed: {trial.user_attrs.get(FAIL_REASON_ATTR, 'its worker died')}",
+                      file=sys.stderr)
+        if trial.state == TrialState.COMPLETE and (bar.best is None or trial.value < bar.best.value):
+            bar.best = trial
+    bar.update(len(trials) if final is None else final - bar.n)
+    if bar.best is not None:
+        bar.set_postfix_str(f"best={bar.best.value:.4g} (trial {bar.best.number})")
+
+
+def progress_bar(config: RunConfig, *, enabled: bool, total: int) -> Any:
+    """One bar for all workers: final outcomes of this run (retries of earlier runs' dead trials included)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=config.study_name, unit="trial", file=sys.stderr,
+               disable=not enabled, dynamic_ncols=True)
+    bar.best = None
+    return bar
