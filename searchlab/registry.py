@@ -202,6 +202,7 @@ def load_best(study_name: str, tracking_uri: str, file: str | None) -> str:
         f"model      {uri} (version {loaded.version.version}: trial {info['trial_number']}, "
         f"run {info[RUN_ID_ATTR]})",
         f"rebuilt    {info['builder']} with its params; weights loaded (weights_only=True)",
-        f"val_loss   {validation_loss(loaded):.6g} on the validation split (the trial recorded {info['val_loss']:.6g})",
+        f"val_loss   {validation_loss(loaded):.6g} on the validation split "
+        f"(the trial recorded {info['val_loss']:.6g})",
         "in Python:", *("    " + line for line in snippet(uri, mask_password(tracking_uri), file).splitlines()),
     ])
