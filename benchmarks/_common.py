@@ -30,9 +30,30 @@ _SCRIPT = Path(sys.executable).with_name("searchlab")
 SEARCHLAB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "searchlab"]
 DEFAULT_STUDY = str(ROOT / "studies" / "regression.py")
 # Packages whose import costs seconds or pulls a large tree; the start-up benchmark says which path loads which.
-HEAVY = ("torch", "torch._dynamo", "mlflow", "torchmetrics", "optuna", "sklearn", "pandas", "numpy", "scipy",
-         "sqlalchemy", "alembic", "matplotlib", "plotly", "pyarrow", "sympy", "requests", "flask", "fastapi",
-         "psycopg", "tqdm", "click", "optuna_dashboard")
+HEAVY = (
+    "torch",
+    "torch._dynamo",
+    "mlflow",
+    "torchmetrics",
+    "optuna",
+    "sklearn",
+    "pandas",
+    "numpy",
+    "scipy",
+    "sqlalchemy",
+    "alembic",
+    "matplotlib",
+    "plotly",
+    "pyarrow",
+    "sympy",
+    "requests",
+    "flask",
+    "fastapi",
+    "psycopg",
+    "tqdm",
+    "click",
+    "optuna_dashboard",
+)
 
 
 LOADS: list[float] = []  # the 1-minute load average after each child: how busy the machine was meanwhile
@@ -58,9 +79,20 @@ def tracking_server(folder: Path) -> Iterator[str]:
     port = free_port()
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(
-        [*SEARCHLAB, "server", "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True,
+        [
+            *SEARCHLAB,
+            "server",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=clean_env(),
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -71,8 +103,9 @@ def tracking_server(folder: Path) -> Iterator[str]:
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the tracking server did not start: {(folder / 'server.log').read_text()}"
-                                       ) from None
+                    raise RuntimeError(
+                        f"the tracking server did not start: {(folder / 'server.log').read_text()}"
+                    ) from None
                 time.sleep(0.5)
         warm_up(url)
         SERVER_GROUPS[url] = process.pid
@@ -109,8 +142,9 @@ def warm_up(url: str, connections: int = 32) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def call(_: int) -> None:
-        request = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default",
-                                         headers={"Connection": "close"})
+        request = urllib.request.Request(
+            f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default", headers={"Connection": "close"}
+        )
         with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=60) as response:
             response.read()
 
@@ -119,17 +153,25 @@ def warm_up(url: str, connections: int = 32) -> None:
             list(pool.map(call, range(connections)))
 
 
-def run_child(module: str, args: Sequence[str], *, cwd: str | Path | None = None, timeout: float = 1800,
-              env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_child(
+    module: str,
+    args: Sequence[str],
+    *,
+    cwd: str | Path | None = None,
+    timeout: float = 1800,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run ``benchmarks/<module>.py ARGS --out FILE`` in a fresh process and return the JSON it wrote."""
     with tempfile.TemporaryDirectory(prefix="searchlab-bench-") as scratch:
         out = Path(scratch) / "result.json"
         command = [PYTHON, str(HERE / f"{module}.py"), *args, "--out", str(out)]
-        done = subprocess.run(command, cwd=cwd or scratch, env=env or clean_env(), capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run(
+            command, cwd=cwd or scratch, env=env or clean_env(), capture_output=True, text=True, timeout=timeout
+        )
         if done.returncode != 0 or not out.is_file():
-            raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n"
-                               f"{done.stderr[-3000:]}")
+            raise RuntimeError(
+                f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
         result = json.loads(out.read_text())
         LOADS.append(os.getloadavg()[0])
         return result

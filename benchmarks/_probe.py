@@ -29,8 +29,9 @@ class Probe:
         self.endpoints: dict[str, list[float]] = defaultdict(list)
         self._local = threading.local()  # per thread, per open timer: [time spent in nested timers]
 
-    def timed(self, category: str, function: Callable[..., Any],
-              label: Callable[..., str] | None = None) -> Callable[..., Any]:
+    def timed(
+        self, category: str, function: Callable[..., Any], label: Callable[..., str] | None = None
+    ) -> Callable[..., Any]:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             stack = self._local.__dict__.setdefault("stack", [])
@@ -42,8 +43,7 @@ class Probe:
                 elapsed = time.perf_counter() - started
                 nested = stack.pop()[0]
                 # Time spent in other threads (a background sender) overlaps the main thread's: kept apart.
-                name = category if threading.current_thread() is threading.main_thread() else \
-                    f"{BACKGROUND}{category}"
+                name = category if threading.current_thread() is threading.main_thread() else f"{BACKGROUND}{category}"
                 self.exclusive[name] += elapsed - nested
                 self.calls[name] += 1
                 if stack:
@@ -87,8 +87,13 @@ class Probe:
         self.patch(journal_file_class(), "append_logs", "optuna journal (append+lock, fsync at trial start/end)")
         self.patch(JournalFileBackend, "read_logs", "optuna journal (read)")
         for sampler in (optuna.samplers.TPESampler, optuna.samplers.RandomSampler):
-            for method in ("sample_relative", "sample_independent", "infer_relative_search_space", "before_trial",
-                           "after_trial"):
+            for method in (
+                "sample_relative",
+                "sample_independent",
+                "infer_relative_search_space",
+                "before_trial",
+                "after_trial",
+            ):
                 self.patch(sampler, method, "optuna sampler")
         self.patch(searchlab.train, "train_epoch", "train epochs (forward/backward/step, batches)")
         self.patch(searchlab.train, "evaluate", "validation (forward, torchmetrics)")
@@ -106,15 +111,21 @@ class Probe:
     def summary(self, total: float, n_trials: int) -> dict[str, Any]:
         parts = {name: seconds for name, seconds in sorted(self.exclusive.items(), key=lambda item: -item[1])}
         parts["other (optuna ask/tell, searchlab glue, python)"] = total - sum(
-            seconds for name, seconds in self.exclusive.items() if not name.startswith(BACKGROUND))
+            seconds for name, seconds in self.exclusive.items() if not name.startswith(BACKGROUND)
+        )
         return {
             "total_s": total,
             "parts_s": parts,
             "per_trial_ms": {name: 1000 * seconds / n_trials for name, seconds in parts.items()},
             "calls": dict(self.calls),
-            "endpoints": {name: {"calls": len(times), "ms_median": 1000 * sorted(times)[len(times) // 2],
-                                 "ms_total": 1000 * sum(times)}
-                          for name, times in sorted(self.endpoints.items(), key=lambda item: -sum(item[1]))},
+            "endpoints": {
+                name: {
+                    "calls": len(times),
+                    "ms_median": 1000 * sorted(times)[len(times) // 2],
+                    "ms_total": 1000 * sum(times),
+                }
+                for name, times in sorted(self.endpoints.items(), key=lambda item: -sum(item[1]))
+            },
         }
 
 

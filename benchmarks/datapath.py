@@ -56,9 +56,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     task = get_task(study.task)
     train_data, val_data = load_split(study, study.seed)
     device = torch.device("cpu")
-    datasets = {"memory": (train_data, val_data),
-                "loader": (TensorDataset(train_data.inputs, train_data.targets),
-                           TensorDataset(val_data.inputs, val_data.targets))}
+    datasets = {
+        "memory": (train_data, val_data),
+        "loader": (
+            TensorDataset(train_data.inputs, train_data.targets),
+            TensorDataset(val_data.inputs, val_data.targets),
+        ),
+    }
     params = {name: first_value(dist) for name, dist in study.space.items()}
 
     def setup(batch_size: int, source: str) -> tuple[Any, Any, Any, Any]:
@@ -66,11 +70,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         model = build_model(study, Trial(DefaultsTrial(), dict(params), 0), task)
         optimizer = build_optimizer(model, params)
         train, val = datasets[source]
-        return (model, optimizer, make_batches(train, batch_size, shuffle=True, seed=0, device=device),
-                make_batches(val, batch_size, shuffle=False, seed=0, device=device))
+        return (
+            model,
+            optimizer,
+            make_batches(train, batch_size, shuffle=True, seed=0, device=device),
+            make_batches(val, batch_size, shuffle=False, seed=0, device=device),
+        )
 
-    results: dict[str, Any] = {"examples": {"train": len(train_data), "val": len(val_data)},
-                               "core_threads": core_threads, "epochs_per_timing": args.epochs, "batch_sizes": {}}
+    results: dict[str, Any] = {
+        "examples": {"train": len(train_data), "val": len(val_data)},
+        "core_threads": core_threads,
+        "epochs_per_timing": args.epochs,
+        "batch_sizes": {},
+    }
     for batch_size in args.batch_sizes:
         runs: dict[str, list[float]] = {}
         for repeat in range(args.repeats):
@@ -78,8 +90,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 runs.setdefault(name, []).append(value)
         medians = {name: statistics.median(values) for name, values in runs.items()}
         results["batch_sizes"][str(batch_size)] = {
-            "ms": {name: {"median": statistics.median(v), "min": min(v), "max": max(v), "values": v}
-                   for name, v in runs.items()},
+            "ms": {
+                name: {"median": statistics.median(v), "min": min(v), "max": max(v), "values": v}
+                for name, v in runs.items()
+            },
             "loader_over_memory_batches": medians["batches loader"] / medians["batches memory"],
             "loader_over_memory_epoch": medians["epoch loader"] / medians["epoch memory"],
             "share_outside_core": 1 - medians["core"] / medians["epoch memory"],
@@ -87,8 +101,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def one_repeat(setup: Any, task: Any, batch_size: int, repeat: int, core_threads: int,
-               epochs: int) -> dict[str, float]:
+def one_repeat(setup: Any, task: Any, batch_size: int, repeat: int, core_threads: int, epochs: int) -> dict[str, float]:
     """Every timing of one repeat at one batch size, in ms per epoch (the data paths and thread counts in
     alternating order)."""
     import torch
@@ -103,16 +116,18 @@ def one_repeat(setup: Any, task: Any, batch_size: int, repeat: int, core_threads
     model, optimizer, train, val = setup(batch_size, "memory")
     loss_fn = task.loss_fn()
     timings["core"] = per_epoch(functools.partial(core, model, optimizer, list(train), task, loss_fn), epochs)
-    timings["part: train_epoch"] = per_epoch(functools.partial(train_epoch, model, train, task, loss_fn, optimizer),
-                                             epochs)
+    timings["part: train_epoch"] = per_epoch(
+        functools.partial(train_epoch, model, train, task, loss_fn, optimizer), epochs
+    )
     timings["part: evaluate"] = per_epoch(functools.partial(evaluate, model, val, task, loss_fn), epochs)
     timings["part: metrics built"] = per_epoch(functools.partial(task.metrics, 1), epochs)
     timings["part: best-state copy"] = per_epoch(functools.partial(copy_state, model), epochs)
     for threads in alternate([1, core_threads], repeat):
         torch.set_num_threads(threads)
         model, optimizer, train, val = setup(batch_size, "memory")
-        timings[f"epoch memory, {threads} thread(s)"] = 1000 * timed_fit(fit, model, optimizer, train, val, task,
-                                                                         epochs)
+        timings[f"epoch memory, {threads} thread(s)"] = 1000 * timed_fit(
+            fit, model, optimizer, train, val, task, epochs
+        )
     torch.set_num_threads(core_threads)
     return timings
 

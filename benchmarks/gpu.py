@@ -34,8 +34,19 @@ class GpuSampler:
         if shutil.which("nvidia-smi") and self.gpu.startswith("cuda"):
             index = self.gpu.split(":", 1)[1] if ":" in self.gpu else "0"
             self.process = subprocess.Popen(
-                ["nvidia-smi", "-i", index, "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                 "-lms", "200"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                [
+                    "nvidia-smi",
+                    "-i",
+                    index,
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "200",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -47,8 +58,10 @@ class GpuSampler:
         samples = [[float(v) for v in line.split(",")] for line in self.lines.splitlines() if line.count(",") == 1]
         if not samples:
             return {}
-        return {"gpu_util_mean_pct": statistics.fmean(s[0] for s in samples),
-                "gpu_memory_peak_mib": max(s[1] for s in samples)}
+        return {
+            "gpu_util_mean_pct": statistics.fmean(s[0] for s in samples),
+            "gpu_memory_peak_mib": max(s[1] for s in samples),
+        }
 
 
 def main() -> None:
@@ -64,30 +77,46 @@ def main() -> None:
     for repeat in range(args.repeats):
         for packed in alternate(variants, repeat):
             with GpuSampler(args.devices) as sampler:
-                run = parallel.one_run(packed, args.trials, study="gpu_bound",
-                                       options=["--devices", args.devices, "--trials-per-device", str(packed),
-                                                "--no-report"])
+                run = parallel.one_run(
+                    packed,
+                    args.trials,
+                    study="gpu_bound",
+                    options=["--devices", args.devices, "--trials-per-device", str(packed), "--no-report"],
+                )
             results[packed].append({**run, **sampler.figures()})
             print(f"repeat {repeat + 1}: {packed} per GPU: {json.dumps(results[packed][-1])}", file=sys.stderr)
     base = statistics.median(r["trials_per_hour"] for r in results[variants[0]])
     table: dict[int, dict[str, Any]] = {}
-    print(f"{'per GPU':>7}  {'trials/h median':>15}  {'min':>7}  {'max':>7}  {'ratio':>5}  {'trial s':>7}  "
-          f"{'GPU util %':>10}  {'GPU MiB':>7}  {'wall s':>6}")
+    print(
+        f"{'per GPU':>7}  {'trials/h median':>15}  {'min':>7}  {'max':>7}  {'ratio':>5}  {'trial s':>7}  "
+        f"{'GPU util %':>10}  {'GPU MiB':>7}  {'wall s':>6}"
+    )
     for packed, runs in results.items():
         rates = [r["trials_per_hour"] for r in runs]
         median = statistics.median(rates)
-        row = {"trials_per_hour_median": median, "min": min(rates), "max": max(rates), "ratio": median / base,
-               "trial_s_median": statistics.median(r["trial_s_median"] for r in runs),
-               "gpu_util_mean_pct": statistics.median(r.get("gpu_util_mean_pct", float("nan")) for r in runs),
-               "gpu_memory_peak_mib": max(r.get("gpu_memory_peak_mib", float("nan")) for r in runs),
-               "wall_s_median": statistics.median(r["wall_s"] for r in runs), "runs": runs}
+        row = {
+            "trials_per_hour_median": median,
+            "min": min(rates),
+            "max": max(rates),
+            "ratio": median / base,
+            "trial_s_median": statistics.median(r["trial_s_median"] for r in runs),
+            "gpu_util_mean_pct": statistics.median(r.get("gpu_util_mean_pct", float("nan")) for r in runs),
+            "gpu_memory_peak_mib": max(r.get("gpu_memory_peak_mib", float("nan")) for r in runs),
+            "wall_s_median": statistics.median(r["wall_s"] for r in runs),
+            "runs": runs,
+        }
         table[packed] = row
-        print(f"{packed:>7}  {median:>15.0f}  {min(rates):>7.0f}  {max(rates):>7.0f}  {row['ratio']:>5.2f}  "
-              f"{row['trial_s_median']:>7.2f}  {row['gpu_util_mean_pct']:>10.0f}  {row['gpu_memory_peak_mib']:>7.0f}  "
-              f"{row['wall_s_median']:>6.1f}")
+        print(
+            f"{packed:>7}  {median:>15.0f}  {min(rates):>7.0f}  {max(rates):>7.0f}  {row['ratio']:>5.2f}  "
+            f"{row['trial_s_median']:>7.2f}  {row['gpu_util_mean_pct']:>10.0f}  {row['gpu_memory_peak_mib']:>7.0f}  "
+            f"{row['wall_s_median']:>6.1f}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"trials": args.trials, "repeats": args.repeats,
-                                               "devices": args.devices, "results": table}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"trials": args.trials, "repeats": args.repeats, "devices": args.devices, "results": table}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

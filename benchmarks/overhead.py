@@ -65,8 +65,11 @@ def threads() -> int:
 
 
 def params_digest(trials: list[dict[str, Any]]) -> str:
-    text = json.dumps([[t["number"], t["params"], t["seed"]] for t in sorted(trials, key=lambda t: t["number"])],
-                      sort_keys=True, default=str)
+    text = json.dumps(
+        [[t["number"], t["params"], t["seed"]] for t in sorted(trials, key=lambda t: t["number"])],
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -84,17 +87,40 @@ def variant_searchlab(study: Any, args: argparse.Namespace) -> dict[str, Any]:
         probe = Probe()
         probe.install()
     name = f"bench-searchlab-{os.getpid()}"
-    config = resolve_config(study, {"n_trials": args.trials, "max_epochs": args.epochs, "patience": args.epochs,
-                                    "tracking_uri": args.tracking_uri, "study_name": name, "workers": "1",
-                                    "devices": "cpu", "report": args.report, "register": args.register})
+    config = resolve_config(
+        study,
+        {
+            "n_trials": args.trials,
+            "max_epochs": args.epochs,
+            "patience": args.epochs,
+            "tracking_uri": args.tracking_uri,
+            "study_name": name,
+            "workers": "1",
+            "devices": "cpu",
+            "report": args.report,
+            "register": args.register,
+        },
+    )
     started = time.perf_counter()
     run_study(study, config, check=False, progress=False)
     wall = time.perf_counter() - started
     finished = optuna.load_study(study_name=name, storage=open_storage(None)).get_trials(deepcopy=False)
-    trials = [{"number": t.number, "params": t.params, "seed": t.user_attrs.get("seed"), "state": t.state.name,
-               "epochs": len(t.intermediate_values)} for t in finished]
-    result = {"wall_s": wall, "trials": trials, "epochs": sum(t["epochs"] for t in trials),
-              "params_digest": params_digest(trials)}
+    trials = [
+        {
+            "number": t.number,
+            "params": t.params,
+            "seed": t.user_attrs.get("seed"),
+            "state": t.state.name,
+            "epochs": len(t.intermediate_values),
+        }
+        for t in finished
+    ]
+    result = {
+        "wall_s": wall,
+        "trials": trials,
+        "epochs": sum(t["epochs"] for t in trials),
+        "params_digest": params_digest(trials),
+    }
     if probe is not None:
         result["breakdown"] = probe.summary(wall, len(trials))
     return result
@@ -116,8 +142,15 @@ def variant_bare(study: Any, args: argparse.Namespace) -> dict[str, Any]:
     for recorded in given:
         fixed = optuna.trial.FixedTrial(recorded["params"], number=recorded["number"])
         params = sample_params(study.space, fixed)
-        _, result = train_trial(study, Trial(fixed, params, recorded["seed"]), train_data, val_data,
-                                torch.device("cpu"), max_epochs=args.epochs, patience=args.epochs)
+        _, result = train_trial(
+            study,
+            Trial(fixed, params, recorded["seed"]),
+            train_data,
+            val_data,
+            torch.device("cpu"),
+            max_epochs=args.epochs,
+            patience=args.epochs,
+        )
         epochs += len(result.history)
     wall = time.perf_counter() - started
     return {"wall_s": wall, "epochs": epochs, "params_digest": params_digest(given)}
@@ -130,8 +163,21 @@ def variant_bare_with_traffic(study: Any, args: argparse.Namespace) -> dict[str,
 
     with tempfile.TemporaryDirectory() as folder:
         count = Path(folder) / "replayed.json"
-        replay = subprocess.Popen([sys.executable, __file__, "replay", "--study", args.study, "--tracking-uri",
-                                   args.tracking_uri, "--period", str(args.period), "--out", str(count)])
+        replay = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "replay",
+                "--study",
+                args.study,
+                "--tracking-uri",
+                args.tracking_uri,
+                "--period",
+                str(args.period),
+                "--out",
+                str(count),
+            ]
+        )
         try:
             while not count.exists():  # its first trial's calls are made: it is under way
                 if replay.poll() is not None:
@@ -167,17 +213,43 @@ def replay(args: argparse.Namespace) -> None:
     trials = 0
     while not stop:
         started = time.perf_counter()
-        run = tracker.start_run(experiment, f"trial-{trials}", parent_run_id=parent,
-                                tags={"trial_number": trials, "study_name": "replay", "worker": os.getpid()})
-        tracker.log_params(run, {**sampled.params, "seed": 0, "n_params": 1, "device": "cpu", "threads": 1,
-                                 "max_epochs": 10, "patience": 10, "optimizer": "sgd", "init": "default"})
+        run = tracker.start_run(
+            experiment,
+            f"trial-{trials}",
+            parent_run_id=parent,
+            tags={"trial_number": trials, "study_name": "replay", "worker": os.getpid()},
+        )
+        tracker.log_params(
+            run,
+            {
+                **sampled.params,
+                "seed": 0,
+                "n_params": 1,
+                "device": "cpu",
+                "threads": 1,
+                "max_epochs": 10,
+                "patience": 10,
+                "optimizer": "sgd",
+                "init": "default",
+            },
+        )
         for epoch in range(10):
-            tracker.log_metrics(run, {"train_loss": 0.5, "val_loss": 0.5, "val_mae": 0.5, "val_mse": 0.5,
-                                      "val_r2": 0.5}, step=epoch)
+            tracker.log_metrics(
+                run, {"train_loss": 0.5, "val_loss": 0.5, "val_mae": 0.5, "val_mse": 0.5, "val_r2": 0.5}, step=epoch
+            )
         tracker.log_state_dict(run, model.state_dict())
         tracker.log_metrics(run, {"best_val_loss": 0.5}, step=9)
-        tracker.end_run(run, "FINISHED", tags={"state": "COMPLETE", "epochs": 10, "best_epoch": 9, "val_loss": 0.5,
-                                               "mlflow.runName": f"trial-{trials} val_loss=0.5"})
+        tracker.end_run(
+            run,
+            "FINISHED",
+            tags={
+                "state": "COMPLETE",
+                "epochs": 10,
+                "best_epoch": 9,
+                "val_loss": 0.5,
+                "mlflow.runName": f"trial-{trials} val_loss=0.5",
+            },
+        )
         trials += 1
         write_json(args.out, {"trials": trials})
         time.sleep(max(0.0, args.period - (time.perf_counter() - started)))
@@ -225,11 +297,18 @@ def variant_naive(study: Any, args: argparse.Namespace) -> dict[str, Any]:
                     mlflow.log_metric(key, value, step=epoch)
                 trial.report(values["val_loss"], epoch)
 
-            model, result = train_trial(study, sampled, train_data, val_data, torch.device("cpu"),
-                                        max_epochs=args.epochs, patience=args.epochs, on_built=on_built,
-                                        on_epoch=on_epoch)
-            trials.append({"number": trial.number, "params": trial.params, "seed": seed,
-                           "epochs": len(result.history)})
+            model, result = train_trial(
+                study,
+                sampled,
+                train_data,
+                val_data,
+                torch.device("cpu"),
+                max_epochs=args.epochs,
+                patience=args.epochs,
+                on_built=on_built,
+                on_epoch=on_epoch,
+            )
+            trials.append({"number": trial.number, "params": trial.params, "seed": seed, "epochs": len(result.history)})
             if result.best_epoch is None:
                 mlflow.set_tags({"trial_number": trial.number, "state": "FAIL"})
                 raise RuntimeError(result.stop_reason)  # failed, as searchlab fails it: the sampler skips it
@@ -246,8 +325,12 @@ def variant_naive(study: Any, args: argparse.Namespace) -> dict[str, Any]:
         optuna_study.optimize(objective, n_trials=args.trials, catch=(RuntimeError,))
         mlflow.log_metric("best_value", optuna_study.best_value)
     wall = time.perf_counter() - started
-    result = {"wall_s": wall, "trials": trials, "epochs": sum(t["epochs"] for t in trials),
-              "params_digest": params_digest(trials)}
+    result = {
+        "wall_s": wall,
+        "trials": trials,
+        "epochs": sum(t["epochs"] for t in trials),
+        "params_digest": params_digest(trials),
+    }
     if probe is not None:
         result["breakdown"] = probe.summary(wall, len(trials))
     return result
@@ -263,7 +346,8 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     url = args.tracking_uri.rstrip("/")
     session = requests.Session()
     run_id = session.post(f"{url}/api/2.0/mlflow/runs/create", json={"experiment_id": "0"}).json()["run"]["info"][
-        "run_id"]
+        "run_id"
+    ]
 
     def timed(call: Any, n: int = 20) -> float:
         times = []
@@ -274,8 +358,11 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
         return 1000 * statistics.median(times)
 
     def log_batch(http: Any, headers: dict[str, str]) -> Any:
-        return lambda step: http.post(f"{url}/api/2.0/mlflow/runs/log-batch", headers=headers, json={
-            "run_id": run_id, "metrics": [{"key": "m", "value": 1.0, "timestamp": 0, "step": step}]})
+        return lambda step: http.post(
+            f"{url}/api/2.0/mlflow/runs/log-batch",
+            headers=headers,
+            json={"run_id": run_id, "metrics": [{"key": "m", "value": 1.0, "timestamp": 0, "step": step}]},
+        )
 
     close = {"Connection": "close"}
     return {
@@ -307,13 +394,25 @@ def main() -> None:
         replay(args)
         return
     study = preload(args.study)
-    run = {"searchlab": variant_searchlab, "bare": variant_bare, "bare+traffic": variant_bare_with_traffic,
-           "naive": variant_naive}[args.variant]
+    run = {
+        "searchlab": variant_searchlab,
+        "bare": variant_bare,
+        "bare+traffic": variant_bare_with_traffic,
+        "naive": variant_naive,
+    }[args.variant]
     # CPU time: the whole process's (every thread) and the training thread's own.
     cpu, main_thread_cpu = time.process_time(), time.thread_time()
     result = run(study, args)
-    write_json(args.out, {"variant": args.variant, "threads": threads(), **result, "cpu_s": time.process_time() - cpu,
-                          "main_thread_cpu_s": time.thread_time() - main_thread_cpu})
+    write_json(
+        args.out,
+        {
+            "variant": args.variant,
+            "threads": threads(),
+            **result,
+            "cpu_s": time.process_time() - cpu,
+            "main_thread_cpu_s": time.thread_time() - main_thread_cpu,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -30,19 +30,39 @@ def one_run(workers: int, trials: int, *, study: str = "cpu_bound", options: Seq
 
     with tempfile.TemporaryDirectory() as folder:
         started, clock = time.perf_counter(), time.time()
-        subprocess.run([*SEARCHLAB, "run", str(HERE / "studies" / f"{study}.py"), "--workers", str(workers),
-                        "--trials", str(trials), *options], cwd=folder, check=True, capture_output=True)
+        subprocess.run(
+            [
+                *SEARCHLAB,
+                "run",
+                str(HERE / "studies" / f"{study}.py"),
+                "--workers",
+                str(workers),
+                "--trials",
+                str(trials),
+                *options,
+            ],
+            cwd=folder,
+            check=True,
+            capture_output=True,
+        )
         wall = time.perf_counter() - started
         name = study.replace("_", "-")  # the benchmark studies are named after their files
-        trials_done = optuna.load_study(study_name=name,
-                                        storage=open_storage(str(Path(folder) / "searchlab.journal"))).trials
+        trials_done = optuna.load_study(
+            study_name=name, storage=open_storage(str(Path(folder) / "searchlab.journal"))
+        ).trials
         first = min(trial.datetime_start for trial in trials_done).timestamp()
         last = max(trial.datetime_complete for trial in trials_done).timestamp()
         busy = last - first
         durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials_done]
-    return {"wall_s": wall, "trials_s": busy, "trials_per_hour": 3600 * trials / busy,
-            "wall_trials_per_hour": 3600 * trials / wall, "trial_s_median": statistics.median(durations),
-            "before_first_trial_s": first - clock, "after_last_trial_s": clock + wall - last}
+    return {
+        "wall_s": wall,
+        "trials_s": busy,
+        "trials_per_hour": 3600 * trials / busy,
+        "wall_trials_per_hour": 3600 * trials / wall,
+        "trial_s_median": statistics.median(durations),
+        "before_first_trial_s": first - clock,
+        "after_last_trial_s": clock + wall - last,
+    }
 
 
 def _steps(seconds: Any, steps: int) -> None:
@@ -50,8 +70,9 @@ def _steps(seconds: Any, steps: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
-                                torch.nn.Linear(64, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(32, 32), torch.randn(32, 1)
     for step in range(steps + 200):  # 200 warm-up steps
@@ -90,22 +111,32 @@ def main() -> None:
     for repeat in range(args.repeats):
         for workers in alternate(variants, repeat):
             results[workers].append(one_run(workers, args.trials))
-            print(f"repeat {repeat + 1}: {workers} worker(s): {results[workers][-1]['trials_per_hour']:.0f} trials/h",
-                  file=sys.stderr)
+            print(
+                f"repeat {repeat + 1}: {workers} worker(s): {results[workers][-1]['trials_per_hour']:.0f} trials/h",
+                file=sys.stderr,
+            )
     base = statistics.median(r["trials_per_hour"] for r in results[variants[0]])
     table = {}
     print(f"{'workers':>7}  {'trials/h median':>15}  {'min':>7}  {'max':>7}  {'ratio':>5}  {'wall s median':>13}")
     for workers, runs in results.items():
         rates = [r["trials_per_hour"] for r in runs]
         median = statistics.median(rates)
-        table[workers] = {"trials_per_hour_median": median, "min": min(rates), "max": max(rates),
-                          "ratio": median / base, "wall_s_median": statistics.median(r["wall_s"] for r in runs),
-                          "runs": runs}
-        print(f"{workers:>7}  {median:>15.0f}  {min(rates):>7.0f}  {max(rates):>7.0f}  {median / base:>5.2f}  "
-              f"{table[workers]['wall_s_median']:>13.1f}")
+        table[workers] = {
+            "trials_per_hour_median": median,
+            "min": min(rates),
+            "max": max(rates),
+            "ratio": median / base,
+            "wall_s_median": statistics.median(r["wall_s"] for r in runs),
+            "runs": runs,
+        }
+        print(
+            f"{workers:>7}  {median:>15.0f}  {min(rates):>7.0f}  {max(rates):>7.0f}  {median / base:>5.2f}  "
+            f"{table[workers]['wall_s_median']:>13.1f}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"trials": args.trials, "repeats": args.repeats, "results": table},
-                                              indent=2))
+        Path(args.json).write_text(
+            json.dumps({"trials": args.trials, "repeats": args.repeats, "results": table}, indent=2)
+        )
 
 
 if __name__ == "__main__":

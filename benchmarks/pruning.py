@@ -31,9 +31,25 @@ def search(sampler: str, pruner: str, seed: int, trials: int) -> list[optuna.tri
     from searchlab.storage import open_storage
 
     with tempfile.TemporaryDirectory() as folder:
-        subprocess.run([*SEARCHLAB, "run", str(STUDY), "--trials", str(trials), "--sampler", sampler,
-                        "--pruner", pruner, "--seed", str(seed), "--no-check"], cwd=folder, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                *SEARCHLAB,
+                "run",
+                str(STUDY),
+                "--trials",
+                str(trials),
+                "--sampler",
+                sampler,
+                "--pruner",
+                pruner,
+                "--seed",
+                str(seed),
+                "--no-check",
+            ],
+            cwd=folder,
+            check=True,
+            capture_output=True,
+        )
         journal = open_storage(str(Path(folder) / "searchlab.journal"))
         study = optuna.load_study(study_name="regression", storage=journal)
         return sorted(study.get_trials(), key=lambda trial: trial.datetime_complete)
@@ -69,17 +85,29 @@ def main() -> None:
         for pruner in pruners:
             tuned = search("tpe", pruner, seed, args.tpe_trials)
             spent = epochs_to_reach(tuned, target)
-            rows[pruner].append({"seed": seed, "target": target, "random_epochs": random_epochs, "tpe_epochs": spent,
-                                 "ratio": spent / random_epochs, "pruned": sum(t.state == TrialState.PRUNED
-                                                                               for t in tuned)})
-            print(f"seed {seed}: random best {target:.4f} in {random_epochs} epochs; tpe+{pruner}: {spent} epochs "
-                  f"(ratio {spent / random_epochs:.2f})", file=sys.stderr)
+            rows[pruner].append(
+                {
+                    "seed": seed,
+                    "target": target,
+                    "random_epochs": random_epochs,
+                    "tpe_epochs": spent,
+                    "ratio": spent / random_epochs,
+                    "pruned": sum(t.state == TrialState.PRUNED for t in tuned),
+                }
+            )
+            print(
+                f"seed {seed}: random best {target:.4f} in {random_epochs} epochs; tpe+{pruner}: {spent} epochs "
+                f"(ratio {spent / random_epochs:.2f})",
+                file=sys.stderr,
+            )
     print(f"{'pruner':>10}  {'ratio median':>12}  {'min':>5}  {'max':>5}  {'reached':>7}")
     for pruner, runs in rows.items():
         ratios = [r["ratio"] for r in runs]
         reached = sum(math.isfinite(r) for r in ratios)
-        print(f"{pruner:>10}  {statistics.median(ratios):>12.2f}  {min(ratios):>5.2f}  {max(ratios):>5.2f}  "
-              f"{reached:>4}/{len(ratios)}")
+        print(
+            f"{pruner:>10}  {statistics.median(ratios):>12.2f}  {min(ratios):>5.2f}  {max(ratios):>5.2f}  "
+            f"{reached:>4}/{len(ratios)}"
+        )
     best = min(rows, key=lambda p: statistics.median(r["ratio"] for r in rows[p]))
     print(f"best pruner: {best} (median ratio {statistics.median(r['ratio'] for r in rows[best]):.2f}; target <= 0.30)")
     if args.json:

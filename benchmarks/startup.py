@@ -41,13 +41,15 @@ PATHS = {
     "searchlab run: before the study runs": (
         "from searchlab.cli import main\nfrom searchlab.config import resolve_config\n"
         "from searchlab.lifecycle import run_study\nfrom searchlab.summary import StudyInterrupted\n"
-        "from searchlab.study import load_study_file\nload_study_file({study!r})"),
+        "from searchlab.study import load_study_file\nload_study_file({study!r})"
+    ),
     # A spawned worker: unpickling its target imports searchlab.pool (and with it the worker, the objective and
     # tracking); it loads the study file, makes an MlflowClient, and the first optimizer imports torch._dynamo.
     "worker process: until its first optimizer": (
         "from searchlab.pool import worker_process\nfrom searchlab.study import load_study_file\n"
         "load_study_file({study!r})\n"
-        "from mlflow import MlflowClient\nimport torch\ntorch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)"),
+        "from mlflow import MlflowClient\nimport torch\ntorch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)"
+    ),
 }
 
 
@@ -60,7 +62,7 @@ def parse_importtime(stderr: str) -> dict[str, Any]:
     for line in stderr.splitlines():
         if not line.startswith("import time:") or line.count("|") < 2:
             continue
-        fields = line[len("import time:"):].split("|", 2)
+        fields = line[len("import time:") :].split("|", 2)
         try:
             self_us, cumulative_us = int(fields[0]), int(fields[1])
         except ValueError:
@@ -76,7 +78,7 @@ def parse_importtime(stderr: str) -> dict[str, Any]:
             continue
         heavy[name] = cumulative
         chain, level = [name], depth
-        for later_depth, later_name, _ in entries[index + 1:]:
+        for later_depth, later_name, _ in entries[index + 1 :]:
             if later_depth < level:
                 chain.append(later_name)
                 level = later_depth
@@ -91,8 +93,13 @@ def measure_imports(study: str) -> dict[str, Any]:
     for name, code in PATHS.items():
         source = code.format(study=study) + "\n" + PROBE.format(heavy=HEAVY)
         started = time.perf_counter()
-        done = subprocess.run([PYTHON, "-X", "importtime", "-c", source], capture_output=True, text=True,
-                              env=clean_env(), cwd=tempfile.gettempdir())
+        done = subprocess.run(
+            [PYTHON, "-X", "importtime", "-c", source],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            cwd=tempfile.gettempdir(),
+        )
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(f"{name}: {done.stderr[-2000:]}")
@@ -114,9 +121,21 @@ def first_epoch(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="searchlab-startup-") as folder:
         name = f"bench-startup-{os.getpid()}"
         tracking = args.tracking_uri or f"sqlite:///{Path(folder) / 'mlflow.db'}"
-        command = [*SEARCHLAB, "run", str(Path(args.study).resolve()), "--trials", str(args.workers),
-                   "--workers", str(args.workers), "--max-epochs", str(args.epochs), "--study-name", name,
-                   "--tracking-uri", tracking]
+        command = [
+            *SEARCHLAB,
+            "run",
+            str(Path(args.study).resolve()),
+            "--trials",
+            str(args.workers),
+            "--workers",
+            str(args.workers),
+            "--max-epochs",
+            str(args.epochs),
+            "--study-name",
+            name,
+            "--tracking-uri",
+            tracking,
+        ]
         if args.devices:  # every worker on these devices (a GPU host: K workers share each GPU)
             per_device = -(-args.workers // len(args.devices.split(",")))
             command += ["--devices", args.devices, "--trials-per-device", str(per_device)]
@@ -125,8 +144,9 @@ def first_epoch(args: argparse.Namespace) -> dict[str, Any]:
         wall = time.time() - started
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)}: {done.stderr[-2000:]}")
-        trials = optuna.load_study(study_name=name, storage=open_storage(str(Path(folder) / "searchlab.journal"))
-                                   ).get_trials(deepcopy=False)
+        trials = optuna.load_study(
+            study_name=name, storage=open_storage(str(Path(folder) / "searchlab.journal"))
+        ).get_trials(deepcopy=False)
         client = MlflowClient(tracking)
         experiment = client.get_experiment_by_name(name)
         runs = client.search_runs([experiment.experiment_id])
@@ -139,8 +159,9 @@ def first_epoch(args: argparse.Namespace) -> dict[str, Any]:
             trial_start = trial.datetime_start.timestamp()
             epoch_end = points[0].timestamp / 1000 if points else float("nan")
             worker = str(trial.user_attrs.get("worker"))
-            mine = workers.setdefault(worker, {"first_trial_s": trial_start - started,
-                                               "first_epoch_s": epoch_end - started})
+            mine = workers.setdefault(
+                worker, {"first_trial_s": trial_start - started, "first_epoch_s": epoch_end - started}
+            )
             mine["first_trial_s"] = min(mine["first_trial_s"], trial_start - started)
             mine["first_epoch_s"] = min(mine["first_epoch_s"], epoch_end - started)
         for mine in workers.values():
@@ -179,6 +200,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
                 if not seen:
                     seen.append(True)
                     step(name, time.perf_counter() - at, at)
+
         setattr(owner, attribute, wrapper)
 
     at = time.perf_counter()
@@ -186,6 +208,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     from searchlab.config import resolve_config
     from searchlab.lifecycle import run_study
     from searchlab.study import load_study_file
+
     step("imports of `searchlab run` (cli, check -> torch, torchmetrics, optuna)", time.perf_counter() - at, at)
     at = time.perf_counter()
     study = load_study_file(args.study)
@@ -216,15 +239,25 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     ):
         clocked(owner, attribute, name)
     tracking = args.tracking_uri or f"sqlite:///{Path(tempfile.mkdtemp(prefix='searchlab-setup-')) / 'mlflow.db'}"
-    config = resolve_config(study, {"n_trials": 1, "max_epochs": 1, "study_name": f"bench-setup-{os.getpid()}",
-                                    "tracking_uri": tracking, "storage": str(Path(tempfile.mkdtemp()) / "s.journal")})
+    config = resolve_config(
+        study,
+        {
+            "n_trials": 1,
+            "max_epochs": 1,
+            "study_name": f"bench-setup-{os.getpid()}",
+            "tracking_uri": tracking,
+            "storage": str(Path(tempfile.mkdtemp()) / "s.journal"),
+        },
+    )
     at = time.perf_counter()
     run_study(study, config, check=True, progress=False)
     step("run_study, 1 trial x 1 epoch, whole (publish included)", time.perf_counter() - at, at)
     first_epoch = next(s for s in steps if s["step"] == "first validation")
-    return {"tracking": "http" if tracking.startswith("http") else "sqlite (fresh)",
-            "first_epoch_s": first_epoch["start_s"] + first_epoch["seconds"],
-            "steps": sorted(steps, key=lambda s: s["start_s"])}
+    return {
+        "tracking": "http" if tracking.startswith("http") else "sqlite (fresh)",
+        "first_epoch_s": first_epoch["start_s"] + first_epoch["seconds"],
+        "steps": sorted(steps, key=lambda s: s["start_s"]),
+    }
 
 
 def main() -> None:

@@ -45,10 +45,15 @@ def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
 
 def count(trials: list[FrozenTrial]) -> Counts:
     retried = retried_numbers(trials)
-    final = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                or (t.state == TrialState.FAIL and t.number not in retried))
-    return Counts(final, sum(t.state == TrialState.RUNNING for t in trials),
-                  sum(t.state == TrialState.WAITING for t in trials))
+    final = sum(
+        1
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and t.number not in retried)
+    )
+    return Counts(
+        final, sum(t.state == TrialState.RUNNING for t in trials), sum(t.state == TrialState.WAITING for t in trials)
+    )
 
 
 def retry_trial(study: optuna.Study, failed: FrozenTrial, max_retries: int) -> bool:
@@ -60,10 +65,14 @@ def retry_trial(study: optuna.Study, failed: FrozenTrial, max_retries: int) -> b
     history = [*failed.system_attrs.get("retry_history", []), failed.number]
     if len(history) > max_retries:
         return False
-    study.add_trial(optuna.create_trial(
-        state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
-        system_attrs={"failed_trial": history[0], "retry_history": history},
-    ))
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=failed.params,
+            distributions=failed.distributions,
+            system_attrs={"failed_trial": history[0], "retry_history": history},
+        )
+    )
     return True
 
 
@@ -85,8 +94,9 @@ def has_room(study: optuna.Study) -> bool:
     return bool(counts.waiting) or counts.claimed < study.user_attrs.get(BUDGET_ATTR, 0)
 
 
-def claim(study: optuna.Study, lock: Callable[[], AbstractContextManager[None]], *,
-          worker: str) -> optuna.Trial | Literal["wait", "done"]:
+def claim(
+    study: optuna.Study, lock: Callable[[], AbstractContextManager[None]], *, worker: str
+) -> optuna.Trial | Literal["wait", "done"]:
     """A new or enqueued trial to run, marked as ``worker``'s; or WAIT (others still run trials that may fail and be
     retried), or DONE (the budget is met)."""
     with lock():

@@ -48,8 +48,12 @@ def _successive_halving(max_epochs: int) -> Any:
 
 SAMPLERS: dict[str, Callable[[int], Any]] = {"tpe": _tpe, "random": _random}  # name → sampler of a seed
 # name → pruner for trials of at most max_epochs epochs (one epoch = one resource unit)
-PRUNERS: dict[str, Callable[[int], Any]] = {"none": _no_pruning, "median": _median, "hyperband": _hyperband,
-                                            "sha": _successive_halving}
+PRUNERS: dict[str, Callable[[int], Any]] = {
+    "none": _no_pruning,
+    "median": _median,
+    "hyperband": _hyperband,
+    "sha": _successive_halving,
+}
 
 
 def make_sampler(name: str, seed: int, n_existing: int, worker: int = 0) -> Any:

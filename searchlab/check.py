@@ -90,8 +90,16 @@ def preflight_model(study: Study, task: Task, val_data: Data, start: Start | Non
         raise ConfigError(f"the study's model failed on a validation batch: {describe_error(error)}") from None
 
 
-def check_study(study: Study, train_data: Data, *, examples: int = EXAMPLES, steps: int = STEPS,
-                seed: int = 0, start: Start | None = None, threads: int | None = None) -> CheckResult:
+def check_study(
+    study: Study,
+    train_data: Data,
+    *,
+    examples: int = EXAMPLES,
+    steps: int = STEPS,
+    seed: int = 0,
+    start: Start | None = None,
+    threads: int | None = None,
+) -> CheckResult:
     """Try to overfit ``examples`` training examples in ``steps`` full-batch steps (from ``start``'s weights), on
     ``threads`` torch threads (default: as set; torch's setting is restored after)."""
     previous = torch.get_num_threads()
@@ -103,8 +111,9 @@ def check_study(study: Study, train_data: Data, *, examples: int = EXAMPLES, ste
         torch.set_num_threads(previous)
 
 
-def _overfit(study: Study, train_data: Data, *, examples: int, steps: int, seed: int,
-             start: Start | None) -> CheckResult:
+def _overfit(
+    study: Study, train_data: Data, *, examples: int, steps: int, seed: int, start: Start | None
+) -> CheckResult:
     task = get_task(study.task)
     params = {**(start.params if start else {}), **{name: first_value(dist) for name, dist in study.space.items()}}
     params.update({name: 0.0 for name in ("dropout", "weight_decay") if name in params})  # memorise, no regularising
@@ -135,15 +144,24 @@ def _overfit(study: Study, train_data: Data, *, examples: int, steps: int, seed:
         except Exception as error:
             return CheckResult(False, f"check failed: the model failed on a batch: {describe_error(error)}")
         if not math.isfinite(loss.item()):
-            return CheckResult(False, f"check failed: the loss became {loss.item()} at step {step} ({setting}): "
-                                      "a learning rate too high, or an unstable operation (log of 0, division by 0)")
+            return CheckResult(
+                False,
+                f"check failed: the loss became {loss.item()} at step {step} ({setting}): "
+                "a learning rate too high, or an unstable operation (log of 0, division by 0)",
+            )
         if not loss.requires_grad:
-            return CheckResult(False, "check failed: no gradient reaches the weights: the output does not depend on "
-                                      "them (a detached tensor, .item()/.numpy() inside forward, or frozen layers)")
+            return CheckResult(
+                False,
+                "check failed: no gradient reaches the weights: the output does not depend on "
+                "them (a detached tensor, .item()/.numpy() inside forward, or frozen layers)",
+            )
         loss.backward()
         if step == 1 and not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters()):
-            return CheckResult(False, "check failed: no gradient reaches the weights (every gradient is zero): "
-                                      "check forward() for detached tensors and dead activations")
+            return CheckResult(
+                False,
+                "check failed: no gradient reaches the weights (every gradient is zero): "
+                "check forward() for detached tensors and dead activations",
+            )
         optimizer.step()
         losses.append(loss.item())
     first, last = losses[0], losses[-1]
@@ -151,7 +169,13 @@ def _overfit(study: Study, train_data: Data, *, examples: int, steps: int, seed:
     if last <= NEAR_ZERO * first or last < 1e-4:
         return CheckResult(True, f"check passed: {measured}")
     if abs(first - last) <= 0.01 * abs(first):
-        return CheckResult(False, f"check failed: the loss never moves, {measured}: the learning rate is far too "
-                                  "small, or the layers that matter are frozen")
-    return CheckResult(False, f"check failed: the loss falls but not near zero, {measured}: a model too small to "
-                              "memorise a few examples, or inputs that do not determine the targets")
+        return CheckResult(
+            False,
+            f"check failed: the loss never moves, {measured}: the learning rate is far too "
+            "small, or the layers that matter are frozen",
+        )
+    return CheckResult(
+        False,
+        f"check failed: the loss falls but not near zero, {measured}: a model too small to "
+        "memorise a few examples, or inputs that do not determine the targets",
+    )

@@ -13,19 +13,29 @@ from searchlab.catalog import PRUNERS, SAMPLERS
 def store_options(command: Any) -> Any:
     """--storage and --study-name, shared by every command that reads a study."""
     command = click.option("--study-name", help="Optuna study and MLflow experiment name [default: the study's name].")(
-        command)
-    return click.option("--storage", help="Optuna storage: sqlite:///FILE, postgresql://USER@HOST/DB or a journal "
-                        "file path [default: searchlab.journal here; env SEARCHLAB_STORAGE].")(command)
+        command
+    )
+    return click.option(
+        "--storage",
+        help="Optuna storage: sqlite:///FILE, postgresql://USER@HOST/DB or a journal "
+        "file path [default: searchlab.journal here; env SEARCHLAB_STORAGE].",
+    )(command)
 
 
 def device_options(command: Any) -> Any:
     """--devices, --threads and --retries, shared by the commands that run trials."""
     command = click.option("--retries", type=int, help="Times a trial whose worker died is run again [default: 1].")(
-        command)
-    command = click.option("--threads", type=int, help="Torch threads per worker [default: 1 per CPU worker (use "
-                           "--workers auto for every core); a share of the cores per GPU worker].")(command)
+        command
+    )
+    command = click.option(
+        "--threads",
+        type=int,
+        help="Torch threads per worker [default: 1 per CPU worker (use "
+        "--workers auto for every core); a share of the cores per GPU worker].",
+    )(command)
     return click.option("--devices", help="auto (every GPU, else the CPU), cpu, cuda, or cuda:0,2 [default: auto].")(
-        command)
+        command
+    )
 
 
 TRACKING_HELP = "MLflow tracking URI [default: env SEARCHLAB_TRACKING_URI, MLFLOW_TRACKING_URI, sqlite:///mlflow.db]."
@@ -37,8 +47,11 @@ def search_options(command: Any) -> Any:
         click.option("--trials", "n_trials", type=int, help="Trials to run in this invocation [default: the study's]."),
         click.option("--timeout", type=float, help="Start no new trial after this many seconds."),
         click.option("--sampler", type=click.Choice(list(SAMPLERS)), help="Optuna sampler [default: tpe]."),
-        click.option("--pruner", type=click.Choice(list(PRUNERS)),
-                     help="Stop unpromising trials early, on the per-epoch validation loss [default: none]."),
+        click.option(
+            "--pruner",
+            type=click.Choice(list(PRUNERS)),
+            help="Stop unpromising trials early, on the per-epoch validation loss [default: none].",
+        ),
         click.option("--seed", type=int, help="Study seed: sampler, data split and every trial's seed [default: 0]."),
         store_options,
         click.option("--tracking-uri", help=TRACKING_HELP),
@@ -47,12 +60,18 @@ def search_options(command: Any) -> Any:
         click.option("--trials-per-device", type=int, help="Workers that may share one GPU [default: 1]."),
         device_options,
         click.option("--no-check", is_flag=True, help="Skip the overfit-one-batch check before the first trial."),
-        click.option("--report/--no-report", default=None,
-                     help="Write the study report (plots, summary) to the parent run at the end; it takes a few "
-                     "seconds [default: on; env SEARCHLAB_REPORT]."),
-        click.option("--register/--no-register", default=None,
-                     help="Register the best trial's model as NAME@best in the MLflow Model Registry at the end "
-                     "[default: on; env SEARCHLAB_REGISTER]."),
+        click.option(
+            "--report/--no-report",
+            default=None,
+            help="Write the study report (plots, summary) to the parent run at the end; it takes a few "
+            "seconds [default: on; env SEARCHLAB_REPORT].",
+        ),
+        click.option(
+            "--register/--no-register",
+            default=None,
+            help="Register the best trial's model as NAME@best in the MLflow Model Registry at the end "
+            "[default: on; env SEARCHLAB_REGISTER].",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -62,5 +81,7 @@ def search_options(command: Any) -> Any:
 HOST_HELP = "Interface to bind; 0.0.0.0 opens it to other hosts."
 
 
-ALLOWED_HOSTS_HELP = ("Other host names (comma-separated, no port) clients reach it by, e.g. $(hostname); "
-                      "loopback and --host are always allowed.")
+ALLOWED_HOSTS_HELP = (
+    "Other host names (comma-separated, no port) clients reach it by, e.g. $(hostname); "
+    "loopback and --host are always allowed."
+)

@@ -83,10 +83,20 @@ def run(file: str, no_check: bool, **flags: Any) -> None:
 @click.command()
 @click.argument("file")
 @search_options
-@click.option("--reevaluate", type=int, default=0, show_default=True,
-              help="Run the K best earlier configurations first, on tonight's data (they count in --trials).")
-@click.option("--threshold", type=float, default=0.01, show_default=True,
-              help="Promote tonight's best to the champion only when its val_loss is lower by this fraction.")
+@click.option(
+    "--reevaluate",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Run the K best earlier configurations first, on tonight's data (they count in --trials).",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Promote tonight's best to the champion only when its val_loss is lower by this fraction.",
+)
 def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flags: Any) -> None:
     """Run one night's sweep of FILE's study: continue it, compare tonight's best with the registered champion
     (alias 'champion') on tonight's data, promote it if it is better by --threshold, and summarise the night.
@@ -100,8 +110,14 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
     from searchlab.summary import StudyInterrupted
 
     try:
-        night, summary = run_night(study, resolve_config(study, flags), study_file=file, reevaluate=reevaluate,
-                                   threshold=threshold, check=not no_check)
+        night, summary = run_night(
+            study,
+            resolve_config(study, flags),
+            study_file=file,
+            reevaluate=reevaluate,
+            threshold=threshold,
+            check=not no_check,
+        )
     except StudyInterrupted:
         click.echo("interrupted: every open trial was failed and its MLflow run closed", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -112,11 +128,22 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
 @click.command()
 @click.argument("file")
 @click.option("--cron", required=True, help="When nights start, e.g. '0 2 * * *' (minute hour day month weekday).")
-@click.option("--format", "output_format", type=click.Choice(scheduling.FORMATS), default="cron",
-              show_default=True, help="A crontab line, a systemd service and timer, or a Kubernetes CronJob.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(scheduling.FORMATS),
+    default="cron",
+    show_default=True,
+    help="A crontab line, a systemd service and timer, or a Kubernetes CronJob.",
+)
 @click.option("--install", is_flag=True, help="Add the line to your crontab, or write the systemd units.")
-@click.option("--systemd-dir", type=click.Path(file_okay=False), default="~/.config/systemd/user", show_default=True,
-              help="Where --install writes systemd units.")
+@click.option(
+    "--systemd-dir",
+    type=click.Path(file_okay=False),
+    default="~/.config/systemd/user",
+    show_default=True,
+    help="Where --install writes systemd units.",
+)
 @click.option("--image", default="searchlab:latest", show_default=True, help="The container image of a CronJob.")
 @click.option("--serve", is_flag=True, help="Stay in the foreground and run each night when due (for containers).")
 @click.option("--max-nights", type=int, help="With --serve: stop after this many nights.")
@@ -125,8 +152,17 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
 @click.option("--reevaluate", type=int, help="Passed to each night's `searchlab nightly`.")
 @click.option("--threshold", type=float, help="Passed to each night's `searchlab nightly`.")
 @click.option("--workers", help="Passed to each night's `searchlab nightly`.")
-def schedule(file: str, cron: str, output_format: str, install: bool, systemd_dir: str, image: str, serve: bool,
-             max_nights: int | None, **passed: Any) -> None:
+def schedule(
+    file: str,
+    cron: str,
+    output_format: str,
+    install: bool,
+    systemd_dir: str,
+    image: str,
+    serve: bool,
+    max_nights: int | None,
+    **passed: Any,
+) -> None:
     """Run `searchlab nightly FILE` on a cron schedule: print (or --install) a crontab line, systemd units or a
     Kubernetes CronJob, or --serve: an in-process scheduler loop that logs each night's start and outcome.
 
@@ -135,15 +171,17 @@ def schedule(file: str, cron: str, output_format: str, install: bool, systemd_di
     if install and output_format == "k8s":
         raise ConfigError("--install does not apply a CronJob: pipe the manifest to kubectl apply -f -")
     name = load_study_file(file).name
-    args = [text for key, value in passed.items() if value is not None
-            for text in (f"--{key}", str(value))]
+    args = [text for key, value in passed.items() if value is not None for text in (f"--{key}", str(value))]
     if serve:
         command = scheduling.nightly_command(file, args)
         with interrupt_once():  # SIGTERM (docker stop) too: the running night stops cleanly before the loop does
             try:
-                nights = scheduling.serve(cron, lambda: scheduling.run_in_subprocess(command),
-                                          log=lambda line: click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True),
-                                          max_nights=max_nights)
+                nights = scheduling.serve(
+                    cron,
+                    lambda: scheduling.run_in_subprocess(command),
+                    log=lambda line: click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True),
+                    max_nights=max_nights,
+                )
             except KeyboardInterrupt:
                 click.echo("interrupted: the running night (if any) was stopped and closed its runs", err=True)
                 sys.exit(EXIT_INTERRUPTED)
@@ -165,8 +203,10 @@ def schedule(file: str, cron: str, output_format: str, install: bool, systemd_di
     units = scheduling.systemd_units(cron, command, Path.cwd(), name)
     if install:
         paths = scheduling.install_systemd(units, Path(systemd_dir).expanduser())
-        click.echo("wrote " + ", ".join(map(str, paths)) + "\nthen: systemctl --user daemon-reload && "
-                   f"systemctl --user enable --now {scheduling.unit_name(name)}.timer")
+        click.echo(
+            "wrote " + ", ".join(map(str, paths)) + "\nthen: systemctl --user daemon-reload && "
+            f"systemctl --user enable --now {scheduling.unit_name(name)}.timer"
+        )
     else:
         click.echo("\n".join(f"# {unit}\n{text}" for unit, text in units.items()))
 
@@ -217,8 +257,7 @@ def worker(file: str, **flags: Any) -> None:
 @click.argument("file")
 @store_options
 @click.option("--tracking-uri", help=TRACKING_HELP + " Needed when the study starts from weights in MLflow.")
-def replay(trial_number: int, file: str, storage: str | None, study_name: str | None,
-           tracking_uri: str | None) -> None:
+def replay(trial_number: int, file: str, storage: str | None, study_name: str | None, tracking_uri: str | None) -> None:
     """Retrain trial TRIAL_NUMBER of the study in FILE with its parameters and seed, and print its curve next to
     the recorded one (on the CPU they match exactly). Exit 0 when identical, 1 when not."""
     from searchlab.replay import replay_trial  # torch, optuna

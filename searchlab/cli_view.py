@@ -29,19 +29,43 @@ from searchlab.viewers import (
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
 @click.option("--port", type=int, default=5000, show_default=True)
-@click.option("--backend-store-uri", envvar="SEARCHLAB_BACKEND_STORE_URI", default="sqlite:///mlflow.db",
-              show_default=True, help="Where runs are kept: a sqlite file or postgresql://USER@HOST/DB. A URI with a "
-              "password goes in env SEARCHLAB_BACKEND_STORE_URI or --backend-store-uri-file, out of `ps`.")
-@click.option("--backend-store-uri-file", type=click.Path(exists=True, dir_okay=False),
-              help="A file holding the backend store URI (e.g. a Docker or Kubernetes secret).")
-@click.option("--artifacts-destination", default="./mlartifacts", show_default=True,
-              help="Where the server keeps artifacts (weights) it receives.")
-@click.option("--workers", type=int, default=1, show_default=True,
-              help="Server processes. With more than one, uvicorn's shared socket delays every reply on a kept-alive "
-              "connection (no TCP_NODELAY).")
+@click.option(
+    "--backend-store-uri",
+    envvar="SEARCHLAB_BACKEND_STORE_URI",
+    default="sqlite:///mlflow.db",
+    show_default=True,
+    help="Where runs are kept: a sqlite file or postgresql://USER@HOST/DB. A URI with a "
+    "password goes in env SEARCHLAB_BACKEND_STORE_URI or --backend-store-uri-file, out of `ps`.",
+)
+@click.option(
+    "--backend-store-uri-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A file holding the backend store URI (e.g. a Docker or Kubernetes secret).",
+)
+@click.option(
+    "--artifacts-destination",
+    default="./mlartifacts",
+    show_default=True,
+    help="Where the server keeps artifacts (weights) it receives.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Server processes. With more than one, uvicorn's shared socket delays every reply on a kept-alive "
+    "connection (no TCP_NODELAY).",
+)
 @click.option("--allowed-hosts", help=ALLOWED_HOSTS_HELP + " Without it, MLflow's default: loopback and private IPs.")
-def server(host: str, port: int, backend_store_uri: str, backend_store_uri_file: str | None,
-           artifacts_destination: str, workers: int, allowed_hosts: str | None) -> None:
+def server(
+    host: str,
+    port: int,
+    backend_store_uri: str,
+    backend_store_uri_file: str | None,
+    artifacts_destination: str,
+    workers: int,
+    allowed_hosts: str | None,
+) -> None:
     """Start an MLflow tracking server that workers on several hosts log to (--tracking-uri http://HOST:PORT).
 
     Runs `mlflow server` with these settings until Ctrl-C.
@@ -50,17 +74,27 @@ def server(host: str, port: int, backend_store_uri: str, backend_store_uri_file:
     names = served_names(host, parse_allowed_hosts(allowed_hosts))
     hosts = None if allowed_hosts is None else mlflow_allowed_hosts(names)  # None: MLflow's defaults
     check_port_free(host, port)
-    click.echo(f"MLflow tracking server on http://{host}:{port} (runs in {mask_password(backend_store_uri)}, "
-               f"artifacts in {artifacts_destination}); Ctrl-C stops it", err=True)
-    sys.exit(run_until_interrupted(mlflow_server_command(host, port, artifacts_destination=artifacts_destination,
-                                                         workers=workers, allowed_hosts=hosts), backend_store_uri))
+    click.echo(
+        f"MLflow tracking server on http://{host}:{port} (runs in {mask_password(backend_store_uri)}, "
+        f"artifacts in {artifacts_destination}); Ctrl-C stops it",
+        err=True,
+    )
+    sys.exit(
+        run_until_interrupted(
+            mlflow_server_command(
+                host, port, artifacts_destination=artifacts_destination, workers=workers, allowed_hosts=hosts
+            ),
+            backend_store_uri,
+        )
+    )
 
 
 def backend_store_uri_for(flag: str, file: str | None) -> str:
     """The backend store URI from the flag, SEARCHLAB_BACKEND_STORE_URI or a file; a password on the command line
     is refused, since every local user reads it in `ps`."""
-    on_command_line = click.get_current_context().get_parameter_source("backend_store_uri") is \
-        ParameterSource.COMMANDLINE
+    on_command_line = (
+        click.get_current_context().get_parameter_source("backend_store_uri") is ParameterSource.COMMANDLINE
+    )
     if file is not None:
         if on_command_line:
             raise ConfigError("pass --backend-store-uri or --backend-store-uri-file, not both")
@@ -70,8 +104,10 @@ def backend_store_uri_for(flag: str, file: str | None) -> str:
             raise ConfigError(f"{file} is empty: it should hold the backend store URI")
         return uri
     if on_command_line and mask_password(flag) != flag:
-        raise ConfigError("--backend-store-uri holds a password, which `ps` shows to every local user: put the URI "
-                          "in env SEARCHLAB_BACKEND_STORE_URI or in a file for --backend-store-uri-file")
+        raise ConfigError(
+            "--backend-store-uri holds a password, which `ps` shows to every local user: put the URI "
+            "in env SEARCHLAB_BACKEND_STORE_URI or in a file for --backend-store-uri-file"
+        )
     return flag
 
 
@@ -91,13 +127,17 @@ def ui(file: str | None, tracking_uri: str | None, study_name: str | None, host:
     check_tracking_uri(uri, writes=False)
     name = study_name_for(file, study_name)
     if uri.startswith(("http://", "https://")):
-        click.echo(f"MLflow UI: {experiment_url(mask_password(uri).rstrip('/'), uri, name)} (served by the tracking "
-                   "server)")
+        click.echo(
+            f"MLflow UI: {experiment_url(mask_password(uri).rstrip('/'), uri, name)} (served by the tracking server)"
+        )
         return
     check_runs_exist(uri)
     check_port_free(host, port)
-    click.echo(f"MLflow UI: {experiment_url(f'http://{host}:{port}', uri, name)} (runs in {mask_password(uri)}); "
-               "Ctrl-C stops it", err=True)
+    click.echo(
+        f"MLflow UI: {experiment_url(f'http://{host}:{port}', uri, name)} (runs in {mask_password(uri)}); "
+        "Ctrl-C stops it",
+        err=True,
+    )
     sys.exit(run_until_interrupted(mlflow_server_command(host, port, workers=1), uri))
 
 
@@ -107,17 +147,34 @@ def ui(file: str | None, tracking_uri: str | None, study_name: str | None, host:
 @click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--allowed-hosts", help=ALLOWED_HOSTS_HELP)
-@click.option("--read-only/--read-write", default=False, show_default=True,
-              help="Refuse every change (create, rename, delete, notes): for a dashboard others can reach.")
-def dashboard(file: str | None, storage: str | None, study_name: str | None, host: str, port: int,
-              allowed_hosts: str | None, read_only: bool) -> None:
+@click.option(
+    "--read-only/--read-write",
+    default=False,
+    show_default=True,
+    help="Refuse every change (create, rename, delete, notes): for a dashboard others can reach.",
+)
+def dashboard(
+    file: str | None,
+    storage: str | None,
+    study_name: str | None,
+    host: str,
+    port: int,
+    allowed_hosts: str | None,
+    read_only: bool,
+) -> None:
     """Open optuna-dashboard on the study's storage (history, importances, parallel coordinates) until Ctrl-C.
 
     It answers only requests for loopback, --host and --allowed-hosts, and refuses changes sent from other sites."""
     from searchlab.results import study_name_for  # optuna
 
-    url, serve = serve_dashboard(storage_for(storage), host, port, study_name_for(file, study_name),
-                                 allowed_hosts=parse_allowed_hosts(allowed_hosts), read_only=read_only)
+    url, serve = serve_dashboard(
+        storage_for(storage),
+        host,
+        port,
+        study_name_for(file, study_name),
+        allowed_hosts=parse_allowed_hosts(allowed_hosts),
+        read_only=read_only,
+    )
     click.echo(f"Optuna dashboard: {url}{' (read-only)' if read_only else ''}; Ctrl-C stops it", err=True)
     serve()
 
@@ -127,8 +184,9 @@ def dashboard(file: str | None, storage: str | None, study_name: str | None, hos
 @store_options
 @click.option("--tracking-uri", help=TRACKING_HELP)
 @click.option("--out", type=click.Path(file_okay=False), help="Write the report to this folder instead of MLflow.")
-def report(file: str | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
-           out: str | None) -> None:
+def report(
+    file: str | None, storage: str | None, study_name: str | None, tracking_uri: str | None, out: str | None
+) -> None:
     """Write the study report (Optuna's plots and a summary table) to the study's latest parent run in MLflow,
     or to --out. `searchlab run` writes it at the end of every run."""
     from searchlab.report import publish_report  # optuna, plotly
@@ -151,13 +209,27 @@ def trials(file: str | None, storage: str | None, study_name: str | None) -> Non
 @click.argument("file", required=False)
 @store_options
 @click.option("--tracking-uri", help=TRACKING_HELP)
-@click.option("--export", "export_path", type=click.Path(dir_okay=False),
-              help="Write the best trial's weights (a state_dict) to this file.")
-@click.option("--load", "load", is_flag=True,
-              help="Load the registered best model (models:/STUDY@best) into the study's model, check its "
-                   "validation loss, and show the Python that does it.")
-def best(file: str | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
-         export_path: str | None, load: bool) -> None:
+@click.option(
+    "--export",
+    "export_path",
+    type=click.Path(dir_okay=False),
+    help="Write the best trial's weights (a state_dict) to this file.",
+)
+@click.option(
+    "--load",
+    "load",
+    is_flag=True,
+    help="Load the registered best model (models:/STUDY@best) into the study's model, check its "
+    "validation loss, and show the Python that does it.",
+)
+def best(
+    file: str | None,
+    storage: str | None,
+    study_name: str | None,
+    tracking_uri: str | None,
+    export_path: str | None,
+    load: bool,
+) -> None:
     """Show the best trial's params, value and run id; --export writes its state_dict, --load rebuilds the
     registered model."""
     from searchlab.results import best_trial, format_best, open_results  # optuna

@@ -71,12 +71,19 @@ class TrialSettings:
 
     @classmethod
     def of(cls, config: RunConfig, run: RunStarted) -> TrialSettings:
-        return cls(run.experiment_id, run.parent_run_id, config.seed, config.max_epochs, config.patience,
-                   {"study_name": config.study_name, "sampler": config.sampler, "pruner": config.pruner})
+        return cls(
+            run.experiment_id,
+            run.parent_run_id,
+            config.seed,
+            config.max_epochs,
+            config.patience,
+            {"study_name": config.study_name, "sampler": config.sampler, "pruner": config.pruner},
+        )
 
 
-def resolve_config(study: Study, flags: Mapping[str, Any] | None = None,
-                   env: Mapping[str, str] | None = None) -> RunConfig:
+def resolve_config(
+    study: Study, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> RunConfig:
     """Merge the study's own settings, the environment and explicit flags (None means "not given")."""
     values: dict[str, Any] = {
         "study_name": study.name,

@@ -89,8 +89,9 @@ class TensorBatches:
 class LoaderBatches:
     """Mini-batches of any Dataset through a DataLoader, moved to the device batch by batch."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator,
-                 device: torch.device) -> None:
+    def __init__(
+        self, dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator, device: torch.device
+    ) -> None:
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
         self.device = device
 

@@ -57,7 +57,7 @@ def parse_devices(spec: str, n_gpus: int) -> list[str]:
         return [f"cuda:{i}" for i in range(n_gpus)]
     if spec.startswith("cuda:"):
         try:
-            indices = [int(part) for part in spec[len("cuda:"):].split(",")]
+            indices = [int(part) for part in spec[len("cuda:") :].split(",")]
         except ValueError:
             raise ConfigError(f"--devices {spec!r}: list GPU indices, e.g. cuda:0,2") from None
         missing = [i for i in indices if not 0 <= i < n_gpus]
@@ -82,8 +82,14 @@ def parse_workers(spec: str | int) -> int | None:
     return workers
 
 
-def assign_slots(devices: list[str], workers: int | None, *, trials_per_device: int = 1,
-                 cpu_count: int | None = None, threads: int | None = None) -> list[Slot]:
+def assign_slots(
+    devices: list[str],
+    workers: int | None,
+    *,
+    trials_per_device: int = 1,
+    cpu_count: int | None = None,
+    threads: int | None = None,
+) -> list[Slot]:
     """One slot per worker: GPUs round-robin (``trials_per_device`` workers may share one), CPU threads split.
 
     ``workers=None`` means one worker per slot: ``trials_per_device`` per GPU, or one per core on the CPU.
@@ -98,8 +104,10 @@ def assign_slots(devices: list[str], workers: int | None, *, trials_per_device: 
     capacity = cores if on_cpu else len(devices) * trials_per_device
     count = capacity if workers is None else workers
     if not on_cpu and count > capacity:
-        raise ConfigError(f"{count} workers need {count} GPU slots, but {len(devices)} GPU(s) x "
-                          f"{trials_per_device} trial(s) per device give {capacity}: raise --trials-per-device")
+        raise ConfigError(
+            f"{count} workers need {count} GPU slots, but {len(devices)} GPU(s) x "
+            f"{trials_per_device} trial(s) per device give {capacity}: raise --trials-per-device"
+        )
     if threads is None:
         threads = 1 if on_cpu else max(1, cores // count)
     elif threads < 1:

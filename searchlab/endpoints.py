@@ -30,11 +30,15 @@ def check_tracking_uri(uri: str, *, writes: bool = True) -> None:
     elif is_database_url(uri):
         check_sqlite_folder(uri, writes=writes)
     elif "://" not in uri or uri.startswith("file:"):
-        raise ConfigError(f"tracking URI {mask_password(uri)!r} is a folder (MLflow's file store, which MLflow 3 "
-                          "refuses): use sqlite:///PATH (e.g. sqlite:///mlflow.db) or http://HOST:PORT")
+        raise ConfigError(
+            f"tracking URI {mask_password(uri)!r} is a folder (MLflow's file store, which MLflow 3 "
+            "refuses): use sqlite:///PATH (e.g. sqlite:///mlflow.db) or http://HOST:PORT"
+        )
     else:
-        raise ConfigError(f"unsupported tracking URI {mask_password(uri)!r}: use sqlite:///PATH, "
-                          "postgresql://USER@HOST/DB or http://HOST:PORT")
+        raise ConfigError(
+            f"unsupported tracking URI {mask_password(uri)!r}: use sqlite:///PATH, "
+            "postgresql://USER@HOST/DB or http://HOST:PORT"
+        )
 
 
 def check_tracking_server(uri: str) -> None:
@@ -42,8 +46,9 @@ def check_tracking_server(uri: str) -> None:
     server that refuses the host name in ``uri`` passed it and then refused the run's first call (HTTP 403)."""
     parts = urllib.parse.urlsplit(uri)
     host = parts.netloc.rpartition("@")[2]  # the Host header; credentials are the MLflow client's business
-    url = urllib.parse.urlunsplit((parts.scheme, host, parts.path.rstrip("/") + "/api/2.0/mlflow/experiments/search",
-                                   "max_results=1", ""))
+    url = urllib.parse.urlunsplit(
+        (parts.scheme, host, parts.path.rstrip("/") + "/api/2.0/mlflow/experiments/search", "max_results=1", "")
+    )
     try:
         with urllib.request.urlopen(url, timeout=10):
             return
@@ -51,14 +56,18 @@ def check_tracking_server(uri: str) -> None:
         if error.code == 401:  # reached; it wants the credentials this check does not send
             return
         if error.code == 403 and b"Invalid Host header" in error.read():
-            raise ConfigError(f"the MLflow tracking server at {mask_password(uri)} refuses the host name {host!r} "
-                              f"(HTTP 403, MLflow's host check): start it with --allowed-hosts {parts.hostname}, or "
-                              "reach it by a private IP address") from None
+            raise ConfigError(
+                f"the MLflow tracking server at {mask_password(uri)} refuses the host name {host!r} "
+                f"(HTTP 403, MLflow's host check): start it with --allowed-hosts {parts.hostname}, or "
+                "reach it by a private IP address"
+            ) from None
         reason = f"HTTP {error.code}"
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = str(getattr(error, "reason", error))
-    raise ConfigError(f"cannot reach the MLflow tracking server at {mask_password(uri)} ({reason}): "
-                      "start it (mlflow server) or fix --tracking-uri")
+    raise ConfigError(
+        f"cannot reach the MLflow tracking server at {mask_password(uri)} ({reason}): "
+        "start it (mlflow server) or fix --tracking-uri"
+    )
 
 
 def experiment_page(base: str, experiment_id: str) -> str:

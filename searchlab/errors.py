@@ -6,8 +6,13 @@ import sys
 from typing import Any, NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WORSE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_MEANINGS = {EXIT_OK: "improved or held", EXIT_FAILED: "the sweep failed", EXIT_BAD_INPUT: "bad input",
-                 EXIT_WORSE: "the champion got worse", EXIT_INTERRUPTED: "interrupted"}  # of `searchlab nightly`
+EXIT_MEANINGS = {
+    EXIT_OK: "improved or held",
+    EXIT_FAILED: "the sweep failed",
+    EXIT_BAD_INPUT: "bad input",
+    EXIT_WORSE: "the champion got worse",
+    EXIT_INTERRUPTED: "interrupted",
+}  # of `searchlab nightly`
 
 
 class ConfigError(ValueError):

@@ -43,8 +43,15 @@ from searchlab.unsent import resend_unsent, unsent_runs
 from searchlab.worker import run_worker
 
 
-def run_study(study: Study, config: RunConfig, *, study_file: str | None = None, check: bool = True,
-              progress: bool = True, enqueue: Sequence[dict[str, Any]] = ()) -> RunSummary:
+def run_study(
+    study: Study,
+    config: RunConfig,
+    *,
+    study_file: str | None = None,
+    check: bool = True,
+    progress: bool = True,
+    enqueue: Sequence[dict[str, Any]] = (),
+) -> RunSummary:
     """Run ``config.n_trials`` more trials of ``study`` and track them; bad input, or (with ``check``) a model
     that cannot overfit one tiny batch, fails before anything is written. ``study_file`` (the file declaring
     ``study``) is needed to start worker processes. ``enqueue``: params to run first, on top of ``n_trials``."""
@@ -75,8 +82,16 @@ class OpenRun:
     summary: RunSummary
 
 
-def _run_study(study: Study, config: RunConfig, slots: list[Slot], workers: Workers | None, study_file: str | None,
-               check: bool, progress: bool, enqueue: Sequence[dict[str, Any]]) -> RunSummary:
+def _run_study(
+    study: Study,
+    config: RunConfig,
+    slots: list[Slot],
+    workers: Workers | None,
+    study_file: str | None,
+    check: bool,
+    progress: bool,
+    enqueue: Sequence[dict[str, Any]],
+) -> RunSummary:
     check_tracking_uri(config.tracking_uri)  # first: the starting weights may come from it
     prepared = prepare(study, config)
     if check:
@@ -90,9 +105,17 @@ def _run_study(study: Study, config: RunConfig, slots: list[Slot], workers: Work
             _search(run, study, config, slots, workers, prepared, progress, enqueue)
             if unsent_runs(config.tracking_uri):  # the workers waited for the store already: publish does not
                 run.tracker.give_up.set()
-            run.summary.published = publish(run.study, run.tracker, run.parent_run_id, study, study_file,
-                                            prepared.val, config.study_name, report=config.report,
-                                            register_best=config.register)
+            run.summary.published = publish(
+                run.study,
+                run.tracker,
+                run.parent_run_id,
+                study,
+                study_file,
+                prepared.val,
+                config.study_name,
+                report=config.report,
+                register_best=config.register,
+            )
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -108,39 +131,68 @@ def _open_run(config: RunConfig) -> OpenRun:
     """Open (or create) the Optuna study and its MLflow experiment, recover what earlier runs left (unsent records,
     trials and runs of dead workers), and start the parent run."""
     storage = open_storage(config.storage)
-    study = optuna.create_study(storage=storage, study_name=config.study_name, direction="minimize",
-                                load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage, study_name=config.study_name, direction="minimize", load_if_exists=True
+    )
     if study.direction != optuna.study.StudyDirection.MINIMIZE:
-        raise ConfigError(f"study {config.study_name!r} in {describe(config.storage)} maximizes; "
-                          "searchlab minimizes validation loss: choose another --study-name")
+        raise ConfigError(
+            f"study {config.study_name!r} in {describe(config.storage)} maximizes; "
+            "searchlab minimizes validation loss: choose another --study-name"
+        )
     tracker = MlflowTracker(config.tracking_uri, retry_seconds=config.tracking_wait)
     lock = budget_lock(config.storage, storage, config.study_name)
     resent = resend_unsent(config.tracking_uri, wait=config.tracking_wait)  # before the dead runs: it may close some
     before = {trial.number for trial in study.get_trials(deepcopy=False)}  # retries enqueued next run here
-    reap_dead_local_trials(study, retries=config.retries, tracker=tracker, lock=lock,
-                           reason="its worker died before this run started")
+    reap_dead_local_trials(
+        study, retries=config.retries, tracker=tracker, lock=lock, reason="its worker died before this run started"
+    )
     experiment_id = tracker.experiment_id(config.study_name)  # once, before any worker starts
     tracker.close_dead_runs(experiment_id, is_dead_local_worker)
-    parent_run_id = tracker.start_run(experiment_id, f"{config.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      tags={"study_name": config.study_name, "role": "study",
-                                            WORKER: worker_name(), "mlflow.note.content": HOW_TO_COMPARE})
-    summary = RunSummary(config.study_name, describe(config.storage), config.tracking_uri, experiment_id,
-                         parent_run_id)
+    parent_run_id = tracker.start_run(
+        experiment_id,
+        f"{config.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={
+            "study_name": config.study_name,
+            "role": "study",
+            WORKER: worker_name(),
+            "mlflow.note.content": HOW_TO_COMPARE,
+        },
+    )
+    summary = RunSummary(config.study_name, describe(config.storage), config.tracking_uri, experiment_id, parent_run_id)
     if resent:
         summary.notes.append(f"resent     {resent} trial run(s) an earlier run could not send to MLflow")
     return OpenRun(storage, study, tracker, lock, before, experiment_id, parent_run_id, summary)
 
 
-def _search(run: OpenRun, study: Study, config: RunConfig, slots: list[Slot], workers: Workers | None,
-            prepared: Prepared, progress: bool, enqueue: Sequence[dict[str, Any]]) -> None:
+def _search(
+    run: OpenRun,
+    study: Study,
+    config: RunConfig,
+    slots: list[Slot],
+    workers: Workers | None,
+    prepared: Prepared,
+    progress: bool,
+    enqueue: Sequence[dict[str, Any]],
+) -> None:
     """Record the run's settings and budget, then run its trials: here, or in the worker pool."""
-    run.tracker.log_params(run.parent_run_id, {
-        "task": study.task, "sampler": config.sampler, "pruner": config.pruner, "seed": config.seed,
-        "n_trials": config.n_trials, "timeout": config.timeout, "max_epochs": config.max_epochs,
-        "patience": config.patience, "storage": describe(config.storage), "searched": ",".join(study.searched),
-        "workers": len(slots), "devices": ",".join(sorted({slot.device for slot in slots})),
-        "retries": config.retries,
-    })
+    run.tracker.log_params(
+        run.parent_run_id,
+        {
+            "task": study.task,
+            "sampler": config.sampler,
+            "pruner": config.pruner,
+            "seed": config.seed,
+            "n_trials": config.n_trials,
+            "timeout": config.timeout,
+            "max_epochs": config.max_epochs,
+            "patience": config.patience,
+            "storage": describe(config.storage),
+            "searched": ",".join(study.searched),
+            "workers": len(slots),
+            "devices": ",".join(sorted({slot.device for slot in slots})),
+            "retries": config.retries,
+        },
+    )
     optuna_study = run.study
     optuna_study.set_user_attr(EXPERIMENT_ATTR, run.experiment_id)
     optuna_study.set_user_attr(PARENT_RUN_ATTR, run.parent_run_id)
@@ -148,18 +200,37 @@ def _search(run: OpenRun, study: Study, config: RunConfig, slots: list[Slot], wo
     for params in enqueue:
         optuna_study.enqueue_trial(params, skip_if_exists=False)
     optuna_study.set_user_attr(BUDGET_ATTR, count(optuna_study.get_trials(deepcopy=False)).claimed + config.n_trials)
-    started = RunStarted(run.experiment_id, run.parent_run_id,
-                         None if config.timeout is None else time.time() + config.timeout)
-    bar = progress_bar(config, enabled=progress, total=config.n_trials
-                       + len(optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
+    started = RunStarted(
+        run.experiment_id, run.parent_run_id, None if config.timeout is None else time.time() + config.timeout
+    )
+    bar = progress_bar(
+        config,
+        enabled=progress,
+        total=config.n_trials + len(optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))),
+    )
     try:
         if workers is None:
-            run_worker(study, config, slots[0], started, prepared=prepared,
-                       on_trial_end=lambda trial: show_trials(bar, [trial]))
+            run_worker(
+                study,
+                config,
+                slots[0],
+                started,
+                prepared=prepared,
+                on_trial_end=lambda trial: show_trials(bar, [trial]),
+            )
         else:
             workers.go(started)
-            coordinate(workers, config, slots, optuna_study, run.tracker, bar, run.lock, run.before,
-                       experiment_id=run.experiment_id)
+            coordinate(
+                workers,
+                config,
+                slots,
+                optuna_study,
+                run.tracker,
+                bar,
+                run.lock,
+                run.before,
+                experiment_id=run.experiment_id,
+            )
     finally:
         bar.close()
         run.summary.record(optuna_study.get_trials(deepcopy=False), run.before)
@@ -168,19 +239,37 @@ def _search(run: OpenRun, study: Study, config: RunConfig, slots: list[Slot], wo
 def _close_parent_run(run: OpenRun, config: RunConfig, status: str) -> None:
     """The run's outcome in one call, then its status; what could not be sent is noted in the summary."""
     summary = run.summary
-    best = {} if summary.best is None else {"best_trial": summary.best.number,
-                                            "best_run_id": summary.best.user_attrs.get(RUN_ID_ATTR)}
+    best = (
+        {}
+        if summary.best is None
+        else {"best_trial": summary.best.number, "best_run_id": summary.best.user_attrs.get(RUN_ID_ATTR)}
+    )
     try:
-        run.tracker.end_run(run.parent_run_id, status, tags={STATE_TAG: status, **best},
-                            metrics={"best_value": value_of(summary.best)} if summary.best else None)
+        run.tracker.end_run(
+            run.parent_run_id,
+            status,
+            tags={STATE_TAG: status, **best},
+            metrics={"best_value": value_of(summary.best)} if summary.best else None,
+        )
     except ConnectionError:
-        summary.notes.append(f"parent     run {run.parent_run_id} left RUNNING: MLflow is unreachable (the next "
-                             "run closes it)")
+        summary.notes.append(
+            f"parent     run {run.parent_run_id} left RUNNING: MLflow is unreachable (the next run closes it)"
+        )
     summary.notes += unsent_note(config.tracking_uri)
 
 
-def publish(study: optuna.Study, tracker: MlflowTracker, parent_run_id: str, declared: Study, study_file: str | None,
-            val_data: Data, name: str, *, report: bool = True, register_best: bool = True) -> list[str]:
+def publish(
+    study: optuna.Study,
+    tracker: MlflowTracker,
+    parent_run_id: str,
+    declared: Study,
+    study_file: str | None,
+    val_data: Data,
+    name: str,
+    *,
+    report: bool = True,
+    register_best: bool = True,
+) -> list[str]:
     """Write the study report to the parent run (unless not ``report``) and register the best model (alias
     ``best``; unless not ``register_best``); returns summary lines. Either failing is reported in its line and
     does not fail the run."""
@@ -191,21 +280,26 @@ def publish(study: optuna.Study, tracker: MlflowTracker, parent_run_id: str, dec
         try:
             # no PNGs: drawing them takes seconds at the end of every run; 'searchlab report' draws them
             log_report(study, lambda folder, path: tracker.log_artifacts(parent_run_id, folder, path), images=False)
-            lines.append(f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html; PNGs: "
-                         "searchlab report)")
+            lines.append(
+                f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html; PNGs: searchlab report)"
+            )
         except Exception as error:
             if isinstance(error, ConnectionError):
                 tracker.give_up.set()  # the store is unreachable: what follows fails at once, not after a wait
             lines.append(f"report     not written: {describe_error(error)} (try 'searchlab report')")
     best = best_complete(study.get_trials(deepcopy=False))
     if best is not None and not register_best:
-        lines.append("model      not registered (--no-register): the best weights are in its trial's run "
-                     "(searchlab best --export)")
+        lines.append(
+            "model      not registered (--no-register): the best weights are in its trial's run "
+            "(searchlab best --export)"
+        )
     elif best is not None:
         try:
             version = register(tracker.client, name, best, declared, study_file, val_data)
-            lines.append(f"model      models:/{name}@{BEST_ALIAS} (version {version.version}, trial {best.number}; "
-                         "searchlab best --load)")
+            lines.append(
+                f"model      models:/{name}@{BEST_ALIAS} (version {version.version}, trial {best.number}; "
+                "searchlab best --load)"
+            )
         except Exception as error:
             lines.append(f"model      not registered: {describe_error(error)}")
     return lines

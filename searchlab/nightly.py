@@ -53,7 +53,8 @@ def night_lock(url: str | None, study_name: str) -> Iterator[None]:
     if url.startswith(("postgresql", "postgres")):
         storage = open_storage(url)
         lock: contextlib.AbstractContextManager[None] = advisory_lock(
-            storage.engine, lock_key(f"searchlab-nightly:{study_name}"), wait=False)
+            storage.engine, lock_key(f"searchlab-nightly:{study_name}"), wait=False
+        )
     elif path is None:  # another database: no cross-host lock here
         lock = contextlib.nullcontext()
     elif not path.parent.is_dir():
@@ -67,8 +68,9 @@ def night_lock(url: str | None, study_name: str) -> Iterator[None]:
         try:
             held.enter_context(lock)
         except LockHeld as other:
-            raise NightRunning(f"another nightly of study {study_name!r} is running ({other}): this one exits "
-                               "without running") from None
+            raise NightRunning(
+                f"another nightly of study {study_name!r} is running ({other}): this one exits without running"
+            ) from None
         yield
 
 
@@ -89,8 +91,10 @@ def importances(trials: list[Any]) -> dict[str, float]:
     study.add_trials(trials)
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return {name: round(float(value), 4) for name, value in
-                optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+        return {
+            name: round(float(value), 4)
+            for name, value in optuna.importance.get_param_importances(study, evaluator=evaluator).items()
+        }
     except (ValueError, RuntimeError):
         return {}
 
@@ -121,11 +125,15 @@ class Night:
         reason = f": {self.reason}" if self.reason else ""
         lines = [f"night      {self.night}: {self.decision} (exit {self.exit_code}){reason}"]
         if self.best_value is not None:
-            lines.append(f"tonight    best val_loss {self.best_value:.6g} (trial {self.best_trial}) of {self.trials} "
-                         f"trials, {self.reevaluated} re-evaluated")
+            lines.append(
+                f"tonight    best val_loss {self.best_value:.6g} (trial {self.best_trial}) of {self.trials} "
+                f"trials, {self.reevaluated} re-evaluated"
+            )
         if self.champion_before is not None:
-            lines.append(f"champion   version {self.champion_before}: {format_value(self.champion_recorded)} when "
-                         f"promoted, {format_value(self.champion_tonight)} on tonight's data")
+            lines.append(
+                f"champion   version {self.champion_before}: {format_value(self.champion_recorded)} when "
+                f"promoted, {format_value(self.champion_tonight)} on tonight's data"
+            )
         if self.champion_after is not None:
             lines.append(f"champion   now version {self.champion_after}")
         return lines
@@ -143,35 +151,53 @@ def decide(night: Night, threshold: float) -> bool:
         return True
     if night.best_value <= night.champion_tonight * (1 - threshold):
         night.decision, night.exit_code = "promoted", EXIT_OK
-        night.reason = f"{night.best_value:.6g} beats the champion's {night.champion_tonight:.6g} by more than " \
-                       f"{threshold:.0%}"
+        night.reason = (
+            f"{night.best_value:.6g} beats the champion's {night.champion_tonight:.6g} by more than {threshold:.0%}"
+        )
         return True
     if night.champion_recorded is not None and night.champion_tonight > night.champion_recorded * (1 + threshold):
         night.decision, night.exit_code = "champion worse", EXIT_WORSE
-        night.reason = f"the champion scores {night.champion_tonight:.6g} on tonight's data against " \
-                       f"{night.champion_recorded:.6g} when promoted, and tonight's best ({night.best_value:.6g}) " \
-                       "does not beat it"
+        night.reason = (
+            f"the champion scores {night.champion_tonight:.6g} on tonight's data against "
+            f"{night.champion_recorded:.6g} when promoted, and tonight's best ({night.best_value:.6g}) "
+            "does not beat it"
+        )
         return False
     night.decision, night.exit_code = "held", EXIT_OK
-    night.reason = f"tonight's best {night.best_value:.6g} does not beat the champion's {night.champion_tonight:.6g} " \
-                   f"by {threshold:.0%}"
+    night.reason = (
+        f"tonight's best {night.best_value:.6g} does not beat the champion's {night.champion_tonight:.6g} "
+        f"by {threshold:.0%}"
+    )
     return False
 
 
 def summary_markdown(study_name: str, nights: list[dict[str, Any]]) -> str:
     """Night over night: the best value per night, what changed in the best params, importance drift."""
     tonight = nights[-1]
-    lines = [f"# Nightly sweeps of {study_name}", "", f"Tonight (night {tonight['night']}): **{tonight['decision']}** "
-             f"(exit {tonight['exit_code']}). {tonight['reason']}", "", "## Best value per night", "",
-             "| night | started | trials | best val_loss | champion on that night's data | decision |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {n['night']} | {n['started']} | {n['trials']} | {format_value(n['best_value'])} | "
-              f"{format_value(n['champion_tonight'])} | {n['decision']} |" for n in nights]
+    lines = [
+        f"# Nightly sweeps of {study_name}",
+        "",
+        f"Tonight (night {tonight['night']}): **{tonight['decision']}** "
+        f"(exit {tonight['exit_code']}). {tonight['reason']}",
+        "",
+        "## Best value per night",
+        "",
+        "| night | started | trials | best val_loss | champion on that night's data | decision |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {n['night']} | {n['started']} | {n['trials']} | {format_value(n['best_value'])} | "
+        f"{format_value(n['champion_tonight'])} | {n['decision']} |"
+        for n in nights
+    ]
     previous = next((n for n in reversed(nights[:-1]) if n["best_params"]), None)
     if previous is not None and tonight["best_params"]:
         names = sorted(set(previous["best_params"]) | set(tonight["best_params"]))
-        changed = [(name, previous["best_params"].get(name), tonight["best_params"].get(name)) for name in names
-                   if previous["best_params"].get(name) != tonight["best_params"].get(name)]
+        changed = [
+            (name, previous["best_params"].get(name), tonight["best_params"].get(name))
+            for name in names
+            if previous["best_params"].get(name) != tonight["best_params"].get(name)
+        ]
         lines += ["", f"## Best params: night {previous['night']} → tonight", ""]
         if changed:
             lines += ["| param | before | tonight |", "|---|---|---|"]
@@ -180,18 +206,32 @@ def summary_markdown(study_name: str, nights: list[dict[str, Any]]) -> str:
             lines.append("Unchanged.")
     drift_from = next((n for n in reversed(nights[:-1]) if n["importances"]), None)
     if drift_from is not None and tonight["importances"]:
-        names = sorted(set(drift_from["importances"]) | set(tonight["importances"]),
-                       key=lambda name: -tonight["importances"].get(name, 0.0))
-        lines += ["", f"## Parameter importance drift: night {drift_from['night']} → tonight", "",
-                  "| param | before | tonight | change |", "|---|---|---|---|"]
+        names = sorted(
+            set(drift_from["importances"]) | set(tonight["importances"]),
+            key=lambda name: -tonight["importances"].get(name, 0.0),
+        )
+        lines += [
+            "",
+            f"## Parameter importance drift: night {drift_from['night']} → tonight",
+            "",
+            "| param | before | tonight | change |",
+            "|---|---|---|---|",
+        ]
         for name in names:
             old, new = drift_from["importances"].get(name, 0.0), tonight["importances"].get(name, 0.0)
             lines.append(f"| {name} | {old:.3f} | {new:.3f} | {new - old:+.3f} |")
     return "\n".join(lines) + "\n"
 
 
-def run_night(study: Study, config: RunConfig, *, study_file: str, reevaluate: int = 0, threshold: float = 0.01,
-              check: bool = True) -> tuple[Night, RunSummary | None]:
+def run_night(
+    study: Study,
+    config: RunConfig,
+    *,
+    study_file: str,
+    reevaluate: int = 0,
+    threshold: float = 0.01,
+    check: bool = True,
+) -> tuple[Night, RunSummary | None]:
     """Run one night of ``study`` (``config.n_trials`` trials, the first ``reevaluate`` of them the best earlier
     configurations), compare with the champion, promote or not, and record the night; returns the night and the
     run's summary (None when the sweep failed)."""
@@ -203,12 +243,19 @@ def run_night(study: Study, config: RunConfig, *, study_file: str, reevaluate: i
         before, nights = _earlier_nights(config, storage)
         again = best_configurations(before, reevaluate)
         if again and config.n_trials <= len(again):
-            raise ConfigError(f"--trials {config.n_trials} leaves no room to search after re-evaluating "
-                              f"{len(again)} configurations: raise --trials or lower --reevaluate")
+            raise ConfigError(
+                f"--trials {config.n_trials} leaves no room to search after re-evaluating "
+                f"{len(again)} configurations: raise --trials or lower --reevaluate"
+            )
         night = Night(len(nights) + 1, time.strftime("%Y-%m-%d %H:%M:%S"), reevaluated=len(again))
         try:
-            summary = run_study(study, dataclasses.replace(config, n_trials=config.n_trials - len(again)),
-                                study_file=study_file, check=check, enqueue=again)
+            summary = run_study(
+                study,
+                dataclasses.replace(config, n_trials=config.n_trials - len(again)),
+                study_file=study_file,
+                check=check,
+                enqueue=again,
+            )
         except RunFailed as error:  # the preflight check too
             night.reason, night.sweep_failed = str(error), True
             summary = None
@@ -246,8 +293,9 @@ def _record_tonight(night: Night, study: optuna.Study, earlier: set[int]) -> Fro
     return best
 
 
-def _judge_and_promote(night: Night, best: FrozenTrial | None, study: Study, config: RunConfig, study_file: str,
-                       threshold: float) -> None:
+def _judge_and_promote(
+    night: Night, best: FrozenTrial | None, study: Study, config: RunConfig, study_file: str, threshold: float
+) -> None:
     """Score the champion on tonight's data, decide, and point the champion alias at tonight's best if it wins."""
     client = MlflowTracker(config.tracking_uri).client
     champion = current_version(client, config.study_name, CHAMPION_ALIAS)
@@ -256,15 +304,18 @@ def _judge_and_promote(night: Night, best: FrozenTrial | None, study: Study, con
         night.champion_before = champion.version
         night.champion_recorded = float(champion.tags["val_loss"]) if "val_loss" in champion.tags else None
         try:
-            loaded = load_registered(f"models:/{config.study_name}@{CHAMPION_ALIAS}",
-                                     tracking_uri=config.tracking_uri, study_file=study_file)
+            loaded = load_registered(
+                f"models:/{config.study_name}@{CHAMPION_ALIAS}", tracking_uri=config.tracking_uri, study_file=study_file
+            )
             night.champion_tonight = validation_loss(loaded, val_data)
         except Exception as error:  # e.g. the study's model changed: the champion cannot be compared
-            night.reason = f"the champion could not be evaluated ({describe_error(error)}), so tonight's best " \
-                           "replaces it"
+            night.reason = (
+                f"the champion could not be evaluated ({describe_error(error)}), so tonight's best replaces it"
+            )
     if decide(night, threshold) and best is not None:
-        night.champion_after = register(client, config.study_name, best, study, study_file, val_data,
-                                        alias=CHAMPION_ALIAS).version
+        night.champion_after = register(
+            client, config.study_name, best, study, study_file, val_data, alias=CHAMPION_ALIAS
+        ).version
     else:
         night.champion_after = night.champion_before
 
@@ -275,9 +326,15 @@ def _log_night(tracker: Any, night: Night, study_name: str, nights: list[dict[st
         (Path(folder) / "summary.md").write_text(summary_markdown(study_name, nights))
         (Path(folder) / "nights.json").write_text(json.dumps(nights, indent=2, default=str))
         tracker.log_artifacts(night.parent_run_id, folder, NIGHTLY_FOLDER)
-    tracker.set_tags(night.parent_run_id, {"nightly": night.night, "nightly_decision": night.decision,
-                                           "nightly_exit_code": night.exit_code,
-                                           "champion_version": night.champion_after or "-"})
+    tracker.set_tags(
+        night.parent_run_id,
+        {
+            "nightly": night.night,
+            "nightly_decision": night.decision,
+            "nightly_exit_code": night.exit_code,
+            "champion_version": night.champion_after or "-",
+        },
+    )
     if night.champion_tonight is not None:
         tracker.log_metrics(night.parent_run_id, {"champion_val_loss_tonight": night.champion_tonight}, step=0)
         tracker.flush(night.parent_run_id)

@@ -61,11 +61,20 @@ class Objective:
         settings = self.settings
         seed = trial_seed(settings.seed, optuna_trial.number)
         optuna_trial.set_user_attr(SEED_ATTR, seed)
-        optuna_trial.set_user_attr(SETUP_ATTR, {"data_seed": settings.seed, "threads": self.slot.threads,
-                                                "max_epochs": settings.max_epochs, "patience": settings.patience})
+        optuna_trial.set_user_attr(
+            SETUP_ATTR,
+            {
+                "data_seed": settings.seed,
+                "threads": self.slot.threads,
+                "max_epochs": settings.max_epochs,
+                "patience": settings.patience,
+            },
+        )
         params = sample_params(self.study.space, optuna_trial, self.start)
         run = self.tracker.start_run(
-            settings.experiment_id, f"trial-{optuna_trial.number}", parent_run_id=settings.parent_run_id,
+            settings.experiment_id,
+            f"trial-{optuna_trial.number}",
+            parent_run_id=settings.parent_run_id,
             tags={**settings.run_tags, "trial_number": optuna_trial.number, WORKER: worker_name()},
         )
         naming = RunNaming(self.tracker, run, optuna_trial)
@@ -78,8 +87,13 @@ class Objective:
             return result.best_val_loss
         except optuna.TrialPruned as pruned:
             status = "FINISHED"  # a pruned trial ended as planned; its curve stays
-            tags.update({STATE_TAG: "PRUNED", REASON: str(pruned),
-                         PRUNED_EPOCH_ATTR: optuna_trial.user_attrs[PRUNED_EPOCH_ATTR]})
+            tags.update(
+                {
+                    STATE_TAG: "PRUNED",
+                    REASON: str(pruned),
+                    PRUNED_EPOCH_ATTR: optuna_trial.user_attrs[PRUNED_EPOCH_ATTR],
+                }
+            )
             optuna_trial.set_user_attr(REASON, str(pruned))
             raise
         except KeyboardInterrupt as interrupt:
@@ -95,8 +109,9 @@ class Objective:
             finally:
                 self.tracker.end_run(run, status, tags={**tags, RUN_NAME_TAG: run_name(optuna_trial.number, tags)})
 
-    def _train(self, optuna_trial: optuna.Trial, trial: Trial, run: str, naming: RunNaming,
-               tags: dict[str, Any]) -> FitResult:
+    def _train(
+        self, optuna_trial: optuna.Trial, trial: Trial, run: str, naming: RunNaming, tags: dict[str, Any]
+    ) -> FitResult:
         """Train the trial, logging its params, curves and best weights, and say how it ended in ``tags``; a NaN
         before any finite epoch stops it."""
         settings = self.settings
@@ -104,10 +119,19 @@ class Objective:
         def on_built(model: nn.Module) -> None:
             n_params = sum(parameter.numel() for parameter in model.parameters())
             lineage = {"start_from": self.start.source, "frozen": ",".join(self.study.freeze)} if self.start else {}
-            self.tracker.log_params(run, {**trial.params, "seed": trial.seed, "n_params": n_params,
-                                          "device": self.slot.device, "threads": self.slot.threads,
-                                          "max_epochs": settings.max_epochs, "patience": settings.patience,
-                                          **lineage})
+            self.tracker.log_params(
+                run,
+                {
+                    **trial.params,
+                    "seed": trial.seed,
+                    "n_params": n_params,
+                    "device": self.slot.device,
+                    "threads": self.slot.threads,
+                    "max_epochs": settings.max_epochs,
+                    "patience": settings.patience,
+                    **lineage,
+                },
+            )
 
         def on_epoch(epoch: int, values: dict[str, float]) -> None:
             self.tracker.log_metrics(run, values, step=epoch)
@@ -117,10 +141,18 @@ class Objective:
                 optuna_trial.set_user_attr(PRUNED_EPOCH_ATTR, epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_loss {values['val_loss']:.6g})")
 
-        model, result = train_trial(self.study, trial, self.train_data, self.val_data,
-                                    torch.device(self.slot.torch_device), max_epochs=settings.max_epochs,
-                                    patience=settings.patience, start=self.start, on_built=on_built,
-                                    on_epoch=on_epoch)
+        model, result = train_trial(
+            self.study,
+            trial,
+            self.train_data,
+            self.val_data,
+            torch.device(self.slot.torch_device),
+            max_epochs=settings.max_epochs,
+            patience=settings.patience,
+            start=self.start,
+            on_built=on_built,
+            on_epoch=on_epoch,
+        )
         epochs = len(result.history)  # epochs on the curve (a NaN epoch is not)
         tags.update({REASON: result.stop_reason, "epochs": epochs})
         for key, value in ((REASON, result.stop_reason), ("epochs", epochs)):

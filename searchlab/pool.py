@@ -54,8 +54,9 @@ class Workers:
         self._start_error: BaseException | None = None
         self._cancelled = False
         self._lock = threading.Lock()
-        self._starter = threading.Thread(target=self._start_all, args=(slots,), name="searchlab-start-workers",
-                                         daemon=True)
+        self._starter = threading.Thread(
+            target=self._start_all, args=(slots,), name="searchlab-start-workers", daemon=True
+        )
         self._starter.start()
 
     def _start_all(self, slots: list[Slot]) -> None:
@@ -74,8 +75,11 @@ class Workers:
         """A new worker on ``slot`` (a replacement starts at once if the run has started)."""
         self.launched += 1
         orders, send = self.context.Pipe(duplex=False)
-        process = self.context.Process(target=worker_process, name=f"searchlab-worker-{slot.index}", args=(
-            self.study_file, self.config, slot, orders, self.launched, dict(os.environ)))
+        process = self.context.Process(
+            target=worker_process,
+            name=f"searchlab-worker-{slot.index}",
+            args=(self.study_file, self.config, slot, orders, self.launched, dict(os.environ)),
+        )
         process.start()
         orders.close()
         process.orders = send
@@ -115,8 +119,18 @@ class Workers:
             process.orders.send(message)
 
 
-def coordinate(workers: Workers, config: RunConfig, slots: list[Slot], study: optuna.Study, tracker: Any, bar: Any,
-               lock: Any, before: set[int], *, experiment_id: str) -> None:
+def coordinate(
+    workers: Workers,
+    config: RunConfig,
+    slots: list[Slot],
+    study: optuna.Study,
+    tracker: Any,
+    bar: Any,
+    lock: Any,
+    before: set[int],
+    *,
+    experiment_id: str,
+) -> None:
     """Watch the started workers until the budget is met; replace the ones that die. ``before``: the trials the
     study held before this run."""
     seen = {trial.number for trial in study.get_trials(deepcopy=False) if trial.state.is_finished()}
@@ -135,12 +149,16 @@ def coordinate(workers: Workers, config: RunConfig, slots: list[Slot], study: op
                     raise ConfigError(f"worker {slot.index} stopped on bad input (its message is above)")
                 if process.exitcode != 0:
                     reason = f"its worker process (pid {process.pid}) died: {_exit_reason(process.exitcode)}"
-                    numbers = reap_dead_local_trials(study, retries=config.retries, tracker=tracker, lock=lock,
-                                                     pids={process.pid}, reason=reason)
+                    numbers = reap_dead_local_trials(
+                        study, retries=config.retries, tracker=tracker, lock=lock, pids={process.pid}, reason=reason
+                    )
                     with contextlib.suppress(ConnectionError):  # unreachable: the next run closes it
                         tracker.close_dead_runs(experiment_id, is_dead_local_worker)  # one it could not name
-                    bar.write(f"worker {slot.index} died ({_exit_reason(process.exitcode)}); "
-                              f"trial(s) {numbers or 'none'} failed and retried where retries remain", file=sys.stderr)
+                    bar.write(
+                        f"worker {slot.index} died ({_exit_reason(process.exitcode)}); "
+                        f"trial(s) {numbers or 'none'} failed and retried where retries remain",
+                        file=sys.stderr,
+                    )
                     deaths_in_a_row += 1
                     if deaths_in_a_row > 3 * len(slots):
                         raise RunFailed("workers keep dying without finishing a trial; see the messages above")
@@ -154,8 +172,11 @@ def coordinate(workers: Workers, config: RunConfig, slots: list[Slot], study: op
                 seen.update(trial.number for trial in finished)
                 show_trials(bar, finished, final=count([t for t in trials if t.number not in before]).final)
     except BaseException as error:
-        reason = "stopped with the run (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else \
-            f"stopped with the run ({describe_error(error)})"
+        reason = (
+            "stopped with the run (Ctrl-C)"
+            if isinstance(error, KeyboardInterrupt)
+            else f"stopped with the run ({describe_error(error)})"
+        )
         if isinstance(error, KeyboardInterrupt):
             tracker.give_up.set()  # closing the dead workers' runs never waits for an unreachable store
         stop_workers(processes, study, tracker, lock, reason=reason)
@@ -173,8 +194,9 @@ def stop_workers(processes: dict[int, Any], study: optuna.Study, tracker: Any, l
         if process.exitcode is None:
             process.kill()
             process.join()
-    reap_dead_local_trials(study, retries=0, tracker=tracker, lock=lock, pids={p.pid for p in processes.values()},
-                           reason=reason)
+    reap_dead_local_trials(
+        study, retries=0, tracker=tracker, lock=lock, pids={p.pid for p in processes.values()}, reason=reason
+    )
 
 
 def _exit_reason(code: int) -> str:
@@ -205,8 +227,9 @@ def wait_for_go(orders: Any) -> RunStarted | None:
         return None
 
 
-def worker_process(study_file: str, config: RunConfig, slot: Slot, orders: Any, worker_seed: int,
-                   environment: dict[str, str]) -> None:
+def worker_process(
+    study_file: str, config: RunConfig, slot: Slot, orders: Any, worker_seed: int, environment: dict[str, str]
+) -> None:
     """Entry point of a worker process: take the coordinator's environment (a forked worker has its fork server's)
     and pin the device before torch starts any, get ready, then wait for the coordinator's go (``orders``, a pipe)
     and run the worker. Getting ready fails quietly when the run never starts: the coordinator meets the same bad

@@ -28,8 +28,12 @@ class Prepared:
 
 def plan_slots(config: RunConfig) -> list[Slot]:
     """The device slots this run's workers take (checked before anything is written)."""
-    return assign_slots(parse_devices(config.devices, cuda_device_count()), parse_workers(config.workers),
-                        trials_per_device=config.trials_per_device, threads=config.threads)
+    return assign_slots(
+        parse_devices(config.devices, cuda_device_count()),
+        parse_workers(config.workers),
+        trials_per_device=config.trials_per_device,
+        threads=config.threads,
+    )
 
 
 def prepare(study: Study, config: RunConfig, *, preflight: bool = True) -> Prepared:
@@ -46,6 +50,8 @@ def check_learns(study: Study, prepared: Prepared, config: RunConfig, *, threads
     """Raise CheckFailed when the model cannot overfit one tiny batch (on ``threads`` torch threads)."""
     result = check_study(study, prepared.train, seed=config.seed, start=prepared.start, threads=threads)
     if not result.passed:
-        raise CheckFailed(f"the model cannot learn one tiny batch, so the sweep would be wasted: "
-                          f"{result.summary.removeprefix('check failed: ')} (see 'searchlab check'; "
-                          "skip with --no-check)")
+        raise CheckFailed(
+            f"the model cannot learn one tiny batch, so the sweep would be wasted: "
+            f"{result.summary.removeprefix('check failed: ')} (see 'searchlab check'; "
+            "skip with --no-check)"
+        )

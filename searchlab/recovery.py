@@ -63,8 +63,15 @@ def recover(study: optuna.Study, trial: FrozenTrial, reason: str, *, retries: in
             tracker.close_dead_run(run_id, reason=reason, retried=retried)
 
 
-def reap_dead_local_trials(study: optuna.Study, *, retries: int, tracker: Any, lock: Callable[[], Any],
-                           pids: set[int] | None = None, reason: str = "its worker process died") -> list[int]:
+def reap_dead_local_trials(
+    study: optuna.Study,
+    *,
+    retries: int,
+    tracker: Any,
+    lock: Callable[[], Any],
+    pids: set[int] | None = None,
+    reason: str = "its worker process died",
+) -> list[int]:
     """Recover every dead local trial, under the study's budget lock (so that two reapers never retry the same
     trial, and no claim counts in between); returns their numbers."""
     with lock():
@@ -78,7 +85,8 @@ def stale_trial_callback(retries: int, tracker: Any, grace: int) -> Any:
     """For ``RDBStorage(heartbeat_stale_trial_callback=...)``: Optuna has failed the trial; retry and close it."""
 
     def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
-        recover(study, trial, f"its worker stopped sending heartbeats for over {grace}s", retries=retries,
-                tracker=tracker)
+        recover(
+            study, trial, f"its worker stopped sending heartbeats for over {grace}s", retries=retries, tracker=tracker
+        )
 
     return on_stale

@@ -30,29 +30,38 @@ SOURCE_FILE = "study.py"
 def snippet(uri: str, tracking_uri: str, study_file: str | None) -> str:
     """How to get a registered model back into PyTorch, in Python (to paste: the strings are escaped literals)."""
     file = "None" if study_file is None else json.dumps(study_file)  # a JSON string is a Python literal too
-    return (f'import searchlab as sl\n'
-            f'model = sl.load_model({json.dumps(uri)}, {file}, tracking_uri={json.dumps(tracking_uri)})  # eval mode\n'
-            f'# by hand: build the study\'s model with the params in model/{INFO_FILE}, then\n'
-            f'# model.load_state_dict(torch.load("model/model_state_dict.pt", weights_only=True))')
+    return (
+        f"import searchlab as sl\n"
+        f"model = sl.load_model({json.dumps(uri)}, {file}, tracking_uri={json.dumps(tracking_uri)})  # eval mode\n"
+        f"# by hand: build the study's model with the params in model/{INFO_FILE}, then\n"
+        f'# model.load_state_dict(torch.load("model/model_state_dict.pt", weights_only=True))'
+    )
 
 
-def model_info(study: Any, study_file: str | None, trial: Any, params: dict[str, Any], val_data: Any,
-               run_id: str) -> dict[str, Any]:
+def model_info(
+    study: Any, study_file: str | None, trial: Any, params: dict[str, Any], val_data: Any, run_id: str
+) -> dict[str, Any]:
     """What it takes to rebuild the trial's model: builder, params, shapes, task, and the value it reached."""
     from searchlab.data import first_examples  # torch
 
     inputs, _ = first_examples(val_data, 1)
     return {
-        "study": study.name, "task": study.task, "trial_number": trial.number, "val_loss": trial.value,
+        "study": study.name,
+        "task": study.task,
+        "trial_number": trial.number,
+        "val_loss": trial.value,
         "builder": f"{study_file or '<study file>'}:{getattr(study.model, '__qualname__', 'model')}",
-        "params": params, "input_shape": [None, *inputs.shape[1:]],
+        "params": params,
+        "input_shape": [None, *inputs.shape[1:]],
         "data_seed": trial.user_attrs.get(SETUP_ATTR, {}).get("data_seed"),
-        "seed": trial.user_attrs.get(SEED_ATTR), RUN_ID_ATTR: run_id,
+        "seed": trial.user_attrs.get(SEED_ATTR),
+        RUN_ID_ATTR: run_id,
     }
 
 
-def register(client: Any, name: str, trial: Any, study: Any, study_file: str | None, val_data: Any, *,
-             alias: str = BEST_ALIAS) -> Any:
+def register(
+    client: Any, name: str, trial: Any, study: Any, study_file: str | None, val_data: Any, *, alias: str = BEST_ALIAS
+) -> Any:
     """Register ``trial``'s weights as a new version of model ``name`` and point ``alias`` at it; when ``alias``
     already names that trial's run, nothing changes and its version is returned."""
     from mlflow.exceptions import MlflowException
@@ -84,12 +93,19 @@ def register(client: Any, name: str, trial: Any, study: Any, study_file: str | N
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     version = client.create_model_version(
-        name, source=f"runs:/{run_id}/{MODEL_FOLDER}", run_id=run_id,
-        tags={"trial_number": trial.number, "val_loss": trial.value, "builder": info["builder"],
-              "input_shape": json.dumps(info["input_shape"])},
+        name,
+        source=f"runs:/{run_id}/{MODEL_FOLDER}",
+        run_id=run_id,
+        tags={
+            "trial_number": trial.number,
+            "val_loss": trial.value,
+            "builder": info["builder"],
+            "input_shape": json.dumps(info["input_shape"]),
+        },
         description=f"Trial {trial.number} of study {name!r}: val_loss {trial.value:.6g}. Load it with:\n\n"
-                    f"```python\n{snippet(f'models:/{name}@{alias}', mask_password(client.tracking_uri), study_file)}"
-                    "\n```")
+        f"```python\n{snippet(f'models:/{name}@{alias}', mask_password(client.tracking_uri), study_file)}"
+        "\n```",
+    )
     client.set_registered_model_alias(name, alias, version.version)
     return version
 
@@ -125,8 +141,9 @@ class Loaded:
     study: Any
 
 
-def load_registered(uri: str, *, tracking_uri: str, study_file: str | None = None,
-                    trust_source: bool = False) -> Loaded:
+def load_registered(
+    uri: str, *, tracking_uri: str, study_file: str | None = None, trust_source: bool = False
+) -> Loaded:
     """Rebuild the model of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` from its study and load its weights
     (weights_only=True), in eval mode on the CPU. The study is ``study_file``; the copy registered with the model
     is Python code from the registry, run only with ``trust_source``."""
@@ -141,16 +158,24 @@ def load_registered(uri: str, *, tracking_uri: str, study_file: str | None = Non
     with tempfile.TemporaryDirectory() as folder:
         try:
             version = model_version(client, *reference)
-            local = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=client.get_model_version_download_uri(version.name, version.version), dst_path=folder,
-                tracking_uri=tracking_uri))
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=client.get_model_version_download_uri(version.name, version.version),
+                    dst_path=folder,
+                    tracking_uri=tracking_uri,
+                )
+            )
             info = json.loads((local / INFO_FILE).read_text())
         except Exception as error:
-            raise ConfigError(f"cannot fetch {uri} from the registry of {mask_password(tracking_uri)}: "
-                              f"{first_line(error)}; pass the --tracking-uri the study ran with") from None
+            raise ConfigError(
+                f"cannot fetch {uri} from the registry of {mask_password(tracking_uri)}: "
+                f"{first_line(error)}; pass the --tracking-uri the study ran with"
+            ) from None
         if study_file is None and not (trust_source and (local / SOURCE_FILE).is_file()):
-            raise ConfigError(f"rebuilding {uri} needs the study file it was trained with ({info['builder']}): "
-                              "pass it (or trust_source=True to run the copy registered with the model)")
+            raise ConfigError(
+                f"rebuilding {uri} needs the study file it was trained with ({info['builder']}): "
+                "pass it (or trust_source=True to run the copy registered with the model)"
+            )
         study = load_study_file(study_file or local / SOURCE_FILE)
         state_dict = torch.load(local / STATE_DICT_FILE, weights_only=True, map_location="cpu")
     params = dict(info["params"])
@@ -158,8 +183,9 @@ def load_registered(uri: str, *, tracking_uri: str, study_file: str | None = Non
         model = study.model(Trial(optuna.trial.FixedTrial(params, number=info["trial_number"]), params, info["seed"]))
         model.load_state_dict(state_dict)
     except Exception as error:  # the study's builder changed: new knobs, other layers
-        raise ConfigError(f"the model {info['builder']} builds now does not take the weights of {uri}: "
-                          f"{describe_error(error)}") from None
+        raise ConfigError(
+            f"the model {info['builder']} builds now does not take the weights of {uri}: {describe_error(error)}"
+        ) from None
     return Loaded(model.eval(), version, info, study)
 
 
@@ -181,14 +207,16 @@ def validation_loss(loaded: Loaded, val_data: Any = None) -> float:
     return evaluate(loaded.model, batches, task, task.loss_fn())["val_loss"]
 
 
-def load_model(uri: str, study_file: str | None = None, *, tracking_uri: str | None = None,
-               trust_source: bool = False) -> Any:
+def load_model(
+    uri: str, study_file: str | None = None, *, tracking_uri: str | None = None, trust_source: bool = False
+) -> Any:
     """The ``nn.Module`` of a registered model (``models:/NAME@best``), rebuilt by ``study_file``'s builder and
     loaded, in eval mode. ``trust_source=True`` runs the study source registered with the model instead.
 
     ``tracking_uri`` defaults to SEARCHLAB_TRACKING_URI, MLFLOW_TRACKING_URI, then sqlite:///mlflow.db here."""
-    return load_registered(uri, tracking_uri=tracking_uri_for(tracking_uri), study_file=study_file,
-                           trust_source=trust_source).model
+    return load_registered(
+        uri, tracking_uri=tracking_uri_for(tracking_uri), study_file=study_file, trust_source=trust_source
+    ).model
 
 
 def load_best(study_name: str, tracking_uri: str, file: str | None) -> str:
@@ -198,11 +226,14 @@ def load_best(study_name: str, tracking_uri: str, file: str | None) -> str:
     uri = f"models:/{study_name}@{BEST_ALIAS}"
     loaded = load_registered(uri, tracking_uri=tracking_uri, study_file=file)
     info = loaded.info
-    return "\n".join([
-        f"model      {uri} (version {loaded.version.version}: trial {info['trial_number']}, "
-        f"run {info[RUN_ID_ATTR]})",
-        f"rebuilt    {info['builder']} with its params; weights loaded (weights_only=True)",
-        f"val_loss   {validation_loss(loaded):.6g} on the validation split "
-        f"(the trial recorded {info['val_loss']:.6g})",
-        "in Python:", *("    " + line for line in snippet(uri, mask_password(tracking_uri), file).splitlines()),
-    ])
+    return "\n".join(
+        [
+            f"model      {uri} (version {loaded.version.version}: trial {info['trial_number']}, "
+            f"run {info[RUN_ID_ATTR]})",
+            f"rebuilt    {info['builder']} with its params; weights loaded (weights_only=True)",
+            f"val_loss   {validation_loss(loaded):.6g} on the validation split "
+            f"(the trial recorded {info['val_loss']:.6g})",
+            "in Python:",
+            *("    " + line for line in snippet(uri, mask_password(tracking_uri), file).splitlines()),
+        ]
+    )

@@ -51,7 +51,15 @@ def replay_trial(study: Study, trial: FrozenTrial, start: Start | None = None) -
     fixed = optuna.trial.FixedTrial(trial.params, number=trial.number)
     params = sample_params(study.space, fixed, start)
     replayed: dict[int, float] = {}
-    train_trial(study, Trial(fixed, params, trial.user_attrs[SEED_ATTR]), train_data, val_data, torch.device("cpu"),
-                max_epochs=max(trial.intermediate_values), patience=setup["patience"], start=start,
-                on_epoch=lambda epoch, values: replayed.__setitem__(epoch, values["val_loss"]))
+    train_trial(
+        study,
+        Trial(fixed, params, trial.user_attrs[SEED_ATTR]),
+        train_data,
+        val_data,
+        torch.device("cpu"),
+        max_epochs=max(trial.intermediate_values),
+        patience=setup["patience"],
+        start=start,
+        on_epoch=lambda epoch, values: replayed.__setitem__(epoch, values["val_loss"]),
+    )
     return Replay(dict(trial.intermediate_values), replayed)

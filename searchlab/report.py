@@ -31,8 +31,10 @@ PLOTS = {
     "param_importances": ("Parameter importances", "plot_param_importances"),
     "parallel_coordinate": ("Parallel coordinates", "plot_parallel_coordinate"),
     "slice": ("Slice plots", "plot_slice"),
-    "best_learning_curves": (f"Learning curves (val_loss) of the best trials (up to {TOP_TRIALS})",
-                             "plot_intermediate_values"),
+    "best_learning_curves": (
+        f"Learning curves (val_loss) of the best trials (up to {TOP_TRIALS})",
+        "plot_intermediate_values",
+    ),
 }
 
 
@@ -121,10 +123,14 @@ def _label_curves(axes: Any, trials: list[FrozenTrial]) -> None:
 
 def _write_html(study_name: str, figures: list[tuple[str, Any]], path: Path) -> None:
     """One self-contained page (plotly.js embedded once, so it opens offline and inside the MLflow UI)."""
-    parts = [f"<h2>{title}</h2>" + figure.to_html(full_html=False, include_plotlyjs=index == 0)
-             for index, (title, figure) in enumerate(figures)]
-    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{study_name}: searchlab report</title>"
-                    f"</head><body><h1>Study {study_name}</h1>{''.join(parts)}</body></html>")
+    parts = [
+        f"<h2>{title}</h2>" + figure.to_html(full_html=False, include_plotlyjs=index == 0)
+        for index, (title, figure) in enumerate(figures)
+    ]
+    path.write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{study_name}: searchlab report</title>"
+        f"</head><body><h1>Study {study_name}</h1>{''.join(parts)}</body></html>"
+    )
 
 
 def summary_markdown(study: optuna.Study, notes: Sequence[str] = (), *, images: bool = True) -> str:
@@ -132,32 +138,49 @@ def summary_markdown(study: optuna.Study, notes: Sequence[str] = (), *, images: 
     plots: ``report.html``, and the PNG images when ``images``, else how to draw them."""
     trials = study.get_trials(deepcopy=False)
     states = collections.Counter(trial.state.name for trial in trials)
-    lines = [f"# Study {study.study_name}", "",
-             f"{len(trials)} trials: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(states.items())), ""]
+    lines = [
+        f"# Study {study.study_name}",
+        "",
+        f"{len(trials)} trials: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(states.items())),
+        "",
+    ]
     top = _top(study)
     if top:
         names = sorted({name for trial in top for name in trial.params})
-        lines += [f"Best value (val_loss): **{format_value(top[0].value)}** (trial {top[0].number})", "",
-                  f"## The {len(top)} best trials", "",
-                  "| trial | val_loss | best epoch | " + " | ".join(names) + " | MLflow run |",
-                  "|" + "---|" * (len(names) + 4)]
-        lines += [f"| {trial.number} | {format_value(trial.value)} | {trial.user_attrs.get('best_epoch', '-')} | "
-                  + " | ".join(format_value(trial.params.get(name, "-")) for name in names)
-                  + f" | {trial.user_attrs.get(RUN_ID_ATTR, '-')} |" for trial in top]
+        lines += [
+            f"Best value (val_loss): **{format_value(top[0].value)}** (trial {top[0].number})",
+            "",
+            f"## The {len(top)} best trials",
+            "",
+            "| trial | val_loss | best epoch | " + " | ".join(names) + " | MLflow run |",
+            "|" + "---|" * (len(names) + 4),
+        ]
+        lines += [
+            f"| {trial.number} | {format_value(trial.value)} | {trial.user_attrs.get('best_epoch', '-')} | "
+            + " | ".join(format_value(trial.params.get(name, "-")) for name in names)
+            + f" | {trial.user_attrs.get(RUN_ID_ATTR, '-')} |"
+            for trial in top
+        ]
     else:
         lines.append("No trial completed yet.")
     for state, reason_of in ((TrialState.PRUNED, _pruned_reason), (TrialState.FAIL, _fail_reason)):
         reasons = collections.Counter(reason_of(t) for t in trials if t.state == state)
         if reasons:
-            lines += ["", f"## {state.name.capitalize()} trials: {sum(reasons.values())}", "",
-                      "| reason | trials |", "|---|---|"]
+            lines += [
+                "",
+                f"## {state.name.capitalize()} trials: {sum(reasons.values())}",
+                "",
+                "| reason | trials |",
+                "|---|---|",
+            ]
             lines += [f"| {reason} | {n} |" for reason, n in reasons.most_common()]
     lines += ["", "## Plots", "", f"Interactive, every plot on one page: [{HTML_PAGE}]({HTML_PAGE})", ""]
     if images:
         lines += [f"![{title}]({stem}.png)" for stem, (title, _) in PLOTS.items()]
     else:
-        lines.append("PNG images of each plot: `searchlab report FILE` draws them (into the study's latest run, or "
-                     "`--out DIR`).")
+        lines.append(
+            "PNG images of each plot: `searchlab report FILE` draws them (into the study's latest run, or `--out DIR`)."
+        )
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
@@ -186,15 +209,18 @@ def publish_report(study: optuna.Study, tracking_uri: str | None, out: str | Non
         return "\n".join([f"report     {out}/summary.md", *notes])
     parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if parent_run_id is None:
-        raise ConfigError(f"study {study.study_name!r} has no MLflow run yet: run it with 'searchlab run', "
-                          "or write the report to a folder with --out")
+        raise ConfigError(
+            f"study {study.study_name!r} has no MLflow run yet: run it with 'searchlab run', "
+            "or write the report to a folder with --out"
+        )
     uri = tracking_uri_for(tracking_uri)
     check_tracking_uri(uri)
     client = MlflowTracker(uri).client
     try:
         client.get_run(parent_run_id)
     except Exception:
-        raise ConfigError(f"run {parent_run_id} is not in {mask_password(uri)}: pass the --tracking-uri the "
-                          "study ran with") from None
+        raise ConfigError(
+            f"run {parent_run_id} is not in {mask_password(uri)}: pass the --tracking-uri the study ran with"
+        ) from None
     notes = log_report(study, lambda folder, path: client.log_artifacts(parent_run_id, folder, path))
     return "\n".join([f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html, PNGs)", *notes])

@@ -70,15 +70,27 @@ def format_trials(trials: list[Any]) -> str:
     rows = [("number", "state", "value", RUN_ID_ATTR, "params")]
     for trial in trials:
         params = " ".join(f"{key}={format_value(value)}" for key, value in trial.params.items())
-        rows.append((str(trial.number), trial.state.name, format_value(trial.value),
-                     trial.user_attrs.get(RUN_ID_ATTR, "-"), params))
+        rows.append(
+            (
+                str(trial.number),
+                trial.state.name,
+                format_value(trial.value),
+                trial.user_attrs.get(RUN_ID_ATTR, "-"),
+                params,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
-                     for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        for row in rows
+    )
 
 
 def format_best(trial: Any) -> str:
-    lines = [f"trial      {trial.number}", f"val_loss   {trial.value:.6g}",
-             f"run id     {trial.user_attrs.get(RUN_ID_ATTR, '-')}"]
+    lines = [
+        f"trial      {trial.number}",
+        f"val_loss   {trial.value:.6g}",
+        f"run id     {trial.user_attrs.get(RUN_ID_ATTR, '-')}",
+    ]
     lines += [f"param      {key} = {format_value(value)}" for key, value in trial.params.items()]
     return "\n".join(lines)

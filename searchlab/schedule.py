@@ -25,8 +25,11 @@ def check_cron(expression: str, *, seconds: bool = False) -> str:
 
     fields = expression.split()
     if len(fields) not in ((5, 6) if seconds else (5,)) or not croniter.is_valid(expression):
-        wanted = "five fields (minute hour day month weekday), or six with seconds last" if seconds else \
-            "five fields: minute hour day month weekday, e.g. '0 2 * * *'"
+        wanted = (
+            "five fields (minute hour day month weekday), or six with seconds last"
+            if seconds
+            else "five fields: minute hour day month weekday, e.g. '0 2 * * *'"
+        )
         raise ConfigError(f"--cron {expression!r} is not a cron expression: write {wanted}")
     return expression
 
@@ -43,13 +46,18 @@ def unit_name(study_name: str) -> str:
 
 def crontab_line(cron: str, command: list[str], workdir: Path, study_name: str) -> str:
     log = workdir / f"{unit_name(study_name)}.log"
-    return (f"{cron} cd {shlex.quote(str(workdir))} && {shlex.join(command)} >> {shlex.quote(str(log))} 2>&1  "
-            f"# {unit_name(study_name)}")
+    return (
+        f"{cron} cd {shlex.quote(str(workdir))} && {shlex.join(command)} >> {shlex.quote(str(log))} 2>&1  "
+        f"# {unit_name(study_name)}"
+    )
 
 
-NAMED = {name: str(number) for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))} | \
-    {name: str(number) for number, name in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep",
-                                                      "oct", "nov", "dec"), start=1)}
+NAMED = {name: str(number) for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))} | {
+    name: str(number)
+    for number, name in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1
+    )
+}
 
 
 def _systemd_field(field: str, low: int, names: Sequence[str] | None = None) -> str:
@@ -77,28 +85,36 @@ def systemd_calendar(cron: str) -> str:
     """A five-field cron expression as a systemd OnCalendar= value."""
     minute, hour, day, month, weekday = cron.split()
     if day != "*" and weekday != "*":
-        raise ConfigError("cron restricts both day of month and weekday (cron ORs them, systemd ANDs them): "
-                          "use --format cron, or restrict one of them")
+        raise ConfigError(
+            "cron restricts both day of month and weekday (cron ORs them, systemd ANDs them): "
+            "use --format cron, or restrict one of them"
+        )
     if any(step in weekday for step in "/"):
         raise ConfigError(f"weekday {weekday!r} with a step has no systemd form: list the days instead")
     days = "" if weekday == "*" else _systemd_field(weekday, 0, DAYS) + " "
-    return f"{days}*-{_systemd_field(month, 1)}-{_systemd_field(day, 1)} " \
-           f"{_systemd_field(hour, 0)}:{_systemd_field(minute, 0)}:00"
+    return (
+        f"{days}*-{_systemd_field(month, 1)}-{_systemd_field(day, 1)} "
+        f"{_systemd_field(hour, 0)}:{_systemd_field(minute, 0)}:00"
+    )
 
 
 def systemd_units(cron: str, command: list[str], workdir: Path, study_name: str) -> dict[str, str]:
     """A oneshot service that runs one night, and the timer that starts it (Persistent: a missed night runs at
     boot)."""
     name = unit_name(study_name)
-    service = (f"[Unit]\nDescription=searchlab nightly sweep of study {study_name}\n"
-               "Wants=network-online.target\nAfter=network-online.target\n\n"
-               f"[Service]\nType=oneshot\nWorkingDirectory={workdir}\n"
-               "EnvironmentFile=-%h/.config/searchlab/env\n"
-               f"ExecStart={shlex.join(command)}\n"
-               "# exit 1: the sweep failed; exit 3: the champion got worse on the new data\n")
-    timer = (f"[Unit]\nDescription=Nightly searchlab sweep of study {study_name} ({cron})\n\n"
-             f"[Timer]\nOnCalendar={systemd_calendar(cron)}\nPersistent=true\nUnit={name}.service\n\n"
-             "[Install]\nWantedBy=timers.target\n")
+    service = (
+        f"[Unit]\nDescription=searchlab nightly sweep of study {study_name}\n"
+        "Wants=network-online.target\nAfter=network-online.target\n\n"
+        f"[Service]\nType=oneshot\nWorkingDirectory={workdir}\n"
+        "EnvironmentFile=-%h/.config/searchlab/env\n"
+        f"ExecStart={shlex.join(command)}\n"
+        "# exit 1: the sweep failed; exit 3: the champion got worse on the new data\n"
+    )
+    timer = (
+        f"[Unit]\nDescription=Nightly searchlab sweep of study {study_name} ({cron})\n\n"
+        f"[Timer]\nOnCalendar={systemd_calendar(cron)}\nPersistent=true\nUnit={name}.service\n\n"
+        "[Install]\nWantedBy=timers.target\n"
+    )
     return {f"{name}.service": service, f"{name}.timer": timer}
 
 
@@ -108,17 +124,34 @@ def cronjob_manifest(cron: str, command: list[str], study_name: str, image: str)
     import yaml
 
     manifest = {
-        "apiVersion": "batch/v1", "kind": "CronJob",
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
         "metadata": {"name": unit_name(study_name).lower().replace("_", "-")[:52]},
         "spec": {
-            "schedule": cron, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 3600,
-            "successfulJobsHistoryLimit": 7, "failedJobsHistoryLimit": 7,
-            "jobTemplate": {"spec": {"backoffLimit": 0, "template": {"spec": {
-                "restartPolicy": "Never",
-                "containers": [{"name": "nightly", "image": image, "command": command,
-                                "envFrom": [{"secretRef": {"name": "searchlab-env"}}],
-                                "resources": {"requests": {"cpu": "2", "memory": "4Gi"}}}],
-            }}}},
+            "schedule": cron,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 3600,
+            "successfulJobsHistoryLimit": 7,
+            "failedJobsHistoryLimit": 7,
+            "jobTemplate": {
+                "spec": {
+                    "backoffLimit": 0,
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [
+                                {
+                                    "name": "nightly",
+                                    "image": image,
+                                    "command": command,
+                                    "envFrom": [{"secretRef": {"name": "searchlab-env"}}],
+                                    "resources": {"requests": {"cpu": "2", "memory": "4Gi"}},
+                                }
+                            ],
+                        }
+                    },
+                }
+            },
         },
     }
     return yaml.safe_dump(manifest, sort_keys=False)
@@ -129,10 +162,15 @@ def install_crontab(line: str, marker: str) -> str:
     try:
         listed = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
     except FileNotFoundError:
-        raise ConfigError("crontab is not installed here: print the line without --install and add it by hand, "
-                          "or use --format systemd") from None
-    kept = [entry for entry in listed.stdout.splitlines() if not entry.endswith(f"# {marker}")] \
-        if listed.returncode == 0 else []
+        raise ConfigError(
+            "crontab is not installed here: print the line without --install and add it by hand, "
+            "or use --format systemd"
+        ) from None
+    kept = (
+        [entry for entry in listed.stdout.splitlines() if not entry.endswith(f"# {marker}")]
+        if listed.returncode == 0
+        else []
+    )
     crontab = "\n".join([*kept, line]) + "\n"
     written = subprocess.run(["crontab", "-"], input=crontab, capture_output=True, text=True)
     if written.returncode != 0:
@@ -149,8 +187,15 @@ def install_systemd(units: dict[str, str], folder: Path) -> list[Path]:
     return paths
 
 
-def serve(cron: str, run_night: Callable[[], int], *, log: Callable[[str], None], max_nights: int | None = None,
-          now: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> int:
+def serve(
+    cron: str,
+    run_night: Callable[[], int],
+    *,
+    log: Callable[[str], None],
+    max_nights: int | None = None,
+    now: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     """Run ``run_night`` at every time ``cron`` names, logging each night's start and outcome, until Ctrl-C or
     ``max_nights`` nights; returns how many nights ran."""
     from croniter import croniter

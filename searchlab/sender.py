@@ -48,8 +48,9 @@ class TrackingFailed(RunFailed):
 class BackgroundTracker:
     """A Tracker whose calls are made, in order, by one sender thread (see the module's docstring)."""
 
-    def __init__(self, tracker: MlflowTracker, *, wait: float = 120.0, max_in_memory: int = 2,
-                 max_unsent: int = 1000) -> None:
+    def __init__(
+        self, tracker: MlflowTracker, *, wait: float = 120.0, max_in_memory: int = 2, max_unsent: int = 1000
+    ) -> None:
         tracker.retry_seconds = math.inf  # until the store answers, or close() gives up
         self.tracker = tracker
         self.wait = wait
@@ -66,8 +67,9 @@ class BackgroundTracker:
         self._in_memory = threading.BoundedSemaphore(max_in_memory)
         self._unsent = threading.Semaphore(max_unsent)  # ended runs not sent yet: end_run waits beyond that
         self._leftovers: list[Call] = []
-        self._folder = unsent_folder(tracker.client.tracking_uri) / \
-            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._folder = (
+            unsent_folder(tracker.client.tracking_uri) / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
         self._thread = threading.Thread(target=self._send, name="searchlab-tracking", daemon=True)
         self._thread.start()
 
@@ -79,20 +81,32 @@ class BackgroundTracker:
 
     # The Tracker calls of the trial loop: queued, never waiting on MLflow.
 
-    def start_run(self, experiment_id: str, name: str, *, parent_run_id: str | None = None,
-                  tags: Mapping[str, Any] | None = None) -> str:
+    def start_run(
+        self, experiment_id: str, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> str:
         handle = uuid.uuid4().hex
         self._open.add(handle)
-        self._enqueue(("start", handle, (experiment_id, name),
-                       {"parent_run_id": parent_run_id, "tags": {k: str(v) for k, v in (tags or {}).items()}}))
+        self._enqueue(
+            (
+                "start",
+                handle,
+                (experiment_id, name),
+                {"parent_run_id": parent_run_id, "tags": {k: str(v) for k, v in (tags or {}).items()}},
+            )
+        )
         return handle
 
     def log_params(self, run: str, params: Mapping[str, Any]) -> None:
         self._put("log_params", run, {key: str(value) for key, value in params.items()})
 
     def log_metrics(self, run: str, values: Mapping[str, float], step: int) -> None:
-        self._put("log_metrics", run, {key: float(value) for key, value in values.items()}, step,
-                  timestamp=int(time.time() * 1000))
+        self._put(
+            "log_metrics",
+            run,
+            {key: float(value) for key, value in values.items()},
+            step,
+            timestamp=int(time.time() * 1000),
+        )
 
     def log_state_dict(self, run: str, state_dict: Mapping[str, Any]) -> None:
         # Detached CPU tensors: the model may go on training (or be freed) while they wait to be sent.
@@ -127,8 +141,12 @@ class BackgroundTracker:
         A run not named yet is found later by its handle, its creation token (results.trial_run_id)."""
         deadline = time.monotonic() + (RUN_ID_WAIT_SECONDS if wait else 0.0)
         with self._created:
-            while run not in self._ids and self._thread.is_alive() and self.tracker.unreachable_since is None \
-                    and time.monotonic() < deadline:
+            while (
+                run not in self._ids
+                and self._thread.is_alive()
+                and self.tracker.unreachable_since is None
+                and time.monotonic() < deadline
+            ):
                 self._created.wait(0.05)
             return self._ids.get(run)
 
@@ -147,8 +165,9 @@ class BackgroundTracker:
                 while self._thread.is_alive():
                     self._thread.join(0.1)
                     since = self.tracker.unreachable_since
-                    if (interrupted and time.monotonic() - closing > GIVE_UP_SECONDS) or \
-                            (since is not None and time.monotonic() - max(since, closing) > wait):
+                    if (interrupted and time.monotonic() - closing > GIVE_UP_SECONDS) or (
+                        since is not None and time.monotonic() - max(since, closing) > wait
+                    ):
                         break
         except BaseException:  # a Ctrl-C while waiting for the store: save what is left at once
             interrupted = True
@@ -232,8 +251,9 @@ class BackgroundTracker:
             if run in self._open:
                 self._errors.setdefault(run, error)
             elif call == "end_run":
-                print(f"warning: MLflow refused to close run {self._ids.get(run)}: {first_line(error)}",
-                      file=sys.stderr)
+                print(
+                    f"warning: MLflow refused to close run {self._ids.get(run)}: {first_line(error)}", file=sys.stderr
+                )
         finally:
             if call == "log_state_dict":
                 self._in_memory.release()

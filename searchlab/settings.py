@@ -38,12 +38,21 @@ STATE_TAG = "state"  # a trial run's outcome (COMPLETE, PRUNED, FAIL), a parent 
 STATE_DICT_FILE = "model_state_dict.pt"
 # Params a trial's run logs that are not hyperparameters of its model.
 NOT_MODEL_PARAMS = frozenset(
-    {"seed", "n_params", "device", "threads", "max_epochs", "patience", "start_from", "frozen"})
+    {"seed", "n_params", "device", "threads", "max_epochs", "patience", "start_from", "frozen"}
+)
 
 
 def _bool(text: str) -> bool:
-    value = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
-             "off": False}.get(text.lower())
+    value = {
+        "1": True,
+        "true": True,
+        "yes": True,
+        "on": True,
+        "0": False,
+        "false": False,
+        "no": False,
+        "off": False,
+    }.get(text.lower())
     if value is None:
         raise ValueError
     return value

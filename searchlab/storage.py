@@ -61,15 +61,22 @@ def open_storage(url: str | None, *, heartbeat: int | None = None, on_stale: Any
             with warnings.catch_warnings():  # heartbeats are experimental in Optuna, and relied on here
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    with_driver(url), engine_kwargs=kwargs, heartbeat_interval=heartbeat,
-                    grace_period=None if heartbeat is None else 3 * heartbeat, heartbeat_stale_trial_callback=on_stale,
+                    with_driver(url),
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=heartbeat,
+                    grace_period=None if heartbeat is None else 3 * heartbeat,
+                    heartbeat_stale_trial_callback=on_stale,
                 )
         except Exception as error:
-            raise ConfigError(f"cannot open storage {mask_password(url)}: {first_line(error)}; "
-                              "check the URL and that the database is running") from None
+            raise ConfigError(
+                f"cannot open storage {mask_password(url)}: {first_line(error)}; "
+                "check the URL and that the database is running"
+            ) from None
     if "://" in url:
-        raise ConfigError(f"unknown storage {mask_password(url)!r}: use sqlite:///FILE, postgresql://USER@HOST/DB "
-                          "or a journal file path")
+        raise ConfigError(
+            f"unknown storage {mask_password(url)!r}: use sqlite:///FILE, postgresql://USER@HOST/DB "
+            "or a journal file path"
+        )
     path = Path(url)
     check_journal_path(path, writes=writes)
     return optuna.storages.JournalStorage(journal_file(str(path)))
@@ -219,7 +226,7 @@ def with_driver(url: str) -> str:
     """``postgresql://`` and ``postgres://`` use psycopg 3 (installed with searchlab) whatever SQLAlchemy's default."""
     for scheme in ("postgresql://", "postgres://"):
         if url.startswith(scheme):
-            return "postgresql+psycopg://" + url[len(scheme):]
+            return "postgresql+psycopg://" + url[len(scheme) :]
     return url
 
 
@@ -228,7 +235,7 @@ def local_file(url: str | None) -> Path | None:
     None for a server database or sqlite in memory."""
     url = url or DEFAULT_JOURNAL
     if url.startswith("sqlite:///"):
-        return None if url == "sqlite:///:memory:" else Path(url[len("sqlite:///"):])
+        return None if url == "sqlite:///:memory:" else Path(url[len("sqlite:///") :])
     return None if "://" in url else Path(url)
 
 
@@ -252,16 +259,20 @@ def check_journal_path(path: Path, *, writes: bool = True) -> None:
     to read it as its log, or makes a log of that name) or (with ``writes``) cannot be written is refused before
     Optuna opens it."""
     if path.is_dir():
-        raise ConfigError(f"storage {str(path)!r} is a folder: name a journal file in it, e.g. "
-                          f"{str(path / DEFAULT_JOURNAL)!r}")
+        raise ConfigError(
+            f"storage {str(path)!r} is a folder: name a journal file in it, e.g. {str(path / DEFAULT_JOURNAL)!r}"
+        )
     if path.suffix == ".py":
-        raise ConfigError(f"storage {str(path)!r} is a Python file: the study file is the command's argument; "
-                          f"--storage names a journal file (e.g. {DEFAULT_JOURNAL}) or a database URL")
+        raise ConfigError(
+            f"storage {str(path)!r} is a Python file: the study file is the command's argument; "
+            f"--storage names a journal file (e.g. {DEFAULT_JOURNAL}) or a database URL"
+        )
     if not path.parent.is_dir():
         raise ConfigError(f"storage folder {str(path.parent)!r} does not exist: create it or choose another path")
     if writes and not writable(path):
-        raise ConfigError(f"storage {str(path)!r} cannot be written here (a read-only file or folder): choose "
-                          "another path")
+        raise ConfigError(
+            f"storage {str(path)!r} cannot be written here (a read-only file or folder): choose another path"
+        )
 
 
 def writable(path: Path) -> bool:

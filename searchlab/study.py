@@ -80,8 +80,9 @@ class Study:
             check_positive_int(f"Study({name}=...)", getattr(self, name))
         check_timeout("Study(timeout=...)", self.timeout)
         check_seed("Study(seed=...)", self.seed)
-        space = validate_space({**self.space, "optimizer": as_distribution(self.optimizer),
-                                "init": as_distribution(self.init)})
+        space = validate_space(
+            {**self.space, "optimizer": as_distribution(self.optimizer), "init": as_distribution(self.init)}
+        )
         object.__setattr__(self, "space", space)
 
     @property

@@ -32,7 +32,6 @@ HOW_TO_COMPARE = """One searchlab run of this study; each child run is one trial
 """
 
 
-
 @dataclass
 class RunSummary:
     """Where one invocation's results are, and how it went."""
@@ -58,19 +57,26 @@ class RunSummary:
         ]
         if self.best is not None:
             params = ", ".join(f"{k}={format_value(v, 4)}" for k, v in self.best.params.items())
-            lines.append(f"best       trial {self.best.number}: val_loss={self.best.value:.6g} "
-                         f"(run {self.best.user_attrs.get(RUN_ID_ATTR, 'not sent yet')}) {params}")
+            lines.append(
+                f"best       trial {self.best.number}: val_loss={self.best.value:.6g} "
+                f"(run {self.best.user_attrs.get(RUN_ID_ATTR, 'not sent yet')}) {params}"
+            )
         lines += self.published + self.notes
         if self.tracking_uri.startswith(("http://", "https://")):
             base = mask_password(self.tracking_uri).rstrip("/")
             lines.append(f"open       {experiment_page(base, self.experiment_id)}")
         else:
-            tracking = "" if self.tracking_uri == default_tracking_uri() else \
-                _flag("--tracking-uri", mask_password(self.tracking_uri), "SEARCHLAB_TRACKING_URI")
+            tracking = (
+                ""
+                if self.tracking_uri == default_tracking_uri()
+                else _flag("--tracking-uri", mask_password(self.tracking_uri), "SEARCHLAB_TRACKING_URI")
+            )
             storage = "" if self.storage == DEFAULT_JOURNAL else _flag("--storage", self.storage, "SEARCHLAB_STORAGE")
             name = shlex.quote(self.study_name)  # pasted into a shell: a name like "a;$(id)" must stay one word
-            lines.append(f"compare    searchlab ui --study-name {name}{tracking} (MLflow UI); searchlab "
-                         f"dashboard --study-name {name}{storage} (Optuna dashboard)")
+            lines.append(
+                f"compare    searchlab ui --study-name {name}{tracking} (MLflow UI); searchlab "
+                f"dashboard --study-name {name}{storage} (Optuna dashboard)"
+            )
         return lines
 
     def record(self, trials: list[FrozenTrial], before: set[int]) -> None:
@@ -100,8 +106,14 @@ def _flag(name: str, masked_url: str, variable: str) -> str:
 def unsent_note(tracking_uri: str) -> list[str]:
     """The summary line saying what waits on disk for the tracking store, and who sends it (none if nothing)."""
     waiting = unsent_runs(tracking_uri)
-    return [f"unsent     {waiting} trial run(s) could not reach MLflow: saved in {unsent_folder(tracking_uri)}; the "
-            "next run on this tracking URI sends them"] if waiting else []
+    return (
+        [
+            f"unsent     {waiting} trial run(s) could not reach MLflow: saved in {unsent_folder(tracking_uri)}; the "
+            "next run on this tracking URI sends them"
+        ]
+        if waiting
+        else []
+    )
 
 
 def show_trials(bar: Any, trials: list[FrozenTrial], *, final: int | None = None) -> None:
@@ -109,8 +121,10 @@ def show_trials(bar: Any, trials: list[FrozenTrial], *, final: int | None = None
     one per trial; a failed trial that is retried counts through its retry)."""
     for trial in trials:
         if trial.state == TrialState.FAIL:
-            bar.write(f"trial {trial.number} failed: {trial.user_attrs.get(FAIL_REASON_ATTR, 'its worker died')}",
-                      file=sys.stderr)
+            bar.write(
+                f"trial {trial.number} failed: {trial.user_attrs.get(FAIL_REASON_ATTR, 'its worker died')}",
+                file=sys.stderr,
+            )
         if trial.state == TrialState.COMPLETE and (bar.best is None or trial.value < bar.best.value):
             bar.best = trial
     bar.update(len(trials) if final is None else final - bar.n)
@@ -122,7 +136,8 @@ def progress_bar(config: RunConfig, *, enabled: bool, total: int) -> Any:
     """One bar for all workers: final outcomes of this run (retries of earlier runs' dead trials included)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=config.study_name, unit="trial", file=sys.stderr,
-               disable=not enabled, dynamic_ncols=True)
+    bar = tqdm(
+        total=total, desc=config.study_name, unit="trial", file=sys.stderr, disable=not enabled, dynamic_ncols=True
+    )
     bar.best = None
     return bar

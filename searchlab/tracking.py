@@ -48,8 +48,9 @@ class Tracker(Protocol):
     MlflowTracker (which is one too). ``start_run`` returns a handle the other calls take; ``run_id`` names the
     MLflow run behind it."""
 
-    def start_run(self, experiment_id: str, name: str, *, parent_run_id: str | None = None,
-                  tags: Mapping[str, Any] | None = None) -> str: ...
+    def start_run(
+        self, experiment_id: str, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> str: ...
     def run_id(self, run: str, *, wait: bool) -> str | None: ...
     def log_params(self, run: str, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, run: str, values: Mapping[str, float], step: int) -> None: ...
@@ -70,9 +71,12 @@ class MlflowTracker:
     def __init__(self, tracking_uri: str, *, flush_seconds: float = 5.0, retry_seconds: float = 120.0) -> None:
         # No download progress bars or "View run at" lines in a search's output, unless the user asked for them;
         # and MLflow's own HTTP retries kept short, so that the retry window here is the one that applies.
-        for variable, value in (("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
-                                ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
-                                ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+        for variable, value in (
+            ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+            ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
+            ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
+        ):
             os.environ.setdefault(variable, value)
         from mlflow import MlflowClient
 
@@ -108,13 +112,21 @@ class MlflowTracker:
             if experiment.lifecycle_stage == "deleted":
                 self.client.restore_experiment(experiment_id)
             if experiment.tags.get(EXPERIMENT_KIND) != EXPERIMENT_TAGS[EXPERIMENT_KIND]:
-                self._retry(self.client.set_experiment_tag, experiment_id, EXPERIMENT_KIND,
-                            EXPERIMENT_TAGS[EXPERIMENT_KIND])
+                self._retry(
+                    self.client.set_experiment_tag, experiment_id, EXPERIMENT_KIND, EXPERIMENT_TAGS[EXPERIMENT_KIND]
+                )
         return experiment_id
 
-    def start_run(self, experiment_id: str, name: str, *, parent_run_id: str | None = None,
-                  tags: Mapping[str, Any] | None = None, token: str | None = None,
-                  maybe_created: bool = False) -> str:
+    def start_run(
+        self,
+        experiment_id: str,
+        name: str,
+        *,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        token: str | None = None,
+        maybe_created: bool = False,
+    ) -> str:
         """Create a run; ``token`` (default: a new one) names it in the tag CREATE_TOKEN_TAG. ``maybe_created``:
         an earlier process may have created it already (then it is found by its token, not created twice)."""
         all_tags = {key: str(value) for key, value in (tags or {}).items()}
@@ -129,8 +141,7 @@ class MlflowTracker:
             nonlocal attempts
             attempts += 1
             if attempts > 1:
-                found = self.client.search_runs([experiment_id], f"tags.{CREATE_TOKEN_TAG} = '{token}'",
-                                                max_results=1)
+                found = self.client.search_runs([experiment_id], f"tags.{CREATE_TOKEN_TAG} = '{token}'", max_results=1)
                 if found:
                     return found[0]
             return self.client.create_run(experiment_id, run_name=name, tags=all_tags)
@@ -152,8 +163,7 @@ class MlflowTracker:
         for start in range(0, len(items), MAX_PARAMS):
             self._retry(self.client.log_batch, run_id, params=items[start : start + MAX_PARAMS])
 
-    def log_metrics(self, run_id: str, values: Mapping[str, float], step: int, *,
-                    timestamp: int | None = None) -> None:
+    def log_metrics(self, run_id: str, values: Mapping[str, float], step: int, *, timestamp: int | None = None) -> None:
         """Buffer one step's values (``timestamp`` in ms, default now); flush when ``flush_seconds`` have passed."""
         self._buffer_metrics(run_id, values, step, timestamp)
         if time.monotonic() - self._last_flush.get(run_id, 0.0) >= self.flush_seconds:
@@ -164,8 +174,9 @@ class MlflowTracker:
                     raise
                 self._last_flush[run_id] = time.monotonic()  # keep the points; try again at the next flush
 
-    def _buffer_metrics(self, run_id: str, values: Mapping[str, float], step: int,
-                        timestamp: int | None = None) -> None:
+    def _buffer_metrics(
+        self, run_id: str, values: Mapping[str, float], step: int, timestamp: int | None = None
+    ) -> None:
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000) if timestamp is None else timestamp
@@ -259,8 +270,14 @@ class MlflowTracker:
         """Upload the files of a local folder under ``artifact_path`` of the run."""
         self._retry(self.client.log_artifacts, run_id, str(folder), artifact_path)
 
-    def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None, *,
-                metrics: Mapping[str, float] | None = None) -> None:
+    def end_run(
+        self,
+        run_id: str,
+        status: str,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
         """Flush what is buffered, with the run's final ``tags`` and ``metrics`` (step 0), and close it as FINISHED,
         FAILED or KILLED; a new name (tag ``mlflow.runName``) goes with the close."""
         tags = dict(tags or {})
@@ -279,8 +296,9 @@ class MlflowTracker:
         would look the run up first and leave its end time unset."""
         from mlflow.entities import RunStatus
 
-        self.client._tracking_client.store.update_run_info(run_id, run_status=RunStatus.from_string(status),
-                                                           end_time=int(time.time() * 1000), run_name=name)
+        self.client._tracking_client.store.update_run_info(
+            run_id, run_status=RunStatus.from_string(status), end_time=int(time.time() * 1000), run_name=name
+        )
 
     def close_dead_run(self, run_id: str, *, reason: str, retried: bool) -> None:
         """Close a dead worker's run as KILLED. Its curves stay as the worker sent them, all cut at the same last
@@ -291,8 +309,7 @@ class MlflowTracker:
     def close_dead_runs(self, experiment_id: str, is_dead: Callable[[str], bool]) -> list[str]:
         """Close as KILLED the RUNNING runs (parents and trials) whose process (tag ``worker``) is dead: those
         its trial's recovery cannot name (killed before the trial recorded its run id, or a killed run)."""
-        runs = self._retry(self.client.search_runs, [experiment_id], "attributes.status = 'RUNNING'",
-                           max_results=10000)
+        runs = self._retry(self.client.search_runs, [experiment_id], "attributes.status = 'RUNNING'", max_results=10000)
         dead = [run.info.run_id for run in runs if is_dead(run.data.tags.get(WORKER, ""))]
         for run_id in dead:
             self.set_tags(run_id, {STATE_TAG: "FAIL", REASON: "its searchlab process died"})

@@ -25,8 +25,9 @@ from searchlab.trial import Trial
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
-def train_epoch(model: nn.Module, batches: Batches, task: Task, loss_fn: nn.Module,
-                optimizer: torch.optim.Optimizer) -> float:
+def train_epoch(
+    model: nn.Module, batches: Batches, task: Task, loss_fn: nn.Module, optimizer: torch.optim.Optimizer
+) -> float:
     """One pass over the training batches; returns the mean training loss per example."""
     model.train()
     total: Tensor | float = 0.0
@@ -116,8 +117,17 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batches, val: Batches, task: Task, *,
-        max_epochs: int, patience: int, on_epoch: EpochCallback | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: Batches,
+    val: Batches,
+    task: Task,
+    *,
+    max_epochs: int,
+    patience: int,
+    on_epoch: EpochCallback | None = None,
+) -> FitResult:
     """Train until validation loss stops improving, then restore the best epoch's weights.
 
     A non-finite training or validation loss stops at that epoch (its values are not reported).
@@ -151,10 +161,19 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batches, val:
     return FitResult(stopper.best, stopper.best_epoch, epoch, stop_reason, history)
 
 
-def train_trial(study: Study, trial: Trial, train_data: Data, val_data: Data, device: torch.device, *,
-                max_epochs: int, patience: int, start: Start | None = None,
-                on_built: Callable[[nn.Module], None] = lambda model: None,
-                on_epoch: EpochCallback | None = None) -> tuple[nn.Module, FitResult]:
+def train_trial(
+    study: Study,
+    trial: Trial,
+    train_data: Data,
+    val_data: Data,
+    device: torch.device,
+    *,
+    max_epochs: int,
+    patience: int,
+    start: Start | None = None,
+    on_built: Callable[[nn.Module], None] = lambda model: None,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[nn.Module, FitResult]:
     """The loop for one trial's params and seed: seed → model → optimizer → batches → fit (best weights kept).
 
     The same code trains a trial in a search and replays it later, so that a CPU replay matches exactly.
@@ -166,9 +185,13 @@ def train_trial(study: Study, trial: Trial, train_data: Data, val_data: Data, de
     on_built(model)
     size = batch_size(trial.params)
     result = fit(
-        model, optimizer,
+        model,
+        optimizer,
         make_batches(train_data, size, shuffle=True, seed=trial.seed, device=device),
         make_batches(val_data, size, shuffle=False, seed=trial.seed, device=device),
-        task, max_epochs=max_epochs, patience=patience, on_epoch=on_epoch,
+        task,
+        max_epochs=max_epochs,
+        patience=patience,
+        on_epoch=on_epoch,
     )
     return model, result

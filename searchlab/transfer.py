@@ -46,8 +46,10 @@ def load_start(model: nn.Module, start: Start) -> list[str]:
     own = model.state_dict()
     matching = {k: v for k, v in start.state_dict.items() if k in own and own[k].shape == v.shape}
     if not matching:
-        raise ModelError(f"none of the weights in {start.source} fit this model: build the same layers "
-                         "(names and shapes) as the model they come from")
+        raise ModelError(
+            f"none of the weights in {start.source} fit this model: build the same layers "
+            "(names and shapes) as the model they come from"
+        )
     model.load_state_dict(matching, strict=False)
     return sorted(matching)
 

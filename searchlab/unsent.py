@@ -60,8 +60,10 @@ def load_records(folder: Path) -> dict[str, Any] | None:
     try:
         return torch.load(folder / RECORDS_FILE, weights_only=True)
     except Exception as error:
-        print(f"warning: cannot read the unsent MLflow records in {folder} ({first_line(error)}); left there",
-              file=sys.stderr)
+        print(
+            f"warning: cannot read the unsent MLflow records in {folder} ({first_line(error)}); left there",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -129,12 +131,16 @@ def _replay(tracker: MlflowTracker, record: dict[str, Any], folder: Path) -> lis
             else:
                 getattr(tracker, call)(run_id, *args, **kwargs)
         except Unreachable:
-            points: list[Call] = [("log_points", h, (tracker.pending_points(i),), {}) for h, i in ids.items()
-                                  if i is not None and tracker.pending_points(i)]
+            points: list[Call] = [
+                ("log_points", h, (tracker.pending_points(i),), {})
+                for h, i in ids.items()
+                if i is not None and tracker.pending_points(i)
+            ]
             return points + record["calls"][index:]
         except Exception as error:
-            print(f"warning: MLflow refused a saved {call} of run {ids.get(handle)}: {first_line(error)}",
-                  file=sys.stderr)
+            print(
+                f"warning: MLflow refused a saved {call} of run {ids.get(handle)}: {first_line(error)}", file=sys.stderr
+            )
     return []
 
 

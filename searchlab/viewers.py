@@ -45,8 +45,9 @@ def check_runs_exist(tracking_uri: str) -> None:
     """A local tracking store that is not there yet is an error (a server would create an empty one)."""
     path = local_store_path(tracking_uri)
     if path is not None and not path.exists():
-        raise ConfigError(f"no MLflow runs at {tracking_uri}: run 'searchlab run' here first, or pass the "
-                          "--tracking-uri it used")
+        raise ConfigError(
+            f"no MLflow runs at {tracking_uri}: run 'searchlab run' here first, or pass the --tracking-uri it used"
+        )
 
 
 def parse_allowed_hosts(value: str | None) -> tuple[str, ...]:
@@ -73,8 +74,14 @@ def mlflow_allowed_hosts(names: Iterable[str]) -> str:
     return ",".join(patterns)
 
 
-def mlflow_server_command(host: str, port: int, *, artifacts_destination: str | None = None,
-                          workers: int = 1, allowed_hosts: str | None = None) -> list[str]:
+def mlflow_server_command(
+    host: str,
+    port: int,
+    *,
+    artifacts_destination: str | None = None,
+    workers: int = 1,
+    allowed_hosts: str | None = None,
+) -> list[str]:
     """The `mlflow server` command line (its backend store goes in the environment: see run_until_interrupted).
 
     One worker by default: with several, uvicorn binds a shared socket on which asyncio never sets TCP_NODELAY,
@@ -94,8 +101,11 @@ def run_until_interrupted(command: list[str], backend_store_uri: str) -> int:
     The backend store URI travels in the environment, not on the command line that any local user can read (it
     may hold a password). MLflow's job runner (GenAI judges and trace rollups: several extra processes) stays off
     unless asked for."""
-    environment = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ,
-                   "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
+    environment = {
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        **os.environ,
+        "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
+    }
     process = subprocess.Popen(command, env=environment)
     previous = signal.signal(signal.SIGTERM, lambda number, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -129,8 +139,9 @@ def host_guard(app: Callable, names: Iterable[str], *, read_only: bool) -> Calla
     patterns = tuple(names)
 
     def allowed(name: str | None) -> bool:
-        return name is not None and any(fnmatch(name, pattern) if "*" in pattern else name == pattern
-                                        for pattern in patterns)
+        return name is not None and any(
+            fnmatch(name, pattern) if "*" in pattern else name == pattern for pattern in patterns
+        )
 
     def guarded(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         write = environ["REQUEST_METHOD"] not in READS
@@ -144,8 +155,9 @@ def host_guard(app: Callable, names: Iterable[str], *, read_only: bool) -> Calla
         else:
             return app(environ, start_response)
         body = refusal.encode()
-        start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8"),
-                                         ("Content-Length", str(len(body)))])
+        start_response(
+            "403 Forbidden", [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        )
         return [body]
 
     return guarded
@@ -160,8 +172,15 @@ def host_name(value: str) -> str | None:
         return None
 
 
-def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: str | None, *,
-                    allowed_hosts: Iterable[str] = (), read_only: bool = False) -> tuple[str, Any]:
+def serve_dashboard(
+    storage_url: str | None,
+    host: str,
+    port: int,
+    study_name: str | None,
+    *,
+    allowed_hosts: Iterable[str] = (),
+    read_only: bool = False,
+) -> tuple[str, Any]:
     """Open the storage and return (the dashboard URL, a function that serves it until Ctrl-C).
 
     optuna-dashboard's own app (`optuna_dashboard.wsgi`) behind host_guard, on wsgiref's threaded server as the
@@ -170,8 +189,10 @@ def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: s
 
     path = local_file(storage_url)
     if path is not None and not path.is_file():
-        raise ConfigError(f"no study storage at {describe(storage_url)}: run 'searchlab run' here first, "
-                          "or pass the --storage it used")
+        raise ConfigError(
+            f"no study storage at {describe(storage_url)}: run 'searchlab run' here first, "
+            "or pass the --storage it used"
+        )
     check_port_free(host, port)
     storage = open_storage(storage_url, writes=False)  # showing a study needs no write access
     url = f"http://{host}:{port}/dashboard/"
@@ -179,8 +200,9 @@ def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: s
         try:
             url += f"studies/{storage.get_study_id_from_name(study_name)}"
         except KeyError:
-            raise ConfigError(f"no study named {study_name!r} in {describe(storage_url)}: check --study-name "
-                              "or --storage") from None
+            raise ConfigError(
+                f"no study named {study_name!r} in {describe(storage_url)}: check --study-name or --storage"
+            ) from None
 
     app = host_guard(optuna_dashboard.wsgi(storage), served_names(host, allowed_hosts), read_only=read_only)
 
@@ -193,6 +215,7 @@ def serve_dashboard(storage_url: str | None, host: str, port: int, study_name: s
 
 def make_wsgi_server(host: str, port: int, app: Callable) -> Any:
     """wsgiref's server, one thread per request (the dashboard polls while pages load), IPv6 where asked."""
+
     class Server(ThreadingMixIn, WSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         daemon_threads = True  # Ctrl-C does not wait for open connections

@@ -65,8 +65,9 @@ def load_state_dict_file(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         state_dict = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:
-        raise ConfigError(f"{path} does not load as weights (torch.load, weights_only=True): {first_line(error)}") \
-            from None
+        raise ConfigError(
+            f"{path} does not load as weights (torch.load, weights_only=True): {first_line(error)}"
+        ) from None
     if not isinstance(state_dict, Mapping):
         raise ConfigError(f"{path} holds a {type(state_dict).__name__}, not a state_dict")
     return state_dict
@@ -82,12 +83,14 @@ def start_weights(study: Study, *, storage: str | None, tracking_uri: str) -> St
 def resolve_start(spec: str, *, storage: str | None, tracking_uri: str) -> Start:
     """Fetch the weights (and the source's model params) that ``spec`` names."""
     if spec.startswith("study:"):
-        name = spec[len("study:"):]
+        name = spec[len("study:") :]
         best = best_trial(load_existing_study(storage, name))
         run_id = trial_run_id(MlflowTracker(tracking_uri).client, name, best)
         if run_id is None:
-            raise ConfigError(f"start_from {spec!r}: its best trial {best.number} has no MLflow run in "
-                              f"{mask_password(tracking_uri)}: pass the --tracking-uri it ran with")
+            raise ConfigError(
+                f"start_from {spec!r}: its best trial {best.number} has no MLflow run in "
+                f"{mask_password(tracking_uri)}: pass the --tracking-uri it ran with"
+            )
         spec = f"runs:/{run_id}"
     if not spec.startswith(("runs:/", "models:/")):
         path = Path(spec)
@@ -100,7 +103,7 @@ def resolve_start(spec: str, *, storage: str | None, tracking_uri: str) -> Start
     with tempfile.TemporaryDirectory() as folder:
         try:
             if spec.startswith("runs:/"):
-                run_id, _, artifact = spec[len("runs:/"):].partition("/")
+                run_id, _, artifact = spec[len("runs:/") :].partition("/")
                 uri = f"runs:/{run_id}/{artifact or STATE_DICT_FILE}"
             else:  # the registry of this tracking store, whatever MLflow's global registry URI says
                 version = model_version(client, *parse_model_uri(spec))
@@ -118,8 +121,10 @@ def export_weights(trial: Any, study_name: str, tracking_uri: str, path: str | P
     tracker = MlflowTracker(tracking_uri)
     run_id = trial_run_id(tracker.client, study_name, trial)
     if run_id is None:
-        raise ConfigError(f"trial {trial.number} has no MLflow run in {mask_password(tracking_uri)}: pass the "
-                          "--tracking-uri the study ran with")
+        raise ConfigError(
+            f"trial {trial.number} has no MLflow run in {mask_password(tracking_uri)}: pass the "
+            "--tracking-uri the study ran with"
+        )
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError(f"folder {str(path.parent)!r} does not exist: create it or choose another --export path")
@@ -127,8 +132,10 @@ def export_weights(trial: Any, study_name: str, tracking_uri: str, path: str | P
         try:
             downloaded = tracker.download_state_dict(run_id, folder)
         except Exception as error:
-            raise ConfigError(f"cannot fetch the weights of run {run_id} from {mask_password(tracking_uri)}: "
-                              f"{first_line(error)}; pass the --tracking-uri the study ran with") from None
+            raise ConfigError(
+                f"cannot fetch the weights of run {run_id} from {mask_password(tracking_uri)}: "
+                f"{first_line(error)}; pass the --tracking-uri the study ran with"
+            ) from None
         try:
             torch.load(downloaded, weights_only=True)
         except Exception as error:

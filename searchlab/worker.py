@@ -65,8 +65,16 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
 WAIT_FIRST_SECONDS, WAIT_MAX_SECONDS = 0.05, 1.0  # how often a worker with nothing to claim looks again
 
 
-def search(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, lock: Any, deadline: float | None,
-           heartbeat: int, reap: Callable[[], None], on_trial_end: Callable[[FrozenTrial], None]) -> None:
+def search(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    lock: Any,
+    deadline: float | None,
+    heartbeat: int,
+    reap: Callable[[], None],
+    on_trial_end: Callable[[FrozenTrial], None],
+) -> None:
     """The one search loop: claim a trial while the budget has room, run it, tell it; stop at the deadline.
 
     While other workers still run the last trials, wait (and recover dead ones): a retry may come back.
@@ -97,9 +105,16 @@ def release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_worker(study: Study, config: RunConfig, slot: Slot, run: RunStarted, *, worker_seed: int = 0,
-               prepared: Prepared | None = None,
-               on_trial_end: Callable[[FrozenTrial], None] = lambda trial: None) -> None:
+def run_worker(
+    study: Study,
+    config: RunConfig,
+    slot: Slot,
+    run: RunStarted,
+    *,
+    worker_seed: int = 0,
+    prepared: Prepared | None = None,
+    on_trial_end: Callable[[FrozenTrial], None] = lambda trial: None,
+) -> None:
     """Join the study in ``config.storage`` and run trials on ``slot`` until its budget is met or ``run``'s deadline
     passes. ``prepared`` (the split and starting weights) is loaded here when not given."""
     torch.set_num_threads(slot.threads)
@@ -124,10 +139,18 @@ def run_worker(study: Study, config: RunConfig, slot: Slot, run: RunStarted, *, 
     trial_runs = MlflowTracker(config.tracking_uri, flush_seconds=TRIAL_FLUSH_SECONDS)
     try:
         with BackgroundTracker(trial_runs, wait=config.tracking_wait) as trial_tracker, loaded_objects_frozen():
-            objective = Objective(study, prepared.train, prepared.val, trial_tracker, TrialSettings.of(config, run),
-                                  slot, prepared.start)
-            search(optuna_study, objective, lock=lock, deadline=run.deadline, heartbeat=config.heartbeat, reap=reap,
-                   on_trial_end=on_trial_end)
+            objective = Objective(
+                study, prepared.train, prepared.val, trial_tracker, TrialSettings.of(config, run), slot, prepared.start
+            )
+            search(
+                optuna_study,
+                objective,
+                lock=lock,
+                deadline=run.deadline,
+                heartbeat=config.heartbeat,
+                reap=reap,
+                on_trial_end=on_trial_end,
+            )
     finally:
         close_storage(storage)
 
@@ -143,8 +166,9 @@ def join_study(study: Study, config: RunConfig) -> int:
     config = dataclasses.replace(config, **attrs[RUN_SETTINGS_ATTR])  # the same seed, budget and pruner as the run
     prepared = prepare(study, config)
     (slot,) = plan_slots(dataclasses.replace(config, workers="1"))
-    run = RunStarted(attrs[EXPERIMENT_ATTR], attrs[PARENT_RUN_ATTR],
-                     None if config.timeout is None else time.time() + config.timeout)
+    run = RunStarted(
+        attrs[EXPERIMENT_ATTR], attrs[PARENT_RUN_ATTR], None if config.timeout is None else time.time() + config.timeout
+    )
     finished: list[FrozenTrial] = []
     with interrupt_once():
         run_worker(study, config, slot, run, prepared=prepared, worker_seed=os.getpid(), on_trial_end=finished.append)

@@ -29,13 +29,14 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not is_setting(k)}
     return {**env, **extra}
 
+
 def default_sigint() -> None:
     """For subprocesses a test stops with SIGINT, as a terminal's Ctrl-C does: a process started in the background
     (CI runners often are) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-STUDY_TEMPLATE = '''
+STUDY_TEMPLATE = """
 import torch
 from torch import nn
 
@@ -58,10 +59,10 @@ study = sl.Study(name={name!r}, task={task!r}, data=data, model=model, max_epoch
 
 if __name__ == "__main__":
     study.run()
-'''
+"""
 
-DEFAULT_BODY = '''    width = trial.suggest_int("width", 4, 16)
-    return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Dropout(trial.params["dropout"]), nn.Linear(width, 1))'''
+DEFAULT_BODY = """    width = trial.suggest_int("width", 4, 16)
+    return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Dropout(trial.params["dropout"]), nn.Linear(width, 1))"""
 
 
 def one_line_config_error(call: Callable[..., object], *args: object) -> str:
@@ -75,12 +76,29 @@ def one_line_config_error(call: Callable[..., object], *args: object) -> str:
     return message
 
 
-def write_study(folder: Path, *, name: str = "tiny", task: str = "regression", body: str = DEFAULT_BODY,
-                max_epochs: int = 6, patience: int = 3, extra: str = "", filename: str = "tiny_study.py") -> Path:
+def write_study(
+    folder: Path,
+    *,
+    name: str = "tiny",
+    task: str = "regression",
+    body: str = DEFAULT_BODY,
+    max_epochs: int = 6,
+    patience: int = 3,
+    extra: str = "",
+    filename: str = "tiny_study.py",
+) -> Path:
     """Write a small, fast regression study file; ``body`` replaces the model builder's body."""
     path = folder / filename
-    path.write_text(STUDY_TEMPLATE.format(name=name, task=task, body=body, max_epochs=max_epochs, patience=patience,
-                                          extra=f", {extra}" if extra else ""))
+    path.write_text(
+        STUDY_TEMPLATE.format(
+            name=name,
+            task=task,
+            body=body,
+            max_epochs=max_epochs,
+            patience=patience,
+            extra=f", {extra}" if extra else "",
+        )
+    )
     return path
 
 
@@ -112,9 +130,18 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(  # searchlab server: mlflow server, bound to loopback by default
-        [SEARCHLAB, "server", "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "art")],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            SEARCHLAB,
+            "server",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "art"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -140,15 +167,30 @@ class RestartableServer:
     def __init__(self, folder: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port",
-                        str(self.port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                        "--artifacts-destination", str(folder / "art"), "--workers", "1"]
+        self.command = [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "art"),
+            "--workers",
+            "1",
+        ]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True,
-                                        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -199,8 +241,9 @@ def read_only_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
         yield folder
         folder.chmod(0o755)
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True,
-                             text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"root ignores folder modes, and a read-only tmpfs cannot be mounted: {mounted.stderr.strip()}")
     try:

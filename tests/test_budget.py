@@ -142,8 +142,11 @@ def test_budget_lock_files_sit_next_to_the_storage(workdir: Path) -> None:
         pass
     with budget_lock(None, None, "s")():
         pass
-    assert {p.name for p in workdir.iterdir()} == {"s.journal.budget-lock", "s.db.budget-lock",
-                                                   "searchlab.journal.budget-lock"}
+    assert {p.name for p in workdir.iterdir()} == {
+        "s.journal.budget-lock",
+        "s.db.budget-lock",
+        "searchlab.journal.budget-lock",
+    }
     assert budget_lock("mysql://u@h/db", None, "s") is contextlib.nullcontext
 
 
@@ -160,8 +163,9 @@ with budget_lock(url, open_storage(url) if is_database_url(url) else None, name)
 
 def test_the_file_lock_excludes_other_processes(tmp_path: Path) -> None:
     journal = str(tmp_path / "s.journal")
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, journal, "s"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, journal, "s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with open(journal + ".budget-lock", "a") as handle:
@@ -244,8 +248,9 @@ def test_parallel_claims_meet_the_budget_exactly_on_postgresql(tmp_path: Path) -
 
 def test_the_postgresql_lock_excludes_other_sessions_of_the_same_study() -> None:
     name = f"lock-{uuid.uuid4().hex}"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, POSTGRES_URL, name], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, POSTGRES_URL, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         storage = open_storage(POSTGRES_URL)

@@ -17,7 +17,7 @@ from searchlab.tasks import get_task
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
-MULTICLASS = '''
+MULTICLASS = """
 import torch
 from torch import nn
 import searchlab as sl
@@ -31,21 +31,31 @@ def model(trial):
     return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3), nn.Softmax(dim=1))
 
 study = sl.Study(name="softmax", task="multiclass", data=data, model=model, max_epochs=3, n_trials=2)
-'''
+"""
 
 PLANTED = {
     "shape mismatch": ("    return nn.Linear(4, 3)", "outputs shape (8, 3) but targets have shape (8,)"),
-    "frozen model": ("    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))\n"
-                     "    m.requires_grad_(False)\n    return m", "no parameter of the model requires grad"),
-    "nan": ("    class Nan(nn.Module):\n        def forward(self, x):\n            return x * float('nan')\n"
-            "    return nn.Sequential(nn.Linear(4, 1), Nan())", "the loss became nan at step 1"),
-    "detached output": ("    class Detached(nn.Module):\n        def __init__(self):\n            super().__init__()\n"
-                        "            self.linear = nn.Linear(4, 1)\n        def forward(self, x):\n"
-                        "            return self.linear(x).detach()\n    return Detached()",
-                        "no gradient reaches the weights"),
-    "dead gradient": ("    class Dead(nn.Module):\n        def __init__(self):\n            super().__init__()\n"
-                      "            self.linear = nn.Linear(4, 1)\n        def forward(self, x):\n"
-                      "            return self.linear(x) * 0.0\n    return Dead()", "every gradient is zero"),
+    "frozen model": (
+        "    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))\n    m.requires_grad_(False)\n    return m",
+        "no parameter of the model requires grad",
+    ),
+    "nan": (
+        "    class Nan(nn.Module):\n        def forward(self, x):\n            return x * float('nan')\n"
+        "    return nn.Sequential(nn.Linear(4, 1), Nan())",
+        "the loss became nan at step 1",
+    ),
+    "detached output": (
+        "    class Detached(nn.Module):\n        def __init__(self):\n            super().__init__()\n"
+        "            self.linear = nn.Linear(4, 1)\n        def forward(self, x):\n"
+        "            return self.linear(x).detach()\n    return Detached()",
+        "no gradient reaches the weights",
+    ),
+    "dead gradient": (
+        "    class Dead(nn.Module):\n        def __init__(self):\n            super().__init__()\n"
+        "            self.linear = nn.Linear(4, 1)\n        def forward(self, x):\n"
+        "            return self.linear(x) * 0.0\n    return Dead()",
+        "every gradient is zero",
+    ),
 }
 
 
@@ -130,7 +140,8 @@ def check_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_the_check_trains_on_the_threads_it_is_given_then_gives_torch_its_setting_back(
-        check_threads: list[int]) -> None:
+    check_threads: list[int],
+) -> None:
     import torch
 
     study = load_study_file(STUDIES / "regression.py")
@@ -140,8 +151,7 @@ def test_the_check_trains_on_the_threads_it_is_given_then_gives_torch_its_settin
     assert check_threads == [1, 2] and torch.get_num_threads() == 2
 
 
-def test_a_run_checks_on_one_workers_threads_not_on_all_of_the_cores(workdir: Path,
-                                                                     check_threads: list[int]) -> None:
+def test_a_run_checks_on_one_workers_threads_not_on_all_of_the_cores(workdir: Path, check_threads: list[int]) -> None:
     # All of the cores would contend with the workers' fork server importing meanwhile: a thread pool that waits
     # for a busy core ran the check 17x slower on a 16-core GPU host with 4 workers.
     result = CliRunner().invoke(main, ["run", str(write_study(workdir)), "--trials", "1", "--threads", "1"])

@@ -149,9 +149,9 @@ def test_run_against_a_tracking_server(workdir: Path, study_file: Path, mlflow_s
 
 
 def test_a_failing_trial_does_not_stop_the_study(workdir: Path) -> None:
-    body = '''    if trial.number == 1:
+    body = """    if trial.number == 1:
         raise RuntimeError("planted failure")
-    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))'''
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))"""
     # The preflight builds the model from an in-memory trial numbered 0, so only the study's trial 1 fails.
     path = write_study(workdir, body=body)
     result = invoke("run", str(path), "--trials", "3")
@@ -186,43 +186,85 @@ def test_a_diverging_trial_stops_with_its_reason_and_no_nan(workdir: Path) -> No
 BAD_INPUTS = {
     "missing file": ({}, ["run", "nothere.py"], "not found"),
     "no study": ({"text": "x = 1\n"}, ["run", "study.py"], "declares no study"),
-    "inverted range": ({"extra": "space=sl.default_space(lr=sl.Float(0.1, 0.001, log=True))"}, ["run", "study.py"],
-                       "inverted range"),
-    "log scale from zero": ({"extra": "space=sl.default_space(lr=sl.Float(0.0, 0.1, log=True))"},
-                            ["run", "study.py"], "must start above 0"),
+    "inverted range": (
+        {"extra": "space=sl.default_space(lr=sl.Float(0.1, 0.001, log=True))"},
+        ["run", "study.py"],
+        "inverted range",
+    ),
+    "log scale from zero": (
+        {"extra": "space=sl.default_space(lr=sl.Float(0.0, 0.1, log=True))"},
+        ["run", "study.py"],
+        "must start above 0",
+    ),
     "unknown sampler flag": ({}, ["run", "study.py", "--sampler", "grid"], "'grid' is not one of"),
     "unknown sampler in file": ({"extra": "sampler='grid'"}, ["run", "study.py"], "unknown sampler 'grid'"),
     "unknown task": ({"task": "ranking"}, ["run", "study.py"], "unknown task 'ranking'"),
     "zero trials": ({}, ["run", "study.py", "--trials", "0"], "n_trials must be at least 1"),
     "trials not a number": ({}, ["run", "study.py", "--trials", "many"], "'many' is not a valid integer"),
-    "unreachable storage": ({}, ["run", "study.py", "--storage", "postgresql://postgres@127.0.0.1:1/test"],
-                            "cannot open storage postgresql://postgres@127.0.0.1:1/test"),
-    "storage password masked": ({}, ["run", "study.py", "--storage", "postgresql://bob:s3cret@127.0.0.1:1/test"],
-                                "postgresql://bob:***@127.0.0.1:1/test"),
+    "unreachable storage": (
+        {},
+        ["run", "study.py", "--storage", "postgresql://postgres@127.0.0.1:1/test"],
+        "cannot open storage postgresql://postgres@127.0.0.1:1/test",
+    ),
+    "storage password masked": (
+        {},
+        ["run", "study.py", "--storage", "postgresql://bob:s3cret@127.0.0.1:1/test"],
+        "postgresql://bob:***@127.0.0.1:1/test",
+    ),
     "storage folder missing": ({}, ["run", "study.py", "--storage", "nowhere/study.journal"], "does not exist"),
     "unknown storage scheme": ({}, ["run", "study.py", "--storage", "redis://127.0.0.1:6379"], "unknown storage"),
-    "unreachable tracking server": ({}, ["run", "study.py", "--tracking-uri", "http://127.0.0.1:1"],
-                                    "cannot reach the MLflow tracking server at http://127.0.0.1:1"),
-    "tracking folder missing": ({}, ["run", "study.py", "--tracking-uri", "sqlite:///nowhere/mlflow.db"],
-                                "does not exist"),
-    "sigmoid head on regression": ({"body": "    return nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())"},
-                                   ["run", "study.py"], "ends in nn.Sigmoid"),
-    "output shape mismatch": ({"body": "    return nn.Linear(4, 3)"}, ["run", "study.py"],
-                              "outputs shape (8, 3) but targets have shape (8,)"),
-    "builder that crashes": ({"body": "    return nn.Linear(4, trial.params['width'])"}, ["run", "study.py"],
-                             "KeyError: 'width'"),
-    "dropped param still used": ({"extra": "space=sl.default_space(dropout=None)"}, ["run", "study.py"],
-                                 "KeyError: 'dropout'"),
+    "unreachable tracking server": (
+        {},
+        ["run", "study.py", "--tracking-uri", "http://127.0.0.1:1"],
+        "cannot reach the MLflow tracking server at http://127.0.0.1:1",
+    ),
+    "tracking folder missing": (
+        {},
+        ["run", "study.py", "--tracking-uri", "sqlite:///nowhere/mlflow.db"],
+        "does not exist",
+    ),
+    "sigmoid head on regression": (
+        {"body": "    return nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())"},
+        ["run", "study.py"],
+        "ends in nn.Sigmoid",
+    ),
+    "output shape mismatch": (
+        {"body": "    return nn.Linear(4, 3)"},
+        ["run", "study.py"],
+        "outputs shape (8, 3) but targets have shape (8,)",
+    ),
+    "builder that crashes": (
+        {"body": "    return nn.Linear(4, trial.params['width'])"},
+        ["run", "study.py"],
+        "KeyError: 'width'",
+    ),
+    "dropped param still used": (
+        {"extra": "space=sl.default_space(dropout=None)"},
+        ["run", "study.py"],
+        "KeyError: 'dropout'",
+    ),
     "no study for trials": ({}, ["trials"], "run 'searchlab run FILE' first"),
     "ftp tracking URI": ({}, ["run", "study.py", "--tracking-uri", "ftp://x"], "unsupported tracking URI 'ftp://x'"),
-    "plain-path tracking URI": ({}, ["run", "study.py", "--tracking-uri", "./mlruns"],
-                                "use sqlite:///PATH (e.g. sqlite:///mlflow.db) or http://HOST:PORT"),
-    "tracking server refusing the host name": ({}, ["run", "study.py", "--tracking-uri", "{server_by_host_name}"],
-                                               "(HTTP 403, MLflow's host check): start it with --allowed-hosts "),
-    "sqlite tracking in a read-only folder": ({}, ["run", "study.py", "--tracking-uri", "sqlite:///{read_only}/m.db"],
-                                              "cannot be written here"),
-    "journal in a read-only folder": ({}, ["run", "study.py", "--storage", "{read_only}/study.journal"],
-                                      "cannot be written here"),
+    "plain-path tracking URI": (
+        {},
+        ["run", "study.py", "--tracking-uri", "./mlruns"],
+        "use sqlite:///PATH (e.g. sqlite:///mlflow.db) or http://HOST:PORT",
+    ),
+    "tracking server refusing the host name": (
+        {},
+        ["run", "study.py", "--tracking-uri", "{server_by_host_name}"],
+        "(HTTP 403, MLflow's host check): start it with --allowed-hosts ",
+    ),
+    "sqlite tracking in a read-only folder": (
+        {},
+        ["run", "study.py", "--tracking-uri", "sqlite:///{read_only}/m.db"],
+        "cannot be written here",
+    ),
+    "journal in a read-only folder": (
+        {},
+        ["run", "study.py", "--storage", "{read_only}/study.journal"],
+        "cannot be written here",
+    ),
     "storage is a folder": ({}, ["run", "study.py", "--storage", "."], "storage '.' is a folder"),
     "storage is the study file": ({}, ["run", "study.py", "--storage", "study.py"], "is a Python file"),
     "storage is a new .py file": ({}, ["run", "study.py", "--storage", "some_file.py"], "is a Python file"),
@@ -232,8 +274,9 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir: Path, case: str,
-                                                         request: pytest.FixtureRequest) -> None:
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    workdir: Path, case: str, request: pytest.FixtureRequest
+) -> None:
     spec, args, message = BAD_INPUTS[case]
     if "text" in spec:
         (workdir / "study.py").write_text(spec["text"])
@@ -261,35 +304,46 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir: Path, case: st
         assert {experiment.name for experiment in MlflowClient(server).search_experiments()} == experiments
 
 
-@pytest.mark.parametrize(("storage", "tracking_uri"), [
-    ("searchlab.journal", None), ("my runs/study.journal", "sqlite:///my runs/m;$(id).db"),
-    ("postgresql://bob:***@db/x", "sqlite:///x.db"),
-])
-def test_the_printed_compare_commands_paste_into_a_shell_as_they_read(workdir: Path, storage: str,
-                                                                      tracking_uri: str | None) -> None:
+@pytest.mark.parametrize(
+    ("storage", "tracking_uri"),
+    [
+        ("searchlab.journal", None),
+        ("my runs/study.journal", "sqlite:///my runs/m;$(id).db"),
+        ("postgresql://bob:***@db/x", "sqlite:///x.db"),
+    ],
+)
+def test_the_printed_compare_commands_paste_into_a_shell_as_they_read(
+    workdir: Path, storage: str, tracking_uri: str | None
+) -> None:
     """A study name (or path) with quotes, ; or $(...) stays one word when the printed line is pasted."""
     from searchlab.settings import default_tracking_uri
     from searchlab.summary import RunSummary
 
-    name = "we'ird;$(id) `id` \"x\""
+    name = 'we\'ird;$(id) `id` "x"'
     summary = RunSummary(name, storage, tracking_uri or default_tracking_uri(), "1", "r")
     (line,) = [line for line in summary.lines() if line.startswith("compare")]
     ui, dashboard = line.removeprefix("compare    ").removesuffix(" (Optuna dashboard)").split(" (MLflow UI); ")
     for command in (ui, dashboard):  # searchlab as a shell function that prints its arguments, one per line
-        done = subprocess.run(["sh", "-c", f'searchlab() {{ printf "%s\\n" "$@"; }}; {command}'], capture_output=True,
-                              text=True, env={"SEARCHLAB_STORAGE": "postgresql://bob:pw@db/x", "PATH": "/usr/bin:/bin"})
+        done = subprocess.run(
+            ["sh", "-c", f'searchlab() {{ printf "%s\\n" "$@"; }}; {command}'],
+            capture_output=True,
+            text=True,
+            env={"SEARCHLAB_STORAGE": "postgresql://bob:pw@db/x", "PATH": "/usr/bin:/bin"},
+        )
         assert done.returncode == 0 and not done.stderr, done
         words = done.stdout.splitlines()
         assert words[:3] == [command.split()[1], "--study-name", name]
         if command is ui:
             assert words[3:] == ([] if tracking_uri is None else ["--tracking-uri", tracking_uri])
         else:
-            assert words[3:] == ([] if storage == "searchlab.journal" else
-                                 ["--storage", "postgresql://bob:pw@db/x" if "***" in storage else storage])
+            assert words[3:] == (
+                []
+                if storage == "searchlab.journal"
+                else ["--storage", "postgresql://bob:pw@db/x" if "***" in storage else storage]
+            )
 
 
-def test_environment_settings_are_checked_too(workdir: Path, study_file: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_settings_are_checked_too(workdir: Path, study_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEARCHLAB_SAMPLER", "grid")
     result = CliRunner().invoke(main, ["run", str(study_file)])
     assert result.exit_code == 2 and "unknown sampler 'grid'" in result.output
@@ -335,8 +389,9 @@ def test_every_pruner_runs(workdir: Path, study_file: Path, pruner: str) -> None
     assert all(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in study.trials)
 
 
-def test_the_console_script_freezes_the_heap_on_its_way_out(monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_console_script_freezes_the_heap_on_its_way_out(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The installed ``searchlab`` ends through entry_point: the command's own exit code, its objects frozen so
     that interpreter shutdown does not walk them (seconds after a run)."""
     monkeypatch.setattr(sys, "argv", ["searchlab", "--version"])

@@ -14,8 +14,18 @@ from searchlab.study import Study
 
 
 def make_study(**changes) -> Study:
-    settings = {"name": "file-name", "task": "regression", "data": lambda seed: None, "model": lambda trial: None,
-                "max_epochs": 7, "patience": 3, "n_trials": 5, "timeout": 60.0, "sampler": "tpe", "seed": 1}
+    settings = {
+        "name": "file-name",
+        "task": "regression",
+        "data": lambda seed: None,
+        "model": lambda trial: None,
+        "max_epochs": 7,
+        "patience": 3,
+        "n_trials": 5,
+        "timeout": 60.0,
+        "sampler": "tpe",
+        "seed": 1,
+    }
     return Study(**{**settings, **changes})
 
 
@@ -48,9 +58,18 @@ def test_values_cover_every_environment_field():
 
 def test_study_file_values_apply_without_environment_or_flags(workdir: Path):
     config = resolve_config(make_study(), env={})
-    assert config == RunConfig(study_name="file-name", n_trials=5, timeout=60.0, sampler="tpe", pruner="none", seed=1,
-                               storage=None,
-                               tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}", max_epochs=7, patience=3)
+    assert config == RunConfig(
+        study_name="file-name",
+        n_trials=5,
+        timeout=60.0,
+        sampler="tpe",
+        pruner="none",
+        seed=1,
+        storage=None,
+        tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+        max_epochs=7,
+        patience=3,
+    )
 
 
 def test_default_tracking_uri_is_mlflow_db_in_the_working_directory(workdir: Path):
@@ -106,21 +125,25 @@ def test_searchlab_tracking_uri_beats_mlflow_tracking_uri(workdir: Path):
 
 
 def test_tracking_flag_beats_mlflow_tracking_uri(workdir: Path):
-    config = resolve_config(make_study(), flags={"tracking_uri": "file:///flag"},
-                            env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    config = resolve_config(
+        make_study(), flags={"tracking_uri": "file:///flag"}, env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    )
     assert config.tracking_uri == "file:///flag"
 
 
-@pytest.mark.parametrize(("variable", "text"), [
-    ("SEARCHLAB_TRIALS", "abc"),
-    ("SEARCHLAB_TRIALS", "2.5"),
-    ("SEARCHLAB_SEED", "x"),
-    ("SEARCHLAB_MAX_EPOCHS", "ten"),
-    ("SEARCHLAB_TIMEOUT", "-1"),
-    ("SEARCHLAB_TIMEOUT", "0"),
-    ("SEARCHLAB_TIMEOUT", "soon"),
-    ("SEARCHLAB_TIMEOUT", "nan"),
-])
+@pytest.mark.parametrize(
+    ("variable", "text"),
+    [
+        ("SEARCHLAB_TRIALS", "abc"),
+        ("SEARCHLAB_TRIALS", "2.5"),
+        ("SEARCHLAB_SEED", "x"),
+        ("SEARCHLAB_MAX_EPOCHS", "ten"),
+        ("SEARCHLAB_TIMEOUT", "-1"),
+        ("SEARCHLAB_TIMEOUT", "0"),
+        ("SEARCHLAB_TIMEOUT", "soon"),
+        ("SEARCHLAB_TIMEOUT", "nan"),
+    ],
+)
 def test_unparsable_environment_value_names_the_variable(workdir: Path, variable: str, text: str):
     with pytest.raises(ConfigError) as info:
         resolve_config(make_study(), env={variable: text})
@@ -139,21 +162,24 @@ def test_trials_parse_error_says_integer(workdir: Path):
         resolve_config(make_study(), env={"SEARCHLAB_TRIALS": "abc"})
 
 
-@pytest.mark.parametrize(("flags", "env", "pattern"), [
-    ({"n_trials": 0}, {}, "n_trials"),
-    ({}, {"SEARCHLAB_TRIALS": "0"}, "n_trials"),
-    ({"max_epochs": -3}, {}, "max_epochs"),
-    ({"patience": 0}, {}, "patience"),
-    ({"sampler": "grid"}, {}, "unknown sampler 'grid'"),
-    ({}, {"SEARCHLAB_SAMPLER": "cmaes"}, "unknown sampler 'cmaes'"),
-    ({"study_name": "   "}, {}, "study name must not be empty"),
-    ({"study_name": "we'ird\n$(id)"}, {}, "study name must not contain control characters"),
-    ({}, {"SEARCHLAB_STUDY_NAME": "esc\x1b[31m"}, "study name must not contain control characters"),
-    ({"timeout": 0}, {}, "timeout"),
-    ({"timeout": -5.0}, {}, "timeout"),
-    ({"seed": 1.5}, {}, "seed"),
-    ({"n_trials": True}, {}, "n_trials"),
-])
+@pytest.mark.parametrize(
+    ("flags", "env", "pattern"),
+    [
+        ({"n_trials": 0}, {}, "n_trials"),
+        ({}, {"SEARCHLAB_TRIALS": "0"}, "n_trials"),
+        ({"max_epochs": -3}, {}, "max_epochs"),
+        ({"patience": 0}, {}, "patience"),
+        ({"sampler": "grid"}, {}, "unknown sampler 'grid'"),
+        ({}, {"SEARCHLAB_SAMPLER": "cmaes"}, "unknown sampler 'cmaes'"),
+        ({"study_name": "   "}, {}, "study name must not be empty"),
+        ({"study_name": "we'ird\n$(id)"}, {}, "study name must not contain control characters"),
+        ({}, {"SEARCHLAB_STUDY_NAME": "esc\x1b[31m"}, "study name must not contain control characters"),
+        ({"timeout": 0}, {}, "timeout"),
+        ({"timeout": -5.0}, {}, "timeout"),
+        ({"seed": 1.5}, {}, "seed"),
+        ({"n_trials": True}, {}, "n_trials"),
+    ],
+)
 def test_invalid_merged_values_raise_config_error(workdir: Path, flags, env, pattern: str):
     with pytest.raises(ConfigError, match=pattern) as info:
         resolve_config(make_study(), flags=flags, env=env)

@@ -54,16 +54,18 @@ def test_prepare_split_converts_numpy_arrays():
 
 
 def test_prepare_split_converts_tensors_and_lists_for_multiclass():
-    train, val = prepare_split(Split(train=(torch.randn(4, 2), [0.0, 2.0, 1.0, 2.0]), val=([[0.0, 1.0]], [[1]])),
-                               MULTICLASS)
+    train, val = prepare_split(
+        Split(train=(torch.randn(4, 2), [0.0, 2.0, 1.0, 2.0]), val=([[0.0, 1.0]], [[1]])), MULTICLASS
+    )
     assert train.targets.dtype == torch.long and train.targets.tolist() == [0, 2, 1, 2]
     assert val.inputs.dtype == torch.float32
     assert val.targets.tolist() == [1]
 
 
 def test_prepare_split_keeps_integer_inputs():
-    train, _ = prepare_split(Split(train=(torch.tensor([[1, 2], [3, 4]]), [0.5, 1.5]), val=([[1, 2]], [0.0])),
-                             REGRESSION)
+    train, _ = prepare_split(
+        Split(train=(torch.tensor([[1, 2], [3, 4]]), [0.5, 1.5]), val=([[1, 2]], [0.0])), REGRESSION
+    )
     assert train.inputs.dtype == torch.int64
 
 
@@ -177,8 +179,13 @@ def test_loader_batches_shuffle_visits_all_and_replays_seed():
 
 def test_loader_and_tensor_batches_agree_without_shuffle():
     pair = numbered(9)
-    loader = LoaderBatches(TensorDataset(pair.inputs, pair.targets), 4, shuffle=False,
-                           generator=torch.Generator().manual_seed(0), device=CPU)
+    loader = LoaderBatches(
+        TensorDataset(pair.inputs, pair.targets),
+        4,
+        shuffle=False,
+        generator=torch.Generator().manual_seed(0),
+        device=CPU,
+    )
     tensors = make_batches(pair, 4, shuffle=False, seed=0, device=CPU)
     for (xa, ya), (xb, yb) in zip(loader, tensors, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)

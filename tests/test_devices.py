@@ -38,15 +38,18 @@ def test_an_index_list_selects_those_gpus_in_order() -> None:
     assert parse_devices("cuda:1", 2) == ["cuda:1"]
 
 
-@pytest.mark.parametrize(("spec", "n_gpus", "expected"), [
-    ("cuda", 0, "no GPU is visible"),
-    ("cuda:5", 2, "GPU 5 does not exist here (2 visible)"),
-    ("cuda:x", 2, "list GPU indices"),
-    ("cuda:", 2, "list GPU indices"),
-    ("cuda:0,0", 2, "lists a GPU twice"),
-    ("tpu", 2, "unknown --devices 'tpu'"),
-    ("gpu:0", 2, "unknown --devices"),
-])
+@pytest.mark.parametrize(
+    ("spec", "n_gpus", "expected"),
+    [
+        ("cuda", 0, "no GPU is visible"),
+        ("cuda:5", 2, "GPU 5 does not exist here (2 visible)"),
+        ("cuda:x", 2, "list GPU indices"),
+        ("cuda:", 2, "list GPU indices"),
+        ("cuda:0,0", 2, "lists a GPU twice"),
+        ("tpu", 2, "unknown --devices 'tpu'"),
+        ("gpu:0", 2, "unknown --devices"),
+    ],
+)
 def test_bad_device_specs_are_one_line_config_errors(spec: str, n_gpus: int, expected: str) -> None:
     assert expected in config_error(parse_devices, spec, n_gpus)
 

@@ -63,8 +63,10 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
-                      r"|(?P<named>[A-Za-z_]\w*))")
+VARIABLE = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<named>[A-Za-z_]\w*))"
+)
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
@@ -293,10 +295,16 @@ def test_docker_env_is_git_ignored() -> None:
 
 
 def test_every_variable_compose_needs_is_in_env_example() -> None:
-    names = {match["braced"] or match["named"] for match in VARIABLE.finditer(COMPOSE_FILE.read_text())
-             if not match["escaped"]}
-    required = {match["braced"] for match in VARIABLE.finditer(COMPOSE_FILE.read_text())
-                if match["braced"] and match["op"] in (None, ":?", "?")}
+    names = {
+        match["braced"] or match["named"]
+        for match in VARIABLE.finditer(COMPOSE_FILE.read_text())
+        if not match["escaped"]
+    }
+    required = {
+        match["braced"]
+        for match in VARIABLE.finditer(COMPOSE_FILE.read_text())
+        if match["braced"] and match["op"] in (None, ":?", "?")
+    }
     assert required <= set(example_env()), required - set(example_env())
     commented = set(re.findall(r"^#\s*([A-Z_][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
     assert names <= set(example_env()) | commented, names - set(example_env()) - commented
@@ -349,8 +357,9 @@ def test_dashboard_healthcheck_asks_the_dashboard_itself() -> None:
 
 def run_trainer_healthcheck(tracking_uri: str, storage: str) -> int:
     env = {"SEARCHLAB_TRACKING_URI": tracking_uri, "SEARCHLAB_STORAGE": storage, "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-c", healthcheck_code("worker")], env=env, capture_output=True,
-                          timeout=60, check=False).returncode
+    return subprocess.run(
+        [sys.executable, "-c", healthcheck_code("worker")], env=env, capture_output=True, timeout=60, check=False
+    ).returncode
 
 
 def test_trainer_healthcheck_passes_only_when_both_stores_answer(mlflow_server: str) -> None:
@@ -392,7 +401,8 @@ def test_storage_points_at_the_postgres_database() -> None:
     assert (url.username, url.password) == (postgres_env["POSTGRES_USER"], PASSWORD)
     for name in STORAGE_USERS:
         unknown = {key for key in environment(name) if key.startswith("SEARCHLAB_")} - {
-            variable for variable, _ in ENVIRONMENT.values()}
+            variable for variable, _ in ENVIRONMENT.values()
+        }
         assert not unknown, f"{name}: searchlab reads no {unknown}"
 
 
@@ -449,23 +459,29 @@ def test_workers_scale() -> None:
 
 def test_gpu_reservation_is_there_to_uncomment() -> None:
     text = COMPOSE_FILE.read_text()
-    worker_part = text[text.index("\n  worker:"):text.index("\n  scheduler:")]
+    worker_part = text[text.index("\n  worker:") : text.index("\n  scheduler:")]
     block = re.search(r"^( *)# deploy:\n(?:\1#   .*\n)+", worker_part, re.MULTILINE)
     assert block, "the worker's GPU reservation, commented out"
     indent = block[1]
-    uncommented = "\n".join(line[len(indent) + 2:] for line in block[0].splitlines())
+    uncommented = "\n".join(line[len(indent) + 2 :] for line in block[0].splitlines())
     devices = yaml.safe_load(uncommented)["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
 
 
 def test_docker_compose_config_accepts_the_file() -> None:
     docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True,
-                                        check=False).returncode != 0:
+    if (
+        docker is None
+        or subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode != 0
+    ):
         pytest.skip("no docker compose here")
-    result = subprocess.run([docker, "compose", "-f", str(COMPOSE_FILE), "config", "--quiet"], capture_output=True,
-                            text=True, env={**os.environ, "POSTGRES_PASSWORD": PASSWORD},
-                            check=False)
+    result = subprocess.run(
+        [docker, "compose", "-f", str(COMPOSE_FILE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "POSTGRES_PASSWORD": PASSWORD},
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -529,7 +545,7 @@ def pip_installs() -> list[tuple[int, list[str]]]:
                 words = words[1:]
             for start in range(len(words) - 1):
                 if posixpath.basename(words[start]) in ("pip", "pip3") and words[start + 1] == "install":
-                    found.append((index, words[start + 2:]))
+                    found.append((index, words[start + 2 :]))
                     break
     return found
 
@@ -567,8 +583,11 @@ def test_compose_builds_from_the_repository_root() -> None:
 def test_dockerfile_installs_torch_then_the_package_the_readme_way() -> None:
     installs = pip_installs()
     torch = [position for position, (_, args) in enumerate(installs) if any(a.startswith("torch") for a in args)]
-    package = [position for position, (_, args) in enumerate(installs)
-               if any(re.fullmatch(r"\.(\[[\w,-]+\])?", arg) for arg in args)]
+    package = [
+        position
+        for position, (_, args) in enumerate(installs)
+        if any(re.fullmatch(r"\.(\[[\w,-]+\])?", arg) for arg in args)
+    ]
     assert len(torch) == 1 and len(package) == 1, installs
     torch_args = installs[torch[0]][1]
     assert f"torch=={readme_torch_version()}" in torch_args  # pinned, as the README installs it
@@ -599,8 +618,11 @@ def in_image(path: str) -> Path | None:
     for _, sources, destination, into in copies():
         for source in sources:
             # COPY puts a folder's contents at the destination; a file into it (dest/ or several sources) or at it
-            landed = posixpath.join(destination, posixpath.basename(source)) if into and (
-                ROOT / source).is_file() else destination
+            landed = (
+                posixpath.join(destination, posixpath.basename(source))
+                if into and (ROOT / source).is_file()
+                else destination
+            )
             if target == landed or target.startswith(landed + "/"):
                 candidate = ROOT / source / posixpath.relpath(target, landed)
                 if candidate.exists():
@@ -627,8 +649,13 @@ def test_dockerfile_copies_what_the_install_and_the_services_need() -> None:
 
 
 def test_dockerfile_puts_the_venv_first_on_path_and_runs_unprivileged(monkeypatch: pytest.MonkeyPatch) -> None:
-    venvs = [words[3] for keyword, args in dockerfile() if keyword == "RUN" for words in shell_commands(args)
-             if words[1:3] == ["-m", "venv"]]
+    venvs = [
+        words[3]
+        for keyword, args in dockerfile()
+        if keyword == "RUN"
+        for words in shell_commands(args)
+        if words[1:3] == ["-m", "venv"]
+    ]
     assert venvs and len(set(venvs)) == 1
     env = " ".join(args for keyword, args in dockerfile() if keyword == "ENV")
     assert re.search(rf"PATH={re.escape(venvs[0])}/bin:\$PATH", env)  # searchlab, mlflow, python on PATH

@@ -18,18 +18,54 @@ PACKAGE = Path(__file__).resolve().parent.parent / "searchlab"
 LAYERS = {
     "base": ["errors", "settings"],
     "core": ["catalog", "space", "trial", "study", "tasks", "data", "transfer", "model", "train", "check"],
-    "stores": ["storage", "locks", "tracking", "endpoints", "unsent", "sender", "results", "weights", "registry",
-               "report"],
-    "running": ["devices", "config", "budget", "recovery", "signals", "objective", "preparation", "worker",
-                "forkserver", "preload", "summary", "pool", "lifecycle"],
+    "stores": [
+        "storage",
+        "locks",
+        "tracking",
+        "endpoints",
+        "unsent",
+        "sender",
+        "results",
+        "weights",
+        "registry",
+        "report",
+    ],
+    "running": [
+        "devices",
+        "config",
+        "budget",
+        "recovery",
+        "signals",
+        "objective",
+        "preparation",
+        "worker",
+        "forkserver",
+        "preload",
+        "summary",
+        "pool",
+        "lifecycle",
+    ],
     "operations": ["nightly", "schedule", "viewers", "replay"],
     "face": ["cli_options", "cli_search", "cli_view", "cli", "__main__", "__init__"],
 }
 # The documented calls up a layer: (importer, imported) → why.
 EXCEPTIONS = {("study", "lifecycle"): "Study.run, the `python FILE` entry point, runs the study as `searchlab run`"}
 # Third-party packages worth importing inside a function: each costs a noticeable share of a command's start-up.
-HEAVY = {"torch", "torchmetrics", "mlflow", "optuna", "optuna_dashboard", "matplotlib", "plotly", "sklearn",
-         "sqlalchemy", "numpy", "croniter", "yaml", "tqdm"}
+HEAVY = {
+    "torch",
+    "torchmetrics",
+    "mlflow",
+    "optuna",
+    "optuna_dashboard",
+    "matplotlib",
+    "plotly",
+    "sklearn",
+    "sqlalchemy",
+    "numpy",
+    "croniter",
+    "yaml",
+    "tqdm",
+}
 
 
 @dataclass(frozen=True)
@@ -58,8 +94,9 @@ def read_imports(module: str, source: str) -> list[Import]:
                     found.append(target_of(module, alias.name, child.lineno, in_function))
             elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
                 if child.module == "searchlab":  # from searchlab import schedule
-                    found.extend(target_of(module, f"searchlab.{alias.name}", child.lineno, in_function)
-                                 for alias in child.names)
+                    found.extend(
+                        target_of(module, f"searchlab.{alias.name}", child.lineno, in_function) for alias in child.names
+                    )
                 else:
                     found.append(target_of(module, child.module, child.lineno, in_function))
             elif isinstance(child, ast.ImportFrom):
@@ -88,17 +125,30 @@ def layer_index() -> dict[str, int]:
 def upward_imports(imports: dict[str, list[Import]]) -> list[str]:
     """Each import of a module of a higher layer, as ``file:line: importer (layer) imports target (layer)``."""
     index, names = layer_index(), list(LAYERS)
-    return [f"{each.where()}: {each.importer} ({names[index[each.importer]]}) imports {each.target} "
-            f"({names[index[each.target]]}), a higher layer"
-            for module_imports in imports.values() for each in module_imports
-            if each.searchlab and each.target in index and index[each.target] > index[each.importer]
-            and (each.importer, each.target) not in EXCEPTIONS]
+    return [
+        f"{each.where()}: {each.importer} ({names[index[each.importer]]}) imports {each.target} "
+        f"({names[index[each.target]]}), a higher layer"
+        for module_imports in imports.values()
+        for each in module_imports
+        if each.searchlab
+        and each.target in index
+        and index[each.target] > index[each.importer]
+        and (each.importer, each.target) not in EXCEPTIONS
+    ]
 
 
 def cycles(imports: dict[str, list[Import]]) -> list[list[str]]:
     """The import graph's strongly connected components of more than one module (the exceptions left out)."""
-    graph = {module: sorted({each.target for each in found if each.searchlab and each.target != module
-                             and (module, each.target) not in EXCEPTIONS}) for module, found in imports.items()}
+    graph = {
+        module: sorted(
+            {
+                each.target
+                for each in found
+                if each.searchlab and each.target != module and (module, each.target) not in EXCEPTIONS
+            }
+        )
+        for module, found in imports.items()
+    }
     order: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -131,11 +181,18 @@ def cycles(imports: dict[str, list[Import]]) -> list[list[str]]:
 
 def heavy_modules(imports: dict[str, list[Import]]) -> set[str]:
     """The searchlab modules whose module-level imports load a HEAVY package, directly or through others."""
-    heavy = {module for module, found in imports.items()
-             if any(not each.in_function and not each.searchlab and each.target in HEAVY for each in found)}
+    heavy = {
+        module
+        for module, found in imports.items()
+        if any(not each.in_function and not each.searchlab and each.target in HEAVY for each in found)
+    }
     while True:
-        more = {module for module, found in imports.items() if module not in heavy
-                and any(not each.in_function and each.searchlab and each.target in heavy for each in found)}
+        more = {
+            module
+            for module, found in imports.items()
+            if module not in heavy
+            and any(not each.in_function and each.searchlab and each.target in heavy for each in found)
+        }
         if not more:
             return heavy
         heavy |= more
@@ -144,10 +201,15 @@ def heavy_modules(imports: dict[str, list[Import]]) -> set[str]:
 def needless_lazy_imports(imports: dict[str, list[Import]]) -> list[str]:
     """Imports inside a function that defer nothing heavy: they belong at the top of the module."""
     heavy = heavy_modules(imports)
-    return [f"{each.where()}: {each.importer} imports {each.target} inside a function, but it loads nothing heavy: "
-            "import it at the top" for found in imports.values() for each in found
-            if each.in_function and (each.importer, each.target) not in EXCEPTIONS
-            and not (each.target in heavy if each.searchlab else each.target in HEAVY)]
+    return [
+        f"{each.where()}: {each.importer} imports {each.target} inside a function, but it loads nothing heavy: "
+        "import it at the top"
+        for found in imports.values()
+        for each in found
+        if each.in_function
+        and (each.importer, each.target) not in EXCEPTIONS
+        and not (each.target in heavy if each.searchlab else each.target in HEAVY)
+    ]
 
 
 def test_every_module_has_one_layer() -> None:
@@ -168,12 +230,21 @@ def test_imports_inside_functions_only_defer_heavy_modules() -> None:
     assert needless_lazy_imports(package_imports()) == []
 
 
-@pytest.mark.parametrize(("importer", "source", "expected"), [
-    ("errors", "def f():\n    from searchlab.cli import main\n",
-     "searchlab/errors.py:2: errors (base) imports cli (face), a higher layer"),
-    ("storage", "import os\nimport searchlab.lifecycle\n",
-     "searchlab/storage.py:2: storage (stores) imports lifecycle (running), a higher layer"),
-])
+@pytest.mark.parametrize(
+    ("importer", "source", "expected"),
+    [
+        (
+            "errors",
+            "def f():\n    from searchlab.cli import main\n",
+            "searchlab/errors.py:2: errors (base) imports cli (face), a higher layer",
+        ),
+        (
+            "storage",
+            "import os\nimport searchlab.lifecycle\n",
+            "searchlab/storage.py:2: storage (stores) imports lifecycle (running), a higher layer",
+        ),
+    ],
+)
 def test_a_planted_upward_import_fails_with_its_file_and_line(importer: str, source: str, expected: str) -> None:
     imports = package_imports()
     imports[importer] = read_imports(importer, source)
@@ -189,4 +260,5 @@ def test_a_planted_cycle_and_a_needless_lazy_import_are_found() -> None:
         "searchlab/settings.py:2: settings imports errors inside a function, but it loads nothing heavy: import it at "
         "the top",
         "searchlab/settings.py:3: settings imports json inside a function, but it loads nothing heavy: import it at "
-        "the top"]
+        "the top",
+    ]

@@ -35,8 +35,14 @@ def wait_for_running_trial(storage_path: Path, name: str, process: subprocess.Po
 def test_ctrl_c_leaves_nothing_running(workdir: Path) -> None:
     # Long trials (no early stopping within reach) so that Ctrl-C lands in the middle of training.
     path = write_study(workdir, max_epochs=100000, patience=100000)
-    process = subprocess.Popen([SEARCHLAB, "run", str(path), "--trials", "50"], cwd=workdir, env=clean_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [SEARCHLAB, "run", str(path), "--trials", "50"],
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_running_trial(workdir / "searchlab.journal", "tiny", process)
     time.sleep(1.5)  # some epochs into the trial
     process.send_signal(signal.SIGINT)
@@ -57,8 +63,14 @@ def test_ctrl_c_leaves_nothing_running(workdir: Path) -> None:
 
 def test_a_study_file_runs_as_a_script(workdir: Path) -> None:
     path = write_study(workdir)
-    result = subprocess.run([sys.executable, str(path)], cwd=workdir, capture_output=True, text=True, timeout=300,
-                            env=clean_env(SEARCHLAB_TRIALS="2", SEARCHLAB_SAMPLER="random"))
+    result = subprocess.run(
+        [sys.executable, str(path)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_env(SEARCHLAB_TRIALS="2", SEARCHLAB_SAMPLER="random"),
+    )
     assert result.returncode == 0, result.stderr
     assert "best       trial" in result.stdout
     study = optuna.load_study(study_name="tiny", storage=open_storage(str(workdir / "searchlab.journal")))
@@ -67,8 +79,9 @@ def test_a_study_file_runs_as_a_script(workdir: Path) -> None:
 
 def test_a_study_script_reports_bad_input_in_one_line(workdir: Path) -> None:
     path = write_study(workdir, body="    return nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())")
-    result = subprocess.run([sys.executable, str(path)], cwd=workdir, capture_output=True, text=True, timeout=300,
-                            env=clean_env())
+    result = subprocess.run(
+        [sys.executable, str(path)], cwd=workdir, capture_output=True, text=True, timeout=300, env=clean_env()
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "Error: the model ends in nn.Sigmoid, but MSELoss expects raw outputs: end with a linear unit and no "

@@ -19,7 +19,7 @@ from searchlab.settings import NIGHTS_ATTR
 from searchlab.storage import close_storage, open_storage
 
 # A study whose validation targets get noisier when noise.txt says so: "the data changed overnight".
-NOISY_DATA = '''
+NOISY_DATA = """
 def data(seed):
     from pathlib import Path
     g = torch.Generator().manual_seed(seed)
@@ -28,7 +28,7 @@ def data(seed):
     noise = float(Path("noise.txt").read_text()) if Path("noise.txt").exists() else 0.0
     y = y + noise * torch.randn(160, generator=torch.Generator().manual_seed(99))
     return sl.Split(train=(x[:120], y[:120]), val=(x[120:], y[120:]))
-'''
+"""
 
 
 def nightly_study(folder: Path) -> Path:
@@ -69,7 +69,8 @@ def test_nights_warm_start_reevaluate_promote_hold_and_alert(workdir: Path) -> N
     assert [t.params for t in study.trials[4:6]] == best_two  # re-evaluated first, on tonight's data
     assert len(study.trials) == 8  # --trials counts the re-evaluations
     assert records[1]["reevaluated"] == 2 and records[1]["champion_tonight"] == pytest.approx(
-        records[0]["best_value"], rel=1e-5)  # same data: the champion scores what it scored
+        records[0]["best_value"], rel=1e-5
+    )  # same data: the champion scores what it scored
     assert client.get_model_version_by_alias("nightly", CHAMPION_ALIAS).version == champion.version
     parent = client.get_run(records[1]["parent_run_id"])
     assert parent.data.tags["nightly_decision"] == "held" and parent.data.tags["nightly_exit_code"] == "0"
@@ -97,9 +98,15 @@ def test_a_failed_sweep_exits_1_and_is_recorded(workdir: Path) -> None:
 
 def test_a_second_night_during_the_first_exits_with_a_clear_message(workdir: Path) -> None:
     study_file = write_study(workdir, name="nightly", max_epochs=200, patience=200)
-    first = subprocess.Popen([SEARCHLAB, "nightly", str(study_file), "--trials", "500"], cwd=workdir,
-                             env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=default_sigint)
+    first = subprocess.Popen(
+        [SEARCHLAB, "nightly", str(study_file), "--trials", "500"],
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
     lock = workdir / "searchlab.journal.nightly.nightly-lock"
     deadline = time.monotonic() + 120
     while not (lock.exists() and lock.read_text()):
@@ -121,9 +128,15 @@ def test_the_postgresql_lock_holds_all_night_without_an_open_transaction(workdir
     args = ["--storage", POSTGRES_URL, "--tracking-uri", f"sqlite:///{workdir / 'mlflow.db'}"]
     # A server that kills sessions idle in a transaction for 1 s would end a lock held inside one.
     env = clean_env(PGOPTIONS="-c idle_in_transaction_session_timeout=1000")
-    first = subprocess.Popen([SEARCHLAB, "nightly", str(study_file), "--trials", "500", *args], cwd=workdir,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=default_sigint)
+    first = subprocess.Popen(
+        [SEARCHLAB, "nightly", str(study_file), "--trials", "500", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
     storage = open_storage(POSTGRES_URL)  # one, for the polls below: each storage pools its own connections
     try:
         deadline = time.monotonic() + 120
@@ -157,22 +170,33 @@ def test_a_missing_storage_folder_is_one_line(workdir: Path, study_file: Path) -
 
 
 def test_a_failed_sweep_promotes_nothing_even_with_completed_trials() -> None:
-    result = Night(1, "now", best_value=0.1, champion_tonight=0.5, champion_recorded=0.5, sweep_failed=True,
-                   reason="workers keep dying")
+    result = Night(
+        1,
+        "now",
+        best_value=0.1,
+        champion_tonight=0.5,
+        champion_recorded=0.5,
+        sweep_failed=True,
+        reason="workers keep dying",
+    )
     assert decide(result, threshold=0.1) is False
     assert (result.decision, result.exit_code, result.reason) == ("failed", 1, "workers keep dying")
 
 
-@pytest.mark.parametrize(("best", "champion_tonight", "champion_recorded", "decision", "code"), [
-    (0.5, None, None, "promoted", 0),       # no champion yet
-    (0.40, 0.50, 0.50, "promoted", 0),      # 20% better than the champion on tonight's data
-    (0.49, 0.50, 0.50, "held", 0),          # better, but by less than the 10% threshold
-    (0.78, 0.80, 0.50, "champion worse", 3),  # the champion lost 60% and tonight's best does not replace it
-    (0.30, 0.80, 0.50, "promoted", 0),      # the champion got worse, and tonight's best replaces it
-    (None, 0.50, 0.50, "failed", 1),        # no trial completed tonight
-])
-def test_the_promotion_rule(best: float | None, champion_tonight: float | None, champion_recorded: float | None,
-                            decision: str, code: int) -> None:
+@pytest.mark.parametrize(
+    ("best", "champion_tonight", "champion_recorded", "decision", "code"),
+    [
+        (0.5, None, None, "promoted", 0),  # no champion yet
+        (0.40, 0.50, 0.50, "promoted", 0),  # 20% better than the champion on tonight's data
+        (0.49, 0.50, 0.50, "held", 0),  # better, but by less than the 10% threshold
+        (0.78, 0.80, 0.50, "champion worse", 3),  # the champion lost 60% and tonight's best does not replace it
+        (0.30, 0.80, 0.50, "promoted", 0),  # the champion got worse, and tonight's best replaces it
+        (None, 0.50, 0.50, "failed", 1),  # no trial completed tonight
+    ],
+)
+def test_the_promotion_rule(
+    best: float | None, champion_tonight: float | None, champion_recorded: float | None, decision: str, code: int
+) -> None:
     result = Night(1, "now", best_value=best, champion_tonight=champion_tonight, champion_recorded=champion_recorded)
     promote = decide(result, threshold=0.1)
     assert (result.decision, result.exit_code, promote) == (decision, code, decision == "promoted")

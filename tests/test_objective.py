@@ -26,11 +26,19 @@ class InMemoryTracker:
     def __init__(self) -> None:
         self.runs: dict[str, dict[str, Any]] = {}
 
-    def start_run(self, experiment_id: str, name: str, *, parent_run_id: str | None = None,
-                  tags: Mapping[str, Any] | None = None) -> str:
+    def start_run(
+        self, experiment_id: str, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> str:
         run_id = f"run{len(self.runs)}"
-        self.runs[run_id] = {"name": name, "parent": parent_run_id, "tags": dict(tags or {}), "params": {},
-                             "metrics": [], "state_dict": None, "status": "RUNNING"}
+        self.runs[run_id] = {
+            "name": name,
+            "parent": parent_run_id,
+            "tags": dict(tags or {}),
+            "params": {},
+            "metrics": [],
+            "state_dict": None,
+            "status": "RUNNING",
+        }
         return run_id
 
     def run_id(self, run: str, *, wait: bool = True) -> str:
@@ -64,8 +72,9 @@ def model(trial: sl.Trial) -> nn.Module:
 
 def make_objective(study: sl.Study, tracker: InMemoryTracker) -> Objective:
     train, val = prepare_split(study.data(0), get_task(study.task))
-    settings = TrialSettings("0", "parent", seed=0, max_epochs=5, patience=2,
-                             run_tags={"study_name": study.name, "sampler": "random"})
+    settings = TrialSettings(
+        "0", "parent", seed=0, max_epochs=5, patience=2, run_tags={"study_name": study.name, "sampler": "random"}
+    )
     return Objective(study, train, val, tracker, settings, slot=Slot(0, "cpu", threads=1))
 
 
@@ -87,8 +96,19 @@ def test_objective_returns_best_val_loss_and_tracks_the_trial() -> None:
     (run,) = tracker.runs.values()
     assert run["parent"] == "parent" and run["status"] == "FINISHED" and run["name"] == "trial-0"
     assert run["tags"] | {"trial_number": 0, "state": "COMPLETE", "study_name": "tiny"} == run["tags"]
-    assert {"lr", "momentum", "dropout", "weight_decay", "batch_size", "optimizer", "width", "seed", "n_params",
-            "device", "threads"} <= set(run["params"])
+    assert {
+        "lr",
+        "momentum",
+        "dropout",
+        "weight_decay",
+        "batch_size",
+        "optimizer",
+        "width",
+        "seed",
+        "n_params",
+        "device",
+        "threads",
+    } <= set(run["params"])
     assert run["params"]["device"] == "cpu" and run["params"]["threads"] == 1
     assert run["params"]["seed"] == trial.user_attrs["seed"] == trial_seed(0, 0)
     curve = [values["val_loss"] for step, values in run["metrics"] if "val_loss" in values]
@@ -142,8 +162,9 @@ def test_a_trial_that_diverges_at_once_stops_with_its_reason() -> None:
     assert run["metrics"] == [] and run["state_dict"] is None
 
 
-@pytest.mark.parametrize(("name", "kind"), [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
-                                            ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    ("name", "kind"), [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
 def test_build_optimizer(name: str, kind: type) -> None:
     layer = nn.Linear(2, 1)
     optimizer = build_optimizer(layer, {"optimizer": name, "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4})

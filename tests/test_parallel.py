@@ -80,24 +80,35 @@ def test_kill_9_of_workers_loses_nothing_and_leaves_nothing_running(workdir: Pat
     path = write_study(workdir, **SLOW)
     # Retries enough for a retry that is itself killed, again and again: the lowest running trial, the victim, is
     # often the latest retry, and a kill that lands just after a trial ends kills the next one too.
-    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "30", "--retries", "20"],
-                           cwd=workdir, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "30", "--retries", "20"],
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     journal = str(workdir / "searchlab.journal")
     killed: list[int] = []
     try:
         while len(killed) < 5:
             # (a trial just claimed is RUNNING a moment before it names its worker)
-            victim = wait_until(lambda: [t for t in running_trials("tiny", journal)
-                                         if t.number not in killed and "worker" in t.user_attrs],
-                                what="a running trial")[0]
+            victim = wait_until(
+                lambda: [
+                    t for t in running_trials("tiny", journal) if t.number not in killed and "worker" in t.user_attrs
+                ],
+                what="a running trial",
+            )[0]
             time.sleep(0.3)  # some epochs in
             try:
                 os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
             except ProcessLookupError:  # an earlier kill landed as its worker began this trial: not yet reaped
                 continue
             number = victim.number
-            state = wait_until(lambda n=number: (s := load("tiny", journal).trials[n].state) != TrialState.RUNNING
-                               and s, what=f"trial {number} to end")
+            state = wait_until(
+                lambda n=number: (s := load("tiny", journal).trials[n].state) != TrialState.RUNNING and s,
+                what=f"trial {number} to end",
+            )
             if state == TrialState.FAIL:  # not finished before the kill landed
                 killed.append(number)
         _, stderr = run.communicate(timeout=300)
@@ -121,11 +132,14 @@ def test_kill_9_of_workers_loses_nothing_and_leaves_nothing_running(workdir: Pat
         run_record = client.get_run(dead.user_attrs["mlflow_run_id"])
         assert run_record.info.status == "KILLED" and run_record.data.tags["retried"] == "True"
         if dead.intermediate_values:  # it trained: its params went with its run's creation, before any epoch
-            assert {key: run_record.data.params.get(key) for key in dead.params} == \
-                {key: str(value) for key, value in dead.params.items()}
+            assert {key: run_record.data.params.get(key) for key in dead.params} == {
+                key: str(value) for key, value in dead.params.items()
+            }
         # every curve is cut at the same last flush (seconds), none filled in afterwards
-        steps = [sorted(point.step for point in client.get_metric_history(run_record.info.run_id, name))
-                 for name in ("train_loss", "val_loss")]
+        steps = [
+            sorted(point.step for point in client.get_metric_history(run_record.info.run_id, name))
+            for name in ("train_loss", "val_loss")
+        ]
         assert steps[0] == steps[1] and len(steps[1]) <= len(dead.intermediate_values)
         retry = next(t for t in trials if number in t.system_attrs.get("retry_history", []))
         assert retry.params == dead.params
@@ -135,13 +149,31 @@ def test_workers_on_other_hosts_join_through_postgresql(workdir: Path) -> None:
     name = f"pg-workers-{uuid.uuid4().hex[:8]}"
     path = write_study(workdir, **SLOW)  # slow enough for the joining workers to start before the run is done
     args = ["--storage", POSTGRES_URL, "--study-name", name]
-    processes = [subprocess.Popen([SEARCHLAB, "run", str(path), "--trials", "8", *args], cwd=workdir,
-                                  env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    processes = [
+        subprocess.Popen(
+            [SEARCHLAB, "run", str(path), "--trials", "8", *args],
+            cwd=workdir,
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    ]
     try:
-        wait_until(lambda: (study := load(name, POSTGRES_URL)) and BUDGET_ATTR in study.user_attrs,
-                   what="the study to start")
-        processes += [subprocess.Popen([SEARCHLAB, "worker", str(path), *args], cwd=workdir, env=clean_env(),
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        wait_until(
+            lambda: (study := load(name, POSTGRES_URL)) and BUDGET_ATTR in study.user_attrs, what="the study to start"
+        )
+        processes += [
+            subprocess.Popen(
+                [SEARCHLAB, "worker", str(path), *args],
+                cwd=workdir,
+                env=clean_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         outputs = [process.communicate(timeout=300) for process in processes]
         assert [process.returncode for process in processes] == [0, 0, 0], outputs
         study = load(name, POSTGRES_URL)
@@ -163,8 +195,14 @@ def test_a_worker_that_stopped_beating_elsewhere_is_failed_retried_and_closed(wo
     tracking = f"sqlite:///{workdir / 'mlflow.db'}"
     args = ["--storage", POSTGRES_URL, "--study-name", name]
     try:
-        first = subprocess.run([SEARCHLAB, "run", str(path), "--trials", "1", *args], cwd=workdir,
-                               env=clean_env(SEARCHLAB_HEARTBEAT="1"), capture_output=True, text=True, timeout=300)
+        first = subprocess.run(
+            [SEARCHLAB, "run", str(path), "--trials", "1", *args],
+            cwd=workdir,
+            env=clean_env(SEARCHLAB_HEARTBEAT="1"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert first.returncode == 0, first.stderr
         # A worker on another host claims a trial, beats once, then vanishes.
         tracker = MlflowTracker(tracking)
@@ -173,16 +211,23 @@ def test_a_worker_that_stopped_beating_elsewhere_is_failed_retried_and_closed(wo
         trial = study.ask()
         trial.suggest_float("lr", 1e-4, 1e-1, log=True)
         trial.set_user_attr("worker", "some-other-host:4242")
-        run_id = tracker.start_run(study.user_attrs[EXPERIMENT_ATTR], f"trial-{trial.number}",
-                                   parent_run_id=study.user_attrs[PARENT_RUN_ATTR])
+        run_id = tracker.start_run(
+            study.user_attrs[EXPERIMENT_ATTR], f"trial-{trial.number}", parent_run_id=study.user_attrs[PARENT_RUN_ATTR]
+        )
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.report(0.9, 1)
         trial.report(0.8, 2)
         storage.record_heartbeat(trial._trial_id)
         study.set_user_attr(BUDGET_ATTR, 3)
         time.sleep(4)  # past the grace period (3 heartbeats of 1 s)
-        joined = subprocess.run([SEARCHLAB, "worker", str(path), *args], cwd=workdir, capture_output=True, text=True,
-                                timeout=300, env=clean_env())  # adopts the run's heartbeat (1 s)
+        joined = subprocess.run(
+            [SEARCHLAB, "worker", str(path), *args],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=clean_env(),
+        )  # adopts the run's heartbeat (1 s)
         assert joined.returncode == 0, joined.stderr
         trials = optuna.load_study(study_name=name, storage=open_storage(POSTGRES_URL)).get_trials()
         assert trials[trial.number].state == TrialState.FAIL
@@ -199,9 +244,15 @@ def test_a_worker_that_stopped_beating_elsewhere_is_failed_retried_and_closed(wo
 @pytest.mark.parametrize("whole_group", [True, False], ids=["ctrl-c-in-terminal", "sigint-to-run-only"])
 def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(workdir: Path, whole_group: bool) -> None:
     path = write_study(workdir, max_epochs=100000, patience=100000)
-    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "10"], cwd=workdir,
-                           env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+    run = subprocess.Popen(
+        [SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "10"],
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     journal = str(workdir / "searchlab.journal")
     try:
         wait_until(lambda: len(running_trials("tiny", journal)) == 2, what="two running trials")
@@ -229,21 +280,31 @@ def test_ctrl_c_while_the_fork_server_loads_ends_everything_at_once_with_one_lin
     'interrupted' once, with no traceback, and every process that holds its output is gone at once (the fork
     server does not finish its imports first)."""
     path = write_study(workdir)
-    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "4"], cwd=workdir,
-                           env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+    run = subprocess.Popen(
+        [SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "4"],
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
     def fork_server_loading() -> bool:
         """Whether the fork server is importing, with searchlab.preload's Ctrl-C handler in place (before it, for
         the ~0.1 s its interpreter takes to start, a Ctrl-C is ignored: it would end once its imports did)."""
-        listed = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "-g", str(run.pid)],  # -ww: never cut at 80
-                                capture_output=True, text=True).stdout
+        listed = subprocess.run(
+            ["ps", "-ww", "-o", "pid=,args=", "-g", str(run.pid)],  # -ww: never cut at 80
+            capture_output=True,
+            text=True,
+        ).stdout
         for line in listed.splitlines():
             pid, _, args = line.strip().partition(" ")
             if "multiprocessing.forkserver" in args:
                 with contextlib.suppress(OSError):
-                    caught = next(row for row in Path(f"/proc/{pid}/status").read_text().splitlines()
-                                  if row.startswith("SigCgt:"))
+                    caught = next(
+                        row for row in Path(f"/proc/{pid}/status").read_text().splitlines() if row.startswith("SigCgt:")
+                    )
                     return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
         return False
 
@@ -264,8 +325,11 @@ def test_ctrl_c_while_the_fork_server_loads_ends_everything_at_once_with_one_lin
 def test_parallel_workers_log_to_a_tracking_server(workdir: Path, mlflow_server: str) -> None:
     name = f"http-workers-{uuid.uuid4().hex[:8]}"
     path = write_study(workdir)
-    result = CliRunner().invoke(main, ["run", str(path), "--workers", "2", "--trials", "4", "--tracking-uri",
-                                       mlflow_server, "--study-name", name], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        ["run", str(path), "--workers", "2", "--trials", "4", "--tracking-uri", mlflow_server, "--study-name", name],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name=name, storage=open_storage(None))
     check_tracked(study, MlflowClient(mlflow_server), path)
@@ -278,21 +342,37 @@ def test_a_tracking_server_that_goes_down_briefly_loses_no_curve_point(workdir: 
     folder = tmp_path_factory.mktemp("flaky-server")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination",
-               str(folder / "art")]
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(folder / "art"),
+    ]
 
     def start_server() -> subprocess.Popen:
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
-        wait_until(lambda: subprocess.run(["curl", "-sf", f"{url}/health"], capture_output=True).returncode == 0,
-                   what="the tracking server")
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_until(
+            lambda: subprocess.run(["curl", "-sf", f"{url}/health"], capture_output=True).returncode == 0,
+            what="the tracking server",
+        )
         return server
 
     server = start_server()
     path = write_study(workdir, **SLOW)
-    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--trials", "3", "--tracking-uri", url], cwd=workdir,
-                           env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [SEARCHLAB, "run", str(path), "--trials", "3", "--tracking-uri", url],
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until(lambda: running_trials("tiny", str(workdir / "searchlab.journal")), what="a running trial")
         os.killpg(server.pid, signal.SIGKILL)
@@ -318,8 +398,13 @@ def test_a_tracking_server_that_goes_down_briefly_loses_no_curve_point(workdir: 
 def test_a_study_reopened_after_its_run_was_killed_recovers_first(workdir: Path) -> None:
     path = write_study(workdir, max_epochs=100000, patience=100000)
     journal = str(workdir / "searchlab.journal")
-    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--trials", "3"], cwd=workdir, env=clean_env(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [SEARCHLAB, "run", str(path), "--trials", "3"],
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_until(lambda: [t for t in running_trials("tiny", journal) if t.intermediate_values], what="a trial training")
     run.kill()  # kill -9 of the whole run: nobody is left to clean up
     run.wait()
@@ -358,8 +443,9 @@ RECORD_THE_PROCESS = """def data(seed):
 """
 
 
-def test_workers_see_their_runs_environment_and_their_slots_threads(workdir: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_see_their_runs_environment_and_their_slots_threads(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Workers are forked from a fork server that outlives a run (here, two runs in one process): each run's
     workers still get that run's environment, and torch in each has its slot's thread count."""
     import json
@@ -369,8 +455,7 @@ def test_workers_see_their_runs_environment_and_their_slots_threads(workdir: Pat
     path.write_text(path.read_text().replace("def data(seed):\n", RECORD_THE_PROCESS))
     for mark in ("first", "second"):
         monkeypatch.setenv("TEST_MARK", mark)
-        result = CliRunner().invoke(main, ["run", str(path), "--workers", "2", "--trials", "2"],
-                                    catch_exceptions=False)
+        result = CliRunner().invoke(main, ["run", str(path), "--workers", "2", "--trials", "2"], catch_exceptions=False)
         assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (workdir / "processes.jsonl").read_text().splitlines()]
     workers = [record for record in records if record["slot"] is not None]
@@ -399,8 +484,15 @@ def test_workers_start_with_the_run_and_leave_quietly_when_its_set_up_fails(work
     path.write_text(path.read_text().replace("def data(seed):\n", WAIT_FOR_THE_WORKERS))
     env = {k: v for k, v in clean_env().items() if k != "CUDA_VISIBLE_DEVICES"}
     started = time.monotonic()
-    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "4"], cwd=workdir, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    run = subprocess.Popen(
+        [SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "4"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _, stderr = run.communicate(timeout=300)
     finally:
@@ -412,7 +504,8 @@ def test_workers_start_with_the_run_and_leave_quietly_when_its_set_up_fails(work
     assert len(list(workdir.glob("data-*"))) == 3  # the command's and both workers'
     wait_until(lambda: not group_alive(run.pid), timeout=10, what="the command's processes to end")
     assert [p.name for p in workdir.iterdir() if p.name != "__pycache__" and not p.name.startswith("data-")] == [
-        "tiny_study.py"]
+        "tiny_study.py"
+    ]
 
 
 def check_stores_agree(client: MlflowClient, name: str, journal: str) -> list:
@@ -425,7 +518,8 @@ def check_stores_agree(client: MlflowClient, name: str, journal: str) -> list:
         run = client.get_run(trial_run_id(client, name, trial))
         assert run.data.tags["state"] == trial.state.name, (trial.number, run.data.tags)
         assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "KILLED"}.get(
-            trial.state.name, run.info.status), (trial.number, run.info.status)
+            trial.state.name, run.info.status
+        ), (trial.number, run.info.status)
         if trial.state == TrialState.COMPLETE:
             epochs = list(range(1, trial.user_attrs["epochs"] + 1))
             for curve in ("train_loss", "val_loss"):
@@ -436,15 +530,17 @@ def check_stores_agree(client: MlflowClient, name: str, journal: str) -> list:
 
 
 def test_an_outage_past_the_wait_fails_no_trial_and_the_stores_agree_once_it_is_back(
-        workdir: Path, restartable_server) -> None:
+    workdir: Path, restartable_server
+) -> None:
     """The server stops mid-study for longer than SEARCHLAB_TRACKING_WAIT: the trials go on and complete (the run
     ends while the server is still down), what MLflow did not get is saved, and the next run sends it."""
     path = write_study(workdir, **SLOW)
     journal = str(workdir / "searchlab.journal")
     args = [SEARCHLAB, "run", str(path), "--tracking-uri", restartable_server.url]
     env = clean_env(SEARCHLAB_TRACKING_WAIT="3")
-    run = subprocess.Popen([*args, "--trials", "5"], cwd=workdir, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [*args, "--trials", "5"], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_until(lambda: [t for t in running_trials("tiny", journal) if t.intermediate_values], what="a trial")
         restartable_server.kill()
@@ -457,8 +553,7 @@ def test_an_outage_past_the_wait_fails_no_trial_and_the_stores_agree_once_it_is_
     assert [t.state for t in load("tiny", journal).get_trials()] == [TrialState.COMPLETE] * 5
     assert "the next run on this tracking URI sends them" in stdout, stdout
     restartable_server.start()
-    again = subprocess.run([*args, "--trials", "1"], cwd=workdir, env=env, capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run([*args, "--trials", "1"], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "resent" in again.stdout and "unsent" not in again.stdout, again.stdout
     trials = check_stores_agree(MlflowClient(restartable_server.url), "tiny", journal)
@@ -466,14 +561,22 @@ def test_an_outage_past_the_wait_fails_no_trial_and_the_stores_agree_once_it_is_
 
 
 def test_ctrl_c_while_the_tracking_server_is_down_exits_at_once_and_the_next_run_closes_up(
-        workdir: Path, restartable_server) -> None:
+    workdir: Path, restartable_server
+) -> None:
     from conftest import default_sigint
 
     path = write_study(workdir, **SLOW)
     journal = str(workdir / "searchlab.journal")
     args = [SEARCHLAB, "run", str(path), "--tracking-uri", restartable_server.url]
-    run = subprocess.Popen([*args, "--trials", "50"], cwd=workdir, env=clean_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    run = subprocess.Popen(
+        [*args, "--trials", "50"],
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
     try:
         wait_until(lambda: [t for t in running_trials("tiny", journal) if t.number >= 1], what="a second trial")
         restartable_server.kill()
@@ -491,8 +594,9 @@ def test_ctrl_c_while_the_tracking_server_is_down_exits_at_once_and_the_next_run
     assert "the next run on this tracking URI sends them" in stdout, stdout
     assert running_trials("tiny", journal) == []
     restartable_server.start()
-    again = subprocess.run([*args, "--trials", "1"], cwd=workdir, env=clean_env(), capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(
+        [*args, "--trials", "1"], cwd=workdir, env=clean_env(), capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr
     assert "resent" in again.stdout, again.stdout
     trials = check_stores_agree(MlflowClient(restartable_server.url), "tiny", journal)
@@ -522,11 +626,18 @@ def alive(pid: int) -> bool:
 def test_kill_9_of_the_run_ends_its_fork_server_and_workers_and_fails_their_trials(workdir: Path) -> None:
     path = write_study(workdir, max_epochs=100000, patience=100000)
     journal = str(workdir / "searchlab.journal")
-    run = subprocess.Popen([SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "10"], cwd=workdir,
-                           env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [SEARCHLAB, "run", str(path), "--workers", "2", "--trials", "10"],
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_until(lambda: len([t for t in running_trials("tiny", journal) if t.intermediate_values]) == 2,
-                   what="two trials training")
+        wait_until(
+            lambda: len([t for t in running_trials("tiny", journal) if t.intermediate_values]) == 2,
+            what="two trials training",
+        )
         below = descendants(run.pid)
         workers = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in running_trials("tiny", journal)}
         assert workers < below and len(below) >= 3  # the fork server and two workers
@@ -541,7 +652,13 @@ def test_kill_9_of_the_run_ends_its_fork_server_and_workers_and_fails_their_tria
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     for trial in stopped:  # the workers closed their trials' runs themselves
         assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
-    again = subprocess.run([SEARCHLAB, "run", str(write_study(workdir)), "--trials", "1"], cwd=workdir,
-                           env=clean_env(), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [SEARCHLAB, "run", str(write_study(workdir)), "--trials", "1"],
+        cwd=workdir,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr
     no_running_runs(client, "tiny")  # the parent run the kill left RUNNING is closed by the next run

@@ -133,16 +133,22 @@ def test_reap_recovers_every_dead_local_trial_on_a_journal(tmp_path: Path) -> No
     assert states[first.number] == states[second.number] == TrialState.FAIL
     assert states[alive.number] == TrialState.RUNNING
     assert [t.system_attrs["failed_trial"] for t in study.trials if t.state == TrialState.WAITING] == [0, 1]
-    assert [(run, reason) for run, reason, _ in tracker.calls] == [("a", "its worker process died"),
-                                                                     ("b", "its worker process died")]
+    assert [(run, reason) for run, reason, _ in tracker.calls] == [
+        ("a", "its worker process died"),
+        ("b", "its worker process died"),
+    ]
     assert reap_dead_local_trials(study, retries=1, tracker=tracker, lock=contextlib.nullcontext) == []
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
 def test_stale_trials_are_retried_with_a_heartbeat_reason(tmp_path: Path) -> None:
     tracker = RecordingTracker()
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=1,
-                                         heartbeat_stale_trial_callback=stale_trial_callback(1, tracker, 30))
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{tmp_path / 'o.db'}",
+        heartbeat_interval=1,
+        grace_period=1,
+        heartbeat_stale_trial_callback=stale_trial_callback(1, tracker, 30),
+    )
     study = optuna.create_study(storage=storage)
     trial = running(study, f"some-other-host:{os.getpid()}", run_id="run-3")
     storage.record_heartbeat(trial._trial_id)
@@ -180,8 +186,9 @@ def test_a_dead_run_in_mlflow_ends_killed_with_its_curves_alike(tmp_path: Path) 
     recover(study, study.trials[trial.number], "its worker process died", retries=1, tracker=tracker)
     run = client.get_run(run_id)
     assert run.info.status == "KILLED"
-    steps = {name: sorted(m.step for m in client.get_metric_history(run_id, name))
-             for name in ("val_loss", "train_loss")}
+    steps = {
+        name: sorted(m.step for m in client.get_metric_history(run_id, name)) for name in ("val_loss", "train_loss")
+    }
     assert steps == {"val_loss": [1, 2], "train_loss": [1, 2]}
     assert run.data.tags["state"] == "FAIL" and run.data.tags["reason"] == "its worker process died"
     assert run.data.tags["retried"] == "True"

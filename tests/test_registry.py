@@ -47,8 +47,9 @@ def test_a_run_registers_its_best_model_which_loads_back(workdir: Path, study_fi
 
     files = {item.path for item in client.list_artifacts(best_run_id, MODEL_FOLDER)}
     assert files == {f"{MODEL_FOLDER}/{name}" for name in ("model_state_dict.pt", INFO_FILE, SOURCE_FILE)}
-    info = json.loads(Path(client.download_artifacts(best_run_id, f"{MODEL_FOLDER}/{INFO_FILE}", str(workdir)))
-                      .read_text())
+    info = json.loads(
+        Path(client.download_artifacts(best_run_id, f"{MODEL_FOLDER}/{INFO_FILE}", str(workdir))).read_text()
+    )
     assert info["builder"] == f"{study_file}:model" and info["params"]["width"] == study.best_params["width"]
 
     model = sl.load_model("models:/tiny@best", str(study_file), tracking_uri=tracking_uri)  # the public API
@@ -57,20 +58,25 @@ def test_a_run_registers_its_best_model_which_loads_back(workdir: Path, study_fi
 
     loaded = invoke("best", str(study_file), "--load")
     assert loaded.exit_code == 0, loaded.output
-    assert f"val_loss   {study.best_value:.6g} on the validation split (the trial recorded {study.best_value:.6g})" \
+    assert (
+        f"val_loss   {study.best_value:.6g} on the validation split (the trial recorded {study.best_value:.6g})"
         in loaded.output
+    )
     assert f'sl.load_model("models:/tiny@best", "{study_file}", tracking_uri=' in loaded.output
 
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
-def test_no_register_leaves_the_registry_alone(workdir: Path, study_file: Path, how: str,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_register_leaves_the_registry_alone(
+    workdir: Path, study_file: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if how == "environment":
         monkeypatch.setenv("SEARCHLAB_REGISTER", "false")
     result = invoke("run", str(study_file), "--trials", "2", *(["--no-register"] if how == "flag" else []))
     assert result.exit_code == 0, result.output
-    assert "model      not registered (--no-register): the best weights are in its trial's run " \
-           "(searchlab best --export)" in result.output
+    assert (
+        "model      not registered (--no-register): the best weights are in its trial's run "
+        "(searchlab best --export)" in result.output
+    )
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     assert client.search_registered_models() == []
     study = optuna.load_study(study_name="tiny", storage=open_storage(None))
@@ -86,7 +92,8 @@ def test_the_registered_source_rebuilds_the_model_when_trusted(workdir: Path, st
     moved = shutil.move(study_file, workdir / "elsewhere.py")
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     assert "needs the study file it was trained with" in one_line_config_error(
-        lambda: load_registered("models:/tiny@best", tracking_uri=tracking_uri))  # never runs registry code unasked
+        lambda: load_registered("models:/tiny@best", tracking_uri=tracking_uri)
+    )  # never runs registry code unasked
     loaded = load_registered("models:/tiny@best", tracking_uri=tracking_uri, trust_source=True)
     assert val_loss(loaded.model, Path(moved)) == pytest.approx(study.best_value, rel=1e-5)
     assert loaded.info["trial_number"] == study.best_trial.number
@@ -108,10 +115,10 @@ def test_a_new_best_gets_a_new_version_and_the_alias_an_unchanged_best_none(work
 
 
 def test_categorical_params_come_back_as_they_were_sampled(workdir: Path) -> None:
-    body = '''    layers = trial.suggest_categorical("layers", ["8", "8,4"])
+    body = """    layers = trial.suggest_categorical("layers", ["8", "8,4"])
     sizes = [4, *map(int, layers.split(","))]
     hidden = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
-    return nn.Sequential(*hidden, nn.Linear(sizes[-1], 1))'''
+    return nn.Sequential(*hidden, nn.Linear(sizes[-1], 1))"""
     study_file = write_study(workdir, body=body)
     assert invoke("run", str(study_file), "--trials", "3").exit_code == 0
     study = optuna.load_study(study_name="tiny", storage=open_storage(None))
@@ -123,12 +130,15 @@ def test_categorical_params_come_back_as_they_were_sampled(workdir: Path) -> Non
 def test_bad_model_uris_are_one_line(workdir: Path, study_file: Path) -> None:
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     assert "is not a registered model" in one_line_config_error(
-        lambda: load_registered("runs:/abc", tracking_uri=tracking_uri))
+        lambda: load_registered("runs:/abc", tracking_uri=tracking_uri)
+    )
     assert "cannot fetch models:/nothere@best from the registry" in one_line_config_error(
-        lambda: load_registered("models:/nothere@best", tracking_uri=tracking_uri))
+        lambda: load_registered("models:/nothere@best", tracking_uri=tracking_uri)
+    )
     assert invoke("run", str(study_file), "--trials", "1").exit_code == 0
-    result = CliRunner().invoke(main, ["best", str(study_file), "--load", "--tracking-uri",
-                                       f"sqlite:///{workdir / 'empty.db'}"])
+    result = CliRunner().invoke(
+        main, ["best", str(study_file), "--load", "--tracking-uri", f"sqlite:///{workdir / 'empty.db'}"]
+    )
     assert result.exit_code == 2
     (line,) = result.output.strip().splitlines()
     assert line.startswith("Error: cannot fetch models:/tiny@best from the registry of sqlite:///")

@@ -54,8 +54,10 @@ def test_every_run_writes_the_report_to_its_parent_run_without_the_slow_pngs(wor
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=open_storage(None))
     parent_run_id = study.user_attrs[PARENT_RUN_ATTR]
-    assert f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html; PNGs: searchlab report)" \
+    assert (
+        f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html; PNGs: searchlab report)"
         in result.output
+    )
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     folder = Path(client.download_artifacts(parent_run_id, REPORT_FOLDER, str(workdir)))
     check_report(folder, study, images=False)
@@ -93,19 +95,29 @@ def test_report_command_writes_a_folder_or_the_latest_parent_run(workdir: Path, 
 def test_report_of_an_unknown_study_is_one_line(workdir: Path, study_file: Path) -> None:
     result = CliRunner().invoke(main, ["report", str(study_file)])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [f"Error: no {'searchlab.journal'} here: run 'searchlab run FILE' "
-                                                  "first, or pass --storage"]
+    assert result.output.strip().splitlines() == [
+        f"Error: no {'searchlab.journal'} here: run 'searchlab run FILE' first, or pass --storage"
+    ]
 
 
 def test_summary_counts_pruned_and_failed_trials_with_their_reasons() -> None:
     study = optuna.create_study(study_name="mixed")
     space = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
     for number, (value, lr) in enumerate([(0.5, 0.01), (0.2, 0.001), (0.9, 0.05)]):
-        study.add_trial(create_trial(value=value, params={"lr": lr}, distributions=space,
-                                     user_attrs={"best_epoch": number + 1, "mlflow_run_id": f"run{number}"}))
+        study.add_trial(
+            create_trial(
+                value=value,
+                params={"lr": lr},
+                distributions=space,
+                user_attrs={"best_epoch": number + 1, "mlflow_run_id": f"run{number}"},
+            )
+        )
     for epoch in (2, 2, 5):
-        study.add_trial(create_trial(state=TrialState.PRUNED, params={"lr": 0.1}, distributions=space,
-                                     user_attrs={"pruned_epoch": epoch}))
+        study.add_trial(
+            create_trial(
+                state=TrialState.PRUNED, params={"lr": 0.1}, distributions=space, user_attrs={"pruned_epoch": epoch}
+            )
+        )
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "loss is nan at epoch 3"}))
     study.add_trial(create_trial(state=TrialState.FAIL))
     summary = summary_markdown(study)
@@ -138,9 +150,14 @@ def test_a_plot_that_fails_is_noted_and_the_rest_are_drawn(tmp_path: Path, monke
 
     monkeypatch.setattr(draw, "plot_slice", broken)
     study = optuna.create_study(study_name="one")
-    study.add_trial(create_trial(value=0.3, params={"lr": 0.01},
-                                 distributions={"lr": FloatDistribution(1e-4, 1e-1, log=True)},
-                                 intermediate_values={1: 0.5, 2: 0.3}))
+    study.add_trial(
+        create_trial(
+            value=0.3,
+            params={"lr": 0.01},
+            distributions={"lr": FloatDistribution(1e-4, 1e-1, log=True)},
+            intermediate_values={1: 0.5, 2: 0.3},
+        )
+    )
     notes = write_report(study, tmp_path)
     assert notes == ["Slice plots: not drawn (cannot slice this)"]
     assert not (tmp_path / "slice.png").exists()
@@ -158,8 +175,13 @@ def test_without_images_no_matplotlib_plot_is_drawn(tmp_path: Path, monkeypatch:
     for _, name in PLOTS.values():
         monkeypatch.setattr(draw, name, forbidden)
     study = optuna.create_study(study_name="quick")
-    study.add_trial(create_trial(value=0.3, params={"lr": 0.01},
-                                 distributions={"lr": FloatDistribution(1e-4, 1e-1, log=True)},
-                                 intermediate_values={1: 0.5, 2: 0.3}))
+    study.add_trial(
+        create_trial(
+            value=0.3,
+            params={"lr": 0.01},
+            distributions={"lr": FloatDistribution(1e-4, 1e-1, log=True)},
+            intermediate_values={1: 0.5, 2: 0.3},
+        )
+    )
     assert write_report(study, tmp_path, images=False) == []
     check_report(tmp_path, study, images=False)

@@ -43,16 +43,30 @@ def test_cron_format_prints_one_crontab_line(workdir: Path, study_file: Path) ->
     parses(command)
 
 
-@pytest.mark.parametrize("cron", ["0 2 * * *", "*/15 9-17 * * 1-5", "30 4 1,15 * *", "0 0 * * 0", "5 */6 * 2-11 *",
-                                  "0 2 * * mon-fri", "0 3 * JAN,jul *"])
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "0 2 * * *",
+        "*/15 9-17 * * 1-5",
+        "30 4 1,15 * *",
+        "0 0 * * 0",
+        "5 */6 * 2-11 *",
+        "0 2 * * mon-fri",
+        "0 3 * JAN,jul *",
+    ],
+)
 def test_systemd_calendar_fires_when_cron_does(cron: str) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
     start = datetime(2026, 11, 25, 20, 41, 7)
-    result = subprocess.run([analyze, "calendar", "--iterations=4", f"--base-time={start:%Y-%m-%d %H:%M:%S} UTC",
-                             systemd_calendar(cron)], capture_output=True, text=True, env={**clean_env(), "TZ": "UTC"},
-                            check=True)
+    result = subprocess.run(
+        [analyze, "calendar", "--iterations=4", f"--base-time={start:%Y-%m-%d %H:%M:%S} UTC", systemd_calendar(cron)],
+        capture_output=True,
+        text=True,
+        env={**clean_env(), "TZ": "UTC"},
+        check=True,
+    )
     elapses = re.findall(r"(?:Next elapse|Iter\. #\d+): \w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", result.stdout)
     expected = croniter(cron, start)
     assert elapses == [expected.get_next(datetime).strftime("%Y-%m-%d %H:%M:%S") for _ in elapses]
@@ -67,17 +81,29 @@ def test_systemd_format_prints_a_service_and_a_timer(workdir: Path, study_file: 
     parses(exec_start)
     assert "OnCalendar=*-*-* 02:00:00" in result.output and "Type=oneshot" in result.output
 
-    installed = invoke("schedule", str(study_file), "--cron", "0 2 * * *", "--format", "systemd", "--install",
-                       "--systemd-dir", str(workdir / "units"))
+    installed = invoke(
+        "schedule",
+        str(study_file),
+        "--cron",
+        "0 2 * * *",
+        "--format",
+        "systemd",
+        "--install",
+        "--systemd-dir",
+        str(workdir / "units"),
+    )
     assert installed.exit_code == 0, installed.output
-    assert sorted(path.name for path in (workdir / "units").iterdir()) == ["searchlab-nightly-tiny.service",
-                                                                            "searchlab-nightly-tiny.timer"]
+    assert sorted(path.name for path in (workdir / "units").iterdir()) == [
+        "searchlab-nightly-tiny.service",
+        "searchlab-nightly-tiny.timer",
+    ]
     assert "systemctl --user enable --now searchlab-nightly-tiny.timer" in installed.output
 
 
 def test_k8s_format_prints_a_cronjob(workdir: Path, study_file: Path) -> None:
-    result = invoke("schedule", str(study_file), "--cron", "0 2 * * *", "--format", "k8s", "--image", "team/sl:1",
-                    "--trials", "20")
+    result = invoke(
+        "schedule", str(study_file), "--cron", "0 2 * * *", "--format", "k8s", "--image", "team/sl:1", "--trials", "20"
+    )
     assert result.exit_code == 0, result.output
     manifest = yaml.safe_load(result.output)
     assert manifest["kind"] == "CronJob" and manifest["spec"]["schedule"] == "0 2 * * *"
@@ -88,8 +114,9 @@ def test_k8s_format_prints_a_cronjob(workdir: Path, study_file: Path) -> None:
     parses(["searchlab", *container["command"][1:]])
 
 
-def test_install_adds_or_replaces_the_crontab_line(workdir: Path, study_file: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_install_adds_or_replaces_the_crontab_line(
+    workdir: Path, study_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A stand-in for the crontab program that keeps the table in a file.
     bin_folder = workdir / "bin"
     bin_folder.mkdir()
@@ -107,10 +134,12 @@ def test_install_adds_or_replaces_the_crontab_line(workdir: Path, study_file: Pa
 
 
 def test_bad_schedules_are_one_line(workdir: Path, study_file: Path) -> None:
-    cases = [(["--cron", "every night"], "is not a cron expression"),
-             (["--cron", "0 2 1 * 1", "--format", "systemd"], "cron ORs them, systemd ANDs them"),
-             (["--cron", "0 2 * * *", "--format", "k8s", "--install"], "kubectl apply -f -"),
-             (["--cron", "* * * * * */5"], "is not a cron expression")]
+    cases = [
+        (["--cron", "every night"], "is not a cron expression"),
+        (["--cron", "0 2 1 * 1", "--format", "systemd"], "cron ORs them, systemd ANDs them"),
+        (["--cron", "0 2 * * *", "--format", "k8s", "--install"], "kubectl apply -f -"),
+        (["--cron", "* * * * * */5"], "is not a cron expression"),
+    ]
     for args, message in cases:
         result = CliRunner().invoke(main, ["schedule", str(study_file), *args])
         assert result.exit_code == 2, result.output
@@ -134,16 +163,37 @@ def test_the_loop_runs_each_night_when_due_on_a_fake_clock() -> None:
     nights = serve("0 2 * * *", night, log=logged.append, max_nights=2, now=lambda: clock[0], sleep=sleep)
     assert nights == 2
     assert ran_at == [datetime(2026, 11, 25, 2, 0), datetime(2026, 11, 26, 2, 0)]
-    assert logged == ["next night at 2026-11-25 02:00:00", "night 1 started",
-                      "night 1 ended: exit 0 (improved or held)", "next night at 2026-11-26 02:00:00",
-                      "night 2 started", "night 2 ended: exit 3 (the champion got worse)"]
+    assert logged == [
+        "next night at 2026-11-25 02:00:00",
+        "night 1 started",
+        "night 1 ended: exit 0 (improved or held)",
+        "next night at 2026-11-26 02:00:00",
+        "night 2 started",
+        "night 2 ended: exit 3 (the champion got worse)",
+    ]
 
 
 def test_serve_runs_real_nights_on_an_every_few_seconds_schedule(workdir: Path) -> None:
     study_file = write_study(workdir, name="served", max_epochs=3)
-    result = subprocess.run([SEARCHLAB, "schedule", str(study_file), "--cron", "* * * * * */2", "--serve",
-                             "--max-nights", "2", "--trials", "2"], cwd=workdir, env=clean_env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            SEARCHLAB,
+            "schedule",
+            str(study_file),
+            "--cron",
+            "* * * * * */2",
+            "--serve",
+            "--max-nights",
+            "2",
+            "--trials",
+            "2",
+        ],
+        cwd=workdir,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "night 1 ended: exit 0 (improved or held)" in result.stderr
     assert "night 2 ended: exit 0 (improved or held)" in result.stderr

@@ -138,13 +138,15 @@ def refused(*args: Any, **kwargs: Any) -> None:
     raise MlflowException("artifact rejected: too large", error_code=INVALID_PARAMETER_VALUE)
 
 
-def test_an_error_fails_its_own_trial_while_it_trains_and_no_other(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_error_fails_its_own_trial_while_it_trains_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", flush_seconds=3600)
     experiment = tracker.experiment_id("study")
     real_log_params = tracker.log_params
-    monkeypatch.setattr(tracker, "log_params", lambda run_id, params: refused() if "bad" in params
-                        else real_log_params(run_id, params))
+    monkeypatch.setattr(
+        tracker, "log_params", lambda run_id, params: refused() if "bad" in params else real_log_params(run_id, params)
+    )
     with BackgroundTracker(tracker) as background:
         other = background.start_run(experiment, "trial-0")
         run = background.start_run(experiment, "trial-1")
@@ -163,8 +165,9 @@ def test_an_error_fails_its_own_trial_while_it_trains_and_no_other(tmp_path: Pat
     assert finished.data.params == {"lr": "0.1"}
 
 
-def test_an_error_after_its_trial_ended_keeps_the_trials_state_and_says_so(gated: GatedTracker, tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_error_after_its_trial_ended_keeps_the_trials_state_and_says_so(
+    gated: GatedTracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Optuna has the trial COMPLETE by then: the run stays FINISHED, as the trial, with the error in a tag."""
     experiment = gated.experiment_id("study")
     real_log_state_dict = gated.log_state_dict
@@ -192,8 +195,9 @@ def test_a_refused_creation_fails_its_trial_and_close_raises_nothing(tmp_path: P
     background.close()
 
 
-def test_an_outage_holds_the_records_not_the_trials_and_the_next_run_sends_them(restartable_server: Any,
-                                                                                tmp_path: Path) -> None:
+def test_an_outage_holds_the_records_not_the_trials_and_the_next_run_sends_them(
+    restartable_server: Any, tmp_path: Path
+) -> None:
     """Trials go on while the server is down (weights past max_in_memory wait on disk); closing gives up after
     ``wait``, saves the rest, and resend_unsent sends it once the server is back: every run whole, in order."""
     tracker = MlflowTracker(restartable_server.url, flush_seconds=3600)
@@ -202,8 +206,7 @@ def test_an_outage_holds_the_records_not_the_trials_and_the_next_run_sends_them(
     with BackgroundTracker(MlflowTracker(restartable_server.url)) as first:  # server up: sent at once
         track_trial(first, experiment, parent, 0)
     restartable_server.kill()
-    background = BackgroundTracker(MlflowTracker(restartable_server.url, flush_seconds=3600), wait=1,
-                                   max_in_memory=1)
+    background = BackgroundTracker(MlflowTracker(restartable_server.url, flush_seconds=3600), wait=1, max_in_memory=1)
     runs = [track_trial(background, experiment, parent, number) for number in (1, 2, 3)]  # never waits
     background.close()
     assert background.saved is not None and background.run_id(runs[0], wait=False) is None
@@ -244,8 +247,9 @@ def test_closing_ends_the_runs_no_trial_ended(tmp_path: Path) -> None:
     assert [point.value for point in tracker.client.get_metric_history(closed.info.run_id, "val_loss")] == [1.0]
 
 
-def test_unreadable_or_planted_records_are_left_alone_and_the_run_goes_on(tmp_path: Path,
-                                                                          capsys: pytest.CaptureFixture) -> None:
+def test_unreadable_or_planted_records_are_left_alone_and_the_run_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MlflowTracker(uri)
     experiment = tracker.experiment_id("study")
@@ -256,11 +260,18 @@ def test_unreadable_or_planted_records_are_left_alone_and_the_run_goes_on(tmp_pa
     for folder in (torn, planted):
         folder.mkdir(parents=True)
     (torn / RECORDS_FILE).write_bytes(b"half a file")  # e.g. a disk that filled up mid-write
-    save_records(planted, {"ids": {"h": None}, "calls": [
-        ("start", "h", (experiment, "trial-0"), {"parent_run_id": None, "tags": {}}),
-        ("log_artifacts", "h", (str(secret), "stolen"), {}),  # not a call searchlab saves
-        ("log_state_dict_file", "h", ("../../secret",), {}),
-        ("end_run", "h", ("FINISHED",), {"tags": {"state": "COMPLETE"}})]})
+    save_records(
+        planted,
+        {
+            "ids": {"h": None},
+            "calls": [
+                ("start", "h", (experiment, "trial-0"), {"parent_run_id": None, "tags": {}}),
+                ("log_artifacts", "h", (str(secret), "stolen"), {}),  # not a call searchlab saves
+                ("log_state_dict_file", "h", ("../../secret",), {}),
+                ("end_run", "h", ("FINISHED",), {"tags": {"state": "COMPLETE"}}),
+            ],
+        },
+    )
     assert resend_unsent(uri, wait=1) == 1
     assert "cannot read the unsent MLflow records" in capsys.readouterr().err
     assert torn.with_name(f"{torn.name}.unreadable").is_dir()  # kept for a person to look at, never retried

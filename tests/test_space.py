@@ -100,8 +100,18 @@ def test_default_space_adds_new_entries():
         lambda: Choice(["sgd", "sgd"]),
     ],
     ids=[
-        "float-equal", "float-inverted", "int-inverted", "log-from-zero", "log-negative", "int-log-from-zero",
-        "inf-high", "inf-low", "nan-low", "empty-choice", "duplicate-ints", "duplicate-strings",
+        "float-equal",
+        "float-inverted",
+        "int-inverted",
+        "log-from-zero",
+        "log-negative",
+        "int-log-from-zero",
+        "inf-high",
+        "inf-low",
+        "nan-low",
+        "empty-choice",
+        "duplicate-ints",
+        "duplicate-strings",
     ],
 )
 def test_invalid_distribution_raises_one_line_config_error(make):

@@ -31,19 +31,24 @@ def test_mask_password_hides_a_postgres_password():
 
 
 def test_mask_password_keeps_query_and_driver():
-    assert (mask_password("postgresql+psycopg://u:secret@db.example/x?sslmode=require")
-            == "postgresql+psycopg://u:***@db.example/x?sslmode=require")
+    assert (
+        mask_password("postgresql+psycopg://u:secret@db.example/x?sslmode=require")
+        == "postgresql+psycopg://u:***@db.example/x?sslmode=require"
+    )
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql://user@host:5432/db",
-    "postgresql://host/db",
-    "sqlite:////tmp/x.db",
-    "searchlab.journal",
-    "runs/shared.journal",
-    "http://127.0.0.1:5000",
-    "https://mlflow.example.com/api",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://user@host:5432/db",
+        "postgresql://host/db",
+        "sqlite:////tmp/x.db",
+        "searchlab.journal",
+        "runs/shared.journal",
+        "http://127.0.0.1:5000",
+        "https://mlflow.example.com/api",
+    ],
+)
 def test_mask_password_leaves_urls_without_password_unchanged(url: str):
     assert mask_password(url) == url
 
@@ -56,18 +61,21 @@ def test_mask_password_keeps_ipv6_brackets():
     assert mask_password("postgresql://u:pw@[::1]:5432/db") == "postgresql://u:***@[::1]:5432/db"
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("sqlite:///x.db", True),
-    ("postgresql://u@h/db", True),
-    ("postgres://u@h/db", True),
-    ("postgresql+psycopg://u@h/db", True),
-    ("mysql://u@h/db", True),
-    ("searchlab.journal", False),
-    ("sqlite.journal", False),
-    ("redis://h:6379", False),
-    ("http://h:5000", False),
-    ("postgresql", False),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///x.db", True),
+        ("postgresql://u@h/db", True),
+        ("postgres://u@h/db", True),
+        ("postgresql+psycopg://u@h/db", True),
+        ("mysql://u@h/db", True),
+        ("searchlab.journal", False),
+        ("sqlite.journal", False),
+        ("redis://h:6379", False),
+        ("http://h:5000", False),
+        ("postgresql", False),
+    ],
+)
 def test_is_database_url(url: str, expected: bool):
     assert is_database_url(url) is expected
 
@@ -82,13 +90,16 @@ def test_describe_masks_the_password():
     assert describe("runs/x.journal") == "runs/x.journal"
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("postgresql://u:p@h:5432/db", "postgresql+psycopg://u:p@h:5432/db"),
-    ("postgres://u@h/db", "postgresql+psycopg://u@h/db"),
-    ("postgresql+psycopg2://u@h/db", "postgresql+psycopg2://u@h/db"),
-    ("sqlite:///x.db", "sqlite:///x.db"),
-    ("mysql://u@h/db", "mysql://u@h/db"),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u:p@h:5432/db", "postgresql+psycopg://u:p@h:5432/db"),
+        ("postgres://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql+psycopg2://u@h/db", "postgresql+psycopg2://u@h/db"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+        ("mysql://u@h/db", "mysql://u@h/db"),
+    ],
+)
 def test_with_driver(url: str, expected: str):
     assert with_driver(url) == expected
 
@@ -113,8 +124,9 @@ def test_two_journal_storages_on_one_path_share_trials(workdir: Path):
     assert [trial.value for trial in optuna.load_study(study_name="s", storage=writer).trials] == [0.5, 0.25]
 
 
-def test_the_journal_is_synced_when_a_trial_starts_and_ends_not_per_epoch(workdir: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch):
+def test_the_journal_is_synced_when_a_trial_starts_and_ends_not_per_epoch(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+):
     import os
 
     from searchlab.storage import SYNCER
@@ -138,7 +150,8 @@ def test_the_journal_is_synced_when_a_trial_starts_and_ends_not_per_epoch(workdi
 
 
 def test_journal_syncs_wait_on_the_disk_in_the_background_and_before_the_process_exits(
-        workdir: Path, monkeypatch: pytest.MonkeyPatch):
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+):
     """A slow disk never holds up the trial loop: a sync blocked on it leaves appends going, the syncs asked for
     meanwhile are made together once it returns, and the process waits for them before it exits."""
     import os
@@ -164,12 +177,14 @@ def test_journal_syncs_wait_on_the_disk_in_the_background_and_before_the_process
     SYNCER.wait()
     assert 1 <= len(synced) <= 2 and synced[-1] == (workdir / "slow.journal").stat().st_size
 
-    script = ("import os, time, optuna\n"
-              "real = os.fsync\n"
-              "def slow(fd):\n    time.sleep(1); real(fd); print('synced', flush=True)\n"
-              "os.fsync = slow\n"
-              "from searchlab.storage import open_storage\n"
-              "optuna.create_study(study_name='s', storage=open_storage('exit.journal'))\n")
+    script = (
+        "import os, time, optuna\n"
+        "real = os.fsync\n"
+        "def slow(fd):\n    time.sleep(1); real(fd); print('synced', flush=True)\n"
+        "os.fsync = slow\n"
+        "from searchlab.storage import open_storage\n"
+        "optuna.create_study(study_name='s', storage=open_storage('exit.journal'))\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], cwd=workdir, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "synced" in done.stdout
@@ -230,8 +245,9 @@ def test_journal_appends_wait_for_the_file_lock_and_leave_no_lock_file(workdir: 
         fcntl.flock(other, fcntl.LOCK_UN)
     writer.join(10)
     assert not writer.is_alive()
-    assert [trial.state.name for trial in optuna.load_study(study_name="s", storage=open_storage("locked.journal"))
-            .trials] == ["WAITING"]
+    assert [
+        trial.state.name for trial in optuna.load_study(study_name="s", storage=open_storage("locked.journal")).trials
+    ] == ["WAITING"]
     assert sorted(path.name for path in workdir.iterdir()) == ["locked.journal"]
 
 
@@ -253,14 +269,16 @@ def test_sqlite_in_a_missing_folder_names_the_folder(workdir: Path):
     assert not (workdir / "missing").exists()
 
 
-@pytest.mark.parametrize(("url", "message"), [
-    (".", "storage '.' is a folder: name a journal file in it"),
-    ("study.py", "storage 'study.py' is a Python file"),
-    ("new_file.py", "storage 'new_file.py' is a Python file"),
-    ("sqlite:///.", "names a folder"),
-])
-def test_a_storage_path_that_cannot_be_a_journal_is_refused_before_it_is_opened(workdir: Path, url: str,
-                                                                                message: str):
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (".", "storage '.' is a folder: name a journal file in it"),
+        ("study.py", "storage 'study.py' is a Python file"),
+        ("new_file.py", "storage 'new_file.py' is a Python file"),
+        ("sqlite:///.", "names a folder"),
+    ],
+)
+def test_a_storage_path_that_cannot_be_a_journal_is_refused_before_it_is_opened(workdir: Path, url: str, message: str):
     (workdir / "study.py").write_text("x = 1\n")
     assert message in one_line_config_error(open_storage, url)
     assert sorted(path.name for path in workdir.iterdir()) == ["study.py"]

@@ -15,15 +15,21 @@ from searchlab.storage import open_storage
 from searchlab.study import load_study_file
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
-METRICS = {"regression": {"val_mse", "val_mae", "val_r2"}, "binary": {"val_accuracy", "val_auroc", "val_f1"},
-           "multiclass": {"val_accuracy", "val_f1"}}
+METRICS = {
+    "regression": {"val_mse", "val_mae", "val_r2"},
+    "binary": {"val_accuracy", "val_auroc", "val_f1"},
+    "multiclass": {"val_accuracy", "val_f1"},
+}
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 @pytest.mark.parametrize("task", ["regression", "binary", "multiclass"])
 def test_shipped_study_runs(workdir: Path, task: str, sampler: str) -> None:
-    result = CliRunner().invoke(main, ["run", str(STUDIES / f"{task}.py"), "--trials", "2", "--max-epochs", "3",
-                                       "--sampler", sampler], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        ["run", str(STUDIES / f"{task}.py"), "--trials", "2", "--max-epochs", "3", "--sampler", sampler],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name=task, storage=open_storage(None))
     assert [trial.state for trial in study.trials] == [TrialState.COMPLETE] * 2

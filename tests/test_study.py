@@ -35,7 +35,13 @@ def make_study(**changes) -> Study:
 def test_study_defaults():
     study = make_study()
     assert (study.max_epochs, study.patience, study.n_trials, study.timeout, study.sampler, study.seed) == (
-        100, 10, 20, None, "tpe", 0)
+        100,
+        10,
+        20,
+        None,
+        "tpe",
+        0,
+    )
 
 
 @pytest.mark.parametrize("task", ["regression", "binary", "multiclass"])
@@ -43,36 +49,39 @@ def test_known_tasks_are_accepted(task: str):
     assert make_study(task=task).task == task
 
 
-@pytest.mark.parametrize(("changes", "pattern"), [
-    ({"task": "ranking"}, "unknown task 'ranking'"),
-    ({"sampler": "grid"}, "unknown sampler 'grid'"),
-    ({"name": ""}, "name"),
-    ({"name": "  "}, "name"),
-    ({"name": 3}, "name"),
-    ({"name": "two\nlines"}, r"Study\(name=...\) must not contain control characters.*'two\\nlines'"),
-    ({"name": "tab\there"}, "control characters"),
-    ({"name": "bell\x07"}, "control characters"),
-    ({"name": "del\x7f"}, "control characters"),
-    ({"name": "c1\x85next"}, "control characters"),
-    ({"data": "data.csv"}, r"Study\(data=...\) must be a function, got str"),
-    ({"model": None}, r"Study\(model=...\) must be a function, got NoneType"),
-    ({"space": {"optimizer": "adam"}}, r"Study\(optimizer=...\)"),
-    ({"max_epochs": 0}, r"Study\(max_epochs=...\) must be at least 1"),
-    ({"patience": -1}, r"Study\(patience=...\) must be at least 1"),
-    ({"n_trials": 0}, r"Study\(n_trials=...\) must be at least 1"),
-    ({"max_epochs": 2.0}, r"Study\(max_epochs=...\) must be an integer"),
-    ({"n_trials": "5"}, r"Study\(n_trials=...\) must be an integer"),
-    ({"max_epochs": True}, r"Study\(max_epochs=...\) must be an integer"),
-    ({"patience": True}, r"Study\(patience=...\) must be an integer"),
-    ({"n_trials": False}, r"Study\(n_trials=...\) must be an integer"),
-    ({"timeout": 0}, r"Study\(timeout=...\) must be a positive number"),
-    ({"timeout": -1.5}, r"Study\(timeout=...\) must be a positive number"),
-    ({"seed": 1.0}, r"Study\(seed=...\) must be an integer"),
-    ({"seed": "0"}, r"Study\(seed=...\) must be an integer"),
-    ({"seed": True}, r"Study\(seed=...\) must be an integer"),
-    ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
-    ({"optimizer": Choice(["adam", "lbfgs"])}, "unknown optimizer 'lbfgs'"),
-])
+@pytest.mark.parametrize(
+    ("changes", "pattern"),
+    [
+        ({"task": "ranking"}, "unknown task 'ranking'"),
+        ({"sampler": "grid"}, "unknown sampler 'grid'"),
+        ({"name": ""}, "name"),
+        ({"name": "  "}, "name"),
+        ({"name": 3}, "name"),
+        ({"name": "two\nlines"}, r"Study\(name=...\) must not contain control characters.*'two\\nlines'"),
+        ({"name": "tab\there"}, "control characters"),
+        ({"name": "bell\x07"}, "control characters"),
+        ({"name": "del\x7f"}, "control characters"),
+        ({"name": "c1\x85next"}, "control characters"),
+        ({"data": "data.csv"}, r"Study\(data=...\) must be a function, got str"),
+        ({"model": None}, r"Study\(model=...\) must be a function, got NoneType"),
+        ({"space": {"optimizer": "adam"}}, r"Study\(optimizer=...\)"),
+        ({"max_epochs": 0}, r"Study\(max_epochs=...\) must be at least 1"),
+        ({"patience": -1}, r"Study\(patience=...\) must be at least 1"),
+        ({"n_trials": 0}, r"Study\(n_trials=...\) must be at least 1"),
+        ({"max_epochs": 2.0}, r"Study\(max_epochs=...\) must be an integer"),
+        ({"n_trials": "5"}, r"Study\(n_trials=...\) must be an integer"),
+        ({"max_epochs": True}, r"Study\(max_epochs=...\) must be an integer"),
+        ({"patience": True}, r"Study\(patience=...\) must be an integer"),
+        ({"n_trials": False}, r"Study\(n_trials=...\) must be an integer"),
+        ({"timeout": 0}, r"Study\(timeout=...\) must be a positive number"),
+        ({"timeout": -1.5}, r"Study\(timeout=...\) must be a positive number"),
+        ({"seed": 1.0}, r"Study\(seed=...\) must be an integer"),
+        ({"seed": "0"}, r"Study\(seed=...\) must be an integer"),
+        ({"seed": True}, r"Study\(seed=...\) must be an integer"),
+        ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
+        ({"optimizer": Choice(["adam", "lbfgs"])}, "unknown optimizer 'lbfgs'"),
+    ],
+)
 def test_invalid_study_raises_one_line_config_error(changes: dict, pattern: str):
     with pytest.raises(ConfigError, match=pattern) as info:
         make_study(**changes)
@@ -142,7 +151,13 @@ def test_load_study_file_returns_the_study(workdir: Path):
     study = load_study_file(write_study(workdir, name="loaded", extra="seed=7"))
     assert isinstance(study, Study)
     assert (study.name, study.task, study.max_epochs, study.patience, study.n_trials, study.seed) == (
-        "loaded", "regression", 6, 3, 3, 7)
+        "loaded",
+        "regression",
+        6,
+        3,
+        3,
+        7,
+    )
     assert study.data(0).train[0].shape == (120, 4)
 
 

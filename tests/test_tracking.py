@@ -88,8 +88,9 @@ def test_points_mlflow_refuses_are_dropped_so_the_run_still_closes_with_its_tags
     assert [p.step for p in tracker.client.get_metric_history(run, "val_loss")] == [2]
 
 
-def test_a_retried_run_creation_never_makes_a_second_run(tracker: MlflowTracker,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_retried_run_creation_never_makes_a_second_run(
+    tracker: MlflowTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     experiment_id = tracker.experiment_id("study")
     real = tracker.client.create_run
     answers: list[str] = []
@@ -107,8 +108,9 @@ def test_a_retried_run_creation_never_makes_a_second_run(tracker: MlflowTracker,
     assert [run.info.run_id for run in tracker.client.search_runs([experiment_id])] == [run_id]
 
 
-def test_weights_of_a_run_started_here_go_straight_to_its_artifact_store(tracker: MlflowTracker,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weights_of_a_run_started_here_go_straight_to_its_artifact_store(
+    tracker: MlflowTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tracker.start_run(tracker.experiment_id("study"), "trial-0")
 
     def no_lookup(run_id: str) -> None:
@@ -160,13 +162,19 @@ def test_tracking_server_reachability(mlflow_server: str, tmp_path: Path) -> Non
     assert not (tmp_path / "mlflow.db").exists(), "checking must not create the store"
 
 
-@pytest.mark.parametrize(("uri", "message"), [
-    ("ftp://x", "unsupported tracking URI 'ftp://x': use sqlite:///PATH, postgresql://USER@HOST/DB or http://"),
-    ("./mlruns", "tracking URI './mlruns' is a folder (MLflow's file store, which MLflow 3 refuses): use sqlite:///"),
-    ("mlruns", "is a folder"),
-    ("file:///tmp/mlruns", "is a folder"),
-    ("", "is a folder"),
-])
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("ftp://x", "unsupported tracking URI 'ftp://x': use sqlite:///PATH, postgresql://USER@HOST/DB or http://"),
+        (
+            "./mlruns",
+            "tracking URI './mlruns' is a folder (MLflow's file store, which MLflow 3 refuses): use sqlite:///",
+        ),
+        ("mlruns", "is a folder"),
+        ("file:///tmp/mlruns", "is a folder"),
+        ("", "is a folder"),
+    ],
+)
 def test_a_tracking_uri_searchlab_cannot_track_to_is_refused(uri: str, message: str) -> None:
     """MLflow 3 raises on a file store only at the first call, after the run has created its study."""
     assert message in one_line_config_error(check_tracking_uri, uri)
@@ -181,9 +189,11 @@ def test_a_server_that_refuses_the_host_name_is_refused_before_the_run(mlflow_se
         urllib.request.urlopen(url + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
     assert refused.value.code == 403
     message = one_line_config_error(check_tracking_uri, url)
-    assert message == (f"the MLflow tracking server at {url} refuses the host name {urlsplit(url).netloc!r} (HTTP 403, "
-                       f"MLflow's host check): start it with --allowed-hosts {urlsplit(url).hostname}, or "
-                       "reach it by a private IP address")
+    assert message == (
+        f"the MLflow tracking server at {url} refuses the host name {urlsplit(url).netloc!r} (HTTP 403, "
+        f"MLflow's host check): start it with --allowed-hosts {urlsplit(url).hostname}, or "
+        "reach it by a private IP address"
+    )
 
 
 def test_sqlite_tracking_in_a_read_only_folder_is_refused_at_once(read_only_folder: Path) -> None:
@@ -221,8 +231,9 @@ def test_a_missing_module_is_remembered_and_an_installed_one_left_alone(monkeypa
 
 
 @pytest.mark.parametrize("store", ["sqlite", "server"])
-def test_a_run_renamed_as_it_ends_is_renamed_by_its_closing_update(tmp_path: Path, store: str,
-                                                                  request: pytest.FixtureRequest) -> None:
+def test_a_run_renamed_as_it_ends_is_renamed_by_its_closing_update(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
     # Not as a tag in log_batch: the server then sets it through two more transactions and reloads the run.
     uri = request.getfixturevalue("mlflow_server") if store == "server" else f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MlflowTracker(uri, flush_seconds=3600)

@@ -129,8 +129,15 @@ def test_fit_reduces_validation_loss_on_linear_regression():
     x, y = linear_problem(256)
     model = nn.Linear(5, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    result = fit(model, optimizer, batches(x[:192], y[:192], shuffle=True), batches(x[192:], y[192:]), REGRESSION,
-                 max_epochs=15, patience=15)
+    result = fit(
+        model,
+        optimizer,
+        batches(x[:192], y[:192], shuffle=True),
+        batches(x[192:], y[192:]),
+        REGRESSION,
+        max_epochs=15,
+        patience=15,
+    )
     assert isinstance(result, FitResult)
     assert result.stop_reason == "reached max_epochs=15"
     assert result.epochs == len(result.history) == 15
@@ -156,7 +163,7 @@ def test_fit_stops_early_when_validation_loss_rises():
     assert result.epochs < 200
     assert len(result.history) == result.epochs == result.best_epoch + 4
     assert result.stop_reason == f"early stopping: no improvement for 4 epochs after epoch {result.best_epoch}"
-    assert all(h["val_loss"] >= result.best_val_loss for h in result.history[result.best_epoch:])
+    assert all(h["val_loss"] >= result.best_val_loss for h in result.history[result.best_epoch :])
 
 
 def test_fit_restores_weights_of_the_best_epoch():
@@ -189,8 +196,9 @@ def test_fit_non_finite_training_loss_stops_at_that_epoch_and_restores_best():
         if epoch == 2:
             model.broken = True
 
-    result = fit(model, optimizer, batches(x, y), batches(x, y), REGRESSION, max_epochs=10, patience=10,
-                 on_epoch=break_after_two)
+    result = fit(
+        model, optimizer, batches(x, y), batches(x, y), REGRESSION, max_epochs=10, patience=10, on_epoch=break_after_two
+    )
     assert result.stop_reason.startswith("non-finite training loss (")
     assert result.stop_reason.endswith(") at epoch 3")
     assert result.epochs == 3 and len(result.history) == 2
@@ -209,8 +217,9 @@ def test_fit_non_finite_validation_loss_stops_at_that_epoch():
     def break_after_one(epoch, values):
         model.broken = True
 
-    result = fit(model, optimizer, batches(x, y), batches(x, y), REGRESSION, max_epochs=10, patience=10,
-                 on_epoch=break_after_one)
+    result = fit(
+        model, optimizer, batches(x, y), batches(x, y), REGRESSION, max_epochs=10, patience=10, on_epoch=break_after_one
+    )
     assert result.stop_reason == "non-finite validation loss (nan) at epoch 2"
     assert result.epochs == 2
     assert len(result.history) == 1 and result.best_epoch == 1
@@ -234,8 +243,16 @@ def test_fit_calls_on_epoch_once_per_finite_epoch_with_values():
     model = nn.Linear(5, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     seen: list[tuple[int, dict[str, float]]] = []
-    result = fit(model, optimizer, batches(x[:48], y[:48]), batches(x[48:], y[48:]), REGRESSION, max_epochs=4,
-                 patience=10, on_epoch=lambda epoch, values: seen.append((epoch, dict(values))))
+    result = fit(
+        model,
+        optimizer,
+        batches(x[:48], y[:48]),
+        batches(x[48:], y[48:]),
+        REGRESSION,
+        max_epochs=4,
+        patience=10,
+        on_epoch=lambda epoch, values: seen.append((epoch, dict(values))),
+    )
     assert [epoch for epoch, _ in seen] == [1, 2, 3, 4]
     for (_, values), recorded in zip(seen, result.history, strict=True):
         assert values == recorded
@@ -254,8 +271,16 @@ def test_fit_callback_exception_propagates():
         raise Pruned
 
     with pytest.raises(Pruned):
-        fit(model, torch.optim.SGD(model.parameters(), lr=0.01), batches(x, y), batches(x, y), REGRESSION,
-            max_epochs=3, patience=3, on_epoch=prune)
+        fit(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.01),
+            batches(x, y),
+            batches(x, y),
+            REGRESSION,
+            max_epochs=3,
+            patience=3,
+            on_epoch=prune,
+        )
 
 
 def test_fit_multiclass_reports_accuracy():

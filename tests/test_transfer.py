@@ -102,8 +102,13 @@ def test_start_from_a_run_and_a_registered_model(tmp_path: Path) -> None:
 
 
 def test_init_can_be_searched() -> None:
-    study = sl.Study(name="s", task="regression", data=lambda seed: None, model=lambda trial: mlp(),
-                     init=sl.Choice(["kaiming", "xavier"]))
+    study = sl.Study(
+        name="s",
+        task="regression",
+        data=lambda seed: None,
+        model=lambda trial: mlp(),
+        init=sl.Choice(["kaiming", "xavier"]),
+    )
     assert "init" in study.searched
     with pytest.raises(ConfigError, match="unknown init 'orthogonal'"):
         sl.Study(name="s", task="regression", data=lambda seed: None, model=lambda trial: mlp(), init="orthogonal")
@@ -121,8 +126,9 @@ def test_finetune_study_starts_from_the_best_multiclass_weights(workdir: Path) -
     source = optuna.load_study(study_name="multiclass", storage=storage).best_trial
     tuned = optuna.load_study(study_name="finetune", storage=storage)
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    source_weights = torch.load(client.download_artifacts(source.user_attrs["mlflow_run_id"], "model_state_dict.pt"),
-                                weights_only=True)
+    source_weights = torch.load(
+        client.download_artifacts(source.user_attrs["mlflow_run_id"], "model_state_dict.pt"), weights_only=True
+    )
     for trial in tuned.trials:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.data.params["start_from"] == f"runs:/{source.user_attrs['mlflow_run_id']}"

@@ -30,8 +30,9 @@ from searchlab.cli import main
 from searchlab.errors import ConfigError
 from searchlab.viewers import check_port_free
 
-CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))),
-                None)
+CHROMIUM = next(
+    (path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))), None
+)
 TRIALS = 4
 
 
@@ -47,8 +48,14 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder where a small study ran: searchlab.journal and mlflow.db."""
     folder = tmp_path_factory.mktemp("viewed")
     study_file = write_study(folder, name="viewed")
-    subprocess.run([SEARCHLAB, "run", str(study_file), "--trials", str(TRIALS)], cwd=folder, env=clean_env(),
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [SEARCHLAB, "run", str(study_file), "--trials", str(TRIALS)],
+        cwd=folder,
+        env=clean_env(),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return folder
 
 
@@ -57,8 +64,14 @@ def start(folder: Path, *args: str, ready: str, env: dict[str, str] | None = Non
     port = free_port()
     log = folder / f"{args[0]}-{port}.log"
     with log.open("w") as out:
-        process = subprocess.Popen([SEARCHLAB, *args, "--port", str(port)], cwd=folder, env=clean_env(**(env or {})),
-                                   stdout=out, stderr=subprocess.STDOUT, preexec_fn=default_sigint)
+        process = subprocess.Popen(
+            [SEARCHLAB, *args, "--port", str(port)],
+            cwd=folder,
+            env=clean_env(**(env or {})),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=default_sigint,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -91,9 +104,21 @@ def get_json(url: str, body: dict | None = None) -> dict:
 def rendered_text(url: str) -> str:
     """The page's text after its JavaScript ran in headless Chromium (tags, scripts and styles dropped)."""
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-dev-shm-usage", "--virtual-time-budget=20000", "--dump-dom", url],
-        capture_output=True, text=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     dom = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", result.stdout, flags=re.S)
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
 
@@ -131,8 +156,10 @@ def test_dashboard_serves_the_study_and_its_trials(dashboard: Server) -> None:
     assert [trial["number"] for trial in detail["trials"]] == list(range(TRIALS))
     assert {trial["state"] for trial in detail["trials"]} == {"Complete"}
     assert {param["name"] for param in detail["trials"][0]["params"]} >= {"lr", "momentum", "dropout", "width"}
-    assert f"Optuna dashboard: http://127.0.0.1:{dashboard.url.rsplit(':', 1)[1]}/dashboard/studies/" \
+    assert (
+        f"Optuna dashboard: http://127.0.0.1:{dashboard.url.rsplit(':', 1)[1]}/dashboard/studies/"
         f"{study['study_id']}" in dashboard.log.read_text()
+    )
 
 
 def test_mlflow_ui_serves_the_runs_under_their_names(mlflow_ui: Server) -> None:
@@ -141,11 +168,14 @@ def test_mlflow_ui_serves_the_runs_under_their_names(mlflow_ui: Server) -> None:
     trial_names = [name for name in names if name.startswith("trial-")]
     assert len(runs) == TRIALS + 1 and len(trial_names) == TRIALS
     assert all(" val_loss=" in name for name in trial_names)
-    params = [{param["key"] for param in run["data"]["params"]} for run in runs if run["info"]["run_name"] in
-              trial_names]
+    params = [
+        {param["key"] for param in run["data"]["params"]} for run in runs if run["info"]["run_name"] in trial_names
+    ]
     assert all(keys == params[0] for keys in params), "every trial logs the same params, so Compare lines them up"
-    assert f"MLflow UI: {mlflow_ui.url}/#/experiments/{experiment_id}?workflowType=machine_learning" \
+    assert (
+        f"MLflow UI: {mlflow_ui.url}/#/experiments/{experiment_id}?workflowType=machine_learning"
         in mlflow_ui.log.read_text()
+    )
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")
@@ -184,15 +214,19 @@ def test_viewers_refuse_bad_input_in_one_line(workdir: Path) -> None:
         port = str(taken.getsockname()[1])
         result = CliRunner().invoke(main, ["server", "--port", port])
         assert result.exit_code == 2
-        assert result.output.strip() == f"Error: cannot listen on 127.0.0.1:{port} (Address already in use): " \
+        assert (
+            result.output.strip() == f"Error: cannot listen on 127.0.0.1:{port} (Address already in use): "
             "choose another --port"
+        )
     result = CliRunner().invoke(main, ["ui"])
     assert result.exit_code == 2
     assert result.output.strip().startswith("Error: no MLflow runs at sqlite:///")
     result = CliRunner().invoke(main, ["dashboard"])
     assert result.exit_code == 2
-    assert result.output.strip() == "Error: no study storage at searchlab.journal: run 'searchlab run' here first, " \
+    assert (
+        result.output.strip() == "Error: no study storage at searchlab.journal: run 'searchlab run' here first, "
         "or pass the --storage it used"
+    )
     assert list(workdir.iterdir()) == []
 
 
@@ -209,8 +243,9 @@ def running(folder: Path, *args: str, ready: str, env: dict[str, str] | None = N
         server.process.wait()
 
 
-def send(server: Server, method: str, path: str, headers: dict[str, str] | None = None,
-         body: dict | None = None) -> tuple[int, bytes]:
+def send(
+    server: Server, method: str, path: str, headers: dict[str, str] | None = None, body: dict | None = None
+) -> tuple[int, bytes]:
     """(status, body) of one request to ``server``, with the given headers (a Host given replaces the real one)."""
     port = int(server.url.rsplit(":", 1)[1])
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -248,8 +283,9 @@ def test_dashboard_refuses_foreign_hosts_and_cross_origin_writes(guarded_study: 
         for malformed in (f"evil.example:{port}@127.0.0.1", "[::1", ""):
             assert send(server, "GET", "/api/studies", {"Host": malformed})[0] == 403, malformed
         assert send(server, "GET", f"/api/studies/{study_id}", evil)[0] == 403
-        assert send(server, "POST", "/api/studies", evil, {"study_name": "planted", "directions": ["minimize"]})[0] \
-            == 403
+        assert (
+            send(server, "POST", "/api/studies", evil, {"study_name": "planted", "directions": ["minimize"]})[0] == 403
+        )
         assert send(server, "DELETE", f"/api/studies/{study_id}", evil)[0] == 403
         assert send(server, "DELETE", f"/api/studies/{study_id}", {"Origin": evil["Origin"]})[0] == 403  # CSRF
         for other in ("http://localhost:3000", f"http://127.0.0.1:{int(port) + 1}", "null"):  # another app, a sandbox
@@ -288,13 +324,16 @@ def test_read_only_dashboard_refuses_every_write(guarded_study: tuple[Path, int]
         assert "(read-only)" in server.log.read_text()
 
 
-def test_dashboard_refuses_a_malformed_allowed_host_in_one_line(guarded_study: tuple[Path, int],
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dashboard_refuses_a_malformed_allowed_host_in_one_line(
+    guarded_study: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(guarded_study[0])
     result = CliRunner().invoke(main, ["dashboard", "--allowed-hosts", "http://myname:8080"])
     assert result.exit_code == 2
-    assert result.output.strip() == "Error: --allowed-hosts takes host names without a scheme or port, not " \
+    assert (
+        result.output.strip() == "Error: --allowed-hosts takes host names without a scheme or port, not "
         "'http://myname:8080'"
+    )
 
 
 SEARCH = "/api/2.0/mlflow/experiments/search"
@@ -304,8 +343,9 @@ SEARCH = "/api/2.0/mlflow/experiments/search"
 def test_server_answers_its_hostname_with_allowed_hosts(tmp_path: Path, allowed: bool) -> None:
     hostname = socket.gethostname()
     flags = ["--allowed-hosts", hostname] if allowed else []
-    with running(tmp_path, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *flags,
-                 ready="/health") as server:
+    with running(
+        tmp_path, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *flags, ready="/health"
+    ) as server:
         port = server.url.rsplit(":", 1)[1]
         status, body = send(server, "POST", SEARCH, {"Host": f"{hostname}:{port}"}, {"max_results": 1})
         assert status == (200 if allowed else 403), body
@@ -318,11 +358,24 @@ def test_the_several_hosts_recipe_runs_by_host_name(tmp_path: Path) -> None:
     from conftest import by_host_name
 
     study = write_study(tmp_path)
-    with running(tmp_path, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                 "--allowed-hosts", socket.gethostname(), ready="/health") as server:
+    with running(
+        tmp_path,
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--allowed-hosts",
+        socket.gethostname(),
+        ready="/health",
+    ) as server:
         url = by_host_name(server.url)
-        result = subprocess.run([SEARCHLAB, "run", str(study), "--trials", "1", "--tracking-uri", url], cwd=tmp_path,
-                                env=clean_env(), capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [SEARCHLAB, "run", str(study), "--trials", "1", "--tracking-uri", url],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr
         assert f"open       {url}/#/experiments/" in result.stdout
 
@@ -361,8 +414,9 @@ def process_tree(root: int) -> dict[int, str]:
 def test_server_keeps_the_backend_password_out_of_ps(tmp_path: Path, postgres_database: str, way: str) -> None:
     password = f"pw{secrets.token_hex(8)}"  # trust auth ignores it; unique, so no other process shows it
     base = urllib.parse.urlsplit(POSTGRES_URL)
-    uri = f"postgresql://{base.username or 'postgres'}:{password}@{base.hostname}:{base.port or 5432}/" \
-        f"{postgres_database}"
+    uri = (
+        f"postgresql://{base.username or 'postgres'}:{password}@{base.hostname}:{base.port or 5432}/{postgres_database}"
+    )
     (tmp_path / "uri").write_text(uri + "\n")
     args = ["--backend-store-uri-file", "uri"] if way == "file" else []
     env = {"SEARCHLAB_BACKEND_STORE_URI": uri} if way == "env" else {}

@@ -27,8 +27,15 @@ def study_with_budget(budget: int) -> optuna.Study:
 
 def run_search(study: optuna.Study, objective, *, deadline: float | None = None) -> list[int]:
     ended: list[int] = []
-    search(study, objective, lock=contextlib.nullcontext, deadline=deadline, heartbeat=10, reap=lambda: None,
-           on_trial_end=lambda trial: ended.append(trial.number))
+    search(
+        study,
+        objective,
+        lock=contextlib.nullcontext,
+        deadline=deadline,
+        heartbeat=10,
+        reap=lambda: None,
+        on_trial_end=lambda trial: ended.append(trial.number),
+    )
     return ended
 
 
@@ -113,22 +120,32 @@ def test_a_worker_with_nothing_to_claim_looks_again_soon_then_once_a_second(monk
     monkeypatch.setattr(worker, "claim", lambda study, lock, worker: next(answers))
     monkeypatch.setattr(worker.time, "sleep", slept.append)
     reaped: list[int] = []
-    search(optuna.create_study(), lambda trial: 0.0, lock=contextlib.nullcontext, deadline=None, heartbeat=60,
-           reap=lambda: reaped.append(1), on_trial_end=lambda trial: None)
+    search(
+        optuna.create_study(),
+        lambda trial: 0.0,
+        lock=contextlib.nullcontext,
+        deadline=None,
+        heartbeat=60,
+        reap=lambda: reaped.append(1),
+        on_trial_end=lambda trial: None,
+    )
     assert slept == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0]
     assert len(reaped) == 7  # dead workers' trials are looked for on every wait
 
 
 @pytest.mark.parametrize(("tracking_uri", "loaded"), [("sqlite:///mlflow.db", True), ("http://127.0.0.1:9", False)])
 def test_a_worker_gets_mlflows_sql_store_ready_before_its_run_starts_when_it_tracks_to_one(
-        tmp_path: Path, tracking_uri: str, loaded: bool) -> None:
+    tmp_path: Path, tracking_uri: str, loaded: bool
+) -> None:
     # Its import took ~0.7 s here and 2-3 s on a GPU host, after the go; the default store is sqlite.
     study = write_study(tmp_path)
-    code = ("import sys\nfrom searchlab.config import resolve_config\nfrom searchlab.study import load_study_file\n"
-            "from searchlab.pool import prepare_worker\n"
-            f"config = resolve_config(load_study_file({str(study)!r}), {{'tracking_uri': {tracking_uri!r}}})\n"
-            f"prepare_worker({str(study)!r}, config)\n"
-            "print('mlflow.store.tracking.sqlalchemy_store' in sys.modules)")
+    code = (
+        "import sys\nfrom searchlab.config import resolve_config\nfrom searchlab.study import load_study_file\n"
+        "from searchlab.pool import prepare_worker\n"
+        f"config = resolve_config(load_study_file({str(study)!r}), {{'tracking_uri': {tracking_uri!r}}})\n"
+        f"prepare_worker({str(study)!r}, config)\n"
+        "print('mlflow.store.tracking.sqlalchemy_store' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(loaded)]
@@ -143,13 +160,17 @@ def test_trials_run_with_the_loaded_objects_left_out_of_garbage_collections(work
     from searchlab.lifecycle import run_study
     from searchlab.study import load_study_file
 
-    body = '''    import gc
+    body = """    import gc
     globals().setdefault("FROZEN", []).append(gc.get_freeze_count())
-    return nn.Linear(4, 1)'''
+    return nn.Linear(4, 1)"""
     study = load_study_file(str(write_study(workdir, body=body)))
     gc.unfreeze()
-    run_study(study, resolve_config(study, {"n_trials": 2, "workers": "1", "devices": "cpu"}, env={}), check=False,
-              progress=False)
+    run_study(
+        study,
+        resolve_config(study, {"n_trials": 2, "workers": "1", "devices": "cpu"}, env={}),
+        check=False,
+        progress=False,
+    )
     frozen = study.model.__globals__["FROZEN"][-2:]  # the trials' models (the first one built is the preflight's)
     assert min(frozen) > 50_000  # torch alone tracks more
     assert gc.get_freeze_count() == 0

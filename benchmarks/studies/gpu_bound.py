@@ -20,13 +20,26 @@ def data(seed: int) -> sl.Split:
 
 
 def model(trial: sl.Trial) -> nn.Module:
-    return nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Dropout(trial.params["dropout"]),
-                         nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 1))
+    return nn.Sequential(
+        nn.Linear(64, 512),
+        nn.ReLU(),
+        nn.Dropout(trial.params["dropout"]),
+        nn.Linear(512, 512),
+        nn.ReLU(),
+        nn.Linear(512, 1),
+    )
 
 
-study = sl.Study(name="gpu-bound", task="regression", data=data, model=model,
-                 space=sl.default_space(lr=sl.Float(1e-4, 1e-2, log=True), batch_size=128),
-                 max_epochs=20, patience=20, n_trials=24)
+study = sl.Study(
+    name="gpu-bound",
+    task="regression",
+    data=data,
+    model=model,
+    space=sl.default_space(lr=sl.Float(1e-4, 1e-2, log=True), batch_size=128),
+    max_epochs=20,
+    patience=20,
+    n_trials=24,
+)
 
 if __name__ == "__main__":
     study.run()

@@ -26,12 +26,26 @@ def data(seed: int) -> sl.Split:
 
 def model(trial: sl.Trial) -> nn.Module:
     width = trial.suggest_int("width", 64, 256, log=True)
-    return nn.Sequential(nn.Linear(16, width), nn.ReLU(), nn.Dropout(trial.params["dropout"]),
-                         nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
+    return nn.Sequential(
+        nn.Linear(16, width),
+        nn.ReLU(),
+        nn.Dropout(trial.params["dropout"]),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, 1),
+    )
 
 
-study = sl.Study(name="regression-workload", task="regression", data=data, model=model,
-                 space=sl.default_space(), max_epochs=10, patience=10, n_trials=20)
+study = sl.Study(
+    name="regression-workload",
+    task="regression",
+    data=data,
+    model=model,
+    space=sl.default_space(),
+    max_epochs=10,
+    patience=10,
+    n_trials=20,
+)
 
 if __name__ == "__main__":
     study.run()
