@@ -80,6 +80,7 @@ class Probe:
 
         import searchlab.lifecycle
         import searchlab.preparation
+        import searchlab.publish
         import searchlab.tracking
         import searchlab.train
         from searchlab.storage import journal_file_class
@@ -106,7 +107,7 @@ class Probe:
         self.patch(searchlab.preparation, "preflight_model", "preflight (model on a batch)")
         self.patch(searchlab.lifecycle, "publish", "publish (report, model registry; own work)")
         for function, name in (("log_report", "report"), ("register", "registry")):
-            self.patch(searchlab.lifecycle, function, f"publish: {name} (own work)")
+            self.patch(searchlab.publish, function, f"publish: {name} (own work)")
 
     def summary(self, total: float, n_trials: int) -> dict[str, Any]:
         parts = {name: seconds for name, seconds in sorted(self.exclusive.items(), key=lambda item: -item[1])}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from searchlab.data import Data, first_examples
 from searchlab.errors import ConfigError, describe_error
@@ -128,6 +129,20 @@ def _overfit(
     except Exception as error:
         return CheckResult(False, f"check failed: the study's model() failed: {describe_error(error)}")
     inputs, targets = first_examples(train_data, examples)
+    losses = _train_steps(model, optimizer, task, inputs, targets, steps, setting)
+    return losses if isinstance(losses, CheckResult) else _verdict(losses, f"{len(inputs)} examples ({setting})")
+
+
+def _train_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task: Task,
+    inputs: Tensor,
+    targets: Tensor,
+    steps: int,
+    setting: str,
+) -> list[float] | CheckResult:
+    """Full-batch steps on the examples: the loss of each, or the failed check that stopped them."""
     loss_fn = task.loss_fn()
     model.train()
     losses: list[float] = []
@@ -164,8 +179,13 @@ def _overfit(
             )
         optimizer.step()
         losses.append(loss.item())
+    return losses
+
+
+def _verdict(losses: list[float], what: str) -> CheckResult:
+    """Whether the loss fell near zero over the steps; when it did not, the likely cause."""
     first, last = losses[0], losses[-1]
-    measured = f"loss {first:.4g} -> {last:.4g} in {steps} steps on {len(inputs)} examples ({setting})"
+    measured = f"loss {first:.4g} -> {last:.4g} in {len(losses)} steps on {what}"
     if last <= NEAR_ZERO * first or last < 1e-4:
         return CheckResult(True, f"check passed: {measured}")
     if abs(first - last) <= 0.01 * abs(first):

@@ -15,16 +15,14 @@ from optuna.trial import TrialState
 
 from searchlab.budget import budget_lock, count
 from searchlab.config import RunConfig, RunStarted, resolve_config
-from searchlab.data import Data
 from searchlab.devices import Slot
 from searchlab.endpoints import check_tracking_uri
-from searchlab.errors import EXIT_INTERRUPTED, ConfigError, RunFailed, describe_error, exit_with
+from searchlab.errors import EXIT_INTERRUPTED, ConfigError, RunFailed, exit_with
 from searchlab.pool import Workers, coordinate
 from searchlab.preparation import Prepared, check_learns, plan_slots, prepare
+from searchlab.publish import publish
 from searchlab.recovery import is_dead_local_worker, reap_dead_local_trials, worker_name
-from searchlab.registry import BEST_ALIAS, register
-from searchlab.report import REPORT_FOLDER, log_report
-from searchlab.results import best_complete, value_of
+from searchlab.results import value_of
 from searchlab.settings import (
     BUDGET_ATTR,
     EXPERIMENT_ATTR,
@@ -175,31 +173,8 @@ def _search(
     enqueue: Sequence[dict[str, Any]],
 ) -> None:
     """Record the run's settings and budget, then run its trials: here, or in the worker pool."""
-    run.tracker.log_params(
-        run.parent_run_id,
-        {
-            "task": study.task,
-            "sampler": config.sampler,
-            "pruner": config.pruner,
-            "seed": config.seed,
-            "n_trials": config.n_trials,
-            "timeout": config.timeout,
-            "max_epochs": config.max_epochs,
-            "patience": config.patience,
-            "storage": describe(config.storage),
-            "searched": ",".join(study.searched),
-            "workers": len(slots),
-            "devices": ",".join(sorted({slot.device for slot in slots})),
-            "retries": config.retries,
-        },
-    )
+    _record_settings(run, study, config, slots, enqueue)
     optuna_study = run.study
-    optuna_study.set_user_attr(EXPERIMENT_ATTR, run.experiment_id)
-    optuna_study.set_user_attr(PARENT_RUN_ATTR, run.parent_run_id)
-    optuna_study.set_user_attr(RUN_SETTINGS_ATTR, config.shared_settings())
-    for params in enqueue:
-        optuna_study.enqueue_trial(params, skip_if_exists=False)
-    optuna_study.set_user_attr(BUDGET_ATTR, count(optuna_study.get_trials(deepcopy=False)).claimed + config.n_trials)
     started = RunStarted(
         run.experiment_id, run.parent_run_id, None if config.timeout is None else time.time() + config.timeout
     )
@@ -236,6 +211,38 @@ def _search(
         run.summary.record(optuna_study.get_trials(deepcopy=False), run.before)
 
 
+def _record_settings(
+    run: OpenRun, study: Study, config: RunConfig, slots: list[Slot], enqueue: Sequence[dict[str, Any]]
+) -> None:
+    """The run's settings on its parent run; in the study, what workers joining it need, the enqueued trials and
+    the budget."""
+    run.tracker.log_params(
+        run.parent_run_id,
+        {
+            "task": study.task,
+            "sampler": config.sampler,
+            "pruner": config.pruner,
+            "seed": config.seed,
+            "n_trials": config.n_trials,
+            "timeout": config.timeout,
+            "max_epochs": config.max_epochs,
+            "patience": config.patience,
+            "storage": describe(config.storage),
+            "searched": ",".join(study.searched),
+            "workers": len(slots),
+            "devices": ",".join(sorted({slot.device for slot in slots})),
+            "retries": config.retries,
+        },
+    )
+    optuna_study = run.study
+    optuna_study.set_user_attr(EXPERIMENT_ATTR, run.experiment_id)
+    optuna_study.set_user_attr(PARENT_RUN_ATTR, run.parent_run_id)
+    optuna_study.set_user_attr(RUN_SETTINGS_ATTR, config.shared_settings())
+    for params in enqueue:
+        optuna_study.enqueue_trial(params, skip_if_exists=False)
+    optuna_study.set_user_attr(BUDGET_ATTR, count(optuna_study.get_trials(deepcopy=False)).claimed + config.n_trials)
+
+
 def _close_parent_run(run: OpenRun, config: RunConfig, status: str) -> None:
     """The run's outcome in one call, then its status; what could not be sent is noted in the summary."""
     summary = run.summary
@@ -256,53 +263,6 @@ def _close_parent_run(run: OpenRun, config: RunConfig, status: str) -> None:
             f"parent     run {run.parent_run_id} left RUNNING: MLflow is unreachable (the next run closes it)"
         )
     summary.notes += unsent_note(config.tracking_uri)
-
-
-def publish(
-    study: optuna.Study,
-    tracker: MlflowTracker,
-    parent_run_id: str,
-    declared: Study,
-    study_file: str | None,
-    val_data: Data,
-    name: str,
-    *,
-    report: bool = True,
-    register_best: bool = True,
-) -> list[str]:
-    """Write the study report to the parent run (unless not ``report``) and register the best model (alias
-    ``best``; unless not ``register_best``); returns summary lines. Either failing is reported in its line and
-    does not fail the run."""
-    lines = []
-    if not report:
-        lines.append("report     not written (--no-report): 'searchlab report' writes it")
-    else:
-        try:
-            # no PNGs: drawing them takes seconds at the end of every run; 'searchlab report' draws them
-            log_report(study, lambda folder, path: tracker.log_artifacts(parent_run_id, folder, path), images=False)
-            lines.append(
-                f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html; PNGs: searchlab report)"
-            )
-        except Exception as error:
-            if isinstance(error, ConnectionError):
-                tracker.give_up.set()  # the store is unreachable: what follows fails at once, not after a wait
-            lines.append(f"report     not written: {describe_error(error)} (try 'searchlab report')")
-    best = best_complete(study.get_trials(deepcopy=False))
-    if best is not None and not register_best:
-        lines.append(
-            "model      not registered (--no-register): the best weights are in its trial's run "
-            "(searchlab best --export)"
-        )
-    elif best is not None:
-        try:
-            version = register(tracker.client, name, best, declared, study_file, val_data)
-            lines.append(
-                f"model      models:/{name}@{BEST_ALIAS} (version {version.version}, trial {best.number}; "
-                "searchlab best --load)"
-            )
-        except Exception as error:
-            lines.append(f"model      not registered: {describe_error(error)}")
-    return lines
 
 
 def run_declared(study: Study, overrides: dict[str, Any]) -> RunSummary:

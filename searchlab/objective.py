@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 import torch
@@ -28,12 +28,26 @@ from searchlab.settings import (
     WORKER,
 )
 from searchlab.study import Study
-from searchlab.tracking import Tracker
 from searchlab.train import FitResult, train_trial
 from searchlab.transfer import Start
 from searchlab.trial import Trial
 
 INTERRUPTED = "interrupted (Ctrl-C)"
+
+
+class Tracker(Protocol):
+    """What a trial needs from an experiment tracker: ``sender.BackgroundTracker`` in a search, over an
+    MlflowTracker (which is one too). ``start_run`` returns a handle the other calls take; ``run_id`` names the
+    MLflow run behind it."""
+
+    def start_run(
+        self, experiment_id: str, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> str: ...
+    def run_id(self, run: str, *, wait: bool) -> str | None: ...
+    def log_params(self, run: str, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, run: str, values: Mapping[str, float], step: int) -> None: ...
+    def log_state_dict(self, run: str, state_dict: Mapping[str, Any]) -> None: ...
+    def end_run(self, run: str, status: str, tags: Mapping[str, Any] | None = None) -> None: ...
 
 
 def run_name(number: int, tags: Mapping[str, Any]) -> str:

@@ -148,17 +148,7 @@ def coordinate(
                 if process.exitcode == EXIT_BAD_INPUT:
                     raise ConfigError(f"worker {slot.index} stopped on bad input (its message is above)")
                 if process.exitcode != 0:
-                    reason = f"its worker process (pid {process.pid}) died: {_exit_reason(process.exitcode)}"
-                    numbers = reap_dead_local_trials(
-                        study, retries=config.retries, tracker=tracker, lock=lock, pids={process.pid}, reason=reason
-                    )
-                    with contextlib.suppress(ConnectionError):  # unreachable: the next run closes it
-                        tracker.close_dead_runs(experiment_id, is_dead_local_worker)  # one it could not name
-                    bar.write(
-                        f"worker {slot.index} died ({_exit_reason(process.exitcode)}); "
-                        f"trial(s) {numbers or 'none'} failed and retried where retries remain",
-                        file=sys.stderr,
-                    )
+                    _recover_dead_worker(process, slot, config, study, tracker, bar, lock, experiment_id)
                     deaths_in_a_row += 1
                     if deaths_in_a_row > 3 * len(slots):
                         raise RunFailed("workers keep dying without finishing a trial; see the messages above")
@@ -181,6 +171,30 @@ def coordinate(
             tracker.give_up.set()  # closing the dead workers' runs never waits for an unreachable store
         stop_workers(processes, study, tracker, lock, reason=reason)
         raise
+
+
+def _recover_dead_worker(
+    process: Any,
+    slot: Slot,
+    config: RunConfig,
+    study: optuna.Study,
+    tracker: Any,
+    bar: Any,
+    lock: Any,
+    experiment_id: str,
+) -> None:
+    """Fail (and retry) the trial of a worker that died, close its MLflow runs, and say so."""
+    reason = f"its worker process (pid {process.pid}) died: {_exit_reason(process.exitcode)}"
+    numbers = reap_dead_local_trials(
+        study, retries=config.retries, tracker=tracker, lock=lock, pids={process.pid}, reason=reason
+    )
+    with contextlib.suppress(ConnectionError):  # unreachable: the next run closes it
+        tracker.close_dead_runs(experiment_id, is_dead_local_worker)  # one it could not name
+    bar.write(
+        f"worker {slot.index} died ({_exit_reason(process.exitcode)}); "
+        f"trial(s) {numbers or 'none'} failed and retried where retries remain",
+        file=sys.stderr,
+    )
 
 
 def stop_workers(processes: dict[int, Any], study: optuna.Study, tracker: Any, lock: Any, *, reason: str) -> None:

@@ -3,7 +3,7 @@
 Never MLflow's global active run (``mlflow.start_run``): it is process-global state and breaks under parallel
 trials. Per-epoch metrics are buffered and sent with ``log_batch``, one call per flush, not one per value; params
 are sent at once. The trial loop reaches this class through ``sender.BackgroundTracker``, which
-makes these calls on a thread of its own.
+makes these calls on a thread of its own (both are an ``objective.Tracker``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from searchlab.errors import RunFailed, first_line
 from searchlab.settings import (
@@ -43,23 +43,8 @@ ENVIRONMENT_PROBES = ("IPython", "pyspark", "dbruntime")
 MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000
 
 
-class Tracker(Protocol):
-    """What a trial needs from an experiment tracker: ``sender.BackgroundTracker`` in a search, over an
-    MlflowTracker (which is one too). ``start_run`` returns a handle the other calls take; ``run_id`` names the
-    MLflow run behind it."""
-
-    def start_run(
-        self, experiment_id: str, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None
-    ) -> str: ...
-    def run_id(self, run: str, *, wait: bool) -> str | None: ...
-    def log_params(self, run: str, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, run: str, values: Mapping[str, float], step: int) -> None: ...
-    def log_state_dict(self, run: str, state_dict: Mapping[str, Any]) -> None: ...
-    def end_run(self, run: str, status: str, tags: Mapping[str, Any] | None = None) -> None: ...
-
-
 class MlflowTracker:
-    """A Tracker over ``MlflowClient``; curves are flushed every ``flush_seconds`` and when a run ends.
+    """An ``objective.Tracker`` over ``MlflowClient``; curves are flushed every ``flush_seconds`` and when a run ends.
 
     Calls that fail for a passing reason (a tracking server down or restarting, a sqlite store locked by another
     worker) are retried for up to ``retry_seconds`` (``math.inf``: until it answers), or until ``give_up`` is set;

@@ -39,13 +39,14 @@ LAYERS = {
         "objective",
         "preparation",
         "worker",
+        "publish",
         "forkserver",
         "preload",
         "summary",
         "pool",
         "lifecycle",
     ],
-    "operations": ["nightly", "schedule", "viewers", "replay"],
+    "operations": ["nights", "nightly", "schedule", "viewers", "replay"],
     "face": ["cli_options", "cli_search", "cli_view", "cli", "__main__", "__init__"],
 }
 # The documented calls up a layer: (importer, imported) → why.

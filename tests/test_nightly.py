@@ -14,7 +14,8 @@ from conftest import POSTGRES_URL, SEARCHLAB, clean_env, default_sigint, write_s
 from mlflow import MlflowClient
 
 from searchlab.cli import main
-from searchlab.nightly import CHAMPION_ALIAS, NIGHTLY_FOLDER, Night, decide
+from searchlab.nightly import CHAMPION_ALIAS, NIGHTLY_FOLDER
+from searchlab.nights import Night, decide
 from searchlab.settings import NIGHTS_ATTR
 from searchlab.storage import close_storage, open_storage
 
