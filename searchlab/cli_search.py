@@ -20,6 +20,7 @@ from searchlab.config import resolve_config
 from searchlab.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
 from searchlab.forkserver import start_early
 from searchlab.forkserver import stop as stop_fork_server
+from searchlab.results import open_results
 from searchlab.signals import interrupt_once
 from searchlab.study import check_study_path, load_study_file
 
@@ -261,7 +262,6 @@ def replay(trial_number: int, file: str, storage: str | None, study_name: str | 
     """Retrain trial TRIAL_NUMBER of the study in FILE with its parameters and seed, and print its curve next to
     the recorded one (on the CPU they match exactly). Exit 0 when identical, 1 when not."""
     from searchlab.replay import replay_trial  # torch, optuna
-    from searchlab.results import open_results
     from searchlab.weights import start_weights
 
     study = load_study_file(file)

@@ -11,6 +11,7 @@ from searchlab.cli_options import ALLOWED_HOSTS_HELP, HOST_HELP, TRACKING_HELP, 
 from searchlab.endpoints import check_tracking_uri
 from searchlab.errors import ConfigError
 from searchlab.registry import load_best
+from searchlab.results import best_trial, format_best, format_trials, open_results, study_name_for
 from searchlab.settings import storage_for, tracking_uri_for
 from searchlab.storage import mask_password
 from searchlab.viewers import (
@@ -121,7 +122,6 @@ def ui(file: str | None, tracking_uri: str | None, study_name: str | None, host:
     """Open the MLflow UI on the study's tracking store (select trial runs and press Compare) until Ctrl-C.
 
     On a tracking server (http://…) the server already serves the UI: its address is printed."""
-    from searchlab.results import study_name_for  # optuna
 
     uri = tracking_uri_for(tracking_uri)
     check_tracking_uri(uri, writes=False)
@@ -165,7 +165,6 @@ def dashboard(
     """Open optuna-dashboard on the study's storage (history, importances, parallel coordinates) until Ctrl-C.
 
     It answers only requests for loopback, --host and --allowed-hosts, and refuses changes sent from other sites."""
-    from searchlab.results import study_name_for  # optuna
 
     url, serve = serve_dashboard(
         storage_for(storage),
@@ -190,7 +189,6 @@ def report(
     """Write the study report (Optuna's plots and a summary table) to the study's latest parent run in MLflow,
     or to --out. `searchlab run` writes it at the end of every run."""
     from searchlab.report import publish_report  # optuna, plotly
-    from searchlab.results import open_results
 
     click.echo(publish_report(open_results(file, storage, study_name), tracking_uri, out))
 
@@ -200,7 +198,6 @@ def report(
 @store_options
 def trials(file: str | None, storage: str | None, study_name: str | None) -> None:
     """List a study's trials: number, state, value, params and MLflow run id."""
-    from searchlab.results import format_trials, open_results  # optuna
 
     click.echo(format_trials(open_results(file, storage, study_name).trials))
 
@@ -232,13 +229,12 @@ def best(
 ) -> None:
     """Show the best trial's params, value and run id; --export writes its state_dict, --load rebuilds the
     registered model."""
-    from searchlab.results import best_trial, format_best, open_results  # optuna
-    from searchlab.weights import export_weights  # torch
-
     study = open_results(file, storage, study_name)
     trial = best_trial(study)
     loaded = load_best(study.study_name, tracking_uri_for(tracking_uri), file) if load else None
     if export_path:
+        from searchlab.weights import export_weights  # torch
+
         export_weights(trial, study.study_name, tracking_uri_for(tracking_uri), export_path)
     click.echo(format_best(trial))
     if export_path:

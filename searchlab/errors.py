@@ -64,8 +64,9 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
 
 
-def format_value(value: Any, digits: int = 6) -> str:
-    """A value as reports show it: floats to ``digits`` significant digits, None as ``-``."""
+def format_value(value: Any, digits: int = 6, *, none: str = "None") -> str:
+    """A value as reports show it: floats to ``digits`` significant digits, None as ``none`` (``-`` where a value may
+    be missing)."""
     if value is None:
-        return "-"
+        return none
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)

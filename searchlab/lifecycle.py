@@ -16,7 +16,6 @@ from optuna.trial import TrialState
 from searchlab.budget import budget_lock, count
 from searchlab.config import RunConfig, RunStarted, resolve_config
 from searchlab.devices import Slot
-from searchlab.endpoints import check_tracking_uri
 from searchlab.errors import EXIT_INTERRUPTED, ConfigError, RunFailed, exit_with
 from searchlab.pool import Workers, coordinate
 from searchlab.preparation import Prepared, check_learns, plan_slots, prepare
@@ -90,8 +89,7 @@ def _run_study(
     progress: bool,
     enqueue: Sequence[dict[str, Any]],
 ) -> RunSummary:
-    check_tracking_uri(config.tracking_uri)  # first: the starting weights may come from it
-    prepared = prepare(study, config)
+    prepared = prepare(study, config, check_tracking=True)
     if check:
         # On one slot's threads, as a trial trains: all of the cores would contend with the workers getting ready
         # (their fork server's imports), and a thread pool that waits for a busy core runs many times slower.
@@ -120,15 +118,25 @@ def _run_study(
             run.tracker.give_up.set()  # a Ctrl-C never waits for an unreachable store
             raise StudyInterrupted(run.summary) from None
         finally:
-            _close_parent_run(run, config, status)
-            close_storage(run.storage)
+            try:
+                _close_parent_run(run, config, status)
+            finally:
+                close_storage(run.storage)
     return run.summary
 
 
 def _open_run(config: RunConfig) -> OpenRun:
     """Open (or create) the Optuna study and its MLflow experiment, recover what earlier runs left (unsent records,
-    trials and runs of dead workers), and start the parent run."""
+    trials and runs of dead workers), and start the parent run; the storage is closed again if that fails."""
     storage = open_storage(config.storage)
+    try:
+        return _start_parent_run(config, storage)
+    except BaseException:
+        close_storage(storage)
+        raise
+
+
+def _start_parent_run(config: RunConfig, storage: Any) -> OpenRun:
     study = optuna.create_study(
         storage=storage, study_name=config.study_name, direction="minimize", load_if_exists=True
     )

@@ -41,8 +41,8 @@ class Night:
             )
         if self.champion_before is not None:
             lines.append(
-                f"champion   version {self.champion_before}: {format_value(self.champion_recorded)} when "
-                f"promoted, {format_value(self.champion_tonight)} on tonight's data"
+                f"champion   version {self.champion_before}: {format_value(self.champion_recorded, none='-')} when "
+                f"promoted, {format_value(self.champion_tonight, none='-')} on tonight's data"
             )
         if self.champion_after is not None:
             lines.append(f"champion   now version {self.champion_after}")
@@ -96,8 +96,8 @@ def summary_markdown(study_name: str, nights: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {n['night']} | {n['started']} | {n['trials']} | {format_value(n['best_value'])} | "
-        f"{format_value(n['champion_tonight'])} | {n['decision']} |"
+        f"| {n['night']} | {n['started']} | {n['trials']} | {format_value(n['best_value'], none='-')} | "
+        f"{format_value(n['champion_tonight'], none='-')} | {n['decision']} |"
         for n in nights
     ]
     previous = next((n for n in reversed(nights[:-1]) if n["best_params"]), None)

@@ -10,6 +10,7 @@ from searchlab.check import check_study, preflight_model
 from searchlab.config import RunConfig
 from searchlab.data import Data, load_split
 from searchlab.devices import Slot, assign_slots, cuda_device_count, parse_devices, parse_workers
+from searchlab.endpoints import check_tracking_uri
 from searchlab.errors import CheckFailed
 from searchlab.study import Study
 from searchlab.tasks import get_task
@@ -36,10 +37,13 @@ def plan_slots(config: RunConfig) -> list[Slot]:
     )
 
 
-def prepare(study: Study, config: RunConfig, *, preflight: bool = True) -> Prepared:
-    """Load the split (with the run's seed) and the starting weights; with ``preflight``, run a validation batch
-    through the model a trial would build."""
+def prepare(study: Study, config: RunConfig, *, preflight: bool = True, check_tracking: bool = False) -> Prepared:
+    """Load the split (with the run's seed) and the starting weights; with ``check_tracking``, check the tracking URI
+    in between (the weights may come from it); with ``preflight``, run a validation batch through the model a trial
+    would build."""
     train, val = load_split(study, config.seed)
+    if check_tracking:
+        check_tracking_uri(config.tracking_uri)
     start = start_weights(study, storage=config.storage, tracking_uri=config.tracking_uri)
     if preflight:
         preflight_model(study, get_task(study.task), val, start)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from searchlab.errors import ConfigError, describe_error, first_line
+from searchlab.results import trial_run_id
 from searchlab.settings import RUN_ID_ATTR, SEED_ATTR, SETUP_ATTR, STATE_DICT_FILE, tracking_uri_for
 from searchlab.storage import mask_password
 from searchlab.study import load_study_file
@@ -66,7 +67,6 @@ def register(
     already names that trial's run, nothing changes and its version is returned."""
     from mlflow.exceptions import MlflowException
 
-    from searchlab.results import trial_run_id
     from searchlab.weights import run_params
 
     run_id = trial_run_id(client, name, trial)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Any
-
-from optuna.trial import FrozenTrial, TrialState
+from typing import TYPE_CHECKING, Any
 
 from searchlab.errors import ConfigError, format_value
 from searchlab.settings import CREATE_TOKEN_TAG, RUN_ID_ATTR, RUN_TOKEN_ATTR, from_environment, storage_for
 from searchlab.storage import load_existing_study
 from searchlab.study import load_study_file
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 
 def study_name_for(file: str | None, flag: str | None) -> str | None:
@@ -28,6 +29,8 @@ def open_results(file: str | None, storage: str | None, study_name: str | None) 
 
 def best_trials(trials: list[FrozenTrial], n: int) -> list[FrozenTrial]:
     """The ``n`` completed trials with the lowest value, best first (searchlab minimises validation loss)."""
+    from optuna.trial import TrialState  # loaded already: the trials come from Optuna
+
     return sorted((trial for trial in trials if trial.state == TrialState.COMPLETE), key=value_of)[:n]
 
 
@@ -45,11 +48,11 @@ def best_complete(trials: list[FrozenTrial]) -> FrozenTrial | None:
 
 
 def best_trial(study: Any) -> FrozenTrial:
-    """The study's best trial, or the error saying it has none yet."""
-    best = best_complete(study.get_trials(deepcopy=False))
-    if best is None:
-        raise ConfigError(f"study {study.study_name!r} has no completed trial yet")
-    return best
+    """The study's best trial as Optuna tells it (in its own direction), or the error saying it has none yet."""
+    try:
+        return study.best_trial
+    except ValueError:
+        raise ConfigError(f"study {study.study_name!r} has no completed trial yet") from None
 
 
 def trial_run_id(client: Any, study_name: str, trial: Any) -> str | None:
@@ -74,7 +77,7 @@ def format_trials(trials: list[Any]) -> str:
             (
                 str(trial.number),
                 trial.state.name,
-                format_value(trial.value),
+                format_value(trial.value, none="-"),
                 trial.user_attrs.get(RUN_ID_ATTR, "-"),
                 params,
             )

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from searchlab.data import Batches, Data, make_batches
-from searchlab.errors import ConfigError
 from searchlab.model import batch_size, build_model, build_optimizer
 from searchlab.study import Study
 from searchlab.tasks import Task, get_task
@@ -78,7 +77,7 @@ def evaluate(model: nn.Module, batches: Batches, task: Task, loss_fn: nn.Module)
     finally:
         model.train()
     if metrics is None:
-        raise ConfigError("the validation data yielded no batch: Split.val needs at least one example")
+        raise ValueError("the validation data yielded no batch: Split.val needs at least one example")
     results = {"val_loss": float(total) / count}
     results.update({f"val_{name}": float(value) for name, value in metrics.compute().items()})
     return results

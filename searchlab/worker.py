@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import importlib
 import os
 import time
 import warnings
@@ -17,7 +18,6 @@ from typing import Any
 
 import optuna
 import torch
-import torch._dynamo  # the first optimizer step would import it: at start-up, not in a trial
 from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.budget import DONE, WAIT, budget_lock, claim
@@ -118,6 +118,7 @@ def run_worker(
     """Join the study in ``config.storage`` and run trials on ``slot`` until its budget is met or ``run``'s deadline
     passes. ``prepared`` (the split and starting weights) is loaded here when not given."""
     torch.set_num_threads(slot.threads)
+    importlib.import_module("torch._dynamo")  # the first optimizer step imports it: at start-up, not in a trial
     prepared = prepared or prepare(study, config, preflight=False)
     tracker = MlflowTracker(config.tracking_uri, retry_seconds=config.tracking_wait)
     on_stale = stale_trial_callback(config.retries, tracker, 3 * config.heartbeat)
