@@ -222,7 +222,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
 
     for owner, attribute, name in (
         (searchlab.preparation, "load_split", "data load (study.data)"),
-        (searchlab.lifecycle, "check_tracking_uri", "tracking URI check"),
+        (searchlab.preparation, "check_tracking_uri", "tracking URI check"),
         (searchlab.preparation, "preflight_model", "preflight (model on a batch)"),
         (searchlab.preparation, "check_study", "overfit check (first optimizer imports torch._dynamo)"),
         (searchlab.lifecycle, "open_storage", "open the Optuna storage"),
