@@ -141,11 +141,12 @@ def run_night(
             return night, summary
         night.parent_run_id = summary.parent_run_id if summary else None
         best = _record_tonight(night, optuna_study, {trial.number for trial in before})
-        _judge_and_promote(night, best, study, config, study_file, threshold)
+        tracker = MlflowTracker(config.tracking_uri)
+        _judge_and_promote(night, best, study, config, study_file, threshold, tracker.client)
         nights.append(dataclasses.asdict(night))
         optuna_study.set_user_attr(NIGHTS_ATTR, nights)
         if night.parent_run_id is not None:
-            _log_night(MlflowTracker(config.tracking_uri), night, config.study_name, nights)
+            _log_night(tracker, night, config.study_name, nights)
     return night, summary
 
 
@@ -170,10 +171,15 @@ def _record_tonight(night: Night, study: optuna.Study, earlier: set[int]) -> Fro
 
 
 def _judge_and_promote(
-    night: Night, best: FrozenTrial | None, study: Study, config: RunConfig, study_file: str, threshold: float
+    night: Night,
+    best: FrozenTrial | None,
+    study: Study,
+    config: RunConfig,
+    study_file: str,
+    threshold: float,
+    client: Any,
 ) -> None:
     """Score the champion on tonight's data, decide, and point the champion alias at tonight's best if it wins."""
-    client = MlflowTracker(config.tracking_uri).client
     champion = current_version(client, config.study_name, CHAMPION_ALIAS)
     val_data = load_split(study, config.seed)[1] if best is not None else None  # tonight's, for both uses below
     if champion is not None and best is not None:
