@@ -1,7 +1,7 @@
 """The performance suite: framework overhead, the naive MLflow script, scaling, start-up, data path, side by side.
 
 Run: python benchmarks/suite.py [--repeats 3] [--json benchmarks/results/suite.json]
-                                [--only overhead,naive,small,scaling,startup,data]
+                                [--only overhead,naive,batch32,small,scaling,startup,data]
                                 [--workload benchmarks/studies/regression_workload.py] [--study studies/regression.py]
 
 Each benchmark alternates its variants (reversed order every other repeat), each measurement in a fresh
@@ -17,6 +17,9 @@ pass/fail. The JSON holds the table, every raw figure, the breakdown of a tracke
             server (what the server's work on these cores costs the training, whoever sends). On ``--workload``: the
             regression workload at the issue's scale (a trial trains ~1 s; the naive script takes ~1.5x bare).
             (benchmarks/overhead.py)
+- batch32   the overhead variants and the naive script again on benchmarks/studies/batch32_workload.py (batch 32,
+            20,000 training and 5,000 validation rows, ~2.4 s per trial): a shape the suite was not tuned on, where
+            per-batch costs (validation at the training batch size was one) show. Same targets.
 - naive     the same study as an Optuna objective with synchronous ``mlflow.log_metric`` per metric per epoch
             and ``mlflow.log_artifact`` for the weights: target searchlab <= 0.70 x naive.
 - small     ``searchlab`` against ``bare`` on ``--study`` (the shipped studies/regression.py, ~50-120 ms per
@@ -56,8 +59,9 @@ from _common import (
     write_json,
 )
 
-BENCHMARKS = ("overhead", "naive", "small", "scaling", "startup", "data")
+BENCHMARKS = ("overhead", "naive", "batch32", "small", "scaling", "startup", "data")
 WORKLOAD = str(HERE / "studies" / "regression_workload.py")
+BATCH32_WORKLOAD = str(HERE / "studies" / "batch32_workload.py")
 # The breakdown's parts that the bare loop does too (benchmarks/_probe.py's names); fit's own time (callbacks
 # included) counts as overhead.
 TRAINING_PARTS = (
@@ -332,8 +336,9 @@ def overhead(
     table.add(name, "one MLflow log_batch, kept-alive connection", "ms", per_call["log_batch_keepalive_ms"])
     if "naive" in runs:
         naive = statistics.median(wall["naive"])
+        row = "naive" if name == "overhead" else f"{name} naive"
         table.add(
-            "naive",
+            row,
             "naive mlflow.log_metric script (/ bare)",
             "s",
             wall["naive"],
@@ -341,17 +346,15 @@ def overhead(
             target="(issue: ~1.5)",
         )
         table.add(
-            "naive",
+            row,
             "naive cost per trial ((naive - bare) / trials)",
             "ms",
             [1000 * (n - b) / args.trials for n, b in zip(wall["naive"], wall["bare"], strict=True)],
         )
-        table.add(
-            "naive", "searchlab, no report or registry (/ naive)", "s", wall["searchlab"], ratio=searchlab / naive
-        )
+        table.add(row, "searchlab, no report or registry (/ naive)", "s", wall["searchlab"], ratio=searchlab / naive)
         paired = [s / n for s, n in zip(wall["searchlab"], wall["naive"], strict=True)]
         table.add(
-            "naive",
+            row,
             "searchlab / naive, each repeat (median ratio)",
             "ratio",
             paired,
@@ -533,7 +536,7 @@ def data(args: argparse.Namespace, table: Table, details: dict[str, Any]) -> Non
 
 
 def print_details(details: dict[str, Any]) -> None:
-    for name in ("overhead", "small"):
+    for name in ("overhead", "batch32", "small"):
         breakdown = details.get(f"{name}_breakdown")
         if not breakdown:
             continue
@@ -598,12 +601,23 @@ def main() -> None:
     info = machine()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="searchlab-suite-") as folder:
-        needs_server = bool(selected & {"overhead", "naive", "small", "startup"})
+        needs_server = bool(selected & {"overhead", "naive", "batch32", "small", "startup"})
         server = tracking_server(Path(folder)) if needs_server else None
         uri = server.__enter__() if server else ""
         try:
             if selected & {"overhead", "naive"}:
                 overhead(args, table, details, uri, selected, study=args.workload, name="overhead", targets=True)
+            if "batch32" in selected:
+                overhead(
+                    args,
+                    table,
+                    details,
+                    uri,
+                    selected | {"naive"},
+                    study=BATCH32_WORKLOAD,
+                    name="batch32",
+                    targets=True,
+                )
             if "small" in selected:
                 overhead(args, table, details, uri, selected, study=args.study, name="small", targets=False)
             if "scaling" in selected:

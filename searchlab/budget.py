@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.locks import advisory_lock, file_lock, lock_key
-from searchlab.settings import BUDGET_ATTR, WORKER
+from searchlab.settings import BUDGET_ATTR, PACK_ATTR, WORKER
 from searchlab.storage import DEFAULT_JOURNAL, local_file
 
 # what claim() says when it gives no trial
@@ -108,3 +108,29 @@ def claim(
             return trial
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     return WAIT if running else DONE
+
+
+def claim_members(
+    study: optuna.Study,
+    lock: Callable[[], AbstractContextManager[None]],
+    *,
+    worker: str,
+    shared: dict[str, Any],
+    n: int,
+    first: int,
+) -> list[optuna.Trial]:
+    """Up to ``n`` more trials for the pack that trial ``first`` starts, within the budget: each is enqueued with the
+    pack's ``shared`` params (the sampler chooses the rest) and asked at once, under the budget lock, so that no
+    other worker takes it. None while other trials wait (retries go first, each in a pack of its own)."""
+    members: list[optuna.Trial] = []
+    with lock():
+        counts = count(study.get_trials(deepcopy=False))
+        room = 0 if counts.waiting else study.user_attrs.get(BUDGET_ATTR, 0) - counts.claimed
+        for _ in range(max(0, min(n, room))):
+            study.enqueue_trial(shared, user_attrs={PACK_ATTR: {"first": first}})
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                trial = study.ask()
+            trial.set_user_attr(WORKER, worker)
+            members.append(trial)
+    return members

@@ -1,7 +1,8 @@
 """The preflight checks: a model that fails on a validation batch, or cannot overfit one tiny batch, has a bug, not
 a tuning problem.
 
-``preflight_model`` runs a few validation examples through the model a trial would build. ``check_study`` builds
+``preflight_model`` runs a few validation examples through the model a trial would build; ``preflight_pack`` trains
+two such models as a pack for one step (when trials run packed). ``check_study`` builds
 the study's model with the space's first values (regularisation off), trains it on a few examples with the highest
 learning rate the search would try, and says whether the loss falls near zero; when it does not, it names the usual
 cause: wrong output shape, wrong head for the loss, no gradient, a loss that never moves, NaN.
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from searchlab.data import Data, first_examples
 from searchlab.errors import ConfigError, describe_error
 from searchlab.model import DROPPED_DEFAULTS, build_model, build_optimizer, sample_params
+from searchlab.pack import Member, Pack, PackError
 from searchlab.space import Choice, Distribution, Fixed, Float, Int
 from searchlab.study import Study
 from searchlab.tasks import ModelError, Task, get_task
@@ -89,6 +91,33 @@ def preflight_model(study: Study, task: Task, val_data: Data, start: Start | Non
         raise
     except Exception as error:
         raise ConfigError(f"the study's model failed on a validation batch: {describe_error(error)}") from None
+
+
+def preflight_pack(study: Study, task: Task, train_data: Data, start: Start | None = None) -> None:
+    """Train two models a pack's trial would build for one step on a few examples, as a pack, so that a model a
+    pack cannot vectorise (running statistics, data-dependent control flow, in-place weight updates, modules vmap
+    cannot handle) is refused, with what to change, before anything is written."""
+    import optuna
+
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    params = sample_params(study.space, probe, start)
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model(study, Trial(probe, dict(params), seed), task, start)
+        members.append(Member(model, build_optimizer(model, params)))
+    examples = [first_examples(train_data, EXAMPLES)]
+    try:
+        pack = Pack(members, task)
+        pack.train_epoch(examples)
+        pack.evaluate(examples)
+    except ModelError:
+        raise
+    except Exception as error:
+        cause = describe_error(error)
+        if "data-dependent control flow" in cause:
+            cause = "its forward() branches on a tensor's value (data-dependent control flow), which vmap cannot batch"
+        raise PackError(f"the study's model cannot train as a pack of trials: {cause}: use --pack 1") from None
 
 
 def check_study(

@@ -58,6 +58,12 @@ def search_options(command: Any) -> Any:
         click.option("--max-epochs", type=int, help="Most epochs per trial (early stopping may end sooner)."),
         click.option("--workers", help="Worker processes, or 'auto' for one per device slot [default: 1]."),
         click.option("--trials-per-device", type=int, help="Workers that may share one GPU [default: 1]."),
+        click.option(
+            "--pack",
+            type=int,
+            help="Trials each worker trains at once as one vectorised model (same shapes and batch size, their "
+            "own lr, momentum, weight decay, dropout and init) [default: 1; env SEARCHLAB_PACK].",
+        ),
         device_options,
         click.option("--no-check", is_flag=True, help="Skip the overfit-one-batch check before the first trial."),
         click.option(

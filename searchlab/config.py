@@ -16,7 +16,7 @@ from searchlab.settings import default_tracking_uri, from_environment
 from searchlab.study import Study, check_int, check_name, check_positive_int, check_seed, check_timeout
 
 # The run's settings that joining workers adopt (no URLs: those are each host's own).
-RUN_SETTINGS = ("seed", "sampler", "pruner", "max_epochs", "patience", "retries", "heartbeat")
+RUN_SETTINGS = ("seed", "sampler", "pruner", "max_epochs", "patience", "retries", "heartbeat", "pack")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class RunConfig:
     workers: str = "1"  # a count, or "auto": one per device slot
     devices: str = "auto"
     trials_per_device: int = 1
+    pack: int = 1  # trials each worker trains at once as one vectorised model (searchlab.pack)
     retries: int = 1
     heartbeat: int = 10  # seconds between heartbeats on database storages; stale after 3 missed
     report: bool = True  # write the study report to the parent run at the end of the run
@@ -96,6 +97,7 @@ def resolve_config(
         "tracking_uri": default_tracking_uri(),
         "max_epochs": study.max_epochs,
         "patience": study.patience,
+        "pack": study.pack,
         # settings a study file does not hold: RunConfig's own defaults
         **{f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING},
     }
@@ -117,7 +119,7 @@ def _check(config: RunConfig) -> None:
     if not config.study_name.strip():
         raise ConfigError("the study name must not be empty")
     check_name("the study name", config.study_name)
-    for name in ("n_trials", "max_epochs", "patience", "trials_per_device", "heartbeat"):
+    for name in ("n_trials", "max_epochs", "patience", "trials_per_device", "heartbeat", "pack"):
         check_positive_int(name, getattr(config, name))
     if config.threads is not None:
         check_positive_int("threads", config.threads)

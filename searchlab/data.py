@@ -105,6 +105,22 @@ class LoaderBatches:
 
 Batches = TensorBatches | LoaderBatches
 
+# Inputs per evaluation batch: evaluation keeps no graph, so far larger batches than training's fit; a small
+# validation set is evaluated as one batch (per-batch kernel launches and metric updates dominate otherwise).
+EVAL_BATCH_BYTES = 8 * 2**20
+
+
+def eval_batch_size(data: Data, train_batch_size: int) -> int:
+    """Rows per evaluation batch: the whole set when its inputs fit in ``EVAL_BATCH_BYTES``, else as many rows as
+    fit, never fewer than the training batch (the model is known to take that many at once)."""
+    try:
+        example = data.inputs[0] if isinstance(data, TensorPair) else torch.as_tensor(data[0][0])
+        rows = len(data)  # type: ignore[arg-type]
+    except (TypeError, IndexError, NotImplementedError):  # a dataset without len() or indexing
+        return train_batch_size
+    row_bytes = max(1, example.numel() * example.element_size())
+    return max(train_batch_size, min(rows, EVAL_BATCH_BYTES // row_bytes))
+
 
 def make_batches(data: Data, batch_size: int, *, shuffle: bool, seed: int, device: torch.device) -> Batches:
     """Batches for training (``shuffle=True``) or evaluation, seeded so a trial replays exactly."""

@@ -72,111 +72,139 @@ class Objective:
     start: Start | None = None
 
     def __call__(self, optuna_trial: optuna.Trial) -> float:
-        settings = self.settings
+        tracked = self.begin(optuna_trial)
+        try:
+            model, result = train_trial(
+                self.study,
+                tracked.trial,
+                self.train_data,
+                self.val_data,
+                torch.device(self.slot.torch_device),
+                max_epochs=self.settings.max_epochs,
+                patience=self.settings.patience,
+                start=self.start,
+                on_built=tracked.on_built,
+                on_epoch=tracked.on_epoch,
+            )
+        except BaseException as error:
+            tracked.fail(error)
+            raise
+        return tracked.finish(model, result)
+
+    def begin(self, optuna_trial: optuna.Trial) -> TrackedTrial:
+        """Start tracking a claimed trial: its seed and setup recorded, its params sampled, its MLflow run
+        started. Whichever loop trains it (alone or in a pack) then ends it with ``finish`` or ``fail``."""
+        return TrackedTrial(self, optuna_trial)
+
+
+class TrackedTrial:
+    """One trial from its start to its end: params, seed, MLflow run, curves, pruning, weights and how it ended."""
+
+    def __init__(self, objective: Objective, optuna_trial: optuna.Trial) -> None:
+        self.objective, self.optuna_trial = objective, optuna_trial
+        settings, tracker = objective.settings, objective.tracker
         seed = trial_seed(settings.seed, optuna_trial.number)
         optuna_trial.set_user_attr(SEED_ATTR, seed)
         optuna_trial.set_user_attr(
             SETUP_ATTR,
             {
                 "data_seed": settings.seed,
-                "threads": self.slot.threads,
+                "threads": objective.slot.threads,
                 "max_epochs": settings.max_epochs,
                 "patience": settings.patience,
             },
         )
-        params = sample_params(self.study.space, optuna_trial, self.start)
-        run = self.tracker.start_run(
+        self.trial = Trial(optuna_trial, sample_params(objective.study.space, optuna_trial, objective.start), seed)
+        self.run = tracker.start_run(
             settings.experiment_id,
             f"trial-{optuna_trial.number}",
             parent_run_id=settings.parent_run_id,
             tags={**settings.run_tags, "trial_number": optuna_trial.number, WORKER: worker_name()},
         )
-        naming = RunNaming(self.tracker, run, optuna_trial)
-        status = "FAILED"
-        tags: dict[str, Any] = {STATE_TAG: "FAIL"}
-        try:
-            result = self._train(optuna_trial, Trial(optuna_trial, params, seed), run, naming, tags)
-            tags.update({STATE_TAG: "COMPLETE", "best_epoch": result.best_epoch, "val_loss": result.best_val_loss})
-            status = "FINISHED"
-            return result.best_val_loss
-        except optuna.TrialPruned as pruned:
-            status = "FINISHED"  # a pruned trial ended as planned; its curve stays
-            tags.update(
-                {
-                    STATE_TAG: "PRUNED",
-                    REASON: str(pruned),
-                    PRUNED_EPOCH_ATTR: optuna_trial.user_attrs[PRUNED_EPOCH_ATTR],
-                }
-            )
-            optuna_trial.set_user_attr(REASON, str(pruned))
-            raise
-        except KeyboardInterrupt as interrupt:
-            status, tags[REASON] = "KILLED", str(interrupt) or INTERRUPTED
-            raise
-        except Exception as error:
-            if not isinstance(error, TrialStopped):  # a stopped trial's tags say why already
-                tags[REASON] = describe_error(error)
-            raise
-        finally:
-            try:
-                naming.record(wait=True)
-            finally:
-                self.tracker.end_run(run, status, tags={**tags, RUN_NAME_TAG: run_name(optuna_trial.number, tags)})
+        self.naming = RunNaming(tracker, self.run, optuna_trial)
+        self.tags: dict[str, Any] = {STATE_TAG: "FAIL"}
 
-    def _train(
-        self, optuna_trial: optuna.Trial, trial: Trial, run: str, naming: RunNaming, tags: dict[str, Any]
-    ) -> FitResult:
-        """Train the trial, logging its params, curves and best weights, and say how it ended in ``tags``; a NaN
-        before any finite epoch stops it."""
-        settings = self.settings
+    @property
+    def number(self) -> int:
+        return int(self.optuna_trial.number)
 
-        def on_built(model: nn.Module) -> None:
-            n_params = sum(parameter.numel() for parameter in model.parameters())
-            lineage = {"start_from": self.start.source, "frozen": ",".join(self.study.freeze)} if self.start else {}
-            self.tracker.log_params(
-                run,
-                {
-                    **trial.params,
-                    "seed": trial.seed,
-                    "n_params": n_params,
-                    "device": self.slot.device,
-                    "threads": self.slot.threads,
-                    "max_epochs": settings.max_epochs,
-                    "patience": settings.patience,
-                    **lineage,
-                },
-            )
-
-        def on_epoch(epoch: int, values: dict[str, float]) -> None:
-            self.tracker.log_metrics(run, values, step=epoch)
-            naming.record(wait=False)
-            optuna_trial.report(values["val_loss"], epoch)
-            if optuna_trial.should_prune():
-                optuna_trial.set_user_attr(PRUNED_EPOCH_ATTR, epoch)
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_loss {values['val_loss']:.6g})")
-
-        model, result = train_trial(
-            self.study,
-            trial,
-            self.train_data,
-            self.val_data,
-            torch.device(self.slot.torch_device),
-            max_epochs=settings.max_epochs,
-            patience=settings.patience,
-            start=self.start,
-            on_built=on_built,
-            on_epoch=on_epoch,
+    def on_built(self, model: nn.Module) -> None:
+        """Log the trial's params once its model is built (the builder may suggest more of them)."""
+        objective, trial = self.objective, self.trial
+        settings, start = objective.settings, objective.start
+        n_params = sum(parameter.numel() for parameter in model.parameters())
+        lineage = {"start_from": start.source, "frozen": ",".join(objective.study.freeze)} if start else {}
+        objective.tracker.log_params(
+            self.run,
+            {
+                **trial.params,
+                "seed": trial.seed,
+                "n_params": n_params,
+                "device": objective.slot.device,
+                "threads": objective.slot.threads,
+                "max_epochs": settings.max_epochs,
+                "patience": settings.patience,
+                **lineage,
+            },
         )
+
+    def on_epoch(self, epoch: int, values: dict[str, float]) -> None:
+        """Log an epoch's curves, report its validation loss, and stop the trial if the pruner says so."""
+        self.objective.tracker.log_metrics(self.run, values, step=epoch)
+        self.naming.record(wait=False)
+        self.optuna_trial.report(values["val_loss"], epoch)
+        if self.optuna_trial.should_prune():
+            self.optuna_trial.set_user_attr(PRUNED_EPOCH_ATTR, epoch)
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_loss {values['val_loss']:.6g})")
+
+    def finish(self, model: nn.Module, result: FitResult) -> float:
+        """A trained trial: how it ended, its best weights and value logged; its run closed. A NaN before any
+        finite epoch stops it (TrialStopped)."""
+        try:
+            self._record(model, result)
+        except BaseException as error:
+            self.fail(error)
+            raise
+        self.tags.update({STATE_TAG: "COMPLETE", "best_epoch": result.best_epoch, "val_loss": result.best_val_loss})
+        self._close("FINISHED")
+        return result.best_val_loss
+
+    def _record(self, model: nn.Module, result: FitResult) -> None:
         epochs = len(result.history)  # epochs on the curve (a NaN epoch is not)
-        tags.update({REASON: result.stop_reason, "epochs": epochs})
+        self.tags.update({REASON: result.stop_reason, "epochs": epochs})
         for key, value in ((REASON, result.stop_reason), ("epochs", epochs)):
-            optuna_trial.set_user_attr(key, value)
+            self.optuna_trial.set_user_attr(key, value)
         if result.best_epoch is None:
             raise TrialStopped(result.stop_reason)
-        optuna_trial.set_user_attr("best_epoch", result.best_epoch)
-        self.tracker.log_state_dict(run, model.state_dict())
-        self.tracker.log_metrics(run, {"best_val_loss": result.best_val_loss}, step=result.best_epoch)
-        return result
+        self.optuna_trial.set_user_attr("best_epoch", result.best_epoch)
+        self.objective.tracker.log_state_dict(self.run, model.state_dict())
+        self.objective.tracker.log_metrics(self.run, {"best_val_loss": result.best_val_loss}, step=result.best_epoch)
+
+    def fail(self, error: BaseException) -> None:
+        """Close the trial's run for how it stopped: pruned (its curve stays), interrupted, or failed."""
+        status = "FAILED"
+        if isinstance(error, optuna.TrialPruned):
+            status = "FINISHED"  # a pruned trial ended as planned
+            self.tags.update(
+                {
+                    STATE_TAG: "PRUNED",
+                    REASON: str(error),
+                    PRUNED_EPOCH_ATTR: self.optuna_trial.user_attrs[PRUNED_EPOCH_ATTR],
+                }
+            )
+            self.optuna_trial.set_user_attr(REASON, str(error))
+        elif isinstance(error, KeyboardInterrupt):
+            status, self.tags[REASON] = "KILLED", str(error) or INTERRUPTED
+        elif not isinstance(error, TrialStopped):  # a stopped trial's tags say why already
+            self.tags[REASON] = describe_error(error)
+        self._close(status)
+
+    def _close(self, status: str) -> None:
+        try:
+            self.naming.record(wait=True)
+        finally:
+            tags = {**self.tags, RUN_NAME_TAG: run_name(self.number, self.tags)}
+            self.objective.tracker.end_run(self.run, status, tags=tags)
 
 
 class RunNaming:

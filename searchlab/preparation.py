@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from searchlab.check import check_study, preflight_model
+from searchlab.check import check_study, preflight_model, preflight_pack
 from searchlab.config import RunConfig
 from searchlab.data import Data, load_split
 from searchlab.devices import Slot, assign_slots, cuda_device_count, parse_devices, parse_workers
@@ -40,13 +40,15 @@ def plan_slots(config: RunConfig) -> list[Slot]:
 def prepare(study: Study, config: RunConfig, *, preflight: bool = True, check_tracking: bool = False) -> Prepared:
     """Load the split (with the run's seed) and the starting weights; with ``check_tracking``, check the tracking URI
     in between (the weights may come from it); with ``preflight``, run a validation batch through the model a trial
-    would build."""
+    would build (and, for packed trials, one step of a pack)."""
     train, val = load_split(study, config.seed)
     if check_tracking:
         check_tracking_uri(config.tracking_uri)
     start = start_weights(study, storage=config.storage, tracking_uri=config.tracking_uri)
     if preflight:
         preflight_model(study, get_task(study.task), val, start)
+        if config.pack > 1:
+            preflight_pack(study, get_task(study.task), train, start)
     return Prepared(train, val, start)
 
 

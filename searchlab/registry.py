@@ -191,10 +191,10 @@ def load_registered(
 
 def validation_loss(loaded: Loaded, val_data: Any = None) -> float:
     """The loaded model's loss on ``val_data`` (by default its study's validation split for the data seed it
-    trained with), with the batch size it trained with."""
+    trained with), in the batches a trial's evaluation uses."""
     import torch
 
-    from searchlab.data import load_split, make_batches
+    from searchlab.data import eval_batch_size, load_split, make_batches
     from searchlab.model import batch_size
     from searchlab.tasks import get_task
     from searchlab.train import evaluate
@@ -202,7 +202,7 @@ def validation_loss(loaded: Loaded, val_data: Any = None) -> float:
     task = get_task(loaded.study.task)
     if val_data is None:
         _, val_data = load_split(loaded.study, loaded.info["data_seed"])
-    size = batch_size(loaded.info["params"])
+    size = eval_batch_size(val_data, batch_size(loaded.info["params"]))
     batches = make_batches(val_data, size, shuffle=False, seed=0, device=torch.device("cpu"))
     return evaluate(loaded.model, batches, task, task.loss_fn())["val_loss"]
 

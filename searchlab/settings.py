@@ -25,6 +25,7 @@ RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
 RUN_TOKEN_ATTR = "mlflow_run_token"  # ... or its creation token, when the run did not exist yet at the trial's end
 FAIL_REASON_ATTR = "fail_reason"
 PRUNED_EPOCH_ATTR = "pruned_epoch"
+PACK_ATTR = "pack"  # a packed trial's pack: its first trial, its members and the seed of their batch order
 SEED_ATTR = "seed"
 SETUP_ATTR = "setup"  # the data seed, threads and budget a trial trained with (what a replay needs)
 WORKER = "worker"  # the process (host:pid) running a trial: an Optuna trial attribute and an MLflow run tag
@@ -79,6 +80,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "workers": ("SEARCHLAB_WORKERS", str),
     "devices": ("SEARCHLAB_DEVICES", str),
     "trials_per_device": ("SEARCHLAB_TRIALS_PER_DEVICE", int),
+    "pack": ("SEARCHLAB_PACK", int),
     "retries": ("SEARCHLAB_RETRIES", int),
     "heartbeat": ("SEARCHLAB_HEARTBEAT", int),
     "report": ("SEARCHLAB_REPORT", _bool),

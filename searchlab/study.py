@@ -54,6 +54,7 @@ class Study:
     sampler: str = "tpe"
     pruner: str = "none"
     seed: int = 0
+    pack: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -76,7 +77,7 @@ class Study:
         if isinstance(self.freeze, str) or not all(isinstance(prefix, str) and prefix for prefix in self.freeze):
             raise ConfigError("Study(freeze=...) must be a tuple of parameter-name prefixes, e.g. ('0.',)")
         object.__setattr__(self, "freeze", tuple(self.freeze))
-        for name in ("max_epochs", "patience", "n_trials"):
+        for name in ("max_epochs", "patience", "n_trials", "pack"):
             check_positive_int(f"Study({name}=...)", getattr(self, name))
         check_timeout("Study(timeout=...)", self.timeout)
         check_seed("Study(seed=...)", self.seed)

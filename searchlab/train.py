@@ -1,7 +1,8 @@
 """The loop: train an epoch, evaluate, fit with early stopping and a NaN/inf guard, and train one trial.
 
 Each step is the textbook one: zero_grad → forward → loss → backward → step. Evaluation runs in eval mode
-under no_grad, accumulates metrics over the whole validation set, and switches back to train mode.
+under no_grad, in batches as large as memory allows (not the training batch size), accumulates metrics over the
+whole validation set, and switches back to train mode.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from searchlab.data import Batches, Data, make_batches
+from searchlab.data import Batches, Data, eval_batch_size, make_batches
 from searchlab.model import batch_size, build_model, build_optimizer
 from searchlab.study import Study
 from searchlab.tasks import Task, get_task
@@ -160,6 +161,16 @@ def fit(
     return FitResult(stopper.best, stopper.best_epoch, epoch, stop_reason, history)
 
 
+def build_trial(
+    study: Study, trial: Trial, task: Task, device: torch.device, start: Start | None = None
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A trial's model (seeded with its seed, then built, initialised, loaded and frozen) and optimizer, on
+    ``device``: what a trial trains, alone or in a pack."""
+    torch.manual_seed(trial.seed)
+    model = build_model(study, trial, task, start).to(device)
+    return model, build_optimizer(model, trial.params)
+
+
 def train_trial(
     study: Study,
     trial: Trial,
@@ -172,22 +183,23 @@ def train_trial(
     start: Start | None = None,
     on_built: Callable[[nn.Module], None] = lambda model: None,
     on_epoch: EpochCallback | None = None,
+    batch_seed: int | None = None,
 ) -> tuple[nn.Module, FitResult]:
     """The loop for one trial's params and seed: seed → model → optimizer → batches → fit (best weights kept).
 
     The same code trains a trial in a search and replays it later, so that a CPU replay matches exactly.
+    ``batch_seed`` orders the batches (default: the trial's seed; a packed trial's: its pack's).
     """
     task = get_task(study.task)
-    torch.manual_seed(trial.seed)
-    model = build_model(study, trial, task, start).to(device)
-    optimizer = build_optimizer(model, trial.params)
+    model, optimizer = build_trial(study, trial, task, device, start)
     on_built(model)
     size = batch_size(trial.params)
+    seed = trial.seed if batch_seed is None else batch_seed
     result = fit(
         model,
         optimizer,
-        make_batches(train_data, size, shuffle=True, seed=trial.seed, device=device),
-        make_batches(val_data, size, shuffle=False, seed=trial.seed, device=device),
+        make_batches(train_data, size, shuffle=True, seed=seed, device=device),
+        make_batches(val_data, eval_batch_size(val_data, size), shuffle=False, seed=seed, device=device),
         task,
         max_epochs=max_epochs,
         patience=patience,

@@ -18,19 +18,21 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from searchlab.budget import DONE, WAIT, budget_lock, claim
+from searchlab.budget import DONE, WAIT, budget_lock, claim, claim_members
 from searchlab.catalog import make_pruner, make_sampler
 from searchlab.config import RunConfig, RunStarted, TrialSettings
 from searchlab.devices import Slot
 from searchlab.endpoints import check_tracking_uri
-from searchlab.errors import ConfigError, TrialStopped, describe_error
-from searchlab.objective import INTERRUPTED, Objective
+from searchlab.errors import ConfigError
+from searchlab.objective import Objective
+from searchlab.outcome import run_trial
+from searchlab.packing import PackRun
 from searchlab.preparation import Prepared, plan_slots, prepare
 from searchlab.recovery import reap_dead_local_trials, stale_trial_callback, worker_name
 from searchlab.sender import BackgroundTracker
-from searchlab.settings import BUDGET_ATTR, EXPERIMENT_ATTR, FAIL_REASON_ATTR, PARENT_RUN_ATTR, RUN_SETTINGS_ATTR
+from searchlab.settings import BUDGET_ATTR, EXPERIMENT_ATTR, PARENT_RUN_ATTR, RUN_SETTINGS_ATTR
 from searchlab.signals import interrupt_once
 from searchlab.storage import Heartbeat, close_storage, has_heartbeats, load_existing_study, open_storage
 from searchlab.study import Study
@@ -38,28 +40,6 @@ from searchlab.tracking import MlflowTracker
 from searchlab.unsent import resend_unsent
 
 TRIAL_FLUSH_SECONDS = 2.0  # how often a training trial's curves are sent: a killed trial loses at most this much
-
-
-def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
-    """Run the objective on a claimed trial and tell the study how it ended; never leaves it RUNNING.
-
-    A trial that raises is recorded FAIL with its reason; bad input and Ctrl-C also fail it, then propagate.
-    """
-    try:
-        value = objective(trial)
-    except optuna.TrialPruned:
-        return study.tell(trial, state=TrialState.PRUNED)
-    except (Exception, KeyboardInterrupt) as error:
-        if isinstance(error, KeyboardInterrupt):
-            reason = str(error) or INTERRUPTED
-        else:
-            reason = str(error) if isinstance(error, TrialStopped) else describe_error(error)
-        trial.set_user_attr(FAIL_REASON_ATTR, reason)
-        frozen = study.tell(trial, state=TrialState.FAIL)
-        if isinstance(error, ConfigError | KeyboardInterrupt):
-            raise
-        return frozen
-    return study.tell(trial, value)
 
 
 WAIT_FIRST_SECONDS, WAIT_MAX_SECONDS = 0.05, 1.0  # how often a worker with nothing to claim looks again
@@ -74,8 +54,10 @@ def search(
     heartbeat: int,
     reap: Callable[[], None],
     on_trial_end: Callable[[FrozenTrial], None],
+    pack: int = 1,
 ) -> None:
     """The one search loop: claim a trial while the budget has room, run it, tell it; stop at the deadline.
+    With ``pack`` > 1 (and an Objective), claim up to that many trials at once and train them as a pack.
 
     While other workers still run the last trials, wait (and recover dead ones): a retry may come back.
     """
@@ -91,6 +73,14 @@ def search(
             pause = min(2 * pause, WAIT_MAX_SECONDS)
             continue
         pause = WAIT_FIRST_SECONDS
+        if pack > 1 and isinstance(objective, Objective):
+
+            def claim_more(shared: dict[str, Any], n: int, first: int) -> list[optuna.Trial]:
+                return claim_members(study, lock, worker=me, shared=shared, n=n, first=first)
+
+            PackRun(study, objective, heartbeat=heartbeat, on_trial_end=on_trial_end).run(trial, pack, claim_more)
+            release_device_memory()
+            continue
         with Heartbeat(study._storage, trial._trial_id, heartbeat):
             frozen = run_trial(study, trial, objective)
         release_device_memory()
@@ -151,6 +141,7 @@ def run_worker(
                 heartbeat=config.heartbeat,
                 reap=reap,
                 on_trial_end=on_trial_end,
+                pack=config.pack,
             )
     finally:
         close_storage(storage)

@@ -43,6 +43,7 @@ VALUES = {
     "workers": ("auto", "auto", "3"),
     "devices": ("cpu", "cpu", "auto"),
     "trials_per_device": ("2", 2, 4),
+    "pack": ("4", 4, 8),
     "retries": ("0", 0, 3),
     "heartbeat": ("2", 2, 5),
     "report": ("off", False, True),

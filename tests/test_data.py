@@ -7,7 +7,16 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from searchlab.data import LoaderBatches, TensorBatches, TensorPair, first_examples, make_batches, prepare_split
+from searchlab.data import (
+    EVAL_BATCH_BYTES,
+    LoaderBatches,
+    TensorBatches,
+    TensorPair,
+    eval_batch_size,
+    first_examples,
+    make_batches,
+    prepare_split,
+)
 from searchlab.errors import ConfigError
 from searchlab.study import Split
 from searchlab.tasks import get_task
@@ -189,6 +198,31 @@ def test_loader_and_tensor_batches_agree_without_shuffle():
     tensors = make_batches(pair, 4, shuffle=False, seed=0, device=CPU)
     for (xa, ya), (xb, yb) in zip(loader, tensors, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+# --- evaluation batches ---
+
+
+def test_a_validation_set_that_fits_is_evaluated_as_one_batch():
+    assert eval_batch_size(numbered(5_000), 32) == 5_000
+    assert eval_batch_size(Squares(), 4) == 11
+
+
+def test_a_large_validation_set_is_evaluated_in_batches_bounded_by_memory():
+    rows = EVAL_BATCH_BYTES // (256 * 4)  # float32 rows of 256 features
+    big = TensorPair(torch.zeros(3 * rows, 256), torch.zeros(3 * rows))
+    assert eval_batch_size(big, 32) == rows
+    huge_rows = TensorPair(torch.zeros(4, EVAL_BATCH_BYTES // 4), torch.zeros(4))  # one row fills the bound
+    assert eval_batch_size(huge_rows, 2) == 2  # never below the training batch
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield torch.zeros(1), torch.zeros(())
+
+
+def test_a_dataset_without_length_or_indexing_is_evaluated_at_the_training_batch_size():
+    assert eval_batch_size(Stream(), 16) == 16
 
 
 # --- first_examples ---

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "searchlab"
 # Lowest first: a module may import modules of its own layer and of the layers before it.
 LAYERS = {
     "base": ["errors", "settings"],
-    "core": ["catalog", "space", "trial", "study", "tasks", "data", "transfer", "model", "train", "check"],
+    "core": ["catalog", "space", "trial", "study", "tasks", "data", "transfer", "model", "train", "pack", "check"],
     "stores": [
         "storage",
         "locks",
@@ -37,6 +37,8 @@ LAYERS = {
         "recovery",
         "signals",
         "objective",
+        "outcome",
+        "packing",
         "preparation",
         "worker",
         "publish",

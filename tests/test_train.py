@@ -293,3 +293,35 @@ def test_fit_multiclass_reports_accuracy():
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     result = fit(model, optimizer, batches(x, y, shuffle=True), batches(x, y), task, max_epochs=15, patience=15)
     assert result.history[-1]["val_accuracy"] > 0.85
+
+
+def test_train_trial_evaluates_in_large_batches_whatever_the_training_batch_size():
+    import optuna
+
+    import searchlab as sl
+    from searchlab.model import sample_params
+    from searchlab.train import train_trial
+    from searchlab.trial import Trial
+
+    seen: dict[bool, set[int]] = {True: set(), False: set()}  # training mode -> batch lengths
+
+    class Recording(nn.Linear):
+        def forward(self, inputs):
+            seen[self.training].add(len(inputs))
+            return super().forward(inputs)
+
+    x = torch.randn(1_000, 3)
+    study = sl.Study(
+        name="eval-batches",
+        task="regression",
+        data=lambda seed: sl.Split(train=(x[:600], x[:600, 0]), val=(x[600:], x[600:, 0])),
+        model=lambda trial: Recording(3, 1),
+        space={"lr": sl.Fixed(0.01), "batch_size": sl.Fixed(32)},
+    )
+    fixed = optuna.trial.FixedTrial({})
+    train_data, val_data = TensorPair(x[:600], x[:600, 0]), TensorPair(x[600:], x[600:, 0])
+    train_trial(
+        study, Trial(fixed, sample_params(study.space, fixed), 0), train_data, val_data, CPU, max_epochs=2, patience=2
+    )
+    assert seen[True] == {32, 600 % 32}
+    assert seen[False] == {400}  # the whole validation set at once

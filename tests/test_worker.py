@@ -14,9 +14,10 @@ from conftest import write_study
 from optuna.trial import TrialState
 
 from searchlab.errors import ConfigError
+from searchlab.outcome import run_trial
 from searchlab.settings import BUDGET_ATTR
 from searchlab.signals import interrupt_once
-from searchlab.worker import loaded_objects_frozen, run_trial, search
+from searchlab.worker import loaded_objects_frozen, search
 
 
 def study_with_budget(budget: int) -> optuna.Study:

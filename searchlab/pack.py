@@ -1,0 +1,358 @@
+"""Packed trials: K trials of one architecture and one batch stream trained as one vectorised model.
+
+``torch.func.stack_module_state`` stacks the members' weights along a first dimension; ``functional_call`` under
+``vmap(randomness="different")`` runs each member on the same batch with its own weights and its own dropout masks;
+one backward gives every member the gradient of its own loss (the losses share no weight). The update is
+torch.optim's SGD, Adam or AdamW, vectorised over members with each member's lr, momentum (Adam's beta1) and
+weight decay. Each member keeps its own early stopping with its best weights, its own NaN/inf stop and its own
+pruning; a member that stops leaves the pack (its rows are dropped), so it costs nothing afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from searchlab.data import Batches
+from searchlab.tasks import ModelError, Task
+from searchlab.train import EarlyStopping, EpochCallback, FitResult
+
+# What the members of one pack may differ in; every other parameter (batch size, optimizer kind, widths and
+# whatever the model builder suggests) is the pack's.
+PER_MEMBER = ("lr", "momentum", "weight_decay", "dropout", "init")
+
+
+class PackError(ModelError):
+    """The study's model cannot train as a pack."""
+
+
+def signature(model: nn.Module) -> tuple[Any, ...]:
+    """What must be equal for models to share one pack: the modules (types and settings, a dropout's rate aside)
+    and the weights' names, shapes, dtypes and devices."""
+    modules = tuple(
+        (name, type(module).__qualname__, "" if type(module) is nn.Dropout else module.extra_repr())
+        for name, module in model.named_modules()
+    )
+    tensors = tuple(
+        (name, tuple(t.shape), t.dtype, str(t.device), t.requires_grad)
+        for name, t in (*model.named_parameters(), *model.named_buffers())
+    )
+    return modules, tensors
+
+
+def check_packable(model: nn.Module) -> None:
+    """Refuse, naming the module, what a pack cannot vectorise: a norm layer that updates running statistics."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            raise PackError(
+                f"the model's {type(module).__name__} at {name!r} updates running statistics, which a pack of "
+                "trials cannot share: use nn.GroupNorm or nn.LayerNorm, track_running_stats=False, or --pack 1"
+            )
+
+
+class MemberDropout(nn.Module):
+    """``nn.Dropout`` whose rate is a buffer, so that each member of a pack drops at its own rate."""
+
+    rate: Tensor
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.register_buffer("rate", torch.tensor(float(rate)))
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        if not self.training:
+            return inputs
+        keep = torch.rand_like(inputs) >= self.rate  # under vmap(randomness="different"): a mask per member
+        scale = torch.where(self.rate < 1, 1 / (1 - self.rate), torch.zeros_like(self.rate))
+        return inputs * keep * scale
+
+
+def _functional_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A weightless copy of ``model`` to call with each member's weights, its nn.Dropout swapped for
+    MemberDropout; and the names of those dropouts."""
+    base = copy.deepcopy(model).to("meta")
+    dropouts = [name for name, module in base.named_modules() if type(module) is nn.Dropout and name]
+    for name in dropouts:
+        parent, _, child = name.rpartition(".")
+        setattr(base.get_submodule(parent), child, MemberDropout(0.0).to("meta"))
+    if type(base) is nn.Dropout:
+        raise PackError("the model is a bare nn.Dropout: nothing to train")
+    return base, dropouts
+
+
+@dataclass
+class Hyper:
+    """One optimizer's kind and its members' hyperparameters (float64, one row per member)."""
+
+    kind: str  # "sgd", "adam" or "adamw"
+    lr: Tensor
+    momentum: Tensor  # SGD's momentum, or Adam's beta1
+    weight_decay: Tensor
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    @staticmethod
+    def of(optimizers: Sequence[torch.optim.Optimizer]) -> Hyper:
+        """The members' torch.optim optimizers (built as an unpacked trial builds its own) as one vectorised
+        optimizer's settings."""
+        kinds = {type(optimizer) for optimizer in optimizers}
+        if len(kinds) != 1 or len({len(o.param_groups) for o in optimizers}) != 1:
+            raise PackError("the members of a pack must use one optimizer kind")
+        kind = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}.get(kinds.pop(), "")
+        if not kind:
+            raise PackError("a pack vectorises SGD, Adam and AdamW only: use one of them, or --pack 1")
+        groups = [optimizer.param_groups[0] for optimizer in optimizers]
+        momentum = [g["momentum"] if kind == "sgd" else g["betas"][0] for g in groups]
+        betas2 = {g["betas"][1] for g in groups} if kind != "sgd" else {0.999}
+        if len(betas2) != 1:
+            raise PackError("the members of a pack must share Adam's beta2")
+
+        def column(values: Sequence[float]) -> Tensor:
+            return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+        return Hyper(
+            kind,
+            column([g["lr"] for g in groups]),
+            column(momentum),
+            column([g["weight_decay"] for g in groups]),
+            beta2=betas2.pop(),
+            eps=float(groups[0].get("eps", 1e-8)),
+        )
+
+    def keep(self, index: Tensor) -> None:
+        self.lr, self.momentum, self.weight_decay = self.lr[index], self.momentum[index], self.weight_decay[index]
+
+
+def _per_member(values: Tensor, like: Tensor) -> Tensor:
+    """A member column broadcast against a stacked tensor (members first), in its dtype and on its device."""
+    return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+class VectorisedOptimizer:
+    """torch.optim's SGD (momentum, weight decay), Adam and AdamW steps, over stacked weights, member by member."""
+
+    def __init__(self, hyper: Hyper) -> None:
+        self.hyper = hyper
+        self.steps = 0
+        self.state: dict[str, dict[str, Tensor]] = {}
+
+    @torch.no_grad()
+    def step(self, weights: dict[str, Tensor]) -> None:
+        h = self.hyper
+        self.steps += 1
+        for name, weight in weights.items():
+            grad = weight.grad
+            if grad is None:
+                continue
+            lr, momentum, decay = (_per_member(v, weight) for v in (h.lr, h.momentum, h.weight_decay))
+            state = self.state.setdefault(name, {})
+            if h.kind == "sgd":
+                grad = grad + decay * weight
+                buffer = state.get("momentum")
+                buffer = grad.clone() if buffer is None else buffer.mul_(momentum).add_(grad)
+                state["momentum"] = buffer
+                weight.sub_(lr * buffer)
+                continue
+            if h.kind == "adamw":
+                weight.mul_(1 - _per_member(h.lr * h.weight_decay, weight))
+            else:
+                grad = grad + decay * weight
+            average = state.setdefault("exp_avg", torch.zeros_like(weight))
+            squares = state.setdefault("exp_avg_sq", torch.zeros_like(weight))
+            average.lerp_(grad, 1 - momentum)
+            squares.mul_(h.beta2).addcmul_(grad, grad, value=1 - h.beta2)
+            step_size = _per_member(h.lr / (1 - h.momentum**self.steps), weight)
+            denominator = (squares.sqrt() / math.sqrt(1 - h.beta2**self.steps)).add_(h.eps)
+            weight.sub_(step_size * (average / denominator))
+
+    def keep(self, index: Tensor) -> None:
+        """Drop the stopped members' rows."""
+        self.hyper.keep(index)
+        for state in self.state.values():
+            for key, value in state.items():
+                state[key] = value[index.to(value.device)]
+
+
+@dataclass
+class Member:
+    """One trial in a pack: its built model (initialised as unpacked), its optimizer as an unpacked trial would
+    build it (read for its hyperparameters), and what it hears each epoch and at its end."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    on_epoch: EpochCallback | None = None  # may raise (e.g. optuna.TrialPruned): the member stops
+    on_end: Callable[[FitResult | Exception], None] = lambda outcome: None
+    stopper: EarlyStopping = field(init=False)
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_state: dict[str, Tensor] | None = None
+
+
+class Pack:
+    """The members' weights stacked (members first), called through one weightless copy of the model."""
+
+    def __init__(self, members: Sequence[Member], task: Task) -> None:
+        models = [member.model for member in members]
+        first = signature(models[0])
+        for index, model in enumerate(models[1:], start=1):
+            if signature(model) != first:
+                raise PackError(f"member {index} of the pack is built differently from member 0")
+        check_packable(models[0])
+        self.task, self.loss_fn = task, task.loss_fn()
+        self.base, self.dropouts = _functional_copy(models[0])
+        params, buffers = stack_module_state(models)
+        self.weights = {name: p for name, p in params.items() if p.requires_grad}
+        self.fixed = {**{n: p for n, p in params.items() if not p.requires_grad}, **buffers}
+        for name in self.dropouts:
+            rates = [float(model.get_submodule(name).p) for model in models]  # type: ignore[arg-type]
+            self.fixed[f"{name}.rate"] = torch.tensor(rates, device=next(iter(params.values())).device)
+        self.optimizer = VectorisedOptimizer(Hyper.of([member.optimizer for member in members]))
+        self._train = vmap(self._member_loss, in_dims=(0, 0, None, None), randomness="different")
+        self._outputs = vmap(self._member_outputs, in_dims=(0, 0, None), randomness="different")
+        self.metrics: list[Any] = []  # each member's validation metrics
+
+    def __len__(self) -> int:
+        return len(next(iter(self.weights.values())))
+
+    def _member_outputs(self, weights: dict[str, Tensor], fixed: dict[str, Tensor], inputs: Tensor) -> Tensor:
+        return functional_call(self.base, (weights, fixed), (inputs,))
+
+    def _member_loss(
+        self, weights: dict[str, Tensor], fixed: dict[str, Tensor], inputs: Tensor, targets: Tensor
+    ) -> Tensor:
+        outputs = self._member_outputs(weights, fixed, inputs)
+        return self.loss_fn(outputs, self.task.align(outputs, targets))
+
+    def train_epoch(self, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
+        """One pass over the batches, every member stepping on each; each member's mean training loss."""
+        self.base.train()
+        total: Tensor | float = 0.0
+        count = 0
+        for inputs, targets in batches:
+            for weight in self.weights.values():
+                weight.grad = None
+            losses = self._train(self.weights, self.fixed, inputs, targets)
+            losses.sum().backward()  # the members share no weight: each gets its own loss's gradient
+            self.optimizer.step(self.weights)
+            total = total + losses.detach() * len(inputs)
+            count += len(inputs)
+        return (torch.as_tensor(total) / count).tolist()
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[tuple[Tensor, Tensor]]) -> list[dict[str, float]]:
+        """Each member's validation loss and metrics over the whole validation set, in eval mode."""
+        self.base.eval()
+        losses: Tensor | float = 0.0
+        count, metrics = 0, self.metrics
+        for inputs, targets in batches:
+            outputs = self._outputs(self.weights, self.fixed, inputs)
+            aligned = self.task.align(outputs[0], targets)
+            if count == 0:
+                for member_outputs in outputs:
+                    self.task.check_outputs(member_outputs)
+                if not metrics:  # one collection per member, built at the first evaluation (its outputs' width)
+                    width = outputs.shape[2] if outputs.dim() == 3 else 1
+                    metrics = self.metrics = [self.task.metrics(width).to(outputs.device) for _ in outputs]
+                for collection in metrics:
+                    collection.reset()
+            batch_losses = vmap(self.loss_fn, in_dims=(0, None))(outputs, aligned)
+            losses = losses + batch_losses * len(inputs)
+            count += len(inputs)
+            for member_outputs, member_metrics in zip(outputs, metrics, strict=True):
+                member_metrics.update(*self.task.metric_inputs(member_outputs, aligned))
+        self.base.train()
+        if count == 0:
+            raise ValueError("the validation data yielded no batch: Split.val needs at least one example")
+        values = (torch.as_tensor(losses) / count).tolist()
+        return [
+            {"val_loss": value, **{f"val_{name}": float(v) for name, v in m.compute().items()}}
+            for value, m in zip(values, metrics, strict=True)
+        ]
+
+    def state_of(self, index: int) -> dict[str, Tensor]:
+        """One member's weights and buffers as its model's state_dict names them (a copy)."""
+        stacked = {**self.weights, **{n: t for n, t in self.fixed.items() if not n.endswith(".rate")}}
+        return {name: tensor[index].detach().clone() for name, tensor in stacked.items()}
+
+    def keep(self, index: list[int]) -> None:
+        """Drop every member not in ``index`` (rows of the stacked weights, buffers and optimizer state)."""
+        rows = torch.tensor(index, device=next(iter(self.weights.values())).device)
+        self.weights = {n: w.detach()[rows].requires_grad_() for n, w in self.weights.items()}
+        self.fixed = {n: t[rows] for n, t in self.fixed.items()}
+        self.optimizer.keep(rows.cpu())
+        self.metrics = [self.metrics[i] for i in index] if self.metrics else []
+
+
+def fit_pack(
+    members: Sequence[Member],
+    train: Batches,
+    val: Batches,
+    task: Task,
+    *,
+    max_epochs: int,
+    patience: int,
+) -> None:
+    """Train the members as one pack; each member's ``on_end`` hears its FitResult (best weights restored into its
+    model) or the exception its ``on_epoch`` raised, as soon as it stops.
+
+    As in ``train.fit``: a non-finite training or validation loss stops a member at that epoch (not reported);
+    early stopping restores its best epoch. Anything but an Exception from a callback (Ctrl-C) ends the pack.
+    """
+    pack = Pack(members, task)
+    live = list(members)
+    for member in live:
+        member.stopper = EarlyStopping(patience)
+    for epoch in range(1, max_epochs + 1):
+        train_losses = pack.train_epoch(train)
+        validation = pack.evaluate(val)
+        stopped: list[int] = []
+        for index, (member, train_loss, values) in enumerate(zip(live, train_losses, validation, strict=True)):
+            outcome = _epoch(pack, index, member, epoch, {"train_loss": train_loss, **values}, max_epochs)
+            if outcome is not None:
+                stopped.append(index)
+                member.on_end(outcome)
+        if stopped:
+            kept = [index for index in range(len(live)) if index not in stopped]
+            if not kept:
+                return
+            pack.keep(kept)
+            live = [live[index] for index in kept]
+
+
+def _epoch(
+    pack: Pack, index: int, member: Member, epoch: int, values: dict[str, float], max_epochs: int
+) -> FitResult | Exception | None:
+    """One member's epoch, as ``train.fit`` takes it; how the member ended, or None while it goes on."""
+    stopper = member.stopper
+    for key, what in (("train_loss", "training"), ("val_loss", "validation")):
+        if not math.isfinite(values[key]):
+            return _result(member, f"non-finite {what} loss ({values[key]}) at epoch {epoch}", epoch)
+    member.history.append(values)
+    if stopper.update(values["val_loss"], epoch):
+        member.best_state = pack.state_of(index)
+    if member.on_epoch is not None:
+        try:
+            member.on_epoch(epoch, values)
+        except Exception as error:
+            return error
+    if stopper.should_stop:
+        reason = f"early stopping: no improvement for {stopper.patience} epochs after epoch {stopper.best_epoch}"
+        return _result(member, reason, epoch)
+    if epoch == max_epochs:
+        return _result(member, f"reached max_epochs={max_epochs}", epoch)
+    return None
+
+
+def _result(member: Member, stop_reason: str, epochs: int) -> FitResult:
+    """The member's FitResult, its best weights loaded into its model."""
+    if member.best_state is not None:
+        wanted = member.model.state_dict()
+        member.model.load_state_dict({name: member.best_state[name] for name in wanted})
+    stopper = member.stopper
+    return FitResult(stopper.best, stopper.best_epoch, epochs, stop_reason, member.history)

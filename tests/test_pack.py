@@ -1,0 +1,199 @@
+"""searchlab.pack: K trials trained as one vectorised model give each member the curve it gets trained alone.
+
+Tolerance: the packed arithmetic (batched matmuls, reductions over a stacked dimension) rounds differently from
+the unpacked one, so curves agree to a relative 1e-5 over the epochs here, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+from torch import nn
+
+from searchlab.data import TensorPair, make_batches
+from searchlab.model import build_optimizer
+from searchlab.pack import Hyper, Member, Pack, PackError, VectorisedOptimizer, check_packable, fit_pack
+from searchlab.tasks import get_task
+from searchlab.train import FitResult, evaluate, fit
+
+CPU = torch.device("cpu")
+REGRESSION = get_task("regression")
+RELATIVE = 1e-5
+PARAMS = [
+    {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+    {"lr": 0.003, "momentum": 0.95, "weight_decay": 0.0},
+    {"lr": 0.02, "momentum": 0.85, "weight_decay": 1e-3},
+    {"lr": 0.001, "momentum": 0.99, "weight_decay": 1e-2},
+]
+
+
+def split(n: int = 600) -> tuple[TensorPair, TensorPair]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=g)
+    y = x[:, :3].sum(1) + 0.1 * torch.randn(n, generator=g)
+    cut = n * 4 // 5
+    return TensorPair(x[:cut], y[:cut]), TensorPair(x[cut:], y[cut:])
+
+
+def net(seed: int, dropout: float = 0.0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(8, 32), nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1)
+    )
+
+
+def batches(data: TensorPair, *, train: bool, size: int = 32):
+    return make_batches(data, size if train else len(data), shuffle=train, seed=7, device=CPU)
+
+
+def alone(params: dict, seed: int, *, epochs: int = 4, optimizer: str = "sgd") -> FitResult:
+    train, val = split()
+    model = net(seed)
+    opt = build_optimizer(model, {**params, "optimizer": optimizer})
+    return fit(
+        model,
+        opt,
+        batches(train, train=True),
+        batches(val, train=False),
+        REGRESSION,
+        max_epochs=epochs,
+        patience=epochs,
+    )
+
+
+def packed(members_params: list[dict], seeds: list[int], *, epochs: int = 4, optimizer: str = "sgd", **member_kwargs):
+    """Train one pack; returns each member's outcome (FitResult or exception) and its model."""
+    train, val = split()
+    outcomes: dict[int, object] = {}
+    models = [net(seed, member_kwargs.get("dropouts", [0.0] * len(seeds))[i]) for i, seed in enumerate(seeds)]
+    on_epochs = member_kwargs.get("on_epochs", [None] * len(seeds))
+    members = [
+        Member(
+            model,
+            build_optimizer(model, {**params, "optimizer": optimizer}),
+            on_epoch=on_epochs[index],
+            on_end=lambda outcome, index=index: outcomes.__setitem__(index, outcome),
+        )
+        for index, (model, params) in enumerate(zip(models, members_params, strict=True))
+    ]
+    fit_pack(
+        members, batches(train, train=True), batches(val, train=False), REGRESSION, max_epochs=epochs, patience=epochs
+    )
+    return outcomes, models
+
+
+def same_curves(expected: FitResult, got: FitResult) -> None:
+    assert len(got.history) == len(expected.history)
+    for want, have in zip(expected.history, got.history, strict=True):
+        assert set(have) == set(want)
+        for key, value in want.items():
+            assert have[key] == pytest.approx(value, rel=RELATIVE, abs=1e-7), key
+    assert got.best_epoch == expected.best_epoch
+    assert got.stop_reason == expected.stop_reason
+
+
+def test_a_pack_of_one_gives_the_unpacked_curve():
+    outcomes, _ = packed(PARAMS[:1], [0])
+    same_curves(alone(PARAMS[0], 0), outcomes[0])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_each_member_of_a_pack_gives_the_curve_it_gets_trained_alone(optimizer):
+    params = PARAMS if optimizer == "sgd" else [{**p, "lr": p["lr"] / 10} for p in PARAMS]
+    outcomes, _ = packed(params, [0, 1, 2, 3], optimizer=optimizer)
+    for index, member_params in enumerate(params):
+        same_curves(alone(member_params, index, optimizer=optimizer), outcomes[index])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_one_vectorised_step_is_torch_optims_step_for_each_member(optimizer):
+    models = [net(seed) for seed in range(3)]
+    optimizers = [build_optimizer(m, {**p, "optimizer": optimizer}) for m, p in zip(models, PARAMS, strict=False)]
+    stacked = {
+        name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).requires_grad_()
+        for name, _ in models[0].named_parameters()
+    }
+    vectorised = VectorisedOptimizer(Hyper.of(optimizers))
+    for _ in range(3):  # momentum buffers and Adam's moments carry over steps
+        grads = {name: torch.randn_like(tensor) for name, tensor in stacked.items()}
+        for index, (model, opt) in enumerate(zip(models, optimizers, strict=True)):
+            for name, parameter in model.named_parameters():
+                parameter.grad = grads[name][index].clone()
+            opt.step()
+        for name, tensor in stacked.items():
+            tensor.grad = grads[name]
+        vectorised.step(stacked)
+    for index, model in enumerate(models):
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(stacked[name][index], parameter.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_pruned_member_leaves_the_pack_and_the_others_go_on_unchanged():
+    def prune_at_two(epoch, values):
+        if epoch == 2:
+            raise optuna.TrialPruned("pruned at epoch 2")
+
+    outcomes, _ = packed(PARAMS[:3], [0, 1, 2], on_epochs=[None, prune_at_two, None])
+    assert isinstance(outcomes[1], optuna.TrialPruned)
+    for index in (0, 2):
+        same_curves(alone(PARAMS[index], index), outcomes[index])
+
+
+def test_a_diverging_member_stops_on_its_own_and_reports_no_nan():
+    exploding = {"lr": 1e6, "momentum": 0.9, "weight_decay": 0.0}
+    outcomes, _ = packed([PARAMS[0], exploding], [0, 1], epochs=6)
+    stopped = outcomes[1]
+    assert isinstance(stopped, FitResult)
+    assert stopped.stop_reason.startswith("non-finite")
+    assert all(math.isfinite(value) for epoch in stopped.history for value in epoch.values())
+    same_curves(alone(PARAMS[0], 0, epochs=6), outcomes[0])
+
+
+def test_each_member_gets_its_best_epochs_weights_back():
+    noisy = {"lr": 0.3, "momentum": 0.9, "weight_decay": 0.0}  # its validation loss goes up and down
+    outcomes, models = packed([PARAMS[0], noisy], [0, 1], epochs=8)
+    _, val = split()
+    for index, model in enumerate(models):
+        result = outcomes[index]
+        assert isinstance(result, FitResult) and result.best_epoch is not None
+        reevaluated = evaluate(model, batches(val, train=False), REGRESSION, REGRESSION.loss_fn())["val_loss"]
+        assert reevaluated == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+def test_members_drop_at_their_own_rate_with_their_own_masks():
+    same = [PARAMS[0], PARAMS[0], PARAMS[0]]
+    outcomes, _ = packed(same, [0, 0, 0], dropouts=[0.0, 0.5, 0.5])
+    curves = [[epoch["train_loss"] for epoch in outcomes[i].history] for i in range(3)]
+    same_curves(alone(PARAMS[0], 0), outcomes[0])  # dropout 0 is the unpacked loop, whatever the others drop
+    assert curves[1] != curves[0], "dropout 0.5 must change the training curve"
+    assert curves[1] != curves[2], "two members with one rate still draw their own masks"
+
+
+def test_a_norm_layer_with_running_statistics_is_refused_naming_it():
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 1))
+    with pytest.raises(PackError, match=r"BatchNorm1d at '1' updates running statistics.*GroupNorm.*--pack 1"):
+        check_packable(model)
+    check_packable(nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 1)))
+
+
+def test_members_built_differently_cannot_share_a_pack():
+    a, b = nn.Linear(8, 1), nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 1))
+    members = [Member(m, build_optimizer(m, PARAMS[0])) for m in (a, b)]
+    with pytest.raises(PackError, match="built differently"):
+        Pack(members, REGRESSION)
+
+
+def test_frozen_weights_stay_as_they_were():
+    models = [net(seed) for seed in (0, 1)]
+    for model in models:
+        model[0].weight.requires_grad_(False)
+    before = [(model[0].weight.detach().clone(), model[3].weight.detach().clone()) for model in models]
+    train, val = split()
+    members = [Member(m, build_optimizer(m, PARAMS[0])) for m in models]
+    fit_pack(members, batches(train, train=True), batches(val, train=False), REGRESSION, max_epochs=2, patience=2)
+    for model, (frozen, learning) in zip(models, before, strict=True):
+        assert torch.equal(model[0].weight, frozen)
+        assert not torch.equal(model[3].weight, learning)
