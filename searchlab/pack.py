@@ -21,16 +21,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from searchlab.data import Batches
-from searchlab.tasks import ModelError, Task
+from searchlab.pack_chain import chain_of, run_chain, transposed_weights
+from searchlab.pack_optim import Hyper, PackError, VectorisedOptimizer
+from searchlab.tasks import Task
 from searchlab.train import EarlyStopping, EpochCallback, FitResult
 
 # What the members of one pack may differ in; every other parameter (batch size, optimizer kind, widths and
 # whatever the model builder suggests) is the pack's.
 PER_MEMBER = ("lr", "momentum", "weight_decay", "dropout", "init")
-
-
-class PackError(ModelError):
-    """The study's model cannot train as a pack."""
 
 
 def signature(model: nn.Module) -> tuple[Any, ...]:
@@ -88,99 +86,6 @@ def _functional_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
 
 
 @dataclass
-class Hyper:
-    """One optimizer's kind and its members' hyperparameters (float64, one row per member)."""
-
-    kind: str  # "sgd", "adam" or "adamw"
-    lr: Tensor
-    momentum: Tensor  # SGD's momentum, or Adam's beta1
-    weight_decay: Tensor
-    beta2: float = 0.999
-    eps: float = 1e-8
-
-    @staticmethod
-    def of(optimizers: Sequence[torch.optim.Optimizer]) -> Hyper:
-        """The members' torch.optim optimizers (built as an unpacked trial builds its own) as one vectorised
-        optimizer's settings."""
-        kinds = {type(optimizer) for optimizer in optimizers}
-        if len(kinds) != 1 or len({len(o.param_groups) for o in optimizers}) != 1:
-            raise PackError("the members of a pack must use one optimizer kind")
-        kind = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}.get(kinds.pop(), "")
-        if not kind:
-            raise PackError("a pack vectorises SGD, Adam and AdamW only: use one of them, or --pack 1")
-        groups = [optimizer.param_groups[0] for optimizer in optimizers]
-        momentum = [g["momentum"] if kind == "sgd" else g["betas"][0] for g in groups]
-        betas2 = {g["betas"][1] for g in groups} if kind != "sgd" else {0.999}
-        if len(betas2) != 1:
-            raise PackError("the members of a pack must share Adam's beta2")
-
-        def column(values: Sequence[float]) -> Tensor:
-            return torch.tensor([float(v) for v in values], dtype=torch.float64)
-
-        return Hyper(
-            kind,
-            column([g["lr"] for g in groups]),
-            column(momentum),
-            column([g["weight_decay"] for g in groups]),
-            beta2=betas2.pop(),
-            eps=float(groups[0].get("eps", 1e-8)),
-        )
-
-    def keep(self, index: Tensor) -> None:
-        self.lr, self.momentum, self.weight_decay = self.lr[index], self.momentum[index], self.weight_decay[index]
-
-
-def _per_member(values: Tensor, like: Tensor) -> Tensor:
-    """A member column broadcast against a stacked tensor (members first), in its dtype and on its device."""
-    return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
-
-class VectorisedOptimizer:
-    """torch.optim's SGD (momentum, weight decay), Adam and AdamW steps, over stacked weights, member by member."""
-
-    def __init__(self, hyper: Hyper) -> None:
-        self.hyper = hyper
-        self.steps = 0
-        self.state: dict[str, dict[str, Tensor]] = {}
-
-    @torch.no_grad()
-    def step(self, weights: dict[str, Tensor]) -> None:
-        h = self.hyper
-        self.steps += 1
-        for name, weight in weights.items():
-            grad = weight.grad
-            if grad is None:
-                continue
-            lr, momentum, decay = (_per_member(v, weight) for v in (h.lr, h.momentum, h.weight_decay))
-            state = self.state.setdefault(name, {})
-            if h.kind == "sgd":
-                grad = grad + decay * weight
-                buffer = state.get("momentum")
-                buffer = grad.clone() if buffer is None else buffer.mul_(momentum).add_(grad)
-                state["momentum"] = buffer
-                weight.sub_(lr * buffer)
-                continue
-            if h.kind == "adamw":
-                weight.mul_(1 - _per_member(h.lr * h.weight_decay, weight))
-            else:
-                grad = grad + decay * weight
-            average = state.setdefault("exp_avg", torch.zeros_like(weight))
-            squares = state.setdefault("exp_avg_sq", torch.zeros_like(weight))
-            average.lerp_(grad, 1 - momentum)
-            squares.mul_(h.beta2).addcmul_(grad, grad, value=1 - h.beta2)
-            step_size = _per_member(h.lr / (1 - h.momentum**self.steps), weight)
-            denominator = (squares.sqrt() / math.sqrt(1 - h.beta2**self.steps)).add_(h.eps)
-            weight.sub_(step_size * (average / denominator))
-
-    def keep(self, index: Tensor) -> None:
-        """Drop the stopped members' rows."""
-        self.hyper.keep(index)
-        for state in self.state.values():
-            for key, value in state.items():
-                state[key] = value[index.to(value.device)]
-
-
-@dataclass
 class Member:
     """One trial in a pack: its built model (initialised as unpacked), its optimizer as an unpacked trial would
     build it (read for its hyperparameters), and what it hears each epoch and at its end."""
@@ -213,9 +118,25 @@ class Pack:
             rates = [float(model.get_submodule(name).p) for model in models]  # type: ignore[arg-type]
             self.fixed[f"{name}.rate"] = torch.tensor(rates, device=next(iter(params.values())).device)
         self.optimizer = VectorisedOptimizer(Hyper.of([member.optimizer for member in members]))
-        self._train = vmap(self._member_loss, in_dims=(0, 0, None, None), randomness="different")
-        self._outputs = vmap(self._member_outputs, in_dims=(0, 0, None), randomness="different")
+        self.chain = chain_of(models[0])  # None: through vmap
+        self.transposed = transposed_weights(self.chain) if self.chain is not None else set()
+        for group in (self.weights, self.fixed):
+            for name in self.transposed & set(group):
+                group[name] = group[name].detach().transpose(1, 2).contiguous().requires_grad_(name in self.weights)
+        self.dropping = self._dropping()
+        self._vmapped = vmap(self._member_outputs, in_dims=(0, 0, None), randomness="different")
+        self.unreduced = type(self.loss_fn)(reduction="none")
         self.metrics: list[Any] = []  # each member's validation metrics
+
+    def _dropping(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """For each dropout some member drops at, the members' rates and scales (found once, not on every step:
+        on a GPU a check syncs)."""
+        dropping = {}
+        for name in self.dropouts:
+            rate = self.fixed[f"{name}.rate"]
+            if any(rate.tolist()):
+                dropping[name] = (rate, torch.where(rate < 1, 1 / (1 - rate), torch.zeros_like(rate)))
+        return dropping
 
     def __len__(self) -> int:
         return len(next(iter(self.weights.values())))
@@ -223,35 +144,45 @@ class Pack:
     def _member_outputs(self, weights: dict[str, Tensor], fixed: dict[str, Tensor], inputs: Tensor) -> Tensor:
         return functional_call(self.base, (weights, fixed), (inputs,))
 
-    def _member_loss(
-        self, weights: dict[str, Tensor], fixed: dict[str, Tensor], inputs: Tensor, targets: Tensor
-    ) -> Tensor:
-        outputs = self._member_outputs(weights, fixed, inputs)
-        return self.loss_fn(outputs, self.task.align(outputs, targets))
+    def outputs(self, inputs: Tensor, *, training: bool) -> Tensor:
+        """Every member's outputs for one batch, members first."""
+        if self.chain is not None:
+            tensors = {**self.fixed, **self.weights}
+            return run_chain(self.chain, tensors, inputs, len(self), training=training, dropping=self.dropping)
+        self.base.train(training)
+        return self._vmapped(self.weights, self.fixed, inputs)
+
+    def losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Each member's mean loss on one batch (the task's loss, reduced per member)."""
+        aligned = self.task.align(outputs[0], targets)
+        members = len(outputs)
+        if isinstance(self.loss_fn, nn.CrossEntropyLoss):
+            each = self.unreduced(outputs.flatten(0, 1), aligned.repeat(members))
+        else:
+            each = self.unreduced(outputs, aligned.expand_as(outputs))
+        return each.reshape(members, -1).mean(1)
 
     def train_epoch(self, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
         """One pass over the batches, every member stepping on each; each member's mean training loss."""
-        self.base.train()
-        total: Tensor | float = 0.0
+        total = torch.zeros(len(self), device=next(iter(self.weights.values())).device)
         count = 0
         for inputs, targets in batches:
             for weight in self.weights.values():
                 weight.grad = None
-            losses = self._train(self.weights, self.fixed, inputs, targets)
+            losses = self.losses(self.outputs(inputs, training=True), targets)
             losses.sum().backward()  # the members share no weight: each gets its own loss's gradient
             self.optimizer.step(self.weights)
-            total = total + losses.detach() * len(inputs)
+            total.add_(losses.detach(), alpha=len(inputs))
             count += len(inputs)
-        return (torch.as_tensor(total) / count).tolist()
+        return (total / count).tolist()
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[tuple[Tensor, Tensor]]) -> list[dict[str, float]]:
         """Each member's validation loss and metrics over the whole validation set, in eval mode."""
-        self.base.eval()
         losses: Tensor | float = 0.0
         count, metrics = 0, self.metrics
         for inputs, targets in batches:
-            outputs = self._outputs(self.weights, self.fixed, inputs)
+            outputs = self.outputs(inputs, training=False)
             aligned = self.task.align(outputs[0], targets)
             if count == 0:
                 for member_outputs in outputs:
@@ -261,12 +192,10 @@ class Pack:
                     metrics = self.metrics = [self.task.metrics(width).to(outputs.device) for _ in outputs]
                 for collection in metrics:
                     collection.reset()
-            batch_losses = vmap(self.loss_fn, in_dims=(0, None))(outputs, aligned)
-            losses = losses + batch_losses * len(inputs)
+            losses = losses + self.losses(outputs, targets) * len(inputs)
             count += len(inputs)
             for member_outputs, member_metrics in zip(outputs, metrics, strict=True):
                 member_metrics.update(*self.task.metric_inputs(member_outputs, aligned))
-        self.base.train()
         if count == 0:
             raise ValueError("the validation data yielded no batch: Split.val needs at least one example")
         values = (torch.as_tensor(losses) / count).tolist()
@@ -278,7 +207,8 @@ class Pack:
     def state_of(self, index: int) -> dict[str, Tensor]:
         """One member's weights and buffers as its model's state_dict names them (a copy)."""
         stacked = {**self.weights, **{n: t for n, t in self.fixed.items() if not n.endswith(".rate")}}
-        return {name: tensor[index].detach().clone() for name, tensor in stacked.items()}
+        state = {name: tensor[index].detach() for name, tensor in stacked.items()}
+        return {name: (t.T if name in self.transposed else t).clone() for name, t in state.items()}
 
     def keep(self, index: list[int]) -> None:
         """Drop every member not in ``index`` (rows of the stacked weights, buffers and optimizer state)."""
@@ -286,6 +216,7 @@ class Pack:
         self.weights = {n: w.detach()[rows].requires_grad_() for n, w in self.weights.items()}
         self.fixed = {n: t[rows] for n, t in self.fixed.items()}
         self.optimizer.keep(rows.cpu())
+        self.dropping = self._dropping()
         self.metrics = [self.metrics[i] for i in index] if self.metrics else []
 
 

@@ -17,7 +17,21 @@ PACKAGE = Path(__file__).resolve().parent.parent / "searchlab"
 # Lowest first: a module may import modules of its own layer and of the layers before it.
 LAYERS = {
     "base": ["errors", "settings"],
-    "core": ["catalog", "space", "trial", "study", "tasks", "data", "transfer", "model", "train", "pack", "check"],
+    "core": [
+        "catalog",
+        "space",
+        "trial",
+        "study",
+        "tasks",
+        "data",
+        "transfer",
+        "model",
+        "train",
+        "pack_optim",
+        "pack_chain",
+        "pack",
+        "check",
+    ],
     "stores": [
         "storage",
         "locks",
