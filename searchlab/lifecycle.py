@@ -240,6 +240,7 @@ def _record_settings(
             "workers": len(slots),
             "devices": ",".join(sorted({slot.device for slot in slots})),
             "retries": config.retries,
+            "pack": config.pack,
         },
     )
     optuna_study = run.study
@@ -259,11 +260,14 @@ def _close_parent_run(run: OpenRun, config: RunConfig, status: str) -> None:
         if summary.best is None
         else {"best_trial": summary.best.number, "best_run_id": summary.best.user_attrs.get(RUN_ID_ATTR)}
     )
+    packs = (
+        {"packs": len(summary.packs), "members_per_pack": ",".join(map(str, summary.packs))} if summary.packs else {}
+    )
     try:
         run.tracker.end_run(
             run.parent_run_id,
             status,
-            tags={STATE_TAG: status, **best},
+            tags={STATE_TAG: status, **best, **packs},
             metrics={"best_value": value_of(summary.best)} if summary.best else None,
         )
     except ConnectionError:

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.endpoints import check_tracking_uri
 from searchlab.errors import ConfigError, first_line, format_value
-from searchlab.results import best_trials
+from searchlab.results import best_trials, describe_packs, pack_sizes
 from searchlab.settings import FAIL_REASON_ATTR, PARENT_RUN_ATTR, PRUNED_EPOCH_ATTR, RUN_ID_ATTR, tracking_uri_for
 from searchlab.storage import mask_password
 from searchlab.tracking import MlflowTracker
@@ -144,6 +144,9 @@ def summary_markdown(study: optuna.Study, notes: Sequence[str] = (), *, images: 
         f"{len(trials)} trials: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(states.items())),
         "",
     ]
+    packs = pack_sizes(trials)
+    if packs:
+        lines += [describe_packs(packs) + ".", ""]
     top = _top(study)
     if top:
         names = sorted({name for trial in top for name in trial.params})

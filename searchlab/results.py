@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from searchlab.errors import ConfigError, format_value
-from searchlab.settings import CREATE_TOKEN_TAG, RUN_ID_ATTR, RUN_TOKEN_ATTR, from_environment, storage_for
+from searchlab.settings import CREATE_TOKEN_TAG, PACK_ATTR, RUN_ID_ATTR, RUN_TOKEN_ATTR, from_environment, storage_for
 from searchlab.storage import load_existing_study
 from searchlab.study import load_study_file
 
@@ -53,6 +53,20 @@ def best_trial(study: Any) -> FrozenTrial:
         return study.best_trial
     except ValueError:
         raise ConfigError(f"study {study.study_name!r} has no completed trial yet") from None
+
+
+def pack_sizes(trials: list[FrozenTrial]) -> list[int]:
+    """Members per pack, pack by pack in order, of the trials that trained packed (none: trained alone)."""
+    packs = {tuple(t.user_attrs[PACK_ATTR]["members"]) for t in trials if "members" in t.user_attrs.get(PACK_ATTR, {})}
+    return [len(members) for members in sorted(packs)]
+
+
+def describe_packs(sizes: list[int]) -> str:
+    """How trials were packed, in a few words."""
+    members = ", ".join(map(str, sizes)) if len(sizes) <= 12 else f"{min(sizes)} to {max(sizes)}"
+    return (
+        f"{sum(sizes)} trials in {len(sizes)} packs, each trained as one vectorised model (members per pack: {members})"
+    )
 
 
 def trial_run_id(client: Any, study_name: str, trial: Any) -> str | None:

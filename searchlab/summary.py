@@ -14,7 +14,7 @@ from searchlab.budget import count
 from searchlab.config import RunConfig
 from searchlab.endpoints import experiment_page
 from searchlab.errors import Interrupted, format_value
-from searchlab.results import best_complete
+from searchlab.results import best_complete, describe_packs, pack_sizes
 from searchlab.settings import FAIL_REASON_ATTR, RUN_ID_ATTR, default_tracking_uri
 from searchlab.storage import DEFAULT_JOURNAL, mask_password
 from searchlab.unsent import unsent_folder, unsent_runs
@@ -46,6 +46,7 @@ class RunSummary:
     best: FrozenTrial | None = None
     published: list[str] = field(default_factory=list)  # where the report and the registered model are
     notes: list[str] = field(default_factory=list)  # what the tracking store did not get yet
+    packs: list[int] = field(default_factory=list)  # members per pack of this run's packed trials
 
     def lines(self) -> list[str]:
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.states.items())) or "none"
@@ -61,6 +62,8 @@ class RunSummary:
                 f"best       trial {self.best.number}: val_loss={self.best.value:.6g} "
                 f"(run {self.best.user_attrs.get(RUN_ID_ATTR, 'not sent yet')}) {params}"
             )
+        if self.packs:
+            lines.append(f"packs      {describe_packs(self.packs)}")
         lines += self.published + self.notes
         if self.tracking_uri.startswith(("http://", "https://")):
             base = mask_password(self.tracking_uri).rstrip("/")
@@ -87,6 +90,7 @@ class RunSummary:
         for trial in new:
             self.states[trial.state.name] = self.states.get(trial.state.name, 0) + 1
         self.best = best_complete(trials)
+        self.packs = pack_sizes(new)
 
 
 class StudyInterrupted(Interrupted):
@@ -136,8 +140,7 @@ def progress_bar(config: RunConfig, *, enabled: bool, total: int) -> Any:
     """One bar for all workers: final outcomes of this run (retries of earlier runs' dead trials included)."""
     from tqdm import tqdm
 
-    bar = tqdm(
-        total=total, desc=config.study_name, unit="trial", file=sys.stderr, disable=not enabled, dynamic_ncols=True
-    )
+    desc = config.study_name if config.pack == 1 else f"{config.study_name} (packs of {config.pack})"
+    bar = tqdm(total=total, desc=desc, unit="trial", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
     bar.best = None
     return bar

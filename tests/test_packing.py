@@ -33,7 +33,14 @@ def test_every_member_of_a_pack_is_a_tracked_trial_and_the_budget_is_exact(workd
     assert len(study.trials) == 7
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     check_tracked(study, client, study_file)  # params, full curves, weights reproducing the value, cross-links
-    assert len(runs_of(client, "tiny")[1]) == 7
+    (parent,), children = runs_of(client, "tiny")
+    assert len(children) == 7
+    said = "7 trials in 3 packs, each trained as one vectorised model (members per pack: 3, 3, 1)"
+    assert f"packs      {said}" in result.output
+    assert parent.data.params["pack"] == "3"
+    assert (parent.data.tags["packs"], parent.data.tags["members_per_pack"]) == ("3", "3,3,1")
+    summary = Path(client.download_artifacts(parent.info.run_id, "report/summary.md")).read_text()
+    assert f"{said}." in summary
     packs = packs_of(study)
     assert sorted(len(members) for members in packs.values()) == [1, 3, 3]
     for first, members in packs.items():
