@@ -1,9 +1,10 @@
-"""Trials per hour with 1, 2 and 4 trials packed on one GPU, alternating the variants, medians over repeats.
+"""Trials per hour of one GPU: 1, 2 or 4 worker processes sharing it, or one worker training packs of 8-32 trials.
 
-Run: python benchmarks/gpu.py [--packing 1,2,4] [--trials 24] [--repeats 2] [--devices cuda:0] [--json FILE]
+Run: python benchmarks/gpu.py [--packing 1,4,p8,p16,p32] [--trials 64] [--repeats 2] [--devices cuda:0] [--json F]
 
-Each run is a fresh `searchlab run benchmarks/studies/gpu_bound.py --devices cuda:0 --workers N
---trials-per-device N --no-report` in its own folder: N workers share the one GPU. Throughput counts trials between
+Each run is a fresh `searchlab run benchmarks/studies/gpu_bound.py --devices cuda:0 --no-report` in its own folder:
+a variant N runs N workers on the one GPU (``--workers N --trials-per-device N``); a variant pK runs one worker
+that trains K trials at once as one vectorised model (``--pack K``). Throughput counts trials between
 the first trial's start and the last trial's end (start-up and exit are reported apart); nvidia-smi, sampled
 meanwhile, gives the GPU's mean utilisation and its peak memory.
 """
@@ -66,27 +67,24 @@ class GpuSampler:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--packing", default="1,2,4", help="trials per GPU to compare")
-    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--packing", default="1,4,p8,p16,p32", help="N processes per GPU, or pK: packs of K")
+    parser.add_argument("--trials", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--devices", default="cuda:0", help="the GPU to pack (cpu: a dry run of this script)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    variants = [int(n) for n in args.packing.split(",")]
-    results: dict[int, list[dict[str, float]]] = {n: [] for n in variants}
+    variants = [n.strip() for n in args.packing.split(",")]
+    results: dict[str, list[dict[str, float]]] = {n: [] for n in variants}
     for repeat in range(args.repeats):
         for packed in alternate(variants, repeat):
+            workers, options = (1, ["--pack", packed[1:]]) if packed.startswith("p") else (int(packed), [])
+            options += ["--devices", args.devices, "--trials-per-device", str(workers), "--no-report"]
             with GpuSampler(args.devices) as sampler:
-                run = parallel.one_run(
-                    packed,
-                    args.trials,
-                    study="gpu_bound",
-                    options=["--devices", args.devices, "--trials-per-device", str(packed), "--no-report"],
-                )
+                run = parallel.one_run(workers, args.trials, study="gpu_bound", options=options)
             results[packed].append({**run, **sampler.figures()})
             print(f"repeat {repeat + 1}: {packed} per GPU: {json.dumps(results[packed][-1])}", file=sys.stderr)
     base = statistics.median(r["trials_per_hour"] for r in results[variants[0]])
-    table: dict[int, dict[str, Any]] = {}
+    table: dict[str, dict[str, Any]] = {}
     print(
         f"{'per GPU':>7}  {'trials/h median':>15}  {'min':>7}  {'max':>7}  {'ratio':>5}  {'trial s':>7}  "
         f"{'GPU util %':>10}  {'GPU MiB':>7}  {'wall s':>6}"

@@ -1,7 +1,8 @@
 """Packed trials: trials per hour unpacked against --pack 4/8/16 (one worker, one thread) and with two workers, all
 tracked to a tracking server over HTTP; and what packs do to the search (TPE's best value over seeds).
 
-Run: python benchmarks/packing.py [--trials 32] [--repeats 2] [--packs 1,4,8,16] [--quality-seeds 5] [--json FILE]
+Run: python benchmarks/packing.py [--only throughput,quality] [--trials 32] [--repeats 2] [--packs 1,4,8,16]
+                                  [--quality-seeds 5] [--json FILE]
 
 - throughput  `searchlab run benchmarks/studies/packing_workload.py --workers W --pack K --threads 1` in a fresh
               folder per run (journal storage; trials' runs, params, curves and weights to a `searchlab server`),
@@ -98,14 +99,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--packs", default="1,4,8,16", help="pack sizes of one worker (1: unpacked, first)")
-    parser.add_argument("--quality-seeds", type=int, default=5, help="0 skips the search-quality comparison")
+    parser.add_argument("--only", default="throughput,quality", help="comma-separated subset of: throughput,quality")
+    parser.add_argument("--quality-seeds", type=int, default=5, help="seeds of the search-quality comparison")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     args.packs = [int(k) for k in args.packs.split(",")]
     results: dict[str, Any] = {"trials": args.trials, "repeats": args.repeats}
-    with tempfile.TemporaryDirectory(prefix="searchlab-packing-") as folder, tracking_server(Path(folder)) as url:
-        results["throughput"] = throughput(args, url)
-    if args.quality_seeds:
+    selected = {name.strip() for name in args.only.split(",")}
+    if "throughput" in selected:
+        with tempfile.TemporaryDirectory(prefix="searchlab-packing-") as folder, tracking_server(Path(folder)) as url:
+            results["throughput"] = throughput(args, url)
+    if "quality" in selected:
         results["quality"] = quality(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

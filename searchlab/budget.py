@@ -121,16 +121,22 @@ def claim_members(
 ) -> list[optuna.Trial]:
     """Up to ``n`` more trials for the pack that trial ``first`` starts, within the budget: each is enqueued with the
     pack's ``shared`` params (the sampler chooses the rest) and asked at once, under the budget lock, so that no
-    other worker takes it. None while other trials wait (retries go first, each in a pack of its own)."""
+    other worker takes it. None while other trials wait (retries go first, each in a pack of its own). A claim that
+    fails half-way fails the trials it took: none is left RUNNING."""
     members: list[optuna.Trial] = []
     with lock():
         counts = count(study.get_trials(deepcopy=False))
         room = 0 if counts.waiting else study.user_attrs.get(BUDGET_ATTR, 0) - counts.claimed
-        for _ in range(max(0, min(n, room))):
-            study.enqueue_trial(shared, user_attrs={PACK_ATTR: {"first": first}})
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-                trial = study.ask()
-            trial.set_user_attr(WORKER, worker)
-            members.append(trial)
+        try:
+            for _ in range(max(0, min(n, room))):
+                study.enqueue_trial(shared, user_attrs={PACK_ATTR: {"first": first}})
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                    members.append(study.ask())
+                members[-1].set_user_attr(WORKER, worker)
+        except BaseException:
+            for trial in members:
+                with contextlib.suppress(Exception):
+                    study.tell(trial, state=TrialState.FAIL)
+            raise
     return members

@@ -110,15 +110,16 @@ Batches = TensorBatches | LoaderBatches
 EVAL_BATCH_BYTES = 8 * 2**20
 
 
-def eval_batch_size(data: Data, train_batch_size: int) -> int:
+def eval_batch_size(data: Data, train_batch_size: int, *, members: int = 1) -> int:
     """Rows per evaluation batch: the whole set when its inputs fit in ``EVAL_BATCH_BYTES``, else as many rows as
-    fit, never fewer than the training batch (the model is known to take that many at once)."""
+    fit, never fewer than the training batch (the model is known to take that many at once). A pack of ``members``
+    holds that many activations per row: its batches are that many times smaller."""
     try:
         example = data.inputs[0] if isinstance(data, TensorPair) else torch.as_tensor(data[0][0])
         rows = len(data)  # type: ignore[arg-type]
     except (TypeError, IndexError, NotImplementedError):  # a dataset without len() or indexing
         return train_batch_size
-    row_bytes = max(1, example.numel() * example.element_size())
+    row_bytes = max(1, example.numel() * example.element_size() * members)
     return max(train_batch_size, min(rows, EVAL_BATCH_BYTES // row_bytes))
 
 

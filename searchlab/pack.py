@@ -32,10 +32,10 @@ PER_MEMBER = ("lr", "momentum", "weight_decay", "dropout", "init")
 
 
 def signature(model: nn.Module) -> tuple[Any, ...]:
-    """What must be equal for models to share one pack: the modules (types and settings, a dropout's rate aside)
-    and the weights' names, shapes, dtypes and devices."""
+    """What must be equal for models to share one pack: the modules (types, settings and plain attributes, a
+    dropout's rate aside: each member has its own) and the weights' names, shapes, dtypes and devices."""
     modules = tuple(
-        (name, type(module).__qualname__, "" if type(module) is nn.Dropout else module.extra_repr())
+        (name, type(module).__qualname__, "" if type(module) is nn.Dropout else module.extra_repr(), _settings(module))
         for name, module in model.named_modules()
     )
     tensors = tuple(
@@ -43,6 +43,18 @@ def signature(model: nn.Module) -> tuple[Any, ...]:
         for name, t in (*model.named_parameters(), *model.named_buffers())
     )
     return modules, tensors
+
+
+def _settings(module: nn.Module) -> tuple[tuple[str, Any], ...]:
+    """A module's own plain attributes (numbers, strings, flags): what its forward may read besides its weights, e.g.
+    ``self.scale = trial.params["dropout"]`` in a custom module."""
+    plain = (int, float, str, bool, type(None), tuple)
+    skip = {"training"} | ({"p"} if type(module) is nn.Dropout else set())
+    return tuple(
+        sorted(
+            (k, v) for k, v in vars(module).items() if not k.startswith("_") and k not in skip and isinstance(v, plain)
+        )
+    )
 
 
 def check_packable(model: nn.Module) -> None:
@@ -206,7 +218,8 @@ class Pack:
 
     def state_of(self, index: int) -> dict[str, Tensor]:
         """One member's weights and buffers as its model's state_dict names them (a copy)."""
-        stacked = {**self.weights, **{n: t for n, t in self.fixed.items() if not n.endswith(".rate")}}
+        rates = {f"{name}.rate" for name in self.dropouts}
+        stacked = {**self.weights, **{n: t for n, t in self.fixed.items() if n not in rates}}
         state = {name: tensor[index].detach() for name, tensor in stacked.items()}
         return {name: (t.T if name in self.transposed else t).clone() for name, t in state.items()}
 
@@ -282,8 +295,8 @@ def _epoch(
 
 def _result(member: Member, stop_reason: str, epochs: int) -> FitResult:
     """The member's FitResult, its best weights loaded into its model."""
-    if member.best_state is not None:
+    if member.best_state is not None:  # a tied weight has one name here: loading it loads its twins too
         wanted = member.model.state_dict()
-        member.model.load_state_dict({name: member.best_state[name] for name in wanted})
+        member.model.load_state_dict({n: member.best_state[n] for n in wanted if n in member.best_state}, strict=False)
     stopper = member.stopper
     return FitResult(stopper.best, stopper.best_epoch, epochs, stop_reason, member.history)

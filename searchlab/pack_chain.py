@@ -27,13 +27,15 @@ Chain = Sequence[tuple[str, nn.Module]]
 
 
 def chain_of(model: nn.Module, prefix: str = "") -> Chain | None:
-    """The model's layers in order, named as in its state_dict, when every one is a layer this module runs
-    batched; None otherwise."""
-    if not isinstance(model, nn.Sequential):
+    """The model's layers in order, named as in its state_dict, when it is a plain nn.Sequential (no subclass with
+    a forward of its own, no hooks) of layers this module runs batched; None otherwise."""
+    if type(model) is not nn.Sequential or _hooked(model):
         return None
     layers: list[tuple[str, nn.Module]] = []
     for name, child in model.named_children():
-        if isinstance(child, nn.Sequential):
+        if _hooked(child):
+            return None
+        if type(child) is nn.Sequential:
             inner = chain_of(child, f"{prefix}{name}.")
             if inner is None:
                 return None
@@ -43,6 +45,14 @@ def chain_of(model: nn.Module, prefix: str = "") -> Chain | None:
         else:
             return None
     return layers
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether hooks change what the module's forward does (run_chain would skip them)."""
+    return any(
+        getattr(module, hooks, None)
+        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    )
 
 
 def transposed_weights(chain: Chain) -> set[str]:
@@ -68,7 +78,7 @@ def run_chain(
     holds the stacked weights and buffers by state_dict name (linear weights transposed); ``dropping``, for each
     dropout some member drops at, every member's rate and 1 / (1 - rate) (at rate 0 a mask keeps everything: none
     is drawn)."""
-    h = inputs.unsqueeze(0).expand(members, *inputs.shape)
+    h = inputs.unsqueeze(0).expand(members, *inputs.shape).contiguous()  # each member's own (in-place layers)
     for name, layer in chain:
         if isinstance(layer, nn.Linear):
             weight, bias = tensors[name + ".weight"], tensors.get(name + ".bias")

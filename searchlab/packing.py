@@ -69,12 +69,12 @@ class PackRun:
     def run(self, first: optuna.Trial, size: int, claim_more: ClaimMore) -> None:
         """Build ``first``, claim up to ``size - 1`` more trials with its shape, build them, train the packs."""
         try:
-            leader = self._start(first)
-            if leader is None:
+            if not self._start(self._claimed(first)):
                 return
             shared = {name: value for name, value in first.params.items() if name not in PER_MEMBER}
-            for trial in claim_more(shared, size - 1, first.number):
-                self._start(trial)
+            followers = [self._claimed(trial) for trial in claim_more(shared, size - 1, first.number)]
+            for claimed in followers:
+                self._start(claimed)
             for group in self._groups():
                 self._train(group)
         except BaseException as error:  # Ctrl-C or bad input: every member still open fails with it
@@ -83,10 +83,15 @@ class PackRun:
                     self._end(claimed, error)
             raise
 
-    def _start(self, trial: optuna.Trial) -> Claimed | None:
-        """Begin tracking a claimed trial and build its model; a trial that fails here is told at once."""
+    def _claimed(self, trial: optuna.Trial) -> Claimed:
+        """A claimed trial, beating from now on and ended by this pack whatever happens."""
         claimed = Claimed(trial, Heartbeat(self.study._storage, trial._trial_id, self.heartbeat).__enter__())
         self.claimed.append(claimed)
+        return claimed
+
+    def _start(self, claimed: Claimed) -> bool:
+        """Begin tracking a claimed trial and build its model; a trial that fails here is told at once."""
+        trial = claimed.optuna_trial
         try:
             claimed.tracked = self.objective.begin(trial)
             claimed.model, claimed.optimizer = build_trial(
@@ -97,8 +102,8 @@ class PackRun:
             self._end(claimed, error)
             if ends_the_search(error):
                 raise
-            return None
-        return claimed
+            return False
+        return True
 
     def _groups(self) -> list[list[Claimed]]:
         """The built members, by what must be equal within a pack: model, batch size, optimizer kind."""
@@ -116,13 +121,13 @@ class PackRun:
         trials = [claimed.parts()[0].trial for claimed in group]
         seed, size = trials[0].seed, batch_size(trials[0].params)
         pack = {"first": trials[0].number, "members": [trial.number for trial in trials], "batch_seed": seed}
-        for claimed in group:
-            claimed.optuna_trial.set_user_attr(PACK_ATTR, pack)
-        train = make_batches(objective.train_data, size, shuffle=True, seed=seed, device=self.device)
-        val_size = eval_batch_size(objective.val_data, size)
-        val = make_batches(objective.val_data, val_size, shuffle=False, seed=seed, device=self.device)
         epochs = {"max_epochs": settings.max_epochs, "patience": settings.patience}
-        try:
+        try:  # anything that fails from here fails this pack's members, as a failing trial fails alone
+            for claimed in group:
+                claimed.optuna_trial.set_user_attr(PACK_ATTR, pack)
+            train = make_batches(objective.train_data, size, shuffle=True, seed=seed, device=self.device)
+            val_size = eval_batch_size(objective.val_data, size, members=len(group))
+            val = make_batches(objective.val_data, val_size, shuffle=False, seed=seed, device=self.device)
             if len(group) == 1:
                 tracked, model, optimizer = group[0].parts()
                 self._end(group[0], fit(model, optimizer, train, val, self.task, on_epoch=tracked.on_epoch, **epochs))
@@ -141,20 +146,28 @@ class PackRun:
                 raise
 
     def _end(self, claimed: Claimed, outcome: FitResult | BaseException) -> None:
-        """Close the member's run for how it ended and tell Optuna; its heartbeat stops."""
+        """Close the member's run for how it ended and tell Optuna (whatever closing the run raises), then stop its
+        heartbeat. Ctrl-C or bad input met on the way is raised once the trial is told."""
+        if claimed.ended:
+            return
         claimed.ended = True
-        claimed.heartbeat.__exit__(None, None, None)
         trial, tracked = claimed.optuna_trial, claimed.tracked
-        if isinstance(outcome, FitResult) and tracked is not None and claimed.model is not None:
-            try:
-                value = tracked.finish(claimed.model, outcome)
-            except Exception as failure:  # no finite epoch (TrialStopped), or its weights could not be logged
-                frozen = tell_stopped(self.study, trial, failure)
-            else:
-                frozen = self.study.tell(trial, value)
-        else:
+        try:
+            if isinstance(outcome, FitResult) and tracked is not None and claimed.model is not None:
+                try:
+                    value = tracked.finish(claimed.model, outcome)
+                except BaseException as failure:  # no finite epoch (TrialStopped), weights not logged, Ctrl-C
+                    self.on_trial_end(tell_stopped(self.study, trial, failure))
+                    if ends_the_search(failure):
+                        raise
+                else:
+                    self.on_trial_end(self.study.tell(trial, value))
+                return
             stop = outcome if isinstance(outcome, BaseException) else RuntimeError("the member was never built")
-            if tracked is not None:
-                tracked.fail(stop)
-            frozen = tell_stopped(self.study, trial, stop)
-        self.on_trial_end(frozen)
+            try:
+                if tracked is not None:
+                    tracked.fail(stop)
+            finally:
+                self.on_trial_end(tell_stopped(self.study, trial, stop))
+        finally:
+            claimed.heartbeat.__exit__(None, None, None)

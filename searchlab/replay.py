@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 import torch
 from optuna.trial import FrozenTrial
+from torch import nn
 
 from searchlab.data import load_split
 from searchlab.errors import ConfigError
@@ -70,7 +71,7 @@ def replay_trial(study: Study, trial: FrozenTrial, start: Start | None = None) -
     replayed: dict[int, float] = {}
     pack: dict[str, Any] = trial.user_attrs.get(PACK_ATTR) or {}
     packed = len(pack.get("members", ())) > 1
-    train_trial(
+    model, _ = train_trial(
         study,
         Trial(fixed, params, trial.user_attrs[SEED_ATTR]),
         train_data,
@@ -85,6 +86,6 @@ def replay_trial(study: Study, trial: FrozenTrial, start: Start | None = None) -
     if not packed:
         return Replay(dict(trial.intermediate_values), replayed)
     why_not = ""
-    if params.get("dropout", 0):
+    if any(isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0 for module in model.modules()):
         why_not = "its pack drew the dropout masks of all its members at once: trained alone, it draws others"
     return Replay(dict(trial.intermediate_values), replayed, tolerance=PACKED_TOLERANCE, why_not=why_not)

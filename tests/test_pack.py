@@ -15,9 +15,9 @@ from torch import nn
 
 from searchlab.data import TensorPair, make_batches
 from searchlab.model import build_optimizer
-from searchlab.pack import Member, Pack, check_packable, fit_pack
+from searchlab.pack import Member, Pack, check_packable, fit_pack, signature
 from searchlab.pack_chain import chain_of
-from searchlab.pack_optim import Hyper, PackError, VectorisedOptimizer
+from searchlab.pack_optim import PackError
 from searchlab.tasks import get_task
 from searchlab.train import FitResult, evaluate, fit
 
@@ -127,10 +127,57 @@ def same_curves(expected: FitResult, got: FitResult) -> None:
     assert got.stop_reason == expected.stop_reason
 
 
+class Residual(nn.Sequential):
+    """A Sequential with a forward of its own: not a plain chain."""
+
+    def forward(self, x):
+        return super().forward(x) + x
+
+
 def test_chains_of_layers_run_batched_and_other_models_through_vmap():
     assert [name for name, _ in chain_of(net(0, kind="nested"))] == ["0", "1", "2.0", "2.1", "2.2", "3"]
     assert chain_of(net(0, kind="vmap")) is None
     assert chain_of(nn.Sequential(nn.Linear(8, 4), nn.Conv1d(1, 1, 1))) is None
+    assert chain_of(Residual(nn.Linear(8, 8))) is None
+    assert chain_of(nn.Sequential(Residual(nn.Linear(8, 8)))) is None
+    hooked = net(0)
+    hooked[1].register_forward_hook(lambda module, inputs, output: output * 2)
+    assert chain_of(hooked) is None
+
+
+def test_a_subclassed_sequential_trains_as_its_own_forward_says():
+    def residual(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(Residual(nn.Linear(8, 8), nn.Tanh()), nn.Linear(8, 1))
+
+    train, val = split()
+    expected = []
+    for seed, params in enumerate(PARAMS[:2]):
+        model = residual(seed)
+        opt = build_optimizer(model, params)
+        expected.append(
+            fit(model, opt, batches(train, train=True), batches(val, train=False), REGRESSION, max_epochs=3, patience=3)
+        )
+    outcomes: dict[int, object] = {}
+    members = []
+    for seed, params in enumerate(PARAMS[:2]):
+        model = residual(seed)
+        end = lambda outcome, seed=seed: outcomes.__setitem__(seed, outcome)  # noqa: E731
+        members.append(Member(model, build_optimizer(model, params), on_end=end))
+    fit_pack(members, batches(train, train=True), batches(val, train=False), REGRESSION, max_epochs=3, patience=3)
+    for seed in (0, 1):
+        same_curves(expected[seed], outcomes[seed])
+
+
+class Scaled(nn.Module):
+    """A module whose forward reads a plain attribute a builder may set per trial."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.layer, self.scale = nn.Linear(8, 1), scale
+
+    def forward(self, x):
+        return self.layer(x) * self.scale
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -146,29 +193,6 @@ def test_each_member_of_a_pack_gives_the_curve_it_gets_trained_alone(optimizer, 
     outcomes, _ = packed(params, [0, 1, 2, 3], optimizer=optimizer, kind=kind)
     for index, member_params in enumerate(params):
         same_curves(alone(member_params, index, optimizer=optimizer, kind=kind), outcomes[index])
-
-
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-def test_one_vectorised_step_is_torch_optims_step_for_each_member(optimizer):
-    models = [net(seed) for seed in range(3)]
-    optimizers = [build_optimizer(m, {**p, "optimizer": optimizer}) for m, p in zip(models, PARAMS, strict=False)]
-    stacked = {
-        name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).requires_grad_()
-        for name, _ in models[0].named_parameters()
-    }
-    vectorised = VectorisedOptimizer(Hyper.of(optimizers))
-    for _ in range(3):  # momentum buffers and Adam's moments carry over steps
-        grads = {name: torch.randn_like(tensor) for name, tensor in stacked.items()}
-        for index, (model, opt) in enumerate(zip(models, optimizers, strict=True)):
-            for name, parameter in model.named_parameters():
-                parameter.grad = grads[name][index].clone()
-            opt.step()
-        for name, tensor in stacked.items():
-            tensor.grad = grads[name]
-        vectorised.step(stacked)
-    for index, model in enumerate(models):
-        for name, parameter in model.named_parameters():
-            torch.testing.assert_close(stacked[name][index], parameter.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_a_pruned_member_leaves_the_pack_and_the_others_go_on_unchanged():
@@ -220,11 +244,22 @@ def test_a_norm_layer_with_running_statistics_is_refused_naming_it():
     check_packable(nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 1)))
 
 
-def test_members_built_differently_cannot_share_a_pack():
-    a, b = nn.Linear(8, 1), nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 1))
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (nn.Linear(8, 1), nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 1))),
+        (Scaled(1.0), Scaled(2.0)),  # same weights, but a forward that reads another value
+    ],
+)
+def test_members_built_differently_cannot_share_a_pack(a, b):
+    assert signature(a) != signature(b)
     members = [Member(m, build_optimizer(m, PARAMS[0])) for m in (a, b)]
     with pytest.raises(PackError, match="built differently"):
         Pack(members, REGRESSION)
+
+
+def test_members_that_differ_only_in_their_dropout_rate_share_a_pack():
+    assert signature(net(0, 0.1)) == signature(net(1, 0.4))
 
 
 def test_frozen_weights_stay_as_they_were():

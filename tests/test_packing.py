@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from test_cli import check_tracked, invoke, runs_of
 
 from searchlab.cli import main
-from searchlab.settings import PACK_ATTR
+from searchlab.settings import BUDGET_ATTR, PACK_ATTR
 from searchlab.storage import open_storage
 
 
@@ -73,12 +73,14 @@ def test_pruned_members_leave_their_pack_with_their_curve(workdir: Path) -> None
         assert len(trial.intermediate_values) == 30 or trial.user_attrs["reason"].startswith("non-finite")
 
 
-def test_two_workers_pack_trials_of_one_study_on_postgresql(workdir: Path, study_file: Path) -> None:
+def test_two_workers_pack_trials_of_one_study_on_postgresql_tracked_to_a_server(
+    workdir: Path, study_file: Path, mlflow_server: str
+) -> None:
     name = f"pack-{uuid.uuid4().hex[:8]}"
     try:
         result = invoke(
             "run", str(study_file), "--pack", "3", "--workers", "2", "--trials", "8",
-            "--storage", POSTGRES_URL, "--study-name", name,
+            "--storage", POSTGRES_URL, "--study-name", name, "--tracking-uri", mlflow_server,
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         study = optuna.load_study(study_name=name, storage=open_storage(POSTGRES_URL))
@@ -86,7 +88,7 @@ def test_two_workers_pack_trials_of_one_study_on_postgresql(workdir: Path, study
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8
         assert len({t.user_attrs["worker"] for t in study.trials}) == 2
         assert max(len(members) for members in packs_of(study).values()) == 3
-        check_tracked(study, MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"), study_file)
+        check_tracked(study, MlflowClient(mlflow_server), study_file)
     finally:
         optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL))
 
@@ -102,3 +104,35 @@ def test_a_model_a_pack_cannot_vectorise_is_refused_before_anything_is_written(w
     ]
     assert not (workdir / "searchlab.journal").exists() and not (workdir / "mlflow.db").exists()
     assert CliRunner().invoke(main, ["run", str(path), "--trials", "1"]).exit_code == 0, "unpacked it trains"
+
+
+def test_a_joining_worker_adopts_the_runs_pack_size(workdir: Path, study_file: Path) -> None:
+    name = f"pack-join-{uuid.uuid4().hex[:8]}"
+    args = ["--storage", POSTGRES_URL, "--study-name", name]
+    try:
+        assert invoke("run", str(study_file), "--pack", "2", "--trials", "2", *args).exit_code == 0
+        study = optuna.load_study(study_name=name, storage=open_storage(POSTGRES_URL))
+        study.set_user_attr(BUDGET_ATTR, 6)  # as if the run were still going: four more trials to take
+        joined = invoke("worker", str(study_file), *args)
+        assert joined.exit_code == 0, joined.output
+        assert "worker done: 4 trial(s) finished here" in joined.output
+        study = optuna.load_study(study_name=name, storage=open_storage(POSTGRES_URL))
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
+        assert sorted(len(members) for members in packs_of(study).values()) == [2, 2, 2]
+        check_tracked(study, MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"), study_file)
+    finally:
+        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL))
+
+
+def test_bad_input_in_one_member_fails_the_whole_pack_and_leaves_nothing_running(workdir: Path) -> None:
+    body = """    if trial.number == 1:
+        raise sl.ConfigError("trial 1's model is bad input")
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))"""
+    path = write_study(workdir, body=body)
+    result = CliRunner().invoke(main, ["run", str(path), "--pack", "3", "--trials", "3"])
+    assert result.exit_code == 2, result.output
+    assert "trial 1's model is bad input" in result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3, "every claimed member is told, none RUNNING"
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert {run.info.status for run in runs_of(client, "tiny")[1]} == {"FAILED"}
