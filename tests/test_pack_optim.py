@@ -24,6 +24,23 @@ def models(n: int) -> list[nn.Module]:
     return built
 
 
+def step_both(members, optimizers, stacked, vectorised, grads) -> None:
+    """One step of each member's torch.optim optimizer and of the vectorised one, on the same gradients."""
+    for index, (model, opt) in enumerate(zip(members, optimizers, strict=True)):
+        for name, parameter in model.named_parameters():
+            parameter.grad = grads[name][index].clone()
+        opt.step()
+    for name, tensor in stacked.items():
+        tensor.grad = grads[name].clone()
+    vectorised.step(stacked)
+
+
+def assert_same_weights(members, stacked) -> None:
+    for index, model in enumerate(members):
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(stacked[name][index], parameter.detach(), rtol=1e-6, atol=1e-7)
+
+
 def compare_steps(params: list[dict], optimizer: str, *, steps: int = 3, zero_grads: bool = False) -> None:
     """Step each member's torch.optim optimizer and the vectorised one on the same gradients; compare weights."""
     members = models(len(params))
@@ -38,16 +55,8 @@ def compare_steps(params: list[dict], optimizer: str, *, steps: int = 3, zero_gr
             name: torch.zeros_like(tensor) if zero_grads else torch.randn_like(tensor)
             for name, tensor in stacked.items()
         }
-        for index, (model, opt) in enumerate(zip(members, optimizers, strict=True)):
-            for name, parameter in model.named_parameters():
-                parameter.grad = grads[name][index].clone()
-            opt.step()
-        for name, tensor in stacked.items():
-            tensor.grad = grads[name].clone()
-        vectorised.step(stacked)
-    for index, model in enumerate(members):
-        for name, parameter in model.named_parameters():
-            torch.testing.assert_close(stacked[name][index], parameter.detach(), rtol=1e-6, atol=1e-7)
+        step_both(members, optimizers, stacked, vectorised, grads)
+    assert_same_weights(members, stacked)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
@@ -100,13 +109,5 @@ def test_dropping_members_keeps_the_others_state_aligned():
             vectorised.keep(rows)
             members, optimizers = [members[0], members[2]], [optimizers[0], optimizers[2]]
         grads = {name: torch.randn_like(tensor) for name, tensor in stacked.items()}
-        for index, (model, opt) in enumerate(zip(members, optimizers, strict=True)):
-            for name, parameter in model.named_parameters():
-                parameter.grad = grads[name][index].clone()
-            opt.step()
-        for name, tensor in stacked.items():
-            tensor.grad = grads[name].clone()
-        vectorised.step(stacked)
-    for index, model in enumerate(members):
-        for name, parameter in model.named_parameters():
-            torch.testing.assert_close(stacked[name][index], parameter.detach(), rtol=1e-6, atol=1e-7)
+        step_both(members, optimizers, stacked, vectorised, grads)
+    assert_same_weights(members, stacked)
