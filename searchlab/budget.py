@@ -94,6 +94,15 @@ def has_room(study: optuna.Study) -> bool:
     return bool(counts.waiting) or counts.claimed < study.user_attrs.get(BUDGET_ATTR, 0)
 
 
+def _ask(study: optuna.Study, worker: str) -> optuna.Trial:
+    """A new (or the oldest waiting) trial, marked as ``worker``'s."""
+    with warnings.catch_warnings():  # the search loop sends the heartbeats Study.optimize would
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        trial = study.ask()
+    trial.set_user_attr(WORKER, worker)
+    return trial
+
+
 def claim(
     study: optuna.Study, lock: Callable[[], AbstractContextManager[None]], *, worker: str
 ) -> optuna.Trial | Literal["wait", "done"]:
@@ -101,11 +110,7 @@ def claim(
     retried), or DONE (the budget is met)."""
     with lock():
         if has_room(study):
-            with warnings.catch_warnings():  # the search loop sends the heartbeats Study.optimize would
-                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-                trial = study.ask()
-            trial.set_user_attr(WORKER, worker)
-            return trial
+            return _ask(study, worker)
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     return WAIT if running else DONE
 
@@ -130,10 +135,7 @@ def claim_members(
         try:
             for _ in range(max(0, min(n, room))):
                 study.enqueue_trial(shared, user_attrs={PACK_ATTR: {"first": first}})
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-                    members.append(study.ask())
-                members[-1].set_user_attr(WORKER, worker)
+                members.append(_ask(study, worker))
         except BaseException:
             for trial in members:
                 with contextlib.suppress(Exception):

@@ -11,7 +11,6 @@ pruning; a member that stops leaves the pack (its rows are dropped), so it costs
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +20,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from searchlab.data import Batches
-from searchlab.pack_chain import chain_of, run_chain, transposed_weights
+from searchlab.pack_chain import chain_of, dropout_scale, run_chain, transposed_weights
 from searchlab.pack_optim import Hyper, PackError, VectorisedOptimizer
 from searchlab.tasks import Task
-from searchlab.train import EarlyStopping, EpochCallback, FitResult
+from searchlab.train import EarlyStopping, EpochCallback, FitResult, non_finite, reached
 
 # What the members of one pack may differ in; every other parameter (batch size, optimizer kind, widths and
 # whatever the model builder suggests) is the pack's.
@@ -80,8 +79,7 @@ class MemberDropout(nn.Module):
         if not self.training:
             return inputs
         keep = torch.rand_like(inputs) >= self.rate  # under vmap(randomness="different"): a mask per member
-        scale = torch.where(self.rate < 1, 1 / (1 - self.rate), torch.zeros_like(self.rate))
-        return inputs * keep * scale
+        return inputs * keep * dropout_scale(self.rate)
 
 
 def _functional_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -147,11 +145,15 @@ class Pack:
         for name in self.dropouts:
             rate = self.fixed[f"{name}.rate"]
             if any(rate.tolist()):
-                dropping[name] = (rate, torch.where(rate < 1, 1 / (1 - rate), torch.zeros_like(rate)))
+                dropping[name] = (rate, dropout_scale(rate))
         return dropping
 
     def __len__(self) -> int:
         return len(next(iter(self.weights.values())))
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.weights.values())).device
 
     def _member_outputs(self, weights: dict[str, Tensor], fixed: dict[str, Tensor], inputs: Tensor) -> Tensor:
         return functional_call(self.base, (weights, fixed), (inputs,))
@@ -176,7 +178,7 @@ class Pack:
 
     def train_epoch(self, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
         """One pass over the batches, every member stepping on each; each member's mean training loss."""
-        total = torch.zeros(len(self), device=next(iter(self.weights.values())).device)
+        total = torch.zeros(len(self), device=self.device)
         count = 0
         for inputs, targets in batches:
             for weight in self.weights.values():
@@ -225,7 +227,7 @@ class Pack:
 
     def keep(self, index: list[int]) -> None:
         """Drop every member not in ``index`` (rows of the stacked weights, buffers and optimizer state)."""
-        rows = torch.tensor(index, device=next(iter(self.weights.values())).device)
+        rows = torch.tensor(index, device=self.device)
         self.weights = {n: w.detach()[rows].requires_grad_() for n, w in self.weights.items()}
         self.fixed = {n: t[rows] for n, t in self.fixed.items()}
         self.optimizer.keep(rows.cpu())
@@ -274,9 +276,9 @@ def _epoch(
 ) -> FitResult | Exception | None:
     """One member's epoch, as ``train.fit`` takes it; how the member ended, or None while it goes on."""
     stopper = member.stopper
-    for key, what in (("train_loss", "training"), ("val_loss", "validation")):
-        if not math.isfinite(values[key]):
-            return _result(member, f"non-finite {what} loss ({values[key]}) at epoch {epoch}", epoch)
+    for key in ("train_loss", "val_loss"):
+        if stopped := non_finite(values, key, epoch):
+            return _result(member, stopped, epoch)
     member.history.append(values)
     if stopper.update(values["val_loss"], epoch):
         member.best_state = pack.state_of(index)
@@ -286,10 +288,9 @@ def _epoch(
         except Exception as error:
             return error
     if stopper.should_stop:
-        reason = f"early stopping: no improvement for {stopper.patience} epochs after epoch {stopper.best_epoch}"
-        return _result(member, reason, epoch)
+        return _result(member, stopper.reason, epoch)
     if epoch == max_epochs:
-        return _result(member, f"reached max_epochs={max_epochs}", epoch)
+        return _result(member, reached(max_epochs), epoch)
     return None
 
 

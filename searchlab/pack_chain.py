@@ -60,6 +60,11 @@ def transposed_weights(chain: Chain) -> set[str]:
     return {f"{name}.weight" for name, layer in chain if isinstance(layer, nn.Linear)}
 
 
+def dropout_scale(rate: Tensor) -> Tensor:
+    """What a kept activation is multiplied by at dropout ``rate``: 1 / (1 - rate), and 0 at rate 1."""
+    return torch.where(rate < 1, 1 / (1 - rate), torch.zeros_like(rate))
+
+
 def _members_view(values: Tensor, like: Tensor) -> Tensor:
     """A per-member tensor (members first, then its own shape) broadcast against ``like``'s trailing dims."""
     return values.view(values.shape[0], *([1] * (like.dim() - values.dim())), *values.shape[1:])

@@ -141,8 +141,8 @@ class VectorisedOptimizer:
             denominator = (squares.sqrt() / math.sqrt(1 - h.beta2**self.steps)).add_(h.eps)
             if weight.device not in step_sizes:
                 step_sizes[weight.device] = self._step_size(weight.device)
-            step_size = step_sizes[weight.device].to(weight.dtype).view(-1, *([1] * (weight.dim() - 1)))
-            weight.addcdiv_(average * step_size, denominator)  # torch: weight + (-step_size * average) / denominator
+            # torch: weight + (-step_size * average) / denominator
+            weight.addcdiv_(average * per_member(step_sizes[weight.device], weight), denominator)
 
     def keep(self, rows: Tensor) -> None:
         """Drop the stopped members' rows."""

@@ -105,6 +105,22 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         return self.bad_epochs >= self.patience
 
+    @property
+    def reason(self) -> str:
+        return f"early stopping: no improvement for {self.patience} epochs after epoch {self.best_epoch}"
+
+
+def non_finite(values: dict[str, float], key: str, epoch: int) -> str | None:
+    """Why a fit stops at this epoch's ``key`` (train_loss or val_loss): non-finite; None while it is finite."""
+    if math.isfinite(values[key]):
+        return None
+    what = "training" if key == "train_loss" else "validation"
+    return f"non-finite {what} loss ({values[key]}) at epoch {epoch}"
+
+
+def reached(max_epochs: int) -> str:
+    return f"reached max_epochs={max_epochs}"
+
 
 @dataclass
 class FitResult:
@@ -137,16 +153,16 @@ def fit(
     stopper = EarlyStopping(patience)
     best_state: dict[str, Tensor] | None = None
     history: list[dict[str, float]] = []
-    stop_reason = f"reached max_epochs={max_epochs}"
+    stop_reason = reached(max_epochs)
     epoch = 0
     for epoch in range(1, max_epochs + 1):
         values = {"train_loss": train_epoch(model, train, task, loss_fn, optimizer)}
-        if not math.isfinite(values["train_loss"]):
-            stop_reason = f"non-finite training loss ({values['train_loss']}) at epoch {epoch}"
+        if stopped := non_finite(values, "train_loss", epoch):
+            stop_reason = stopped
             break
         values.update(evaluate(model, val, task, loss_fn))
-        if not math.isfinite(values["val_loss"]):
-            stop_reason = f"non-finite validation loss ({values['val_loss']}) at epoch {epoch}"
+        if stopped := non_finite(values, "val_loss", epoch):
+            stop_reason = stopped
             break
         history.append(values)
         if stopper.update(values["val_loss"], epoch):
@@ -154,7 +170,7 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, values)
         if stopper.should_stop:
-            stop_reason = f"early stopping: no improvement for {patience} epochs after epoch {stopper.best_epoch}"
+            stop_reason = stopper.reason
             break
     if best_state is not None:
         model.load_state_dict(best_state)
