@@ -74,10 +74,6 @@ class TensorBatches:
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
 
-    @property
-    def examples(self) -> int:
-        return len(self.data)
-
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         inputs, targets, size = self.data.inputs, self.data.targets, self.batch_size
         if not self.shuffle:
@@ -97,14 +93,10 @@ class LoaderBatches:
         self, dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator, device: torch.device
     ) -> None:
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-        self.batch_size, self.device = batch_size, device
+        self.device = device
 
     def __len__(self) -> int:
         return len(self.loader)
-
-    @property
-    def examples(self) -> int:
-        return len(self.loader.dataset)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for inputs, targets in self.loader:

@@ -6,17 +6,12 @@ one backward gives every member the gradient of its own loss (the losses share n
 torch.optim's SGD, Adam or AdamW, vectorised over members with each member's lr, momentum (Adam's beta1) and
 weight decay. Each member keeps its own early stopping with its best weights, its own NaN/inf stop and its own
 pruning; a member that stops leaves the pack (its rows are dropped), so it costs nothing afterwards.
-
-Members may take different batch sizes when each divides the next (32, 64, 128): the pack steps through the
-batches at the smallest size, and a member with batches k times larger accumulates its gradient over k of them
-before it steps, on the rows it would have drawn alone from the same order (gradient accumulation).
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,28 +22,12 @@ from torch.func import functional_call, stack_module_state, vmap
 from searchlab.data import Batches
 from searchlab.pack_chain import chain_of, dropout_scale, run_chain, transposed_weights
 from searchlab.pack_optim import Hyper, PackError, VectorisedOptimizer
-from searchlab.space import Choice, Distribution
 from searchlab.tasks import Task
 from searchlab.train import EarlyStopping, EpochCallback, FitResult, non_finite, reached
 
-# What the members of one pack may differ in; every other parameter (optimizer kind, widths and whatever the model
-# builder suggests) is the pack's, and so is the batch size unless the space's sizes each divide the next.
+# What the members of one pack may differ in; every other parameter (batch size, optimizer kind, widths and
+# whatever the model builder suggests) is the pack's.
 PER_MEMBER = ("lr", "momentum", "weight_decay", "dropout", "init")
-
-
-def member_params(space: Mapping[str, Distribution]) -> tuple[str, ...]:
-    """The params each member of a pack samples for itself: PER_MEMBER's, and the batch size when every size the
-    space offers divides the next (32, 64, 128), so that any members' sizes can share one pack."""
-    sizes = space.get("batch_size")
-    if isinstance(sizes, Choice) and nested_sizes(sizes.choices):
-        return (*PER_MEMBER, "batch_size")
-    return PER_MEMBER
-
-
-def nested_sizes(sizes: Iterable[int]) -> bool:
-    """Whether each batch size, in increasing order, divides the next: members taking them can share a pack."""
-    ordered = sorted(sizes)
-    return all(larger % smaller == 0 for smaller, larger in itertools.pairwise(ordered))
 
 
 def signature(model: nn.Module) -> tuple[Any, ...]:
@@ -125,7 +104,6 @@ class Member:
     optimizer: torch.optim.Optimizer
     on_epoch: EpochCallback | None = None  # may raise (e.g. optuna.TrialPruned): the member stops
     on_end: Callable[[FitResult | Exception], None] = lambda outcome: None
-    batch_size: int | None = None  # None: the pack's batches as they come
     stopper: EarlyStopping = field(init=False)
     history: list[dict[str, float]] = field(default_factory=list)
     best_state: dict[str, Tensor] | None = None
@@ -134,9 +112,7 @@ class Member:
 class Pack:
     """The members' weights stacked (members first), called through one weightless copy of the model."""
 
-    def __init__(self, members: Sequence[Member], task: Task, *, sizes: Sequence[int] | None = None) -> None:
-        """``sizes``: each member's batch size, in increasing order, each a multiple of the one before and of the
-        batches' size (None: every member steps on every batch)."""
+    def __init__(self, members: Sequence[Member], task: Task) -> None:
         models = [member.model for member in members]
         first = signature(models[0])
         for index, model in enumerate(models[1:], start=1):
@@ -161,8 +137,6 @@ class Pack:
         self._vmapped = vmap(self._member_outputs, in_dims=(0, 0, None), randomness="different")
         self.unreduced = type(self.loss_fn)(reduction="none")
         self.metrics: list[Any] = []  # each member's validation metrics
-        self.sizes = list(sizes) if sizes is not None else None
-        self._shares: dict[tuple[float, ...], Tensor] = {}
 
     def _dropping(self) -> dict[str, tuple[Tensor, Tensor]]:
         """For each dropout some member drops at, the members' rates and scales (found once, not on every step:
@@ -202,38 +176,19 @@ class Pack:
             each = self.unreduced(outputs, aligned.expand_as(outputs))
         return each.reshape(members, -1).mean(1)
 
-    def train_epoch(self, batches: Iterable[tuple[Tensor, Tensor]], rows: int = 0) -> list[float]:
-        """One pass over the batches (``rows`` examples, needed when members take larger batches), every member
-        stepping at the end of each of its own batches; each member's mean training loss."""
+    def train_epoch(self, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
+        """One pass over the batches, every member stepping on each; each member's mean training loss."""
         total = torch.zeros(len(self), device=self.device)
         count = 0
         for inputs, targets in batches:
+            for weight in self.weights.values():
+                weight.grad = None
             losses = self.losses(self.outputs(inputs, training=True), targets)
-            if self.sizes is None:  # every member steps on every batch
-                for weight in self.weights.values():
-                    weight.grad = None
-                losses.sum().backward()  # the members share no weight: each gets its own loss's gradient
-                self.optimizer.step(self.weights)
-            else:  # each member's batch mean, accumulated over the pack's batches it spans; it steps at its end
-                (losses * self._share(count, len(inputs), rows)).sum().backward()
-                end = count + len(inputs)
-                stepping = sum(end % size == 0 or end == rows for size in self.sizes)  # the first ones, by size
-                self.optimizer.step(self.weights, stepping)
-                for weight in self.weights.values():
-                    if weight.grad is not None:
-                        weight.grad[:stepping].zero_()
+            losses.sum().backward()  # the members share no weight: each gets its own loss's gradient
+            self.optimizer.step(self.weights)
             total.add_(losses.detach(), alpha=len(inputs))
             count += len(inputs)
         return (total / count).tolist()
-
-    def _share(self, start: int, length: int, rows: int) -> Tensor:
-        """What one batch (``length`` rows from row ``start``) weighs in each member's batch mean: its share of the
-        rows of the member's batch that holds it (the last batch of an epoch may be short)."""
-        assert self.sizes is not None and rows > 0, "members with their own batch sizes need the epoch's rows"
-        key = tuple(length / min(size, rows - start // size * size) for size in self.sizes)
-        if key not in self._shares:
-            self._shares[key] = torch.tensor(key, device=self.device)
-        return self._shares[key]
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[tuple[Tensor, Tensor]]) -> list[dict[str, float]]:
@@ -278,9 +233,6 @@ class Pack:
         self.optimizer.keep(rows.cpu())
         self.dropping = self._dropping()
         self.metrics = [self.metrics[i] for i in index] if self.metrics else []
-        if self.sizes is not None:
-            self.sizes = [self.sizes[i] for i in index]
-            self._shares.clear()
 
 
 def fit_pack(
@@ -298,13 +250,12 @@ def fit_pack(
     As in ``train.fit``: a non-finite training or validation loss stops a member at that epoch (not reported);
     early stopping restores its best epoch. Anything but an Exception from a callback (Ctrl-C) ends the pack.
     """
-    live, sizes = _by_batch_size(members, train)
-    pack = Pack(live, task, sizes=sizes)
-    rows = train.examples if sizes is not None else 0
+    pack = Pack(members, task)
+    live = list(members)
     for member in live:
         member.stopper = EarlyStopping(patience)
     for epoch in range(1, max_epochs + 1):
-        train_losses = pack.train_epoch(train, rows)
+        train_losses = pack.train_epoch(train)
         validation = pack.evaluate(val)
         stopped: list[int] = []
         for index, (member, train_loss, values) in enumerate(zip(live, train_losses, validation, strict=True)):
@@ -318,22 +269,6 @@ def fit_pack(
                 return
             pack.keep(kept)
             live = [live[index] for index in kept]
-
-
-def _by_batch_size(members: Sequence[Member], train: Batches) -> tuple[list[Member], list[int] | None]:
-    """The members in increasing order of batch size, and their sizes (None when all take the batches' size);
-    refused unless each size is a multiple of the batches' and of the one before."""
-    sizes = [member.batch_size or train.batch_size for member in members]
-    if set(sizes) == {train.batch_size}:
-        return list(members), None
-    order = sorted(range(len(members)), key=sizes.__getitem__)
-    ordered = [train.batch_size, *(sizes[i] for i in order)]
-    if not nested_sizes(ordered):
-        raise PackError(
-            f"batch sizes {ordered[1:]} cannot share a pack stepping through batches of {train.batch_size}: "
-            "each must be a multiple of the one before"
-        )
-    return [members[i] for i in order], ordered[1:]
 
 
 def _epoch(

@@ -7,6 +7,7 @@ against every stacked tensor once, not on every step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,16 +80,15 @@ class VectorisedOptimizer:
     """One step of torch.optim's update for every member of a pack, over its stacked weights.
 
     Each constant is rounded as torch.optim rounds it (computed in float64, then cast to the weight's dtype), and
-    nothing moves between the host and the device on a step (no sync on a GPU). Members with larger batches
-    accumulate gradients over several of the pack's batches: a step may move only the first ``n`` members (the
-    pack orders its members by batch size), each counting its own steps.
+    nothing moves between the host and the device on a step (no sync on a GPU).
     """
 
     def __init__(self, hyper: Hyper) -> None:
         self.hyper = hyper
+        self.steps = 0
         self.state: dict[str, dict[str, Tensor]] = {}
         self._columns: dict[str, dict[str, Tensor]] = {}  # per weight: each constant, broadcast and cast
-        self._on_device: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}  # lr, beta1, steps (float64)
+        self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}  # lr, beta1 in float64 (Adam's steps)
         self._plain_sgd = bool((hyper.momentum == 0).all())  # torch.optim keeps no momentum buffer at momentum 0
 
     def _constants(self, name: str, weight: Tensor) -> dict[str, Tensor]:
@@ -99,38 +99,34 @@ class VectorisedOptimizer:
             self._columns[name] = {key: per_member(values, weight) for key, values in columns.items()}
         return self._columns[name]
 
-    def _columns_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """Every member's lr, beta1 and Adam steps taken, in float64 on ``device``."""
+    def _step_size(self, device: torch.device) -> Tensor:
+        """Adam's -lr / (1 - beta1 ** step) for every member, in float64 on ``device``."""
         if device not in self._on_device:
-            h = self.hyper
-            self._on_device[device] = (h.lr.to(device), h.momentum.to(device), torch.zeros_like(h.lr, device=device))
-        return self._on_device[device]
+            self._on_device[device] = (self.hyper.lr.to(device), self.hyper.momentum.to(device))
+        lr, beta1 = self._on_device[device]
+        return -lr / (1 - beta1**self.steps)
 
     @torch.no_grad()
-    def step(self, weights: dict[str, Tensor], members: int | None = None) -> None:
-        """Step the first ``members`` members (all by default) on their gradients; the others stay as they are."""
+    def step(self, weights: dict[str, Tensor]) -> None:
         h = self.hyper
-        n = len(h.lr) if members is None else members
-        whole = n == len(h.lr)
-        lead = (lambda tensor: tensor) if whole else (lambda tensor: tensor[:n])  # no view on a full step
-        corrections: dict[torch.device, tuple[Tensor, Tensor]] = {}  # Adam's per-member bias corrections
-        for name, stacked in weights.items():
-            if stacked.grad is None:
+        self.steps += 1
+        step_sizes: dict[torch.device, Tensor] = {}
+        for name, weight in weights.items():
+            grad = weight.grad
+            if grad is None:
                 continue
-            weight, grad = lead(stacked), lead(stacked.grad)
-            constants = self._constants(name, stacked)
-            if not whole:
-                constants = {key: column[:n] for key, column in constants.items()}
+            constants = self._constants(name, weight)
             state = self.state.setdefault(name, {})
             if h.kind == "sgd":
                 grad = grad.addcmul_(weight, constants["decay"])  # grad + weight_decay * weight (ours to change)
                 if self._plain_sgd:
                     weight.addcmul_(grad, constants["minus_lr"])
                     continue
-                if not state:  # torch starts the buffer at the first gradient: 0 * momentum + grad is that
-                    state["momentum"] = torch.zeros_like(stacked)
-                buffer = lead(state["momentum"])
-                buffer.mul_(constants["momentum"]).add_(grad)
+                buffer = state.get("momentum")
+                if buffer is None:
+                    buffer = state["momentum"] = grad.clone()
+                else:
+                    buffer.mul_(constants["momentum"]).add_(grad)
                 weight.addcmul_(buffer, constants["minus_lr"])
                 continue
             if h.kind == "adamw":
@@ -138,32 +134,22 @@ class VectorisedOptimizer:
             else:
                 grad = grad.addcmul_(weight, constants["decay"])
             if not state:
-                state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(stacked), torch.zeros_like(stacked)
-            average, squares = lead(state["exp_avg"]), lead(state["exp_avg_sq"])
+                state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(weight), torch.zeros_like(weight)
+            average, squares = state["exp_avg"], state["exp_avg_sq"]
             average.lerp_(grad, constants["one_minus_momentum"])
             squares.mul_(h.beta2).addcmul_(grad, grad, value=1 - h.beta2)
-            if stacked.device not in corrections:
-                corrections[stacked.device] = self._corrections(stacked.device, n)
-            step_size, root = (per_member(values, weight) for values in corrections[stacked.device])
-            denominator = (squares.sqrt() / root).add_(h.eps)
-            weight.addcdiv_(average * step_size, denominator)  # torch: weight + (-step_size * average) / denominator
-
-    def _corrections(self, device: torch.device, n: int) -> tuple[Tensor, Tensor]:
-        """Count a step of the first ``n`` members; their Adam -lr / (1 - beta1 ** step) and
-        sqrt(1 - beta2 ** step), in float64."""
-        lr, beta1, steps = self._columns_on(device)
-        steps[:n] += 1
-        taken = steps[:n]
-        return -lr[:n] / (1 - beta1[:n] ** taken), (1 - self.hyper.beta2**taken).sqrt()
+            denominator = (squares.sqrt() / math.sqrt(1 - h.beta2**self.steps)).add_(h.eps)
+            if weight.device not in step_sizes:
+                step_sizes[weight.device] = self._step_size(weight.device)
+            # torch: weight + (-step_size * average) / denominator
+            weight.addcdiv_(average * per_member(step_sizes[weight.device], weight), denominator)
 
     def keep(self, rows: Tensor) -> None:
         """Drop the stopped members' rows."""
         self.hyper.keep(rows)
         self._plain_sgd = bool((self.hyper.momentum == 0).all())
         self._columns.clear()
-        for device, (lr, beta1, steps) in self._on_device.items():
-            kept = rows.to(device)
-            self._on_device[device] = (lr[kept], beta1[kept], steps[kept])
+        self._on_device.clear()
         for state in self.state.values():
             for key, value in state.items():
                 state[key] = value[rows.to(value.device)]

@@ -1,12 +1,12 @@
 """Packs in a worker: claim a pack, build and track its members as unpacked trials are, train them together.
 
-A pack starts from one trial the sampler chooses freely. Its shape-defining params (optimizer kind, widths, whatever
-the model builder suggests) are then fixed for up to K-1 more trials, enqueued and claimed at once; the sampler (TPE
-with its constant liar, seeing the pack's running trials) chooses the rest of their params (``member_params``: lr,
-momentum, weight decay, dropout, init, and the batch size when the space's sizes divide each other). So every Kth
-trial's shape is chosen as in an unpacked search, and the others search the hyperparameters within it. Members whose
-models still differ (a retry, a builder that reads a per-member param) train in packs of their own. Each member is
-told to Optuna, and its MLflow run closed, as soon as it stops.
+A pack starts from one trial the sampler chooses freely. Its shape-defining params (every param but PER_MEMBER's:
+batch size, optimizer kind, widths, whatever the model builder suggests) are then fixed for up to K-1 more trials,
+enqueued and claimed at once; the sampler (TPE with its constant liar, seeing the pack's running trials) chooses
+their lr, momentum, weight decay, dropout and init. So every Kth trial's shape is chosen as in an unpacked search,
+and the others search the hyperparameters within it. Members whose models still differ (a retry, a builder that
+reads a per-member param) train in packs of their own. Each member is told to Optuna, and its MLflow run closed,
+as soon as it stops.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from searchlab.errors import ConfigError
 from searchlab.model import batch_size
 from searchlab.objective import Objective, TrackedTrial
 from searchlab.outcome import ends_the_search, tell_stopped
-from searchlab.pack import Member, fit_pack, member_params, nested_sizes, signature
+from searchlab.pack import PER_MEMBER, Member, fit_pack, signature
 from searchlab.settings import PACK_ATTR
 from searchlab.storage import Heartbeat
 from searchlab.tasks import get_task
@@ -71,8 +71,7 @@ class PackRun:
         try:
             if not self._start(self._claimed(first)):
                 return
-            own = member_params(self.objective.study.space)
-            shared = {name: value for name, value in first.params.items() if name not in own}
+            shared = {name: value for name, value in first.params.items() if name not in PER_MEMBER}
             followers = [self._claimed(trial) for trial in claim_more(shared, size - 1, first.number)]
             for claimed in followers:
                 self._start(claimed)
@@ -107,29 +106,20 @@ class PackRun:
         return True
 
     def _groups(self) -> list[list[Claimed]]:
-        """The built members, in claim order, by what must be equal within a pack (model, optimizer kind) and batch
-        sizes that divide each other."""
-        groups: list[tuple[Any, list[int], list[Claimed]]] = []
+        """The built members, by what must be equal within a pack: model, batch size, optimizer kind."""
+        groups: dict[Any, list[Claimed]] = {}
         for claimed in self.claimed:
             if claimed.ended or claimed.model is None or claimed.tracked is None:
                 continue
-            kind = (signature(claimed.model), type(claimed.optimizer))
-            size = batch_size(claimed.tracked.trial.params)
-            for key, sizes, members in groups:
-                if key == kind and nested_sizes([*sizes, size]):
-                    sizes.append(size)
-                    members.append(claimed)
-                    break
-            else:
-                groups.append((kind, [size], [claimed]))
-        return [members for _, _, members in groups]
+            key = (signature(claimed.model), batch_size(claimed.tracked.trial.params), type(claimed.optimizer))
+            groups.setdefault(key, []).append(claimed)
+        return list(groups.values())
 
     def _train(self, group: list[Claimed]) -> None:
-        """Train one group as one pack (alone: the unpacked loop), on the first member's batch order, in batches of
-        its smallest batch size."""
+        """Train one group as one pack (alone: the unpacked loop), on the first member's batch order."""
         objective, settings = self.objective, self.objective.settings
         trials = [claimed.parts()[0].trial for claimed in group]
-        seed, size = trials[0].seed, min(batch_size(trial.params) for trial in trials)
+        seed, size = trials[0].seed, batch_size(trials[0].params)
         pack = {"first": trials[0].number, "members": [trial.number for trial in trials], "batch_seed": seed}
         epochs = {"max_epochs": settings.max_epochs, "patience": settings.patience}
         try:  # anything that fails from here fails this pack's members, as a failing trial fails alone
@@ -146,8 +136,7 @@ class PackRun:
             for claimed in group:
                 tracked, model, optimizer = claimed.parts()
                 end = lambda outcome, claimed=claimed: self._end(claimed, outcome)  # noqa: E731
-                size = batch_size(tracked.trial.params)
-                members.append(Member(model, optimizer, on_epoch=tracked.on_epoch, on_end=end, batch_size=size))
+                members.append(Member(model, optimizer, on_epoch=tracked.on_epoch, on_end=end))
             fit_pack(members, train, val, self.task, **epochs)
         except Exception as error:  # the pack's training failed: every member still in it fails with it
             for claimed in group:

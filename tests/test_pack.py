@@ -15,10 +15,9 @@ from torch import nn
 
 from searchlab.data import TensorPair, make_batches
 from searchlab.model import build_optimizer
-from searchlab.pack import Member, Pack, check_packable, fit_pack, member_params, signature
+from searchlab.pack import Member, Pack, check_packable, fit_pack, signature
 from searchlab.pack_chain import chain_of
 from searchlab.pack_optim import PackError
-from searchlab.space import Choice, Int
 from searchlab.tasks import get_task
 from searchlab.train import FitResult, evaluate, fit
 
@@ -71,16 +70,14 @@ def batches(data: TensorPair, *, train: bool, size: int = 32):
     return make_batches(data, size if train else len(data), shuffle=train, seed=7, device=CPU)
 
 
-def alone(
-    params: dict, seed: int, *, epochs: int = 4, optimizer: str = "sgd", kind: str = "chain", size: int = 32
-) -> FitResult:
+def alone(params: dict, seed: int, *, epochs: int = 4, optimizer: str = "sgd", kind: str = "chain") -> FitResult:
     train, val = split()
     model = net(seed, kind=kind)
     opt = build_optimizer(model, {**params, "optimizer": optimizer})
     return fit(
         model,
         opt,
-        batches(train, train=True, size=size),
+        batches(train, train=True),
         batches(val, train=False),
         REGRESSION,
         max_epochs=epochs,
@@ -101,7 +98,6 @@ def packed(
     train, val = split()
     outcomes: dict[int, object] = {}
     dropouts = more.get("dropouts", [0.0] * len(seeds))
-    sizes = more.get("sizes", [None] * len(seeds))
     models = [net(seed, dropouts[i], kind) for i, seed in enumerate(seeds)]
     on_epochs = more.get("on_epochs", [None] * len(seeds))
     members = [
@@ -110,18 +106,11 @@ def packed(
             build_optimizer(model, {**params, "optimizer": optimizer}),
             on_epoch=on_epochs[index],
             on_end=lambda outcome, index=index: outcomes.__setitem__(index, outcome),
-            batch_size=sizes[index],
         )
         for index, (model, params) in enumerate(zip(models, members_params, strict=True))
     ]
-    size = min(size or 32 for size in sizes)
     fit_pack(
-        members,
-        batches(train, train=True, size=size),
-        batches(val, train=False),
-        REGRESSION,
-        max_epochs=epochs,
-        patience=epochs,
+        members, batches(train, train=True), batches(val, train=False), REGRESSION, max_epochs=epochs, patience=epochs
     )
     return outcomes, models
 
@@ -202,8 +191,8 @@ def test_a_pack_of_one_gives_the_unpacked_curve(kind):
 def test_each_member_of_a_pack_gives_the_curve_it_gets_trained_alone(optimizer, kind):
     params = PARAMS if optimizer == "sgd" else [{**p, "lr": p["lr"] / 10} for p in PARAMS]
     outcomes, _ = packed(params, [0, 1, 2, 3], optimizer=optimizer, kind=kind)
-    for index, own in enumerate(params):
-        same_curves(alone(own, index, optimizer=optimizer, kind=kind), outcomes[index])
+    for index, member_params in enumerate(params):
+        same_curves(alone(member_params, index, optimizer=optimizer, kind=kind), outcomes[index])
 
 
 def test_a_pruned_member_leaves_the_pack_and_the_others_go_on_unchanged():
@@ -284,39 +273,3 @@ def test_frozen_weights_stay_as_they_were():
     for model, (frozen, learning) in zip(models, before, strict=True):
         assert torch.equal(model[0].weight, frozen)
         assert not torch.equal(model[3].weight, learning)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-def test_members_with_larger_batches_accumulate_and_give_the_curve_they_get_alone(optimizer, kind):
-    # 480 training rows: batches of 128 end on a short one (96 rows), spanning three of the pack's batches of 32
-    params = PARAMS[:3] if optimizer == "sgd" else [{**p, "lr": p["lr"] / 10} for p in PARAMS[:3]]
-    sizes = [128, 32, 64]
-    outcomes, _ = packed(params, [0, 1, 2], optimizer=optimizer, kind=kind, sizes=sizes)
-    for index, own in enumerate(params):
-        expected = alone(own, index, optimizer=optimizer, kind=kind, size=sizes[index])
-        same_curves(expected, outcomes[index])
-
-
-def test_a_stopped_member_with_its_own_batch_size_leaves_the_others_unchanged():
-    def prune_at_two(epoch, values):
-        if epoch == 2:
-            raise optuna.TrialPruned("pruned at epoch 2")
-
-    sizes = [64, 32, 128]
-    outcomes, _ = packed(PARAMS[:3], [0, 1, 2], on_epochs=[None, prune_at_two, None], sizes=sizes)
-    assert isinstance(outcomes[1], optuna.TrialPruned)
-    for index in (0, 2):
-        same_curves(alone(PARAMS[index], index, size=sizes[index]), outcomes[index])
-
-
-def test_batch_sizes_that_do_not_divide_each_other_are_refused():
-    with pytest.raises(PackError, match=r"batch sizes \[32, 48\].*multiple of the one before"):
-        packed(PARAMS[:2], [0, 1], sizes=[48, 32])
-
-
-def test_members_sample_their_own_batch_size_only_where_the_sizes_divide_each_other():
-    assert "batch_size" in member_params({"batch_size": Choice([128, 32, 64])})
-    assert "batch_size" not in member_params({"batch_size": Choice([32, 48, 64])})
-    assert "batch_size" not in member_params({"batch_size": Int(16, 256)})
-    assert "lr" in member_params({})

@@ -47,20 +47,10 @@ def test_every_member_of_a_pack_is_a_tracked_trial_and_the_budget_is_exact(workd
         attrs = [member.user_attrs[PACK_ATTR] for member in members]
         assert all(a["members"] == [m.number for m in members] for a in attrs)
         assert {a["batch_seed"] for a in attrs} == {study.trials[first].user_attrs["seed"]}
-        assert len({m.params["width"] for m in members}) == 1, "members share the params that define shapes"
+        shared = {(m.params["width"], m.params["batch_size"]) for m in members}
+        assert len(shared) == 1, "members share the params that define shapes and the batch stream"
         assert len({m.params["lr"] for m in members}) == len(members), "the sampler picks each member's lr"
         assert len({m.user_attrs["seed"] for m in members}) == len(members), "each member has its own seed"
-    sizes = [{m.params["batch_size"] for m in members} for members in packs.values()]
-    assert any(len(each) > 1 for each in sizes), "32, 64 and 128 divide each other: each member samples its own"
-
-
-def test_batch_sizes_that_do_not_divide_each_other_are_the_packs(workdir: Path) -> None:
-    path = write_study(workdir, extra='space={**sl.default_space(), "batch_size": sl.Choice([32, 48, 64])}')
-    result = invoke("run", str(path), "--pack", "4", "--trials", "8")
-    assert result.exit_code == 0, result.output
-    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
-    for members in packs_of(study).values():
-        assert len({m.params["batch_size"] for m in members}) == 1, [m.params for m in members]
 
 
 def test_pruned_members_leave_their_pack_with_their_curve(workdir: Path) -> None:
