@@ -10,24 +10,13 @@ from typing import Any
 TASK_LOSSES = {"regression": "MSELoss", "binary": "BCEWithLogitsLoss", "multiclass": "CrossEntropyLoss"}
 
 
-# Random trials before TPE models the history (Optuna's default): counted in claimed trials, in whole packs.
-STARTUP_TRIALS = 10
-
-
-def startup_trials(pack: int) -> int:
-    """TPE's n_startup_trials for packs of ``pack``: Optuna counts finished trials only, so with packs of 8 its
-    default 10 would sample the first two packs at random (16 trials); whole packs closest to 10 trials, at least
-    one pack, keep the random start near 10 trials."""
-    return max(pack, STARTUP_TRIALS // pack * pack)
-
-
-def _tpe(seed: int, pack: int) -> Any:
+def _tpe(seed: int) -> Any:
     import optuna
 
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(pack))
+    return optuna.samplers.TPESampler(seed=seed)
 
 
-def _random(seed: int, pack: int) -> Any:
+def _random(seed: int) -> Any:
     import optuna
 
     return optuna.samplers.RandomSampler(seed=seed)
@@ -57,7 +46,7 @@ def _successive_halving(max_epochs: int) -> Any:
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
 
 
-SAMPLERS: dict[str, Callable[[int, int], Any]] = {"tpe": _tpe, "random": _random}  # name → sampler of (seed, pack)
+SAMPLERS: dict[str, Callable[[int], Any]] = {"tpe": _tpe, "random": _random}  # name → sampler of a seed
 # name → pruner for trials of at most max_epochs epochs (one epoch = one resource unit)
 PRUNERS: dict[str, Callable[[int], Any]] = {
     "none": _no_pruning,
@@ -67,13 +56,12 @@ PRUNERS: dict[str, Callable[[int], Any]] = {
 }
 
 
-def make_sampler(name: str, seed: int, n_existing: int, worker: int = 0, *, pack: int = 1) -> Any:
-    """A seeded sampler for packs of ``pack`` trials. Its seed also depends on the trials already in the study (a
-    continued study does not replay the first invocation's samples) and on the worker (parallel workers do not
-    sample alike)."""
+def make_sampler(name: str, seed: int, n_existing: int, worker: int = 0) -> Any:
+    """A seeded sampler. Its seed also depends on the trials already in the study (a continued study does not
+    replay the first invocation's samples) and on the worker (parallel workers do not sample alike)."""
     import numpy as np
 
-    return SAMPLERS[name](int(np.random.SeedSequence([seed, n_existing, worker]).generate_state(1)[0]), pack)
+    return SAMPLERS[name](int(np.random.SeedSequence([seed, n_existing, worker]).generate_state(1)[0]))
 
 
 def make_pruner(name: str, max_epochs: int) -> Any:

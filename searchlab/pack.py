@@ -1,13 +1,11 @@
 """Packed trials: K trials of one architecture and one batch stream trained as one vectorised model.
 
-The members' weights are stacked along a first dimension (as ``torch.func.stack_module_state`` stacks them, with
-zero-padding where hidden widths differ); ``functional_call`` under
+``torch.func.stack_module_state`` stacks the members' weights along a first dimension; ``functional_call`` under
 ``vmap(randomness="different")`` runs each member on the same batch with its own weights and its own dropout masks;
 one backward gives every member the gradient of its own loss (the losses share no weight). The update is
 torch.optim's SGD, Adam or AdamW, vectorised over members with each member's lr, momentum (Adam's beta1) and
 weight decay. Each member keeps its own early stopping with its best weights, its own NaN/inf stop and its own
-pruning; a member that stops leaves the pack (its rows are dropped), so it costs nothing afterwards. Members of a
-chain of linear layers may differ in their hidden widths (searchlab.pack_chain pads them).
+pruning; a member that stops leaves the pack (its rows are dropped), so it costs nothing afterwards.
 """
 
 from __future__ import annotations
@@ -19,10 +17,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, stack_module_state, vmap
 
 from searchlab.data import Batches
-from searchlab.pack_chain import chain_of, dropout_scale, hidden_widths, run_chain, transposed_weights
+from searchlab.pack_chain import chain_of, dropout_scale, run_chain, transposed_weights
 from searchlab.pack_optim import Hyper, PackError, VectorisedOptimizer
 from searchlab.tasks import Task
 from searchlab.train import EarlyStopping, EpochCallback, FitResult, non_finite, reached
@@ -44,42 +42,6 @@ def signature(model: nn.Module) -> tuple[Any, ...]:
         for name, t in (*model.named_parameters(), *model.named_buffers())
     )
     return modules, tensors
-
-
-def pack_signature(model: nn.Module) -> tuple[Any, ...]:
-    """``signature``, less the hidden widths of a chain a pack pads (``pack_chain.hidden_widths``): what must be
-    equal for models to share one pack."""
-    chain = chain_of(model)
-    hidden = hidden_widths(chain) if chain is not None else None
-    if chain is None or not hidden:
-        return signature(model)
-    modules = tuple(
-        (name, type(layer).__qualname__, "" if isinstance(layer, nn.Linear | nn.Dropout) else layer.extra_repr())
-        for name, layer in chain
-    )
-    tensors = tuple(
-        (name, tuple(None if (name, axis) in hidden else size for axis, size in enumerate(t.shape)), t.dtype,
-         str(t.device), t.requires_grad)
-        for name, t in model.named_parameters()
-    )  # fmt: skip
-    return modules, tensors
-
-
-def pads_widths(model: nn.Module) -> bool:
-    """Whether members built like ``model`` may differ in hidden widths within a pack."""
-    chain = chain_of(model)
-    return chain is not None and bool(hidden_widths(chain))
-
-
-def _stacked(tensors: Sequence[Tensor]) -> Tensor:
-    """The members' tensors stacked, members first, each zero-padded to the largest."""
-    shape = [max(sizes) for sizes in zip(*(t.shape for t in tensors), strict=True)]
-    if all(list(t.shape) == shape for t in tensors):
-        return torch.stack([t.detach() for t in tensors])
-    stacked = tensors[0].new_zeros(len(tensors), *shape)
-    for row, tensor in zip(stacked, tensors, strict=True):
-        row[tuple(slice(0, size) for size in tensor.shape)] = tensor.detach()
-    return stacked
 
 
 def _settings(module: nn.Module) -> tuple[tuple[str, Any], ...]:
@@ -152,19 +114,14 @@ class Pack:
 
     def __init__(self, members: Sequence[Member], task: Task) -> None:
         models = [member.model for member in members]
-        first = pack_signature(models[0])
+        first = signature(models[0])
         for index, model in enumerate(models[1:], start=1):
-            if pack_signature(model) != first:
+            if signature(model) != first:
                 raise PackError(f"member {index} of the pack is built differently from member 0")
         check_packable(models[0])
         self.task, self.loss_fn = task, task.loss_fn()
         self.base, self.dropouts = _functional_copy(models[0])
-        named = [dict(model.named_parameters()) for model in models]
-        params = {name: _stacked([each[name] for each in named]).requires_grad_(p.requires_grad)
-                  for name, p in named[0].items()}  # fmt: skip
-        buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in models]) for name, _ in
-                   models[0].named_buffers()}  # fmt: skip
-        self.shapes = [{name: t.shape for name, t in each.items()} for each in named]  # each member's own
+        params, buffers = stack_module_state(models)
         self.weights = {name: p for name, p in params.items() if p.requires_grad}
         self.fixed = {**{n: p for n, p in params.items() if not p.requires_grad}, **buffers}
         for name in self.dropouts:
@@ -266,9 +223,7 @@ class Pack:
         rates = {f"{name}.rate" for name in self.dropouts}
         stacked = {**self.weights, **{n: t for n, t in self.fixed.items() if n not in rates}}
         state = {name: tensor[index].detach() for name, tensor in stacked.items()}
-        state = {name: t.T if name in self.transposed else t for name, t in state.items()}
-        own = self.shapes[index]  # a padded member's weights, cut back to its own widths
-        return {name: t[tuple(slice(0, size) for size in own.get(name, t.shape))].clone() for name, t in state.items()}
+        return {name: (t.T if name in self.transposed else t).clone() for name, t in state.items()}
 
     def keep(self, index: list[int]) -> None:
         """Drop every member not in ``index`` (rows of the stacked weights, buffers and optimizer state)."""
@@ -278,7 +233,6 @@ class Pack:
         self.optimizer.keep(rows.cpu())
         self.dropping = self._dropping()
         self.metrics = [self.metrics[i] for i in index] if self.metrics else []
-        self.shapes = [self.shapes[i] for i in index]
 
 
 def fit_pack(

@@ -6,12 +6,6 @@ Each layer runs on every member at once: a linear layer is one batched matmul ov
 step), an activation runs on the stacked activations as it is, a dropout draws each member's mask at its
 own rate. This skips what vmap and functional_call cost on every call, a large share of a small model's step.
 Any other model runs through vmap (searchlab.pack).
-
-Members of such a chain may differ in their hidden widths: each member's weights are padded with zeros to the
-widest, and a padded unit stays silent. Its inputs and bias are zero, so is its activation (``SILENT_AT_ZERO``:
-activations with f(0) = 0), and so are its outgoing weights; each of their gradients is a product with one of those
-zeros, so the optimizer (weight decay and momentum included) leaves them at zero. A member computes what it computes
-alone, plus exact zeros.
 """
 
 from __future__ import annotations
@@ -28,11 +22,6 @@ ELEMENTWISE = (
     nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink, nn.LogSigmoid,
 )  # fmt: skip
 LAYERS = (nn.Linear, nn.Dropout, nn.LayerNorm, nn.Flatten)
-# The elementwise activations with f(0) = 0, whatever their settings: a padded unit's output stays zero.
-SILENT_AT_ZERO = (
-    nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
-    nn.Softsign, nn.Hardswish, nn.Tanhshrink,
-)  # fmt: skip
 
 Chain = Sequence[tuple[str, nn.Module]]
 
@@ -69,27 +58,6 @@ def _hooked(module: nn.Module) -> bool:
 def transposed_weights(chain: Chain) -> set[str]:
     """The linear layers' weights, which run_chain takes transposed (members x in x out)."""
     return {f"{name}.weight" for name, layer in chain if isinstance(layer, nn.Linear)}
-
-
-def hidden_widths(chain: Chain) -> set[tuple[str, int]] | None:
-    """The (weight name, axis) pairs that hold a hidden width, which members of a pack may choose each for itself
-    (zero-padded to the widest); None when the chain cannot be padded: a LayerNorm (it would normalise over the
-    padding), an activation with f(0) != 0, or a Flatten after the first linear layer."""
-    linears = [name for name, layer in chain if isinstance(layer, nn.Linear)]
-    seen_linear = False
-    for _, layer in chain:
-        seen_linear = seen_linear or isinstance(layer, nn.Linear)
-        if isinstance(layer, nn.LayerNorm) or (isinstance(layer, nn.Flatten) and seen_linear):
-            return None
-        if type(layer) in ELEMENTWISE and type(layer) not in SILENT_AT_ZERO:
-            return None
-    hidden = set()
-    for index, name in enumerate(linears):
-        if index < len(linears) - 1:  # its outputs feed the next linear layer: a hidden width
-            hidden |= {(f"{name}.weight", 0), (f"{name}.bias", 0)}
-        if index > 0:
-            hidden.add((f"{name}.weight", 1))
-    return hidden
 
 
 def dropout_scale(rate: Tensor) -> Tensor:

@@ -1,18 +1,17 @@
 """Packs in a worker: claim a pack, build and track its members as unpacked trials are, train them together.
 
 A pack starts from one trial the sampler chooses freely. Its shape-defining params (every param but PER_MEMBER's:
-batch size, optimizer kind, layer counts, whatever the model builder suggests) are then fixed for up to K-1 more
-trials, enqueued and claimed at once; the sampler (TPE with its constant liar, seeing the pack's running trials)
-chooses their lr, momentum, weight decay, dropout and init, and the builder's params that change only hidden widths
-of a chain a pack pads (found by building the first trial's model at each such param's extremes). So every Kth
-trial's shape is chosen as in an unpacked search, and the others search the rest within it. Members whose models
-still differ (a retry, a builder that reads a per-member param) train in packs of their own. Each member is told to
-Optuna, and its MLflow run closed, as soon as it stops.
+batch size, optimizer kind, widths, whatever the model builder suggests) are then fixed for up to K-1 more trials,
+enqueued and claimed at once; the sampler (TPE with its constant liar, seeing the pack's running trials) chooses
+their lr, momentum, weight decay, dropout and init. So every Kth trial's shape is chosen as in an unpacked search,
+and the others search the hyperparameters within it. Members whose models still differ (a retry, a builder that
+reads a per-member param) train in packs of their own. Each member is told to Optuna, and its MLflow run closed,
+as soon as it stops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,15 +22,14 @@ from torch import nn
 
 from searchlab.data import eval_batch_size, make_batches
 from searchlab.errors import ConfigError
-from searchlab.model import batch_size, build_model
+from searchlab.model import batch_size
 from searchlab.objective import Objective, TrackedTrial
 from searchlab.outcome import ends_the_search, tell_stopped
-from searchlab.pack import PER_MEMBER, Member, fit_pack, pack_signature, pads_widths
+from searchlab.pack import PER_MEMBER, Member, fit_pack, signature
 from searchlab.settings import PACK_ATTR
 from searchlab.storage import Heartbeat
 from searchlab.tasks import get_task
 from searchlab.train import FitResult, build_trial, fit
-from searchlab.trial import Trial
 
 ClaimMore = Callable[[dict[str, Any], int, int], list[optuna.Trial]]  # (shared params, how many, first) -> trials
 
@@ -73,8 +71,7 @@ class PackRun:
         try:
             if not self._start(self._claimed(first)):
                 return
-            own = {*PER_MEMBER, *self._widths(self.claimed[0])}
-            shared = {name: value for name, value in first.params.items() if name not in own}
+            shared = {name: value for name, value in first.params.items() if name not in PER_MEMBER}
             followers = [self._claimed(trial) for trial in claim_more(shared, size - 1, first.number)]
             for claimed in followers:
                 self._start(claimed)
@@ -108,43 +105,13 @@ class PackRun:
             return False
         return True
 
-    def _widths(self, first: Claimed) -> set[str]:
-        """The model builder's params (not the space's) that change only the hidden widths a pack pads: the
-        first trial's model built again at each one's extremes (or choices) shares its pack."""
-        trial, model, study = first.optuna_trial, first.model, self.objective.study
-        if model is None or first.tracked is None or not pads_widths(model):
-            return set()
-        params = first.tracked.trial.params  # what the builder saw: the sampled params and the fixed ones
-        shape = pack_signature(model)
-        widths = set()
-        for name, distribution in trial.distributions.items():
-            if name in study.space:
-                continue
-            if isinstance(distribution, optuna.distributions.CategoricalDistribution):
-                values: Sequence[Any] = distribution.choices
-            else:
-                values = (distribution.low, distribution.high)  # type: ignore[attr-defined]
-            if all(self._probe({**params, name: value}) == shape for value in values):
-                widths.add(name)
-        return widths
-
-    def _probe(self, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """The pack signature of the model these params build (the global RNG left as it was); None if it fails."""
-        study = self.objective.study
-        with torch.random.fork_rng(devices=[]):
-            try:
-                trial = Trial(optuna.trial.FixedTrial(params), dict(params), seed=0)
-                return pack_signature(build_model(study, trial, self.task, self.objective.start))
-            except Exception:
-                return None
-
     def _groups(self) -> list[list[Claimed]]:
         """The built members, by what must be equal within a pack: model, batch size, optimizer kind."""
         groups: dict[Any, list[Claimed]] = {}
         for claimed in self.claimed:
             if claimed.ended or claimed.model is None or claimed.tracked is None:
                 continue
-            key = (pack_signature(claimed.model), batch_size(claimed.tracked.trial.params), type(claimed.optimizer))
+            key = (signature(claimed.model), batch_size(claimed.tracked.trial.params), type(claimed.optimizer))
             groups.setdefault(key, []).append(claimed)
         return list(groups.values())
 

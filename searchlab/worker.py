@@ -114,9 +114,7 @@ def run_worker(
     on_stale = stale_trial_callback(config.retries, tracker, 3 * config.heartbeat)
     storage = open_storage(config.storage, heartbeat=config.heartbeat, on_stale=on_stale)
     optuna_study = optuna.load_study(study_name=config.study_name, storage=storage)
-    optuna_study.sampler = make_sampler(
-        config.sampler, config.seed, len(optuna_study.trials), worker_seed, pack=config.pack
-    )
+    optuna_study.sampler = make_sampler(config.sampler, config.seed, len(optuna_study.trials), worker_seed)
     optuna_study.pruner = make_pruner(config.pruner, config.max_epochs)
     lock = budget_lock(config.storage, storage, config.study_name)
 

@@ -13,7 +13,7 @@ from conftest import SEARCHLAB, clean_env, write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from searchlab.catalog import make_sampler, startup_trials
+from searchlab.catalog import make_sampler
 from searchlab.storage import open_storage
 
 
@@ -100,10 +100,3 @@ def test_sampler_seed_depends_on_study_seed_history_and_worker() -> None:
     assert first_values(1, 0) != first_values(1, 3)
     assert first_values(1, 0, worker=0) != first_values(1, 0, worker=1), "parallel workers must not sample alike"
     assert isinstance(make_sampler("tpe", 0, 0), optuna.samplers.TPESampler)
-
-
-def test_tpe_samples_at_random_for_about_ten_trials_in_whole_packs() -> None:
-    assert [startup_trials(pack) for pack in (1, 2, 3, 4, 8, 16)] == [10, 10, 9, 8, 8, 16]
-    # Optuna counts finished trials only: with its 10, packs of 8 would draw their first 16 trials at random
-    assert make_sampler("tpe", 0, 0, pack=8)._n_startup_trials == 8
-    assert make_sampler("tpe", 0, 0)._n_startup_trials == 10

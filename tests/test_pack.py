@@ -15,7 +15,7 @@ from torch import nn
 
 from searchlab.data import TensorPair, make_batches
 from searchlab.model import build_optimizer
-from searchlab.pack import Member, Pack, check_packable, fit_pack, pack_signature, signature
+from searchlab.pack import Member, Pack, check_packable, fit_pack, signature
 from searchlab.pack_chain import chain_of
 from searchlab.pack_optim import PackError
 from searchlab.tasks import get_task
@@ -273,78 +273,3 @@ def test_frozen_weights_stay_as_they_were():
     for model, (frozen, learning) in zip(models, before, strict=True):
         assert torch.equal(model[0].weight, frozen)
         assert not torch.equal(model[3].weight, learning)
-
-
-def wide(seed: int, widths: tuple[int, int], activation: type[nn.Module] = nn.ReLU, dropout: float = 0.0) -> nn.Module:
-    torch.manual_seed(seed)
-    first, second = widths
-    return nn.Sequential(
-        nn.Linear(8, first), activation(), nn.Dropout(dropout), nn.Linear(first, second), activation(),
-        nn.Linear(second, 1),
-    )  # fmt: skip
-
-
-def fit_widths(models: list[nn.Module], params: list[dict], optimizer: str, epochs: int = 4, **more) -> dict:
-    train, val = split()
-    outcomes: dict[int, object] = {}
-    on_epochs = more.get("on_epochs", [None] * len(models))
-    members = [
-        Member(model, build_optimizer(model, {**p, "optimizer": optimizer}), on_epoch=on_epochs[index],
-               on_end=lambda outcome, index=index: outcomes.__setitem__(index, outcome))
-        for index, (model, p) in enumerate(zip(models, params, strict=True))
-    ]  # fmt: skip
-    fit_pack(
-        members, batches(train, train=True), batches(val, train=False), REGRESSION, max_epochs=epochs, patience=epochs
-    )
-    return outcomes
-
-
-WIDTHS = [(32, 16), (8, 40), (24, 24), (40, 8)]
-
-
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-@pytest.mark.parametrize("activation", [nn.ReLU, nn.GELU, nn.Tanh])
-def test_members_of_their_own_hidden_widths_give_the_curve_they_get_alone(optimizer, activation):
-    params = PARAMS if optimizer == "sgd" else [{**p, "lr": p["lr"] / 10} for p in PARAMS]
-    models = [wide(index, widths, activation) for index, widths in enumerate(WIDTHS)]
-    outcomes = fit_widths(models, params, optimizer)
-    train, val = split()
-    for index, (widths, own) in enumerate(zip(WIDTHS, params, strict=True)):
-        model = wide(index, widths, activation)
-        opt = build_optimizer(model, {**own, "optimizer": optimizer})
-        expected = fit(model, opt, batches(train, train=True), batches(val, train=False), REGRESSION, max_epochs=4,
-                       patience=4)  # fmt: skip
-        same_curves(expected, outcomes[index])
-        trained = models[index].state_dict()  # the member's best weights, back in its own shapes
-        assert {name: t.shape for name, t in trained.items()} == {n: t.shape for n, t in model.state_dict().items()}
-        reevaluated = evaluate(models[index], batches(val, train=False), REGRESSION, REGRESSION.loss_fn())["val_loss"]
-        assert reevaluated == pytest.approx(outcomes[index].best_val_loss, rel=1e-5)
-
-
-def test_a_member_that_stops_leaves_a_padded_pack_and_the_others_go_on_unchanged():
-    def prune_at_two(epoch, values):
-        if epoch == 2:
-            raise optuna.TrialPruned("pruned at epoch 2")
-
-    models = [wide(index, widths) for index, widths in enumerate(WIDTHS[:3])]
-    outcomes = fit_widths(models, PARAMS[:3], "sgd", on_epochs=[None, prune_at_two, None])
-    assert isinstance(outcomes[1], optuna.TrialPruned)
-    train, val = split()
-    for index in (0, 2):
-        model = wide(index, WIDTHS[index])
-        expected = fit(model, build_optimizer(model, PARAMS[index]), batches(train, train=True),
-                       batches(val, train=False), REGRESSION, max_epochs=4, patience=4)  # fmt: skip
-        same_curves(expected, outcomes[index])
-
-
-def test_only_hidden_widths_of_chains_that_pad_may_differ_within_a_pack():
-    assert pack_signature(wide(0, (16, 32))) == pack_signature(wide(1, (64, 8)))
-    assert pack_signature(wide(0, (16, 32))) != pack_signature(wide(0, (16, 32), nn.LeakyReLU))
-    assert pack_signature(wide(0, (16, 32))) != pack_signature(net(0)), "another layer count is another pack"
-    # f(0) != 0 or a norm over the widths: a padded unit would speak, so widths must be equal
-    assert pack_signature(wide(0, (16, 32), nn.Sigmoid)) != pack_signature(wide(0, (64, 8), nn.Sigmoid))
-    normed = [nn.Sequential(nn.Linear(8, w), nn.LayerNorm(w), nn.ReLU(), nn.Linear(w, 1)) for w in (16, 32)]
-    assert pack_signature(normed[0]) != pack_signature(normed[1])
-    members = [Member(m, build_optimizer(m, PARAMS[0])) for m in normed]
-    with pytest.raises(PackError, match="built differently"):
-        Pack(members, REGRESSION)

@@ -47,30 +47,10 @@ def test_every_member_of_a_pack_is_a_tracked_trial_and_the_budget_is_exact(workd
         attrs = [member.user_attrs[PACK_ATTR] for member in members]
         assert all(a["members"] == [m.number for m in members] for a in attrs)
         assert {a["batch_seed"] for a in attrs} == {study.trials[first].user_attrs["seed"]}
-        assert len({m.params["batch_size"] for m in members}) == 1, "members share the batch stream"
+        shared = {(m.params["width"], m.params["batch_size"]) for m in members}
+        assert len(shared) == 1, "members share the params that define shapes and the batch stream"
         assert len({m.params["lr"] for m in members}) == len(members), "the sampler picks each member's lr"
         assert len({m.user_attrs["seed"] for m in members}) == len(members), "each member has its own seed"
-    widths = [{m.params["width"] for m in members} for members in packs.values()]
-    assert any(len(each) > 1 for each in widths), "a hidden width is padded: each member samples its own"
-
-
-LAYERS_AND_WIDTH = """    width = trial.suggest_int("width", 4, 16)
-    layers = [nn.Linear(4, width), nn.Tanh()]
-    for _ in range(trial.suggest_int("depth", 0, 1)):
-        layers += [nn.Linear(width, width), nn.Tanh()]
-    return nn.Sequential(*layers, nn.Linear(width, 1))"""
-
-
-def test_members_share_a_layer_count_and_sample_their_own_width(workdir: Path) -> None:
-    path = write_study(workdir, body=LAYERS_AND_WIDTH)
-    result = invoke("run", str(path), "--pack", "4", "--trials", "8", "--sampler", "random")
-    assert result.exit_code == 0, result.output
-    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
-    packs = packs_of(study)
-    assert sorted(len(members) for members in packs.values()) == [4, 4]
-    for members in packs.values():
-        assert len({m.params["depth"] for m in members}) == 1, "a layer count is the pack's"
-    assert any(len({m.params["width"] for m in members}) > 1 for members in packs.values())
 
 
 def test_pruned_members_leave_their_pack_with_their_curve(workdir: Path) -> None:
