@@ -148,6 +148,8 @@ SYNCER = Syncer()
 
 @functools.cache
 def journal_file_class() -> type:
+    """searchlab's journal file backend (its class is made on first use: Optuna loads then, not at import). It is
+    ``searchlab.storage.JournalFile`` for pickle, so that a study on it can be handed to another process."""
     from optuna.storages.journal import JournalFileBackend
 
     durable = {0, 1, 2, 3, 4, 6, 10}  # JournalOperation: study create/delete/attrs, trial create, state, discard
@@ -169,7 +171,15 @@ def journal_file_class() -> type:
             if any(log.get("op_code") in durable for log in logs):
                 SYNCER.request(self.path)
 
+    JournalFile.__qualname__, JournalFile.__module__ = "JournalFile", __name__
     return JournalFile
+
+
+def __getattr__(name: str) -> Any:
+    """``JournalFile``, made on first use (PEP 562): what pickle finds for a journal storage's backend."""
+    if name == "JournalFile":
+        return journal_file_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def close_storage(storage: Any) -> None:

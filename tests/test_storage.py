@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import multiprocessing
+import os
+import pickle
+import re
+import subprocess
+import sys
+import tarfile
 import uuid
 from pathlib import Path
 
@@ -379,3 +387,64 @@ def test_reading_a_missing_storage_creates_nothing(workdir: Path) -> None:
         with pytest.raises(ConfigError, match="does not exist"):
             load_existing_study(url, None)
     assert list(workdir.iterdir()) == []
+
+
+def count_trials(storage: object, name: str) -> int:
+    return len(optuna.load_study(study_name=name, storage=storage).trials)  # type: ignore[arg-type]
+
+
+def test_a_journal_storage_can_be_handed_to_another_process(workdir: Path):
+    storage = open_storage(None)
+    study = optuna.create_study(study_name="handed", storage=storage)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    restored = pickle.loads(pickle.dumps(storage))
+    assert type(restored._backend) is type(storage._backend)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(count_trials, storage, "handed").result() == 3
+
+
+# Run inside Optuna's own test run: its "journal" storage mode made on searchlab's backend, and checked to be.
+PLUGIN = """
+import optuna.testing.storages
+from searchlab.storage import journal_file_class
+
+optuna.testing.storages.JournalFileBackend = journal_file_class()
+supplied = optuna.testing.storages.StorageSupplier.__enter__
+
+
+def enter(self):
+    storage = supplied(self)
+    if self.storage_specifier == "journal":
+        assert type(storage._backend) is journal_file_class(), type(storage._backend)
+    return storage
+
+
+optuna.testing.storages.StorageSupplier.__enter__ = enter
+"""
+
+
+@pytest.fixture(scope="session")
+def optuna_tests(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Optuna's own test suite, from the sdist on PyPI of the version installed here."""
+    folder = tmp_path_factory.mktemp("optuna-sdist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+         f"optuna=={optuna.__version__}", "--dest", str(folder)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with tarfile.open(next(folder.glob("optuna-*.tar.gz"))) as archive:
+        archive.extractall(folder, filter="data")
+    return folder / f"optuna-{optuna.__version__}"
+
+
+def test_optunas_own_storage_tests_pass_on_searchlabs_journal(optuna_tests: Path, tmp_path: Path):
+    (tmp_path / "searchlab_journal_plugin.py").write_text(PLUGIN)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", "--color=no", "-p", "searchlab_journal_plugin", "-p", "no:cacheprovider",
+         "tests/storages_tests/test_storages.py", "-k", "journal and not redis and not grpc"],
+        cwd=optuna_tests, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:]
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed and int(passed.group(1)) >= 50, result.stdout[-2000:]
+    assert "test_pickle_storage[journal] PASSED" in result.stdout, "a study on the journal is handed to processes"
