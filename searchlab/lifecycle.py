@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from searchlab.results import value_of
 from searchlab.settings import (
     BUDGET_ATTR,
     EXPERIMENT_ATTR,
+    OBJECTIVE_NAME,
     PARENT_RUN_ATTR,
     RUN_ID_ATTR,
     RUN_SETTINGS_ATTR,
@@ -145,6 +147,10 @@ def _start_parent_run(config: RunConfig, storage: Any) -> OpenRun:
             f"study {config.study_name!r} in {describe(config.storage)} maximizes; "
             "searchlab minimizes validation loss: choose another --study-name"
         )
+    if study.metric_names is None:  # the dashboard and Optuna's plots name the value, not "Objective 0"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE_NAME])
     tracker = MlflowTracker(config.tracking_uri, retry_seconds=config.tracking_wait)
     lock = budget_lock(config.storage, storage, config.study_name)
     resent = resend_unsent(config.tracking_uri, wait=config.tracking_wait)  # before the dead runs: it may close some

@@ -37,6 +37,7 @@ RUN_NAME_TAG = "mlflow.runName"
 CREATE_TOKEN_TAG = "searchlab_create_token"
 STATE_TAG = "state"  # a trial run's outcome (COMPLETE, PRUNED, FAIL), a parent run's status
 STATE_DICT_FILE = "model_state_dict.pt"
+OBJECTIVE_NAME = "best_val_loss"  # a trial's value: its best epoch's validation loss (Optuna's metric name too)
 # Params a trial's run logs that are not hyperparameters of its model.
 NOT_MODEL_PARAMS = frozenset(
     {"seed", "n_params", "device", "threads", "max_epochs", "patience", "start_from", "frozen"}

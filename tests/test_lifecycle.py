@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
+from click.testing import CliRunner
 from conftest import SEARCHLAB, clean_env, write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from searchlab.catalog import make_sampler
+from searchlab.cli import main
 from searchlab.storage import open_storage
 
 
@@ -100,3 +103,14 @@ def test_sampler_seed_depends_on_study_seed_history_and_worker() -> None:
     assert first_values(1, 0) != first_values(1, 3)
     assert first_values(1, 0, worker=0) != first_values(1, 0, worker=1), "parallel workers must not sample alike"
     assert isinstance(make_sampler("tpe", 0, 0), optuna.samplers.TPESampler)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_studys_value_is_named_for_the_dashboard_and_a_users_own_name_is_kept(workdir: Path) -> None:
+    path = write_study(workdir)
+    assert CliRunner().invoke(main, ["run", str(path), "--trials", "1"]).exit_code == 0
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    assert study.metric_names == ["best_val_loss"]  # not "Objective 0" in optuna-dashboard and Optuna's plots
+    study.set_metric_names(["my_loss"])
+    assert CliRunner().invoke(main, ["run", str(path), "--trials", "2"]).exit_code == 0
+    assert optuna.load_study(study_name="tiny", storage=open_storage(None)).metric_names == ["my_loss"]
