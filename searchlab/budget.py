@@ -1,9 +1,10 @@
 """The study's trial budget, exact across workers: claim a trial only while the budget has room.
 
-A trial counts once it is claimed (RUNNING or WAITING) or final (COMPLETE, PRUNED, or FAIL with no retry left).
-A failed trial that was retried counts once, through its retry. Counting and asking happen under one lock
-shared by every worker of the study (a file lock next to a journal or sqlite file, a PostgreSQL advisory lock),
-so that two workers never both take the last trial.
+A trial counts once a worker claims it (RUNNING) or once it is final (COMPLETE, PRUNED, or FAIL with no retry left).
+A failed trial that was retried counts once, through its retry. An enqueued (WAITING) trial counts when it is claimed,
+so that enqueued trials are among a run's ``--trials``, as in Optuna's ``study.optimize(n_trials=...)``. Counting and
+asking happen under one lock shared by every worker of the study (a file lock next to a journal or sqlite file, a
+PostgreSQL advisory lock), so that two workers never both take the last trial.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class Counts:
 
     @property
     def claimed(self) -> int:
-        return self.final + self.running + self.waiting
+        """What counts against the budget: final and running trials (a waiting one counts once claimed)."""
+        return self.final + self.running
 
 
 def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
@@ -89,9 +91,8 @@ def budget_lock(url: str | None, storage: Any, study_name: str) -> Callable[[], 
 
 
 def has_room(study: optuna.Study) -> bool:
-    """Whether a worker may claim a trial now: an enqueued one waits, or the budget is not yet claimed."""
-    counts = count(study.get_trials(deepcopy=False))
-    return bool(counts.waiting) or counts.claimed < study.user_attrs.get(BUDGET_ATTR, 0)
+    """Whether a worker may claim a trial now (an enqueued one first: ``ask`` takes the oldest waiting trial)."""
+    return count(study.get_trials(deepcopy=False)).claimed < study.user_attrs.get(BUDGET_ATTR, 0)
 
 
 def _ask(study: optuna.Study, worker: str) -> optuna.Trial:

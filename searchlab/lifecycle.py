@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from searchlab.budget import budget_lock, count
 from searchlab.config import RunConfig, RunStarted, resolve_config
@@ -192,11 +191,7 @@ def _search(
     started = RunStarted(
         run.experiment_id, run.parent_run_id, None if config.timeout is None else time.time() + config.timeout
     )
-    bar = progress_bar(
-        config,
-        enabled=progress,
-        total=config.n_trials + len(optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))),
-    )
+    bar = progress_bar(config, enabled=progress, total=config.n_trials)
     try:
         if workers is None:
             run_worker(
@@ -255,6 +250,7 @@ def _record_settings(
     optuna_study.set_user_attr(RUN_SETTINGS_ATTR, config.shared_settings())
     for params in enqueue:
         optuna_study.enqueue_trial(params, skip_if_exists=False)
+    # enqueued trials (retries, re-evaluations) are among the run's n_trials, as in Optuna's optimize(n_trials)
     optuna_study.set_user_attr(BUDGET_ATTR, count(optuna_study.get_trials(deepcopy=False)).claimed + config.n_trials)
 
 

@@ -127,7 +127,7 @@ def run_night(
         try:
             summary = run_study(
                 study,
-                dataclasses.replace(config, n_trials=config.n_trials - len(again)),
+                config,
                 study_file=study_file,
                 check=check,
                 enqueue=again,

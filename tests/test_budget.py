@@ -39,14 +39,14 @@ def add(study: optuna.Study, state: TrialState, **kwargs: object) -> optuna.tria
     return study.get_trials(deepcopy=False)[-1]
 
 
-def test_finished_trials_are_final_and_unfinished_ones_claimed() -> None:
+def test_finished_trials_are_final_running_ones_claimed_and_waiting_ones_count_once_claimed() -> None:
     study = new_study()
     study.ask()  # RUNNING (asked first: ask would pop the WAITING trial)
     for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.WAITING):
         add(study, state)
     counts = count(study.get_trials())
     assert counts == Counts(final=3, running=1, waiting=1)
-    assert counts.claimed == 5
+    assert counts.claimed == 4
 
 
 def test_a_retried_failure_counts_once_through_its_retry() -> None:
@@ -125,14 +125,17 @@ def test_a_study_without_a_budget_is_done() -> None:
     assert claim(new_study(), contextlib.nullcontext, worker="w") == "done"
 
 
-def test_an_enqueued_trial_is_claimable_past_the_budget() -> None:
-    study = new_study(budget=1)
+def test_enqueued_trials_are_claimed_first_and_within_the_budget_as_in_optunas_n_trials() -> None:
+    study = new_study(budget=2)
     add(study, TrialState.COMPLETE)
-    assert claim(study, contextlib.nullcontext, worker="w") == "done"
+    study.enqueue_trial(PARAMS)
     study.enqueue_trial(PARAMS)
     trial = claim(study, contextlib.nullcontext, worker="w")
-    assert isinstance(trial, optuna.Trial) and trial.number == 1
+    assert isinstance(trial, optuna.Trial) and trial.number == 1, "the oldest enqueued trial goes first"
     assert study.trials[1].state == TrialState.RUNNING and study.trials[1].user_attrs["worker"] == "w"
+    study.tell(trial, 1.0)
+    assert claim(study, contextlib.nullcontext, worker="w") == "done", "the budget is met: one trial stays enqueued"
+    assert study.trials[2].state == TrialState.WAITING
 
 
 def test_budget_lock_files_sit_next_to_the_storage(workdir: Path) -> None:

@@ -114,3 +114,16 @@ def test_the_studys_value_is_named_for_the_dashboard_and_a_users_own_name_is_kep
     study.set_metric_names(["my_loss"])
     assert CliRunner().invoke(main, ["run", str(path), "--trials", "2"]).exit_code == 0
     assert optuna.load_study(study_name="tiny", storage=open_storage(None)).metric_names == ["my_loss"]
+
+
+def test_enqueued_trials_are_among_the_runs_trials(workdir: Path) -> None:
+    path = write_study(workdir)
+    study = optuna.create_study(study_name="tiny", storage=open_storage(None))
+    enqueued = {"lr": 0.01, "momentum": 0.9, "dropout": 0.1, "weight_decay": 1e-4, "batch_size": 32, "width": 8}
+    for _ in range(2):
+        study.enqueue_trial(enqueued)
+    result = CliRunner().invoke(main, ["run", str(path), "--trials", "3"])
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="tiny", storage=open_storage(None)).trials
+    assert len(trials) == 3 and all(trial.state.is_finished() for trial in trials)
+    assert [trial.params == enqueued for trial in trials] == [True, True, False]
