@@ -236,20 +236,31 @@ def check(file: str, seed: int | None, storage: str | None, tracking_uri: str | 
 @store_options
 @click.option("--tracking-uri", help=TRACKING_HELP)
 @device_options
-def worker(file: str, **flags: Any) -> None:
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the study's runs instead of exiting: join each run (and each night) as it starts, until stopped.",
+)
+@click.option("--poll", type=float, default=30.0, show_default=True, help="Seconds between looks, with --wait.")
+def worker(file: str, wait: bool, poll: float, **flags: Any) -> None:
     """Join a study that `searchlab run` started (from any host that reaches its storage) and take its
     trials until its budget is met. Use the same --storage and --tracking-uri as the run."""
     from searchlab.summary import unsent_note  # torch, optuna, mlflow
-    from searchlab.worker import join_study
+    from searchlab.worker import join_every_run, join_study
 
+    if poll <= 0:
+        raise ConfigError(f"--poll must be more than 0 seconds, got {poll:g}")
     study = load_study_file(file)
+    config = resolve_config(study, flags)
     try:
-        finished = join_study(study, resolve_config(study, flags))
+        if wait:
+            join_every_run(study, config, poll=poll, say=lambda line: click.echo(line))  # until stopped
+        finished = join_study(study, config)
     except KeyboardInterrupt:
-        click.echo("interrupted: the open trial was failed and its MLflow run closed", err=True)
+        click.echo("interrupted: any open trial was failed and its MLflow run closed", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo(f"worker done: {finished} trial(s) finished here")
-    for line in unsent_note(resolve_config(study, flags).tracking_uri):
+    for line in unsent_note(config.tracking_uri):
         click.echo(line)
 
 

@@ -14,7 +14,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 import torch
@@ -34,7 +34,16 @@ from searchlab.recovery import reap_dead_local_trials, stale_trial_callback, wor
 from searchlab.sender import BackgroundTracker
 from searchlab.settings import BUDGET_ATTR, EXPERIMENT_ATTR, PARENT_RUN_ATTR, RUN_SETTINGS_ATTR
 from searchlab.signals import interrupt_once
-from searchlab.storage import Heartbeat, close_storage, has_heartbeats, load_existing_study, open_storage
+from searchlab.storage import (
+    Heartbeat,
+    close_storage,
+    describe,
+    has_heartbeats,
+    load_existing_study,
+    local_file,
+    open_storage,
+    opened_storage,
+)
 from searchlab.study import Study
 from searchlab.tracking import MlflowTracker
 from searchlab.unsent import resend_unsent
@@ -165,6 +174,41 @@ def join_study(study: Study, config: RunConfig) -> int:
     with interrupt_once():
         run_worker(study, config, slot, run, prepared=prepared, worker_seed=os.getpid(), on_trial_end=finished.append)
     return len(finished)
+
+
+def started_run(config: RunConfig) -> str | None:
+    """The parent run of the study's latest ``searchlab run`` (or night); None while none has started it."""
+    path = local_file(config.storage)
+    if path is not None and not path.is_file():
+        return None
+    with opened_storage(config.storage, writes=False) as storage:
+        if config.study_name not in optuna.get_all_study_names(storage):
+            return None
+        attrs = optuna.load_study(study_name=config.study_name, storage=storage).user_attrs
+    if BUDGET_ATTR not in attrs or EXPERIMENT_ATTR not in attrs or RUN_SETTINGS_ATTR not in attrs:
+        return None
+    return str(attrs[PARENT_RUN_ATTR])
+
+
+def join_every_run(study: Study, config: RunConfig, *, poll: float, say: Callable[[str], None]) -> NoReturn:
+    """Wait for each run of the study (``searchlab run``, or each night) and join it, until stopped (Ctrl-C or
+    SIGTERM raise KeyboardInterrupt): a worker that can start before its study, as ``wandb agent`` does."""
+    name, where = config.study_name, describe(config.storage)
+    joined: str | None = None
+    told = False
+    with interrupt_once():
+        while True:
+            run = started_run(config)
+            if run is not None and run != joined:
+                say(f"joining run {run} of study {name!r}")
+                finished = join_study(study, config)
+                say(f"run {run}: {finished} trial(s) finished here; waiting for the next run of study {name!r}")
+                joined = run
+            elif run is None and not told:
+                say(f"waiting for study {name!r} in {where}: no 'searchlab run' or 'searchlab nightly' has started it "
+                    f"yet (looking every {poll:g} s)")  # fmt: skip
+                told = True
+            time.sleep(poll)
 
 
 @contextlib.contextmanager

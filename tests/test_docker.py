@@ -231,6 +231,7 @@ def test_worker_and_scheduler_run_the_same_study() -> None:
     assert scheduler.command.name == "schedule"
     assert worker.params["file"] == scheduler.params["file"]
     assert scheduler.params["serve"] is True  # runs the nightly in its own loop, in the foreground
+    assert worker.params["wait"] is True  # started before the first night, it waits instead of crash-looping
     assert len(scheduler.params["cron"].split()) == 5, scheduler.params["cron"]
     assert not worker.params.get("study_name") and not scheduler.params.get("study_name")  # the study's own name
 

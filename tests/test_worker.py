@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -10,13 +11,16 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import write_study
+from click.testing import CliRunner
+from conftest import SEARCHLAB, clean_env, write_study
 from optuna.trial import TrialState
 
+from searchlab.cli import main
 from searchlab.errors import ConfigError
 from searchlab.outcome import run_trial
-from searchlab.settings import BUDGET_ATTR
+from searchlab.settings import BUDGET_ATTR, PARENT_RUN_ATTR
 from searchlab.signals import interrupt_once
+from searchlab.storage import open_storage
 from searchlab.worker import loaded_objects_frozen, search
 
 
@@ -192,3 +196,42 @@ def test_objects_the_process_froze_itself_stay_frozen() -> None:
         assert gc.get_freeze_count() >= frozen
     finally:
         gc.unfreeze()
+
+
+def read_until(process: subprocess.Popen, text: str, lines: list[str], timeout: float = 240) -> None:
+    """Collect the process's output lines until one holds ``text``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        assert line or process.poll() is None, "".join(lines)
+        lines.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"no {text!r} in: {''.join(lines)}")
+
+
+def test_a_waiting_worker_joins_each_run_of_its_study_and_stops_cleanly(workdir: Path) -> None:
+    path = write_study(workdir, max_epochs=30, patience=30)
+    process = subprocess.Popen(
+        [SEARCHLAB, "worker", str(path), "--wait", "--poll", "0.2"],
+        cwd=workdir, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        read_until(process, "waiting for study 'tiny' in searchlab.journal: no 'searchlab run'", lines)
+        runs = []
+        for _ in range(2):  # two runs, as two nights: the worker joins each
+            assert CliRunner().invoke(main, ["run", str(path), "--trials", "4", "--no-report"]).exit_code == 0
+            study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+            runs.append(study.user_attrs[PARENT_RUN_ATTR])
+            read_until(process, f"run {runs[-1]}: ", lines)
+            assert "waiting for the next run of study 'tiny'" in lines[-1]
+        assert [line.strip() for line in lines if line.startswith("joining")] == [
+            f"joining run {run} of study 'tiny'" for run in runs
+        ]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 130, "".join(lines)
+    finally:
+        process.kill()
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    assert len(study.trials) == 8 and all(trial.state.is_finished() for trial in study.trials)
