@@ -27,7 +27,8 @@ HOW_TO_COMPARE = """One searchlab run of this study; each child run is one trial
 * **Run names** say the trial number and its headline: `trial-12 val_loss=0.0345`, `trial-3 pruned@4`.
 * **Report**: the artifacts of this run, under `report/`: `summary.md` (the best trials, pruned and failed
   counts and reasons) and `report.html` (Optuna's plots, interactive); `searchlab report FILE` adds PNGs.
-* **Best model**: registered under the study's name with the alias `best` (Models tab); load it with
+* **Best model**: registered under the study's name with the alias `best` (*Model registry* in the sidebar; the
+  experiment's own Models tab lists logged models, and stays empty); load it with
   `searchlab best FILE --load` or `searchlab.load_model("models:/NAME@best", FILE)`.
 """
 

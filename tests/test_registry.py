@@ -19,6 +19,7 @@ from searchlab.data import load_split
 from searchlab.registry import BEST_ALIAS, INFO_FILE, MODEL_FOLDER, SOURCE_FILE, load_registered, register
 from searchlab.storage import open_storage
 from searchlab.study import load_study_file
+from searchlab.summary import HOW_TO_COMPARE
 
 
 def invoke(*args: str) -> object:
@@ -143,3 +144,7 @@ def test_bad_model_uris_are_one_line(workdir: Path, study_file: Path) -> None:
     (line,) = result.output.strip().splitlines()
     assert line.startswith("Error: cannot fetch models:/tiny@best from the registry of sqlite:///")
     assert line.endswith("pass the --tracking-uri the study ran with")
+
+
+def test_the_parent_runs_description_says_where_the_registered_model_is() -> None:
+    assert "*Model registry* in the sidebar" in HOW_TO_COMPARE  # not the experiment's Models tab, which stays empty
