@@ -73,9 +73,10 @@ class DefaultsTrial:
         return choices[0]
 
 
-def preflight_model(study: Study, task: Task, val_data: Data, start: Start | None = None) -> None:
+def preflight_model(study: Study, task: Task, val_data: Data, start: Start | None = None) -> list[str]:
     """Build the model from a throwaway in-memory trial and run a few validation examples through it, so that
-    a failing builder, a wrong head or a wrong output shape fails before anything is written."""
+    a failing builder, a wrong head or a wrong output shape fails before anything is written; returns the names it
+    searched: the space's and the builder's own (``width``)."""
     import optuna
 
     probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
@@ -87,6 +88,7 @@ def preflight_model(study: Study, task: Task, val_data: Data, start: Start | Non
             outputs = model(inputs)
         task.align(outputs, targets)
         task.check_outputs(outputs)
+        return list(probe.distributions)
     except ModelError:
         raise
     except Exception as error:

@@ -186,7 +186,7 @@ def _search(
     enqueue: Sequence[dict[str, Any]],
 ) -> None:
     """Record the run's settings and budget, then run its trials: here, or in the worker pool."""
-    _record_settings(run, study, config, slots, enqueue)
+    _record_settings(run, study, config, slots, enqueue, searched=prepared.searched or tuple(study.searched))
     optuna_study = run.study
     started = RunStarted(
         run.experiment_id, run.parent_run_id, None if config.timeout is None else time.time() + config.timeout
@@ -221,7 +221,13 @@ def _search(
 
 
 def _record_settings(
-    run: OpenRun, study: Study, config: RunConfig, slots: list[Slot], enqueue: Sequence[dict[str, Any]]
+    run: OpenRun,
+    study: Study,
+    config: RunConfig,
+    slots: list[Slot],
+    enqueue: Sequence[dict[str, Any]],
+    *,
+    searched: Sequence[str],
 ) -> None:
     """The run's settings on its parent run; in the study, what workers joining it need, the enqueued trials and
     the budget."""
@@ -237,7 +243,7 @@ def _record_settings(
             "max_epochs": config.max_epochs,
             "patience": config.patience,
             "storage": describe(config.storage),
-            "searched": ",".join(study.searched),
+            "searched": ",".join(searched),
             "workers": len(slots),
             "devices": ",".join(sorted({slot.device for slot in slots})),
             "retries": config.retries,

@@ -25,6 +25,7 @@ class Prepared:
     train: Data
     val: Data
     start: Start | None
+    searched: tuple[str, ...] = ()  # the space's names and the builder's own (found by the preflight)
 
 
 def plan_slots(config: RunConfig) -> list[Slot]:
@@ -45,11 +46,12 @@ def prepare(study: Study, config: RunConfig, *, preflight: bool = True, check_tr
     if check_tracking:
         check_tracking_uri(config.tracking_uri)
     start = start_weights(study, storage=config.storage, tracking_uri=config.tracking_uri)
+    searched: tuple[str, ...] = ()
     if preflight:
-        preflight_model(study, get_task(study.task), val, start)
+        searched = tuple(preflight_model(study, get_task(study.task), val, start))
         if config.pack > 1:
             preflight_pack(study, get_task(study.task), train, start)
-    return Prepared(train, val, start)
+    return Prepared(train, val, start, searched)
 
 
 def check_learns(study: Study, prepared: Prepared, config: RunConfig, *, threads: int) -> None:

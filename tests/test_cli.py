@@ -91,6 +91,8 @@ def test_run_tracks_every_trial_and_continues_the_study(workdir: Path, study_fil
     assert parent.info.status == "FINISHED"
     assert parent.data.params["sampler"] == "random" and parent.data.params["seed"] == "7"
     assert parent.data.params["n_trials"] == "3"
+    # what the trials search: the space's names and the builder's own knob
+    assert parent.data.params["searched"] == "lr,momentum,dropout,weight_decay,batch_size,width"
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     assert parent.data.tags["best_trial"] == str(study.best_trial.number)
     assert parent.data.tags["best_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
