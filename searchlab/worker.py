@@ -156,13 +156,18 @@ def run_worker(
         close_storage(storage)
 
 
+def started(attrs: dict[str, Any]) -> bool:
+    """Whether a study's user attributes hold what a run records for the workers joining it."""
+    return all(key in attrs for key in (BUDGET_ATTR, EXPERIMENT_ATTR, PARENT_RUN_ATTR, RUN_SETTINGS_ATTR))
+
+
 def join_study(study: Study, config: RunConfig) -> int:
     """Run one worker on a study that ``searchlab run`` started; returns how many trials it finished."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_tracking_uri(config.tracking_uri)
     resend_unsent(config.tracking_uri, wait=config.tracking_wait)  # what this host's earlier workers left
     attrs = load_existing_study(config.storage, config.study_name).user_attrs
-    if BUDGET_ATTR not in attrs or EXPERIMENT_ATTR not in attrs or RUN_SETTINGS_ATTR not in attrs:
+    if not started(attrs):
         raise ConfigError(f"study {config.study_name!r} was not started by 'searchlab run': start it there first")
     config = dataclasses.replace(config, **attrs[RUN_SETTINGS_ATTR])  # the same seed, budget and pruner as the run
     prepared = prepare(study, config)
@@ -185,9 +190,7 @@ def started_run(config: RunConfig) -> str | None:
         if config.study_name not in optuna.get_all_study_names(storage):
             return None
         attrs = optuna.load_study(study_name=config.study_name, storage=storage).user_attrs
-    if BUDGET_ATTR not in attrs or EXPERIMENT_ATTR not in attrs or RUN_SETTINGS_ATTR not in attrs:
-        return None
-    return str(attrs[PARENT_RUN_ATTR])
+    return str(attrs[PARENT_RUN_ATTR]) if started(attrs) else None
 
 
 def join_every_run(study: Study, config: RunConfig, *, poll: float, say: Callable[[str], None]) -> NoReturn:
