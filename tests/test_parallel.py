@@ -418,8 +418,9 @@ def test_a_study_reopened_after_its_run_was_killed_recovers_first(workdir: Path)
     trials = load("tiny", journal).get_trials()
     assert trials[orphan.number].state == TrialState.FAIL
     assert orphan.number in retried_numbers(trials)
-    # The orphan's retry finishes the killed run's budget; this run adds its own 2 trials.
-    assert count(trials).running == 0 and count(trials).final == 3
+    # The orphan's retry is one of this run's 2 trials: enqueued trials count in --trials, as in Optuna's n_trials.
+    assert count(trials).running == 0 and count(trials).final == 2
+    assert trials[-2].system_attrs["failed_trial"] == orphan.number, "the retry runs first"
     assert client.get_run(orphan.user_attrs["mlflow_run_id"]).info.status == "KILLED"
     no_running_runs(client, "tiny")
 
