@@ -27,7 +27,7 @@ from searchlab.errors import ConfigError, RunFailed, describe_error
 from searchlab.lifecycle import run_study
 from searchlab.locks import LockHeld, advisory_lock, file_lock, lock_key
 from searchlab.nights import Night, decide, summary_markdown
-from searchlab.registry import current_version, load_registered, register, validation_loss
+from searchlab.registry import current_version, load_registered, recorded_value, register, validation_loss
 from searchlab.results import best_complete, best_trials
 from searchlab.settings import NIGHTS_ATTR
 from searchlab.storage import DEFAULT_JOURNAL, close_storage, local_file, open_storage, opened_storage
@@ -184,7 +184,7 @@ def _judge_and_promote(
     val_data = load_split(study, config.seed)[1] if best is not None else None  # tonight's, for both uses below
     if champion is not None and best is not None:
         night.champion_before = champion.version
-        night.champion_recorded = float(champion.tags["val_loss"]) if "val_loss" in champion.tags else None
+        night.champion_recorded = recorded_value(champion.tags)
         try:
             loaded = load_registered(
                 f"models:/{config.study_name}@{CHAMPION_ALIAS}", tracking_uri=config.tracking_uri, study_file=study_file

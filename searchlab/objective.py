@@ -17,6 +17,7 @@ from searchlab.errors import TrialStopped, describe_error
 from searchlab.model import sample_params, trial_seed
 from searchlab.recovery import worker_name
 from searchlab.settings import (
+    OBJECTIVE_NAME,
     PRUNED_EPOCH_ATTR,
     REASON,
     RUN_ID_ATTR,
@@ -50,10 +51,10 @@ class Tracker(Protocol):
     def end_run(self, run: str, status: str, tags: Mapping[str, Any] | None = None) -> None: ...
 
 
-def run_name(number: int, tags: Mapping[str, Any]) -> str:
+def run_name(number: int, tags: Mapping[str, Any], value: float | None = None) -> str:
     """A trial run's name in the MLflow UI: its number and its headline (value, pruned epoch or failure)."""
-    if tags.get(STATE_TAG) == "COMPLETE":
-        return f"trial-{number} val_loss={tags['val_loss']:.4g}"
+    if tags.get(STATE_TAG) == "COMPLETE" and value is not None:
+        return f"trial-{number} {OBJECTIVE_NAME}={value:.4g}"
     if tags.get(STATE_TAG) == "PRUNED":
         return f"trial-{number} pruned@{tags[PRUNED_EPOCH_ATTR]}"
     return f"trial-{number} failed"
@@ -123,6 +124,7 @@ class TrackedTrial:
         )
         self.naming = RunNaming(tracker, self.run, optuna_trial)
         self.tags: dict[str, Any] = {STATE_TAG: "FAIL"}
+        self.value: float | None = None  # a completed trial's best validation loss
 
     @property
     def number(self) -> int:
@@ -165,7 +167,8 @@ class TrackedTrial:
         except BaseException as error:
             self.fail(error)
             raise
-        self.tags.update({STATE_TAG: "COMPLETE", "best_epoch": result.best_epoch, "val_loss": result.best_val_loss})
+        self.tags.update({STATE_TAG: "COMPLETE", "best_epoch": result.best_epoch})  # the value: metric best_val_loss
+        self.value = result.best_val_loss
         self._close("FINISHED")
         return result.best_val_loss
 
@@ -203,7 +206,7 @@ class TrackedTrial:
         try:
             self.naming.record(wait=True)
         finally:
-            tags = {**self.tags, RUN_NAME_TAG: run_name(self.number, self.tags)}
+            tags = {**self.tags, RUN_NAME_TAG: run_name(self.number, self.tags, self.value)}
             self.objective.tracker.end_run(self.run, status, tags=tags)
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from searchlab.errors import ConfigError, describe_error, first_line
 from searchlab.results import trial_run_id
-from searchlab.settings import RUN_ID_ATTR, SEED_ATTR, SETUP_ATTR, STATE_DICT_FILE, tracking_uri_for
+from searchlab.settings import OBJECTIVE_NAME, RUN_ID_ATTR, SEED_ATTR, SETUP_ATTR, STATE_DICT_FILE, tracking_uri_for
 from searchlab.storage import mask_password
 from searchlab.study import load_study_file
 from searchlab.tracking import MlflowTracker
@@ -50,7 +51,7 @@ def model_info(
         "study": study.name,
         "task": study.task,
         "trial_number": trial.number,
-        "val_loss": trial.value,
+        OBJECTIVE_NAME: trial.value,
         "builder": f"{study_file or '<study file>'}:{getattr(study.model, '__qualname__', 'model')}",
         "params": params,
         "input_shape": [None, *inputs.shape[1:]],
@@ -98,11 +99,11 @@ def register(
         run_id=run_id,
         tags={
             "trial_number": trial.number,
-            "val_loss": trial.value,
+            OBJECTIVE_NAME: trial.value,
             "builder": info["builder"],
             "input_shape": json.dumps(info["input_shape"]),
         },
-        description=f"Trial {trial.number} of study {name!r}: val_loss {trial.value:.6g}. Load it with:\n\n"
+        description=f"Trial {trial.number} of study {name!r}: {OBJECTIVE_NAME} {trial.value:.6g}. Load it with:\n\n"
         f"```python\n{snippet(f'models:/{name}@{alias}', mask_password(client.tracking_uri), study_file)}"
         "\n```",
     )
@@ -189,6 +190,13 @@ def load_registered(
     return Loaded(model.eval(), version, info, study)
 
 
+def recorded_value(record: Mapping[str, Any]) -> float | None:
+    """The value a version's tags or model_info.json record (``val_loss`` in versions registered before it was
+    named ``best_val_loss``); None when neither is there."""
+    value = record.get(OBJECTIVE_NAME, record.get("val_loss"))
+    return None if value is None else float(value)
+
+
 def validation_loss(loaded: Loaded, val_data: Any = None) -> float:
     """The loaded model's loss on ``val_data`` (by default its study's validation split for the data seed it
     trained with), in the batches a trial's evaluation uses."""
@@ -226,13 +234,14 @@ def load_best(study_name: str, tracking_uri: str, file: str | None) -> str:
     uri = f"models:/{study_name}@{BEST_ALIAS}"
     loaded = load_registered(uri, tracking_uri=tracking_uri, study_file=file)
     info = loaded.info
+    recorded = recorded_value(info)
     return "\n".join(
         [
             f"model      {uri} (version {loaded.version.version}: trial {info['trial_number']}, "
             f"run {info[RUN_ID_ATTR]})",
             f"rebuilt    {info['builder']} with its params; weights loaded (weights_only=True)",
             f"val_loss   {validation_loss(loaded):.6g} on the validation split "
-            f"(the trial recorded {info['val_loss']:.6g})",
+            f"(the trial recorded {'nothing' if recorded is None else format(recorded, '.6g')})",
             "in Python:",
             *("    " + line for line in snippet(uri, mask_password(tracking_uri), file).splitlines()),
         ]

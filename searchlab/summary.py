@@ -15,16 +15,17 @@ from searchlab.config import RunConfig
 from searchlab.endpoints import experiment_page
 from searchlab.errors import Interrupted, format_value
 from searchlab.results import best_complete, describe_packs, pack_sizes
-from searchlab.settings import FAIL_REASON_ATTR, RUN_ID_ATTR, default_tracking_uri
+from searchlab.settings import FAIL_REASON_ATTR, OBJECTIVE_NAME, RUN_ID_ATTR, default_tracking_uri
 from searchlab.storage import DEFAULT_JOURNAL, mask_password
 from searchlab.unsent import unsent_folder, unsent_runs
 
 HOW_TO_COMPARE = """One searchlab run of this study; each child run is one trial.
 
 * **Compare trials**: in the experiment's run list, expand this run, select its trial runs and press
-  *Compare*: parallel coordinates, scatter and contour plots of the params against `best_val_loss`, and the
-  per-epoch `train_loss` / `val_loss` curves. Every trial logs the same param and metric names.
-* **Run names** say the trial number and its headline: `trial-12 val_loss=0.0345`, `trial-3 pruned@4`.
+  *Compare*: parallel coordinates, scatter and contour plots of the params against `best_val_loss` (a trial's
+  value: its best epoch's validation loss; plot this one), and the per-epoch `train_loss` / `val_loss` curves
+  (`val_loss`'s last point is the last epoch, not the best). Every trial logs the same param and metric names.
+* **Run names** say the trial number and its headline: `trial-12 best_val_loss=0.0345`, `trial-3 pruned@4`.
 * **Report**: the artifacts of this run, under `report/`: `summary.md` (the best trials, pruned and failed
   counts and reasons) and `report.html` (Optuna's plots, interactive); `searchlab report FILE` adds PNGs.
 * **Best model**: registered under the study's name with the alias `best` (*Model registry* in the sidebar; the
@@ -60,7 +61,7 @@ class RunSummary:
         if self.best is not None:
             params = ", ".join(f"{k}={format_value(v, 4)}" for k, v in self.best.params.items())
             lines.append(
-                f"best       trial {self.best.number}: val_loss={self.best.value:.6g} "
+                f"best       trial {self.best.number}: {OBJECTIVE_NAME}={self.best.value:.6g} "
                 f"(run {self.best.user_attrs.get(RUN_ID_ATTR, 'not sent yet')}) {params}"
             )
         if self.packs:

@@ -53,7 +53,9 @@ def check_tracked(study: optuna.Study, client: MlflowClient, study_file: Path, *
         assert run.data.tags["study_name"] == study.study_name
         assert run.data.tags["state"] == "COMPLETE"
         assert run.info.status == "FINISHED"
-        assert run.info.run_name == f"trial-{trial.number} val_loss={trial.value:.4g}"
+        assert run.info.run_name == f"trial-{trial.number} best_val_loss={trial.value:.4g}"
+        assert "val_loss" not in run.data.tags, "one name for the curve (metric), one for the value: no tag like them"
+        assert run.data.metrics["best_val_loss"] == pytest.approx(trial.value)
         assert SPACE_PARAMS | {"width", "seed", "n_params"} <= set(run.data.params)
         assert run.data.params["seed"] == str(trial.user_attrs["seed"])
         assert float(run.data.params["lr"]) == trial.params["lr"]

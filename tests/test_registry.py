@@ -16,7 +16,15 @@ from mlflow import MlflowClient
 import searchlab as sl
 from searchlab.cli import main
 from searchlab.data import load_split
-from searchlab.registry import BEST_ALIAS, INFO_FILE, MODEL_FOLDER, SOURCE_FILE, load_registered, register
+from searchlab.registry import (
+    BEST_ALIAS,
+    INFO_FILE,
+    MODEL_FOLDER,
+    SOURCE_FILE,
+    load_registered,
+    recorded_value,
+    register,
+)
 from searchlab.storage import open_storage
 from searchlab.study import load_study_file
 from searchlab.summary import HOW_TO_COMPARE
@@ -148,3 +156,9 @@ def test_bad_model_uris_are_one_line(workdir: Path, study_file: Path) -> None:
 
 def test_the_parent_runs_description_says_where_the_registered_model_is() -> None:
     assert "*Model registry* in the sidebar" in HOW_TO_COMPARE  # not the experiment's Models tab, which stays empty
+
+
+def test_a_versions_recorded_value_is_read_under_its_old_name_too() -> None:
+    assert recorded_value({"best_val_loss": "0.25"}) == 0.25
+    assert recorded_value({"val_loss": "0.5"}) == 0.5  # registered before the value was named best_val_loss
+    assert recorded_value({}) is None

@@ -167,7 +167,7 @@ def test_mlflow_ui_serves_the_runs_under_their_names(mlflow_ui: Server) -> None:
     names = sorted(run["info"]["run_name"] for run in runs)
     trial_names = [name for name in names if name.startswith("trial-")]
     assert len(runs) == TRIALS + 1 and len(trial_names) == TRIALS
-    assert all(" val_loss=" in name for name in trial_names)
+    assert all(" best_val_loss=" in name for name in trial_names)
     params = [
         {param["key"] for param in run["data"]["params"]} for run in runs if run["info"]["run_name"] in trial_names
     ]
