@@ -2,8 +2,9 @@
 
 Training never waits for MLflow. ``start_run`` returns a handle at once (the run's creation token); the run is
 created in the background and ``run_id(handle)`` gives its MLflow id. Calls for one run are made in their order;
-run creations go first. A short trial costs four calls: create, its params, its weights, and one ``log_batch``
-with its curves and final tags that closes it.
+run creations and params go first (ahead of other runs' weights and curves), so that a run whose id a trial has
+recorded gets its params at once after it, and a worker killed mid-trial leaves them. A short trial costs four
+calls: create, its params, its weights, and one ``log_batch`` with its curves and final tags that closes it.
 
 An outage holds the records, never the training: the sender retries each call until the tracking store answers,
 while the next trials go on and queue theirs. At most ``max_in_memory`` weights wait in memory; more are written
@@ -37,6 +38,7 @@ from searchlab.tracking import MlflowTracker, Unreachable
 from searchlab.unsent import Call, save_records, unsent_folder
 
 _STOP: Call = ("stop", "", (), {})
+FIRST = ("start", "log_params")  # the calls made before any queued behind them: a run's creation and its params
 GIVE_UP_SECONDS = 2.0  # how long a Ctrl-C waits for the store, reachable or not, before saving the records
 RUN_ID_WAIT_SECONDS = 2.0  # how long a trial's end waits for its run to be created before naming it by its token
 
@@ -189,7 +191,7 @@ class BackgroundTracker:
 
     def _enqueue(self, entry: Call) -> None:
         with self._wake:
-            (self._starts if entry[0] == "start" else self._calls).append(entry)
+            (self._starts if entry[0] in FIRST else self._calls).append(entry)
             self._wake.notify()
 
     def _send(self) -> None:
