@@ -130,8 +130,8 @@ def main() -> None:
     parser.add_argument(
         "--study",
         default="packing_workload",
-        help="the throughput's study in benchmarks/studies (regression_workload:"
-        " width searched, so packs pad their members to the widest)",
+        help="the throughput's study in benchmarks/studies (regression_workload: width and batch size searched,"
+        " each pack training its first trial's)",
     )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--packs", default="1,4,8,16", help="pack sizes of one worker (1: unpacked, first)")
