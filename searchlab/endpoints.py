@@ -1,5 +1,5 @@
-"""A tracking URI before anything is written to it: the store it names, whether it can be used (a clear error
-when not: MLflow would retry for minutes), and where its UI shows an experiment."""
+"""A tracking URI before anything is written to it: the store it names, and whether it can be used (a clear error
+when not: MLflow would retry for minutes)."""
 
 from __future__ import annotations
 
@@ -68,8 +68,3 @@ def check_tracking_server(uri: str) -> None:
         f"cannot reach the MLflow tracking server at {mask_password(uri)} ({reason}): "
         "start it (mlflow server) or fix --tracking-uri"
     )
-
-
-def experiment_page(base: str, experiment_id: str) -> str:
-    """An experiment's runs in the MLflow UI (its model-training view, not the GenAI one it opens on)."""
-    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"

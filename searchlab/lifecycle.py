@@ -17,6 +17,7 @@ from searchlab.budget import budget_lock, count
 from searchlab.config import RunConfig, RunStarted, resolve_config
 from searchlab.devices import Slot
 from searchlab.errors import EXIT_INTERRUPTED, ConfigError, RunFailed, exit_with
+from searchlab.mlflow_ui import CHART_VIEW_TAG, chart_view
 from searchlab.pool import Workers, coordinate
 from searchlab.preparation import Prepared, check_learns, plan_slots, prepare
 from searchlab.publish import publish
@@ -35,7 +36,14 @@ from searchlab.settings import (
 from searchlab.signals import interrupt_once
 from searchlab.storage import close_storage, describe, open_storage
 from searchlab.study import Study
-from searchlab.summary import HOW_TO_COMPARE, RunSummary, StudyInterrupted, progress_bar, show_trials, unsent_note
+from searchlab.summary import (
+    RunSummary,
+    StudyInterrupted,
+    how_to_compare,
+    progress_bar,
+    show_trials,
+    unsent_note,
+)
 from searchlab.tracking import MlflowTracker
 from searchlab.unsent import resend_unsent, unsent_runs
 from searchlab.worker import run_worker
@@ -105,6 +113,7 @@ def _run_study(
             run.summary.published = publish(
                 run.study,
                 run.tracker,
+                run.summary.experiment_id,
                 run.parent_run_id,
                 study,
                 study_file,
@@ -166,7 +175,7 @@ def _start_parent_run(config: RunConfig, storage: Any) -> OpenRun:
             "study_name": config.study_name,
             "role": "study",
             WORKER: worker_name(),
-            "mlflow.note.content": HOW_TO_COMPARE,
+            "mlflow.note.content": how_to_compare(experiment_id),
         },
     )
     summary = RunSummary(config.study_name, describe(config.storage), config.tracking_uri, experiment_id, parent_run_id)
@@ -250,6 +259,7 @@ def _record_settings(
             "pack": config.pack,
         },
     )
+    run.tracker.set_experiment_tag(run.experiment_id, CHART_VIEW_TAG, chart_view(searched))
     optuna_study = run.study
     optuna_study.set_user_attr(EXPERIMENT_ATTR, run.experiment_id)
     optuna_study.set_user_attr(PARENT_RUN_ATTR, run.parent_run_id)

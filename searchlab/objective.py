@@ -125,6 +125,7 @@ class TrackedTrial:
         self.naming = RunNaming(tracker, self.run, optuna_trial)
         self.tags: dict[str, Any] = {STATE_TAG: "FAIL"}
         self.value: float | None = None  # a completed trial's best validation loss
+        self.best_so_far: tuple[float, int] | None = None  # (val_loss, epoch) of its best epoch yet
 
     @property
     def number(self) -> int:
@@ -153,6 +154,8 @@ class TrackedTrial:
     def on_epoch(self, epoch: int, values: dict[str, float]) -> None:
         """Log an epoch's curves, report its validation loss, and stop the trial if the pruner says so."""
         self.objective.tracker.log_metrics(self.run, values, step=epoch)
+        if self.best_so_far is None or values["val_loss"] < self.best_so_far[0]:
+            self.best_so_far = (values["val_loss"], epoch)
         self.naming.record(wait=False)
         self.optuna_trial.report(values["val_loss"], epoch)
         if self.optuna_trial.should_prune():
@@ -181,13 +184,16 @@ class TrackedTrial:
             raise TrialStopped(result.stop_reason)
         self.optuna_trial.set_user_attr("best_epoch", result.best_epoch)
         self.objective.tracker.log_state_dict(self.run, model.state_dict())
-        self.objective.tracker.log_metrics(self.run, {"best_val_loss": result.best_val_loss}, step=result.best_epoch)
+        self.objective.tracker.log_metrics(self.run, {OBJECTIVE_NAME: result.best_val_loss}, step=result.best_epoch)
 
     def fail(self, error: BaseException) -> None:
         """Close the trial's run for how it stopped: pruned (its curve stays), interrupted, or failed."""
         status = "FAILED"
         if isinstance(error, optuna.TrialPruned):
             status = "FINISHED"  # a pruned trial ended as planned
+            if self.best_so_far is not None:  # so that every trial run has the metric Compare plots
+                loss, epoch = self.best_so_far
+                self.objective.tracker.log_metrics(self.run, {OBJECTIVE_NAME: loss}, step=epoch)
             self.tags.update(
                 {
                     STATE_TAG: "PRUNED",

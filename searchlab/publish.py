@@ -17,6 +17,7 @@ from searchlab.tracking import MlflowTracker
 def publish(
     study: optuna.Study,
     tracker: MlflowTracker,
+    experiment_id: str,
     parent_run_id: str,
     declared: Study,
     study_file: str | None,
@@ -35,7 +36,13 @@ def publish(
     else:
         try:
             # no PNGs: drawing them takes seconds at the end of every run; 'searchlab report' draws them
-            log_report(study, lambda folder, path: tracker.log_artifacts(parent_run_id, folder, path), images=False)
+            log_report(
+                study,
+                lambda folder, path: tracker.log_artifacts(parent_run_id, folder, path),
+                experiment_id,
+                parent_run_id,
+                images=False,
+            )
             lines.append(
                 f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html; PNGs: searchlab report)"
             )

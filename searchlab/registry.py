@@ -61,6 +61,17 @@ def model_info(
     }
 
 
+def _write_signature(folder: Path, run_id: str, val_data: Any) -> None:
+    """An ``MLmodel`` file with only the inputs' signature (a float tensor, any batch size): the registry's page
+    shows it as the version's schema. It declares no flavor: the weights load through searchlab (load_model)."""
+    from mlflow.models import Model, infer_signature
+
+    from searchlab.data import first_examples  # torch
+
+    inputs, _ = first_examples(val_data, 1)
+    Model(artifact_path=MODEL_FOLDER, run_id=run_id, signature=infer_signature(inputs.numpy())).save(folder / "MLmodel")
+
+
 def register(
     client: Any, name: str, trial: Any, study: Any, study_file: str | None, val_data: Any, *, alias: str = BEST_ALIAS
 ) -> Any:
@@ -87,6 +98,7 @@ def register(
         if study_file is not None:
             shutil.copyfile(study_file, Path(folder) / SOURCE_FILE)
         (Path(folder) / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
+        _write_signature(Path(folder), run_id, val_data)
         client.log_artifacts(run_id, folder, MODEL_FOLDER)
     try:
         client.create_registered_model(name, description=f"Best models of the searchlab study {name!r}.")

@@ -1,10 +1,12 @@
 """A study report: a markdown summary of the best trials and of what was pruned or failed, and Optuna's own plots
-(one interactive HTML page, and PNG images on demand), written to a folder or to the study's parent run.
+(one HTML page, and PNG images on demand), written to a folder or to the study's parent run.
 """
 
 from __future__ import annotations
 
 import collections
+import html
+import io
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -16,8 +18,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.endpoints import check_tracking_uri
 from searchlab.errors import ConfigError, first_line, format_value
+from searchlab.mlflow_ui import artifact_page
 from searchlab.results import best_trials, describe_packs, pack_sizes
-from searchlab.settings import FAIL_REASON_ATTR, PARENT_RUN_ATTR, PRUNED_EPOCH_ATTR, RUN_ID_ATTR, tracking_uri_for
+from searchlab.settings import (
+    FAIL_REASON_ATTR,
+    OBJECTIVE_NAME,
+    PARENT_RUN_ATTR,
+    PRUNED_EPOCH_ATTR,
+    RUN_ID_ATTR,
+    tracking_uri_for,
+)
 from searchlab.storage import mask_password
 from searchlab.tracking import MlflowTracker
 
@@ -51,14 +61,15 @@ def _plot_input(study: optuna.Study, stem: str) -> optuna.Study:
     return best
 
 
-def write_report(study: optuna.Study, folder: str | Path, *, images: bool = True) -> list[str]:
-    """Write the report's files into ``folder``: ``summary.md``, ``report.html`` and, if ``images``, one PNG per
-    plot (matplotlib: seconds, so a run leaves them to ``searchlab report``); returns a note for each plot that
-    could not be drawn."""
+def write_report(
+    study: optuna.Study, folder: str | Path, *, images: bool = True, report_link: str = HTML_PAGE
+) -> list[str]:
+    """Write the report's files into ``folder``: ``summary.md`` (linking the page as ``report_link``),
+    ``report.html`` and, if ``images``, one PNG per plot; returns a note for each plot that could not be drawn."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    interactive: list[tuple[str, Any]] = []
+    drawn: list[tuple[str, list[str]]] = []
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" and the like: the summary says it
     try:
@@ -66,76 +77,112 @@ def write_report(study: optuna.Study, folder: str | Path, *, images: bool = True
             warnings.simplefilter("ignore")  # Optuna's matplotlib backend is "experimental"
             for stem, (title, name) in PLOTS.items():
                 source = _plot_input(study, stem)
-                if images:
-                    try:
-                        _draw_png(study, source, stem, name, folder)
-                    except Exception as error:
-                        notes.append(f"{title}: not drawn ({first_line(error)})")
                 try:
-                    interactive.append((title, _plotly_figure(study, source, stem, name)))
+                    drawn.append((title, _svg_panels(study, source, stem, name)))
+                    if images:
+                        _draw_png(study, source, stem, name, folder)
                 except Exception as error:
-                    notes.append(f"{title} (interactive): not drawn ({first_line(error)})")
+                    notes.append(f"{title}: not drawn ({first_line(error)})")
     finally:
         optuna.logging.set_verbosity(verbosity)
-    if interactive:
-        _write_html(study.study_name, interactive, folder / HTML_PAGE)
-    (folder / "summary.md").write_text(summary_markdown(study, notes, images=images))
+    _write_html(study.study_name, drawn, notes, folder / HTML_PAGE)
+    (folder / "summary.md").write_text(summary_markdown(study, notes, images=images, report_link=report_link))
     return notes
 
 
-def _draw_png(study: optuna.Study, source: optuna.Study, stem: str, name: str, folder: Path) -> None:
-    """Save one plot as ``stem.png`` (Optuna's matplotlib plots)."""
+def _matplotlib() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _draw(source: optuna.Study, name: str, **kwargs: Any) -> Any:
+    """One of Optuna's matplotlib plots of ``source``, its value named as the study names it."""
     import optuna.visualization.matplotlib as draw
 
+    if name != "plot_intermediate_values":
+        kwargs["target_name"] = OBJECTIVE_NAME
+    return getattr(draw, name)(source, **kwargs)
+
+
+def _figure(axes: Any) -> Any:
+    return (axes.flat[0] if hasattr(axes, "flat") else axes).figure  # slice plots: one axes per param
+
+
+def _draw_png(study: optuna.Study, source: optuna.Study, stem: str, name: str, folder: Path) -> None:
+    """Save one plot as ``stem.png``."""
+    plt = _matplotlib()
     try:
-        axes = getattr(draw, name)(source)
+        axes = _draw(source, name)
         if stem == "best_learning_curves":
             _label_curves(axes, _top(study))
-        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure  # slice plots: one axes per param
-        figure.savefig(folder / f"{stem}.png", dpi=100, bbox_inches="tight")
+        _figure(axes).savefig(folder / f"{stem}.png", dpi=100, bbox_inches="tight")
     finally:
         plt.close("all")
 
 
-def _plotly_figure(study: optuna.Study, source: optuna.Study, stem: str, name: str) -> Any:
-    """One plot as a plotly figure (Optuna's default plots). Importances by Optuna's default evaluator,
-    PED-ANOVA: deterministic and fast (fANOVA's trees take seconds)."""
-    figure = getattr(optuna.visualization, name)(source)
-    if stem == "best_learning_curves":
-        for trace, trial in zip(figure.data, _top(study), strict=False):
-            trace.name = f"Trial{trial.number}"
-        figure.update_layout(xaxis_title="epoch", yaxis_title="val_loss")
-    return figure
+def _svg_panels(study: optuna.Study, source: optuna.Study, stem: str, name: str) -> list[str]:
+    """One plot as inline SVG for a page about 1,000 px wide: the slice plot as one small panel per param (they
+    wrap), the others one panel each; text stays text, so the page reads and searches like a page."""
+    plt = _matplotlib()
+    params = sorted({param for trial in source.get_trials(deepcopy=False) for param in trial.params})
+    calls = [{"params": [param]} for param in params] if stem == "slice" and params else [{}]
+    panels = []
+    try:
+        with plt.rc_context({"svg.fonttype": "none", "font.size": 9}):
+            for kwargs in calls:
+                axes = _draw(source, name, **kwargs)
+                figure = _figure(axes)
+                figure.set_size_inches(*((2.7, 2.3) if stem == "slice" else (8.6, 4.2)))
+                if stem == "best_learning_curves":
+                    _label_curves(axes, _top(study))
+                out = io.StringIO()
+                figure.savefig(out, format="svg", bbox_inches="tight")
+                plt.close(figure)
+                panels.append(out.getvalue()[out.getvalue().index("<svg") :])  # no XML prolog inside HTML
+    finally:
+        plt.close("all")
+    return panels
 
 
 def _label_curves(axes: Any, trials: list[FrozenTrial]) -> None:
     """Name each curve by its trial's number in the study (the copied trials are renumbered from 0)."""
     for line, trial in zip(axes.get_lines(), trials, strict=False):
-        line.set_label(f"Trial{trial.number}")
-    axes.legend(bbox_to_anchor=(1.05, 1.0), loc="upper left")
+        line.set_label(f"trial {trial.number}")
+    axes.legend(bbox_to_anchor=(1.02, 1.0), loc="upper left", title="best trials")
     axes.set_xlabel("epoch")
     axes.set_ylabel("val_loss")
 
 
-def _write_html(study_name: str, figures: list[tuple[str, Any]], path: Path) -> None:
-    """One self-contained page (plotly.js embedded once, so it opens offline and inside the MLflow UI)."""
-    parts = [
-        f"<h2>{title}</h2>" + figure.to_html(full_html=False, include_plotlyjs=index == 0)
-        for index, (title, figure) in enumerate(figures)
+def _write_html(study_name: str, plots: list[tuple[str, list[str]]], notes: list[str], path: Path) -> None:
+    """One self-contained page without scripts: it opens offline and in the MLflow UI's artifact viewer, and
+    weighs kilobytes, not plotly.js's megabytes (interactive plots: `searchlab dashboard`)."""
+    name = html.escape(study_name)
+    sections = [
+        f"<h2>{html.escape(title)}</h2><div class='panels'>"
+        + "".join(f"<div class='panel'>{svg}</div>" for svg in panels)
+        + "</div>"
+        for title, panels in plots
     ]
+    sections += [f"<p>{html.escape(note)}</p>" for note in notes]
     path.write_text(
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{study_name}: searchlab report</title>"
-        f"</head><body><h1>Study {study_name}</h1>{''.join(parts)}</body></html>"
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{name}: searchlab report</title><style>"
+        "body{font-family:sans-serif;max-width:980px;margin:0 auto;padding:0 8px}"
+        ".panels{display:flex;flex-wrap:wrap;gap:8px}.panel svg{max-width:100%;height:auto}"
+        f"</style></head><body><h1>Study {name}</h1>"
+        "<p>Interactive plots of the same study: <code>searchlab dashboard</code>.</p>"
+        f"{''.join(sections)}</body></html>"
     )
 
 
-def summary_markdown(study: optuna.Study, notes: Sequence[str] = (), *, images: bool = True) -> str:
+def summary_markdown(
+    study: optuna.Study, notes: Sequence[str] = (), *, images: bool = True, report_link: str = HTML_PAGE
+) -> str:
     """The best trials with their params and values, the counts and reasons of pruned and failed trials, and the
-    plots: ``report.html``, and the PNG images when ``images``, else how to draw them."""
+    plots: ``report.html`` (linked as ``report_link``), and the PNG images when ``images``, else how to draw them."""
     trials = study.get_trials(deepcopy=False)
     states = collections.Counter(trial.state.name for trial in trials)
     lines = [
@@ -151,11 +198,11 @@ def summary_markdown(study: optuna.Study, notes: Sequence[str] = (), *, images: 
     if top:
         names = sorted({name for trial in top for name in trial.params})
         lines += [
-            f"Best value (val_loss): **{format_value(top[0].value)}** (trial {top[0].number})",
+            f"Best value ({OBJECTIVE_NAME}): **{format_value(top[0].value)}** (trial {top[0].number})",
             "",
             f"## The {len(top)} best trials",
             "",
-            "| trial | val_loss | best epoch | " + " | ".join(names) + " | MLflow run |",
+            f"| trial | {OBJECTIVE_NAME} | best epoch | " + " | ".join(names) + " | MLflow run |",
             "|" + "---|" * (len(names) + 4),
         ]
         lines += [
@@ -177,7 +224,7 @@ def summary_markdown(study: optuna.Study, notes: Sequence[str] = (), *, images: 
                 "|---|---|",
             ]
             lines += [f"| {reason} | {n} |" for reason, n in reasons.most_common()]
-    lines += ["", "## Plots", "", f"Interactive, every plot on one page: [{HTML_PAGE}]({HTML_PAGE})", ""]
+    lines += ["", "## Plots", "", f"Every plot on one page: [{HTML_PAGE}]({report_link}), beside this file.", ""]
     if images:
         lines += [f"![{title}]({stem}.png)" for stem, (title, _) in PLOTS.items()]
     else:
@@ -197,10 +244,20 @@ def _fail_reason(trial: FrozenTrial) -> str:
     return str(trial.user_attrs.get(FAIL_REASON_ATTR, "its worker died")).replace("|", "/")
 
 
-def log_report(study: optuna.Study, log_artifacts: Callable[[str, str], None], *, images: bool = True) -> list[str]:
-    """Write the report into a temporary folder and hand it to ``log_artifacts(local_folder, artifact_path)``."""
+def log_report(
+    study: optuna.Study,
+    log_artifacts: Callable[[str, str], None],
+    experiment_id: str,
+    run_id: str,
+    *,
+    images: bool = True,
+) -> list[str]:
+    """Write the report into a temporary folder and hand it to ``log_artifacts(local_folder, artifact_path)``.
+    Its summary links the page where the MLflow UI shows it: the UI renders ``summary.md`` inside its own page,
+    where a link relative to the file would lead to the server's root."""
+    link = artifact_page("", experiment_id, run_id, f"{REPORT_FOLDER}/{HTML_PAGE}")
     with tempfile.TemporaryDirectory() as folder:
-        notes = write_report(study, folder, images=images)
+        notes = write_report(study, folder, images=images, report_link=link)
         log_artifacts(folder, REPORT_FOLDER)
     return notes
 
@@ -220,10 +277,12 @@ def publish_report(study: optuna.Study, tracking_uri: str | None, out: str | Non
     check_tracking_uri(uri)
     client = MlflowTracker(uri).client
     try:
-        client.get_run(parent_run_id)
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
     except Exception:
         raise ConfigError(
             f"run {parent_run_id} is not in {mask_password(uri)}: pass the --tracking-uri the study ran with"
         ) from None
-    notes = log_report(study, lambda folder, path: client.log_artifacts(parent_run_id, folder, path))
+    notes = log_report(
+        study, lambda folder, path: client.log_artifacts(parent_run_id, folder, path), experiment_id, parent_run_id
+    )
     return "\n".join([f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html, PNGs)", *notes])

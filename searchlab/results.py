@@ -6,9 +6,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from searchlab.errors import ConfigError, format_value
-from searchlab.settings import CREATE_TOKEN_TAG, PACK_ATTR, RUN_ID_ATTR, RUN_TOKEN_ATTR, from_environment, storage_for
+from searchlab.settings import PACK_ATTR, RUN_ID_ATTR, RUN_TOKEN_ATTR, from_environment, storage_for
 from searchlab.storage import load_existing_study
 from searchlab.study import load_study_file
+from searchlab.tracking import run_by_token
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -78,8 +79,8 @@ def trial_run_id(client: Any, study_name: str, trial: Any) -> str | None:
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:
         return None
-    runs = client.search_runs([experiment.experiment_id], f"tags.{CREATE_TOKEN_TAG} = '{token}'", max_results=1)
-    return runs[0].info.run_id if runs else None
+    run = run_by_token(client, experiment.experiment_id, token)
+    return None if run is None else run.info.run_id
 
 
 def format_trials(trials: list[Any]) -> str:

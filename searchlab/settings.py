@@ -34,7 +34,9 @@ REASON = "reason"  # why a trial ended: an Optuna trial attribute and an MLflow 
 # MLflow run tags and artifacts
 PARENT_RUN_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
-CREATE_TOKEN_TAG = "searchlab_create_token"
+# Under MLflow's prefix so that the UI lists it among its own tags, hidden, not on every run's page.
+CREATE_TOKEN_TAG = "mlflow.searchlab.createToken"
+OLD_CREATE_TOKEN_TAG = "searchlab_create_token"  # of the runs created before it moved
 STATE_TAG = "state"  # a trial run's outcome (COMPLETE, PRUNED, FAIL), a parent run's status
 STATE_DICT_FILE = "model_state_dict.pt"
 OBJECTIVE_NAME = "best_val_loss"  # a trial's value: its best epoch's validation loss (Optuna's metric name too)

@@ -12,25 +12,33 @@ from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.budget import count
 from searchlab.config import RunConfig
-from searchlab.endpoints import experiment_page
 from searchlab.errors import Interrupted, format_value
+from searchlab.mlflow_ui import charts_page, experiment_page
 from searchlab.results import best_complete, describe_packs, pack_sizes
 from searchlab.settings import FAIL_REASON_ATTR, OBJECTIVE_NAME, RUN_ID_ATTR, default_tracking_uri
 from searchlab.storage import DEFAULT_JOURNAL, mask_password
 from searchlab.unsent import unsent_folder, unsent_runs
 
-HOW_TO_COMPARE = """One searchlab run of this study; each child run is one trial.
 
-* **Compare trials**: in the experiment's run list, expand this run, select its trial runs and press
-  *Compare*: parallel coordinates, scatter and contour plots of the params against `best_val_loss` (a trial's
-  value: its best epoch's validation loss; plot this one), and the per-epoch `train_loss` / `val_loss` curves
-  (`val_loss`'s last point is the last epoch, not the best). Every trial logs the same param and metric names.
+def how_to_compare(experiment_id: str) -> str:
+    """The parent run's description (markdown, rendered on its page in the MLflow UI; its links stay in the UI)."""
+    return f"""One searchlab run of this study; each child run is one trial.
+
+* **Compare trials**: [the experiment's charts]({charts_page("", experiment_id)}) (searchlab's view): parallel
+  coordinates of every param against `best_val_loss` (a trial's value: its best epoch's validation loss; a pruned
+  trial's: its best before it was pruned), the per-epoch `val_loss` and `train_loss` curves (`val_loss`'s last
+  point is the last epoch, not the best), a scatter chart per param and a contour, over every trial.
+  MLflow's *Compare* page (select trial runs, press *Compare*) opens its parallel coordinates on three params
+  and one metric, which it chooses: add the others there, and plot `best_val_loss`.
 * **Run names** say the trial number and its headline: `trial-12 best_val_loss=0.0345`, `trial-3 pruned@4`.
-* **Report**: the artifacts of this run, under `report/`: `summary.md` (the best trials, pruned and failed
-  counts and reasons) and `report.html` (Optuna's plots, interactive); `searchlab report FILE` adds PNGs.
+* **Report**: this run's *Artifacts* tab, `report/`: `summary.md` (the best trials, pruned and failed counts and
+  reasons) and `report.html` (Optuna's plots; interactive ones: `searchlab dashboard`); `searchlab report FILE`
+  adds PNGs.
 * **Best model**: registered under the study's name with the alias `best` (*Model registry* in the sidebar; the
   experiment's own Models tab lists logged models, and stays empty); load it with
   `searchlab best FILE --load` or `searchlab.load_model("models:/NAME@best", FILE)`.
+* **Layout**: MLflow 3 opens pages in its GenAI layout (Traces, Judges) until the browser picks *Model training*
+  at the top of the sidebar once; searchlab's links open the model-training one.
 """
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from searchlab.errors import RunFailed, first_line
 from searchlab.settings import (
     CREATE_TOKEN_TAG,
+    OLD_CREATE_TOKEN_TAG,
     PARENT_RUN_TAG,
     REASON,
     RUN_NAME_TAG,
@@ -41,6 +42,15 @@ EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
 ENVIRONMENT_PROBES = ("IPython", "pyspark", "dbruntime")
 # MLflow's own limits per log_batch call.
 MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000
+
+
+def run_by_token(client: Any, experiment_id: str, token: str) -> Any:
+    """The run a creation token names (its tag, or the tag's earlier name), or None."""
+    for tag in (CREATE_TOKEN_TAG, OLD_CREATE_TOKEN_TAG):  # MLflow's search has no OR
+        found = client.search_runs([experiment_id], f"tags.`{tag}` = '{token}'", max_results=1)
+        if found:
+            return found[0]
+    return None
 
 
 class MlflowTracker:
@@ -102,6 +112,9 @@ class MlflowTracker:
                 )
         return experiment_id
 
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        self._retry(self.client.set_experiment_tag, experiment_id, key, value)
+
     def start_run(
         self,
         experiment_id: str,
@@ -126,9 +139,9 @@ class MlflowTracker:
             nonlocal attempts
             attempts += 1
             if attempts > 1:
-                found = self.client.search_runs([experiment_id], f"tags.{CREATE_TOKEN_TAG} = '{token}'", max_results=1)
-                if found:
-                    return found[0]
+                found = run_by_token(self.client, experiment_id, token)
+                if found is not None:
+                    return found
             return self.client.create_run(experiment_id, run_name=name, tags=all_tags)
 
         run = self._retry(create)

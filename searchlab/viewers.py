@@ -19,8 +19,9 @@ from typing import Any
 from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIServer, make_server
 
-from searchlab.endpoints import experiment_page, local_store_path
+from searchlab.endpoints import local_store_path
 from searchlab.errors import ConfigError
+from searchlab.mlflow_ui import charts_page, experiment_page
 from searchlab.storage import describe, local_file, open_storage
 from searchlab.tracking import MlflowTracker
 
@@ -124,11 +125,14 @@ def run_until_interrupted(command: list[str], backend_store_uri: str) -> int:
 
 
 def experiment_url(base: str, tracking_uri: str, study_name: str | None) -> str:
-    """The MLflow UI page of the study's experiment (the experiment list when there is no such experiment)."""
+    """The MLflow UI page of the study's experiment, and its charts (the experiment list when there is no such
+    experiment)."""
     if study_name is None:
         return base
     experiment = MlflowTracker(tracking_uri).client.get_experiment_by_name(study_name)
-    return base if experiment is None else experiment_page(base, experiment.experiment_id)
+    if experiment is None:
+        return base
+    return f"{experiment_page(base, experiment.experiment_id)} (charts: {charts_page(base, experiment.experiment_id)})"
 
 
 def host_guard(app: Callable, names: Iterable[str], *, read_only: bool) -> Callable:

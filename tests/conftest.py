@@ -265,3 +265,28 @@ def by_host_name(url: str) -> str:
     if address != "127.0.0.1":
         pytest.skip(f"host name {name!r} resolves to {address}, not to the test server's 127.0.0.1")
     return url.replace("127.0.0.1", name, 1)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Chromium driven through WebDriver (Debian's chromium and chromium-driver; .ci/run installs them),
+    for the tests that click, switch tabs or look into frames as a person would."""
+    import shutil
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip("Chromium or its WebDriver is not installed (.ci/run installs both)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1400,1000")
+    chrome = webdriver.Chrome(options=options, service=Service(driver))
+    chrome.implicitly_wait(30)  # find_element waits for what the page's scripts render
+    try:
+        yield chrome
+    finally:
+        chrome.quit()

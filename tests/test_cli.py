@@ -98,7 +98,8 @@ def test_run_tracks_every_trial_and_continues_the_study(workdir: Path, study_fil
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     assert parent.data.tags["best_trial"] == str(study.best_trial.number)
     assert parent.data.tags["best_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
-    assert "press\n  *Compare*" in parent.data.tags["mlflow.note.content"]  # the run's description in the UI
+    description = parent.data.tags["mlflow.note.content"]  # the run's description in the UI, linking its charts
+    assert f"(#/experiments/{parent.info.experiment_id}/runs?viewStateShareKey=searchlab&" in description
 
     again = invoke("run", str(study_file), "--trials", "3", "--sampler", "random", "--seed", "7")
     assert again.exit_code == 0, again.output

@@ -37,6 +37,7 @@ LAYERS = {
         "locks",
         "tracking",
         "endpoints",
+        "mlflow_ui",
         "unsent",
         "sender",
         "results",

@@ -27,7 +27,7 @@ from searchlab.registry import (
 )
 from searchlab.storage import open_storage
 from searchlab.study import load_study_file
-from searchlab.summary import HOW_TO_COMPARE
+from searchlab.summary import how_to_compare
 
 
 def invoke(*args: str) -> object:
@@ -55,7 +55,11 @@ def test_a_run_registers_its_best_model_which_loads_back(workdir: Path, study_fi
     assert json.loads(version.tags["input_shape"]) == [None, 4]
 
     files = {item.path for item in client.list_artifacts(best_run_id, MODEL_FOLDER)}
-    assert files == {f"{MODEL_FOLDER}/{name}" for name in ("model_state_dict.pt", INFO_FILE, SOURCE_FILE)}
+    assert files == {f"{MODEL_FOLDER}/{name}" for name in ("model_state_dict.pt", INFO_FILE, SOURCE_FILE, "MLmodel")}
+    from mlflow.models import get_model_info
+
+    signature = get_model_info(f"models:/tiny/{version.version}").signature  # the schema the registry page shows
+    assert signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 4)}}]
     info = json.loads(
         Path(client.download_artifacts(best_run_id, f"{MODEL_FOLDER}/{INFO_FILE}", str(workdir))).read_text()
     )
@@ -155,7 +159,7 @@ def test_bad_model_uris_are_one_line(workdir: Path, study_file: Path) -> None:
 
 
 def test_the_parent_runs_description_says_where_the_registered_model_is() -> None:
-    assert "*Model registry* in the sidebar" in HOW_TO_COMPARE  # not the experiment's Models tab, which stays empty
+    assert "*Model registry* in the sidebar" in how_to_compare("1")  # not the experiment's Models tab (empty)
 
 
 def test_a_versions_recorded_value_is_read_under_its_old_name_too() -> None:

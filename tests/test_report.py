@@ -14,6 +14,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from searchlab.cli import main
+from searchlab.mlflow_ui import artifact_page
 from searchlab.report import PLOTS, REPORT_FOLDER, summary_markdown, write_report
 from searchlab.settings import PARENT_RUN_ATTR
 from searchlab.storage import open_storage
@@ -25,9 +26,9 @@ def invoke(*args: str) -> object:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def check_report(folder: Path, study: optuna.Study, *, images: bool = True) -> None:
+def check_report(folder: Path, study: optuna.Study, *, images: bool = True, link: str = "report.html") -> None:
     """Every plot is a PNG image (if ``images``, else none is and the summary says how to draw them), the HTML
-    page holds every plot, and the summary's best value is Optuna's."""
+    page holds every plot, without a script, the summary links it as ``link`` and its best value is Optuna's."""
     summary = (folder / "summary.md").read_text()
     for stem in PLOTS:
         if images:
@@ -36,12 +37,13 @@ def check_report(folder: Path, study: optuna.Study, *, images: bool = True) -> N
         else:
             assert not (folder / f"{stem}.png").exists() and f"]({stem}.png)" not in summary
     assert ("`searchlab report FILE` draws them" in summary) is not images
-    assert "[report.html](report.html)" in summary
+    assert f"[report.html]({link})" in summary
     html = (folder / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
-    assert html.count("plotly-graph-div") >= len(PLOTS)
+    assert html.count("<svg") >= len(PLOTS) and "<script" not in html  # opens offline, in any viewer
     assert all(title in html for title, _ in PLOTS.values())
-    best = re.search(r"Best value \(val_loss\): \*\*(\S+)\*\* \(trial (\d+)\)", summary)
+    assert len(html) < 1_000_000  # no plotly.js (4.6 MB) in every run's artifacts
+    best = re.search(r"Best value \(best_val_loss\): \*\*(\S+)\*\* \(trial (\d+)\)", summary)
     assert best is not None, summary
     assert float(best.group(1)) == pytest.approx(study.best_value, rel=1e-5)
     assert int(best.group(2)) == study.best_trial.number
@@ -60,7 +62,9 @@ def test_every_run_writes_the_report_to_its_parent_run_without_the_slow_pngs(wor
     )
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     folder = Path(client.download_artifacts(parent_run_id, REPORT_FOLDER, str(workdir)))
-    check_report(folder, study, images=False)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    link = artifact_page("", experiment_id, parent_run_id, f"{REPORT_FOLDER}/report.html")  # a page of the UI
+    check_report(folder, study, images=False, link=link)
     assert client.get_run(parent_run_id).info.status == "FINISHED"
     pruned = [trial for trial in study.trials if trial.state == TrialState.PRUNED]
     if pruned:  # the median pruner usually prunes some of 8 trials; the summary counts them either way
@@ -89,7 +93,8 @@ def test_report_command_writes_a_folder_or_the_latest_parent_run(workdir: Path, 
     result = invoke("report", str(study_file))
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html, PNGs)"
-    check_report(Path(client.download_artifacts(parent_run_id, REPORT_FOLDER, str(workdir / "run"))), study)
+    link = artifact_page("", study.user_attrs["mlflow_experiment_id"], parent_run_id, f"{REPORT_FOLDER}/report.html")
+    check_report(Path(client.download_artifacts(parent_run_id, REPORT_FOLDER, str(workdir / "run"))), study, link=link)
 
 
 def test_report_of_an_unknown_study_is_one_line(workdir: Path, study_file: Path) -> None:
@@ -122,7 +127,7 @@ def test_summary_counts_pruned_and_failed_trials_with_their_reasons() -> None:
     study.add_trial(create_trial(state=TrialState.FAIL))
     summary = summary_markdown(study)
     assert "8 trials: 3 complete, 2 fail, 3 pruned" in summary
-    assert "Best value (val_loss): **0.2** (trial 1)" in summary
+    assert "Best value (best_val_loss): **0.2** (trial 1)" in summary
     rows = [line for line in summary.splitlines() if re.match(r"\| \d+ \|.*\| run\d \|$", line)]
     assert [row.split("|")[1].strip() for row in rows] == ["1", "0", "2"]  # best first
     assert "| 1 | 0.2 | 2 | 0.001 | run1 |" in summary
@@ -145,7 +150,7 @@ def test_a_study_without_completed_trials_still_gets_its_report(tmp_path: Path) 
 def test_a_plot_that_fails_is_noted_and_the_rest_are_drawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import optuna.visualization.matplotlib as draw
 
-    def broken(study: optuna.Study) -> None:
+    def broken(study: optuna.Study, **kwargs: object) -> None:
         raise ValueError("cannot slice this")
 
     monkeypatch.setattr(draw, "plot_slice", broken)
@@ -163,25 +168,25 @@ def test_a_plot_that_fails_is_noted_and_the_rest_are_drawn(tmp_path: Path, monke
     assert not (tmp_path / "slice.png").exists()
     assert (tmp_path / "optimization_history.png").read_bytes().startswith(PNG_SIGNATURE)
     assert "- Slice plots: not drawn (cannot slice this)" in (tmp_path / "summary.md").read_text()
-    assert PLOTS["slice"][0] in (tmp_path / "report.html").read_text()  # the interactive one is drawn apart
+    assert PLOTS["slice"][0] in (tmp_path / "report.html").read_text()  # the page says so
 
 
-def test_without_images_no_matplotlib_plot_is_drawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import optuna.visualization.matplotlib as draw
-
-    def forbidden(study: optuna.Study) -> None:
-        raise AssertionError("a PNG was drawn")
-
-    for _, name in PLOTS.values():
-        monkeypatch.setattr(draw, name, forbidden)
-    study = optuna.create_study(study_name="quick")
-    study.add_trial(
-        create_trial(
-            value=0.3,
-            params={"lr": 0.01},
-            distributions={"lr": FloatDistribution(1e-4, 1e-1, log=True)},
-            intermediate_values={1: 0.5, 2: 0.3},
+def test_the_page_lays_its_plots_out_for_a_narrow_frame_and_labels_the_curves(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="narrow")
+    space = {name: FloatDistribution(0.0, 1.0) for name in ("a", "b", "c", "d", "e", "f")}
+    for number in range(8):
+        study.add_trial(
+            create_trial(
+                value=1.0 / (number + 1),
+                params={name: (number * (index + 1) % 7) / 7 for index, name in enumerate(space)},
+                distributions=space,
+                intermediate_values={1: 2.0 / (number + 1), 2: 1.0 / (number + 1)},
+            )
         )
-    )
     assert write_report(study, tmp_path, images=False) == []
     check_report(tmp_path, study, images=False)
+    html = (tmp_path / "report.html").read_text()
+    widths = [float(width) for width in re.findall(r'<svg[^>]* width="([\d.]+)pt"', html)]
+    assert len(widths) == len(PLOTS) - 1 + len(space)  # the slice plot: one panel per param, side by side
+    assert max(widths) * 4 / 3 <= 1000  # pt to CSS px: every plot fits a 1,000 px frame at its own size
+    assert all(f">trial {number}<" in html for number in (7, 6, 5, 4, 3))  # the 5 best curves' legend, as text

@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 
 from searchlab.endpoints import check_tracking_uri
 from searchlab.errors import ConfigError
-from searchlab.settings import PARENT_RUN_TAG, STATE_DICT_FILE
-from searchlab.tracking import ENVIRONMENT_PROBES, MlflowTracker, remember_missing
+from searchlab.settings import CREATE_TOKEN_TAG, OLD_CREATE_TOKEN_TAG, PARENT_RUN_TAG, STATE_DICT_FILE
+from searchlab.tracking import ENVIRONMENT_PROBES, MlflowTracker, remember_missing, run_by_token
 
 
 @pytest.fixture
@@ -106,6 +106,16 @@ def test_a_retried_run_creation_never_makes_a_second_run(
     run_id = tracker.start_run(experiment_id, "trial-0")
     assert run_id == answers[0]
     assert [run.info.run_id for run in tracker.client.search_runs([experiment_id])] == [run_id]
+
+
+def test_a_creation_token_finds_its_run_under_the_tag_it_had_before(tracker: MlflowTracker) -> None:
+    experiment_id = tracker.experiment_id("study")
+    new = tracker.start_run(experiment_id, "trial-0", token="new-token")
+    assert CREATE_TOKEN_TAG.startswith("mlflow.")  # the UI hides it: not on every run's page
+    old = tracker.client.create_run(experiment_id, tags={OLD_CREATE_TOKEN_TAG: "old-token"}).info.run_id
+    assert run_by_token(tracker.client, experiment_id, "new-token").info.run_id == new
+    assert run_by_token(tracker.client, experiment_id, "old-token").info.run_id == old  # a run from an older release
+    assert run_by_token(tracker.client, experiment_id, "no-such-token") is None
 
 
 def test_weights_of_a_run_started_here_go_straight_to_its_artifact_store(

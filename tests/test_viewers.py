@@ -194,6 +194,7 @@ def test_a_browser_shows_the_runs_and_the_study(mlflow_ui: Server, dashboard: Se
     study_id = next(summary["study_id"] for summary in studies if summary["study_name"] == "viewed")
     study_page = rendered_text(f"{dashboard.url}/dashboard/studies/{study_id}")
     assert f"viewed (id={study_id})" in study_page and "Best Trial" in study_page
+    assert "best_val_loss" in study_page and "Objective 0" not in study_page  # the value is named
 
 
 def test_ctrl_c_stops_both_cleanly(mlflow_ui: Server, dashboard: Server) -> None:
