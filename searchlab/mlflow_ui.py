@@ -24,7 +24,12 @@ SCATTERED_PARAMS = 24  # one scatter chart per param, up to this many (an experi
 
 
 def _page(base: str, route: str) -> str:
-    return f"{base.rstrip('/')}/#{route}" if base else f"#{route}"
+    return f"{_root(base)}#{route}"
+
+
+def _root(base: str) -> str:
+    """The UI's root: ``base`` with one slash, or nothing (a link relative to a page of the UI)."""
+    return f"{base.rstrip('/')}/" if base else ""
 
 
 def experiment_page(base: str, experiment_id: str) -> str:
@@ -44,7 +49,7 @@ def artifact_page(base: str, experiment_id: str, run_id: str, path: str) -> str:
     when the page loads, so the link also sets the query before ``#`` (which the UI ignores): the browser loads the
     page anew, where a link that changes only what follows ``#`` would leave the viewer on the file it shows."""
     route = f"/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}?{MODEL_TRAINING}"
-    return f"{base.rstrip('/')}/?artifact={path}#{route}" if base else f"?artifact={path}#{route}"
+    return f"{_root(base)}?artifact={path}#{route}"
 
 
 def chart_view(params: Sequence[str]) -> str:

@@ -62,10 +62,11 @@ def _plot_input(study: optuna.Study, stem: str) -> optuna.Study:
 
 
 def write_report(
-    study: optuna.Study, folder: str | Path, *, images: bool = True, report_link: str = HTML_PAGE
+    study: optuna.Study, folder: str | Path, *, images: bool = True, run: tuple[str, str] | None = None
 ) -> list[str]:
-    """Write the report's files into ``folder``: ``summary.md`` (linking the page as ``report_link``),
-    ``report.html`` and, if ``images``, one PNG per plot; returns a note for each plot that could not be drawn."""
+    """Write the report's files into ``folder``: ``summary.md``, ``report.html`` and, if ``images``, one PNG per
+    plot; returns a note for each plot that could not be drawn. ``run`` (experiment id, run id): the files go to
+    that run's artifacts, and the summary links them where the MLflow UI shows them."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -86,7 +87,7 @@ def write_report(
     finally:
         optuna.logging.set_verbosity(verbosity)
     _write_html(study.study_name, drawn, notes, folder / HTML_PAGE)
-    (folder / "summary.md").write_text(summary_markdown(study, notes, images=images, report_link=report_link))
+    (folder / "summary.md").write_text(summary_markdown(study, notes, images=images, run=run))
     return notes
 
 
@@ -179,10 +180,15 @@ def _write_html(study_name: str, plots: list[tuple[str, list[str]]], notes: list
 
 
 def summary_markdown(
-    study: optuna.Study, notes: Sequence[str] = (), *, images: bool = True, report_link: str = HTML_PAGE
+    study: optuna.Study, notes: Sequence[str] = (), *, images: bool = True, run: tuple[str, str] | None = None
 ) -> str:
     """The best trials with their params and values, the counts and reasons of pruned and failed trials, and the
-    plots: ``report.html`` (linked as ``report_link``), and the PNG images when ``images``, else how to draw them."""
+    plots: ``report.html``, and the PNG images when ``images``, else how to draw them.
+
+    The UI renders ``summary.md`` inside its own page, where a path relative to the file would lead to the
+    server's root, and shows no images: in a ``run``'s artifacts (experiment id, run id), the page and the images
+    are linked where the artifact viewer shows them."""
+    page = HTML_PAGE if run is None else artifact_page("", *run, f"{REPORT_FOLDER}/{HTML_PAGE}")
     trials = study.get_trials(deepcopy=False)
     states = collections.Counter(trial.state.name for trial in trials)
     lines = [
@@ -224,9 +230,14 @@ def summary_markdown(
                 "|---|---|",
             ]
             lines += [f"| {reason} | {n} |" for reason, n in reasons.most_common()]
-    lines += ["", "## Plots", "", f"Every plot on one page: [{HTML_PAGE}]({report_link}), beside this file.", ""]
+    lines += ["", "## Plots", "", f"Every plot on one page: [{HTML_PAGE}]({page}), beside this file.", ""]
     if images:
-        lines += [f"![{title}]({stem}.png)" for stem, (title, _) in PLOTS.items()]
+        lines += [
+            f"![{title}]({stem}.png)"
+            if run is None
+            else f"- [{title}]({artifact_page('', *run, f'{REPORT_FOLDER}/{stem}.png')})"
+            for stem, (title, _) in PLOTS.items()
+        ]
     else:
         lines.append(
             "PNG images of each plot: `searchlab report FILE` draws them (into the study's latest run, or `--out DIR`)."
@@ -252,12 +263,10 @@ def log_report(
     *,
     images: bool = True,
 ) -> list[str]:
-    """Write the report into a temporary folder and hand it to ``log_artifacts(local_folder, artifact_path)``.
-    Its summary links the page where the MLflow UI shows it: the UI renders ``summary.md`` inside its own page,
-    where a link relative to the file would lead to the server's root."""
-    link = artifact_page("", experiment_id, run_id, f"{REPORT_FOLDER}/{HTML_PAGE}")
+    """Write the report into a temporary folder and hand it to ``log_artifacts(local_folder, artifact_path)``, the
+    artifacts of run ``run_id``."""
     with tempfile.TemporaryDirectory() as folder:
-        notes = write_report(study, folder, images=images, report_link=link)
+        notes = write_report(study, folder, images=images, run=(experiment_id, run_id))
         log_artifacts(folder, REPORT_FOLDER)
     return notes
 

@@ -17,6 +17,7 @@ from conftest import SEARCHLAB, clean_env, free_port, write_study
 from mlflow import MlflowClient
 
 from searchlab.mlflow_ui import CHART_VIEW_TAG, SCATTERED_PARAMS, artifact_page, chart_view, charts_page
+from searchlab.report import PLOTS
 from searchlab.settings import OBJECTIVE_NAME
 
 STUDY = "shown"
@@ -154,3 +155,30 @@ def test_the_chart_view_fits_an_experiment_tag_for_many_params() -> None:
     assert charts[0]["type"] == "PARALLEL" and charts[0]["selectedParams"] == params
     assert sum(chart["type"] == "SCATTER" for chart in charts) == SCATTERED_PARAMS
     assert CHART_VIEW_TAG.startswith("mlflow.sharedViewState.")
+
+
+def test_the_summary_links_each_image_to_the_viewer(browser: Any, shown: tuple[Path, str]) -> None:
+    """After `searchlab report FILE` (PNGs too), the summary in the artifact viewer (which shows no images inside a
+    markdown file) links each image, and a link opens it."""
+    from selenium.webdriver.common.by import By
+
+    folder, url = shown
+    drawn = subprocess.run(
+        [SEARCHLAB, "report", "tiny_study.py"], cwd=folder, env=clean_env(), capture_output=True, text=True, timeout=300
+    )
+    assert drawn.returncode == 0, drawn.stderr
+    experiment_id, parent, _ = runs(folder)
+    browser.get(artifact_page(url, experiment_id, parent.info.run_id, "report/summary.md"))
+    for title, _ in PLOTS.values():
+        browser.find_element(By.LINK_TEXT, title)
+    browser.find_element(By.LINK_TEXT, PLOTS["slice"][0]).click()
+    browser.switch_to.window(browser.window_handles[-1])
+    try:
+        image = browser.find_element(By.CSS_SELECTOR, "img[src^='blob:'], img[src*='slice.png']")
+        deadline = time.monotonic() + 30
+        while not browser.execute_script("return arguments[0].naturalWidth", image) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert browser.execute_script("return arguments[0].naturalWidth", image) > 0  # the image, loaded
+    finally:
+        browser.close()
+        browser.switch_to.window(browser.window_handles[0])

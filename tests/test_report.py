@@ -26,18 +26,23 @@ def invoke(*args: str) -> object:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def check_report(folder: Path, study: optuna.Study, *, images: bool = True, link: str = "report.html") -> None:
+def check_report(folder: Path, study: optuna.Study, *, images: bool = True, run: tuple[str, str] | None = None) -> None:
     """Every plot is a PNG image (if ``images``, else none is and the summary says how to draw them), the HTML
-    page holds every plot, without a script, the summary links it as ``link`` and its best value is Optuna's."""
+    page holds every plot, without a script, the summary links it and its best value is Optuna's. In a ``run``'s
+    artifacts (experiment id, run id), the links lead where the MLflow UI shows the files."""
     summary = (folder / "summary.md").read_text()
+
+    def link(name: str) -> str:
+        return name if run is None else artifact_page("", *run, f"{REPORT_FOLDER}/{name}")
+
     for stem in PLOTS:
         if images:
             assert (folder / f"{stem}.png").read_bytes().startswith(PNG_SIGNATURE), stem
-            assert f"]({stem}.png)" in summary
+            assert f"]({link(stem + '.png')})" in summary
         else:
-            assert not (folder / f"{stem}.png").exists() and f"]({stem}.png)" not in summary
+            assert not (folder / f"{stem}.png").exists() and f"{stem}.png)" not in summary
     assert ("`searchlab report FILE` draws them" in summary) is not images
-    assert f"[report.html]({link})" in summary
+    assert f"[report.html]({link('report.html')})" in summary
     html = (folder / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert html.count("<svg") >= len(PLOTS) and "<script" not in html  # opens offline, in any viewer
@@ -62,9 +67,7 @@ def test_every_run_writes_the_report_to_its_parent_run_without_the_slow_pngs(wor
     )
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     folder = Path(client.download_artifacts(parent_run_id, REPORT_FOLDER, str(workdir)))
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    link = artifact_page("", experiment_id, parent_run_id, f"{REPORT_FOLDER}/report.html")  # a page of the UI
-    check_report(folder, study, images=False, link=link)
+    check_report(folder, study, images=False, run=(client.get_run(parent_run_id).info.experiment_id, parent_run_id))
     assert client.get_run(parent_run_id).info.status == "FINISHED"
     pruned = [trial for trial in study.trials if trial.state == TrialState.PRUNED]
     if pruned:  # the median pruner usually prunes some of 8 trials; the summary counts them either way
@@ -93,8 +96,8 @@ def test_report_command_writes_a_folder_or_the_latest_parent_run(workdir: Path, 
     result = invoke("report", str(study_file))
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"report     runs:/{parent_run_id}/{REPORT_FOLDER} (summary.md, report.html, PNGs)"
-    link = artifact_page("", study.user_attrs["mlflow_experiment_id"], parent_run_id, f"{REPORT_FOLDER}/report.html")
-    check_report(Path(client.download_artifacts(parent_run_id, REPORT_FOLDER, str(workdir / "run"))), study, link=link)
+    folder = Path(client.download_artifacts(parent_run_id, REPORT_FOLDER, str(workdir / "run")))
+    check_report(folder, study, run=(study.user_attrs["mlflow_experiment_id"], parent_run_id))
 
 
 def test_report_of_an_unknown_study_is_one_line(workdir: Path, study_file: Path) -> None:
