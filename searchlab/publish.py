@@ -35,7 +35,7 @@ def publish(
         lines.append("report     not written (--no-report): 'searchlab report' writes it")
     else:
         try:
-            # no PNGs: drawing them takes seconds at the end of every run; 'searchlab report' draws them
+            # no PNG files: report.html holds the plots; 'searchlab report' adds them
             log_report(
                 study,
                 lambda folder, path: tracker.log_artifacts(parent_run_id, folder, path),

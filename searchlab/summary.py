@@ -77,7 +77,10 @@ class RunSummary:
         lines += self.published + self.notes
         if self.tracking_uri.startswith(("http://", "https://")):
             base = mask_password(self.tracking_uri).rstrip("/")
-            lines.append(f"open       {experiment_page(base, self.experiment_id)}")
+            lines.append(
+                f"open       {experiment_page(base, self.experiment_id)} "
+                f"(charts: {charts_page(base, self.experiment_id)})"
+            )
         else:
             tracking = (
                 ""

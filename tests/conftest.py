@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -265,6 +266,45 @@ def by_host_name(url: str) -> str:
     if address != "127.0.0.1":
         pytest.skip(f"host name {name!r} resolves to {address}, not to the test server's 127.0.0.1")
     return url.replace("127.0.0.1", name, 1)
+
+
+def run_study(folder: Path, study_file: Path, *args: str) -> None:
+    """`searchlab run STUDY_FILE ARGS` in ``folder``, as a user runs it (a process of its own)."""
+    command = [SEARCHLAB, "run", str(study_file), *args]
+    subprocess.run(command, cwd=folder, env=clean_env(), check=True, capture_output=True, timeout=300)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+
+def start(folder: Path, *args: str, ready: str, env: dict[str, str] | None = None) -> Server:
+    """Start `searchlab ARGS --port P` in ``folder`` and wait until ``ready`` (a path) answers."""
+    port = free_port()
+    log = folder / f"{args[0]}-{port}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [SEARCHLAB, *args, "--port", str(port)],
+            cwd=folder,
+            env=clean_env(**(env or {})),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=default_sigint,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + ready, timeout=5):
+                return Server(process, url, log)
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"searchlab {args[0]} did not start: {log.read_text()}") from None
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SEARCHLAB, clean_env, free_port, write_study
+from conftest import SEARCHLAB, clean_env, run_study, start, write_study
 from mlflow import MlflowClient
 
 from searchlab.mlflow_ui import CHART_VIEW_TAG, SCATTERED_PARAMS, artifact_page, chart_view, charts_page
@@ -29,39 +28,13 @@ def shown(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
     """A study run with the median pruner (some trials pruned), and `searchlab ui` serving its store."""
     folder = tmp_path_factory.mktemp("shown")
     study_file = write_study(folder, name=STUDY, max_epochs=8, patience=8, extra="pruner='median'")
-    subprocess.run(
-        [SEARCHLAB, "run", str(study_file), "--trials", str(TRIALS)],
-        cwd=folder,
-        env=clean_env(),
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    port = free_port()
-    with (folder / "ui.log").open("w") as log:
-        server = subprocess.Popen(
-            [SEARCHLAB, "ui", "--study-name", STUDY, "--port", str(port)],
-            cwd=folder,
-            env=clean_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5):
-                break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError((folder / "ui.log").read_text()) from None
-            time.sleep(0.5)
+    run_study(folder, study_file, "--trials", str(TRIALS))
+    server = start(folder, "ui", "--study-name", STUDY, ready="/health")
     try:
-        yield folder, url
+        yield folder, server.url
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.process.terminate()
+        server.process.wait(timeout=30)
 
 
 def client(folder: Path) -> MlflowClient:

@@ -13,18 +13,24 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy
 from click.testing import CliRunner
-from conftest import POSTGRES_URL, SEARCHLAB, clean_env, default_sigint, free_port, write_study
+from conftest import (
+    POSTGRES_URL,
+    SEARCHLAB,
+    Server,
+    clean_env,
+    run_study,
+    start,
+    write_study,
+)
 
 from searchlab.cli import main
 from searchlab.errors import ConfigError
@@ -36,53 +42,12 @@ CHROMIUM = next(
 TRIALS = 4
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen
-    url: str
-    log: Path
-
-
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder where a small study ran: searchlab.journal and mlflow.db."""
     folder = tmp_path_factory.mktemp("viewed")
-    study_file = write_study(folder, name="viewed")
-    subprocess.run(
-        [SEARCHLAB, "run", str(study_file), "--trials", str(TRIALS)],
-        cwd=folder,
-        env=clean_env(),
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    run_study(folder, write_study(folder, name="viewed"), "--trials", str(TRIALS))
     return folder
-
-
-def start(folder: Path, *args: str, ready: str, env: dict[str, str] | None = None) -> Server:
-    """Start `searchlab ARGS --port P` in ``folder`` and wait until ``ready`` (a path) answers."""
-    port = free_port()
-    log = folder / f"{args[0]}-{port}.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [SEARCHLAB, *args, "--port", str(port)],
-            cwd=folder,
-            env=clean_env(**(env or {})),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=default_sigint,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + ready, timeout=5):
-                return Server(process, url, log)
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"searchlab {args[0]} did not start: {log.read_text()}") from None
-            time.sleep(0.5)
 
 
 def stop_with_ctrl_c(server: Server) -> None:
