@@ -28,7 +28,7 @@ PYTHON = sys.executable
 # PYTHONPATH, not installed: e.g. on a lent GPU machine).
 _SCRIPT = Path(sys.executable).with_name("searchlab")
 SEARCHLAB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "searchlab"]
-DEFAULT_STUDY = str(ROOT / "studies" / "regression.py")
+DEFAULT_STUDY = str(HERE / "studies" / "diabetes.py")  # small trials: see its docstring
 # Packages whose import costs seconds or pulls a large tree; the start-up benchmark says which path loads which.
 HEAVY = (
     "torch",

@@ -3,7 +3,7 @@ the share of an epoch spent outside forward/backward/step.
 
 Run by benchmarks/suite.py; by hand: python benchmarks/datapath.py --repeats 3 --out data.json
 
-On the study's own data (default: studies/regression.py), a model built from the space's first values, for each
+On the study's own data (default: benchmarks/studies/diabetes.py), a model built from the space's first values, for each
 batch size (the variants alternate within every repeat; medians over repeats):
 
 - ``batches``: one pass over the training batches and nothing else, from ``data.make_batches`` on the in-memory

@@ -2,7 +2,8 @@
 
 Run: python benchmarks/suite.py [--repeats 3] [--json benchmarks/results/suite.json]
                                 [--only overhead,naive,batch32,small,scaling,startup,data]
-                                [--workload benchmarks/studies/regression_workload.py] [--study studies/regression.py]
+                                [--workload benchmarks/studies/regression_workload.py]
+                                [--study benchmarks/studies/diabetes.py]
 
 Each benchmark alternates its variants (reversed order every other repeat), each measurement in a fresh
 process; the table gives the median, min and max over repeats, the ratio the issue's target is about, and
@@ -22,7 +23,7 @@ pass/fail. The JSON holds the table, every raw figure, the breakdown of a tracke
             per-batch costs (validation at the training batch size was one) show. Same targets.
 - naive     the same study as an Optuna objective with synchronous ``mlflow.log_metric`` per metric per epoch
             and ``mlflow.log_artifact`` for the weights: target searchlab <= 0.70 x naive.
-- small     ``searchlab`` against ``bare`` on ``--study`` (the shipped studies/regression.py, ~50-120 ms per
+- small     ``searchlab`` against ``bare`` on ``--study`` (benchmarks/studies/diabetes.py, ~50-120 ms per
             trial): what searchlab costs per trial where a trial is tiny (no target).
 - scaling   benchmarks/parallel.py's trials per hour with 1 and 2 workers: target 2 workers >= 1.8 x 1 worker.
 - startup   import cost of each entry point, ``searchlab run`` to the first epoch (1 and 2 workers), and where the

@@ -5,8 +5,8 @@ metric per epoch, ~15-45 ms each) costs ~1.5x the bare loop. This study is sized
 regression from scikit-learn's generator (no download), 12,800 training and 3,200 validation rows, an MLP of two
 hidden layers; a trial of 10 epochs trains ~0.9 s on the 2-core benchmark machine, and the naive script took
 1.55x the bare loop there. (With the 6,000 training rows it had before, the naive script took 2.0-2.1x: trials
-half as long as the issue's, which doubled every per-trial cost's share.) studies/regression.py (442 rows) trains
-a trial in ~50-120 ms, where any framework's per-trial cost dominates: the suite's ``small`` benchmark.
+half as long as the issue's, which doubled every per-trial cost's share.) benchmarks/studies/diabetes.py (442
+rows) trains a trial in ~50-120 ms, where any framework's per-trial cost dominates: the suite's ``small`` benchmark.
 
 Run: searchlab run benchmarks/studies/regression_workload.py
 """
