@@ -20,7 +20,7 @@ from searchlab.results import trial_run_id
 from searchlab.settings import OBJECTIVE_NAME, RUN_ID_ATTR, SEED_ATTR, SETUP_ATTR, STATE_DICT_FILE, tracking_uri_for
 from searchlab.storage import mask_password
 from searchlab.study import load_study_file
-from searchlab.tracking import MlflowTracker
+from searchlab.tracking import MlflowTracker, every_page
 from searchlab.trial import Trial
 
 BEST_ALIAS = "best"
@@ -127,7 +127,7 @@ def _versions(client: Any, name: str) -> list[Any]:
     from mlflow.exceptions import MlflowException
 
     try:
-        return list(client.search_model_versions(f"name = '{name}'"))
+        return every_page(client.search_model_versions, f"name = '{name}'")
     except MlflowException:
         return []
 

@@ -42,6 +42,20 @@ EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
 ENVIRONMENT_PROBES = ("IPython", "pyspark", "dbruntime")
 # MLflow's own limits per log_batch call.
 MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000
+SEARCH_PAGE = 1000  # results per page of an MLflow search (its default page size)
+
+
+def every_page(search: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+    """Every result of an MLflow search (``client.search_runs``, ``search_model_versions``...), page after page: one
+    call returns one page, so a cleanup or a lookup that read only the first would miss what a long-lived
+    experiment holds past it."""
+    from mlflow.utils import get_results_from_paginated_fn
+
+    return list(
+        get_results_from_paginated_fn(
+            lambda size, token: search(*args, max_results=size, page_token=token, **kwargs), SEARCH_PAGE
+        )
+    )
 
 
 def run_by_token(client: Any, experiment_id: str, token: str) -> Any:
@@ -307,7 +321,7 @@ class MlflowTracker:
     def close_dead_runs(self, experiment_id: str, is_dead: Callable[[str], bool]) -> list[str]:
         """Close as KILLED the RUNNING runs (parents and trials) whose process (tag ``worker``) is dead: those
         its trial's recovery cannot name (killed before the trial recorded its run id, or a killed run)."""
-        runs = self._retry(self.client.search_runs, [experiment_id], "attributes.status = 'RUNNING'", max_results=10000)
+        runs = self._retry(every_page, self.client.search_runs, [experiment_id], "attributes.status = 'RUNNING'")
         dead = [run.info.run_id for run in runs if is_dead(run.data.tags.get(WORKER, ""))]
         for run_id in dead:
             self.set_tags(run_id, {STATE_TAG: "FAIL", REASON: "its searchlab process died"})

@@ -21,6 +21,7 @@ from searchlab.registry import (
     INFO_FILE,
     MODEL_FOLDER,
     SOURCE_FILE,
+    _versions,
     load_registered,
     recorded_value,
     register,
@@ -166,3 +167,15 @@ def test_a_versions_recorded_value_is_read_under_its_old_name_too() -> None:
     assert recorded_value({"best_val_loss": "0.25"}) == 0.25
     assert recorded_value({"val_loss": "0.5"}) == 0.5  # registered before the value was named best_val_loss
     assert recorded_value({}) is None
+
+
+def test_model_versions_are_read_page_after_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model promoted night after night has many versions: the lookup of a run's version reads every page."""
+    monkeypatch.setattr("searchlab.tracking.SEARCH_PAGE", 2)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_registered_model("study")
+    experiment_id = client.create_experiment("study")
+    run_ids = [client.create_run(experiment_id).info.run_id for _ in range(5)]
+    for run_id in run_ids:
+        client.create_model_version("study", f"runs:/{run_id}/model", run_id=run_id)
+    assert sorted(version.run_id for version in _versions(client, "study")) == sorted(run_ids)

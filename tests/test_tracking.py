@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 
 from searchlab.endpoints import check_tracking_uri
 from searchlab.errors import ConfigError
-from searchlab.settings import CREATE_TOKEN_TAG, OLD_CREATE_TOKEN_TAG, PARENT_RUN_TAG, STATE_DICT_FILE
-from searchlab.tracking import ENVIRONMENT_PROBES, MlflowTracker, remember_missing, run_by_token
+from searchlab.settings import CREATE_TOKEN_TAG, OLD_CREATE_TOKEN_TAG, PARENT_RUN_TAG, STATE_DICT_FILE, WORKER
+from searchlab.tracking import ENVIRONMENT_PROBES, MlflowTracker, every_page, remember_missing, run_by_token
 
 
 @pytest.fixture
@@ -116,6 +116,21 @@ def test_a_creation_token_finds_its_run_under_the_tag_it_had_before(tracker: Mlf
     assert run_by_token(tracker.client, experiment_id, "new-token").info.run_id == new
     assert run_by_token(tracker.client, experiment_id, "old-token").info.run_id == old  # a run from an older release
     assert run_by_token(tracker.client, experiment_id, "no-such-token") is None
+
+
+def test_dead_runs_are_closed_past_the_first_page_of_a_search(tracker: MlflowTracker) -> None:
+    """A long-lived experiment holds more runs than one page of MLflow's search (1,000): the cleanup sees them all."""
+    experiment_id = tracker.experiment_id("study")
+    for number in range(1_100):
+        tracker.client.create_run(experiment_id, tags={WORKER: "gone:1"}, run_name=f"trial {number}")
+    tracker.client.create_run(experiment_id, tags={WORKER: "alive:1"}, run_name="trial alive")
+    assert len(tracker.client.search_runs([experiment_id], "attributes.status = 'RUNNING'")) == 1_000  # one page
+
+    closed = tracker.close_dead_runs(experiment_id, lambda worker: worker == "gone:1")
+
+    assert len(closed) == 1_100
+    running = every_page(tracker.client.search_runs, [experiment_id], "attributes.status = 'RUNNING'")
+    assert [run.info.run_name for run in running] == ["trial alive"]
 
 
 def test_weights_of_a_run_started_here_go_straight_to_its_artifact_store(
