@@ -2,9 +2,11 @@
 
 A trial counts once a worker claims it (RUNNING) or once it is final (COMPLETE, PRUNED, or FAIL with no retry left).
 A failed trial that was retried counts once, through its retry. An enqueued (WAITING) trial counts when it is claimed,
-so that enqueued trials are among a run's ``--trials``, as in Optuna's ``study.optimize(n_trials=...)``. Counting and
-asking happen under one lock shared by every worker of the study (a file lock next to a journal or sqlite file, a
-PostgreSQL advisory lock), so that two workers never both take the last trial.
+so that enqueued trials are among a run's ``--trials``, as in Optuna's ``study.optimize(n_trials=...)``. The trials
+numbered below the run's first are counted once, when the run starts (``BUDGET_FROM_ATTR``): a claim reads the run's
+trials only, however long the study's history. Counting and asking happen under one lock shared by every worker of
+the study (a file lock next to a journal or sqlite file, a PostgreSQL advisory lock), so that two workers never both
+take the last trial.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.locks import advisory_lock, file_lock, lock_key
-from searchlab.settings import BUDGET_ATTR, PACK_ATTR, WORKER
+from searchlab.settings import BUDGET_ATTR, BUDGET_FROM_ATTR, PACK_ATTR, WORKER
 from searchlab.storage import DEFAULT_JOURNAL, local_file
+from searchlab.window import count_trials, trials_since
 
 # what claim() says when it gives no trial
 WAIT: Final = "wait"
@@ -45,8 +48,9 @@ def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     return {number for trial in trials for number in trial.system_attrs.get("retry_history", [])}
 
 
-def count(trials: list[FrozenTrial]) -> Counts:
-    retried = retried_numbers(trials)
+def count(trials: list[FrozenTrial], retried: set[int] | None = None) -> Counts:
+    """``retried``: the failed trials that have a retry, when it may be among trials not in ``trials``."""
+    retried = retried_numbers(trials) if retried is None else retried
     final = sum(
         1
         for t in trials
@@ -90,9 +94,35 @@ def budget_lock(url: str | None, storage: Any, study_name: str) -> Callable[[], 
     return contextlib.nullcontext  # other databases: no cross-worker lock; the budget may overshoot by a few
 
 
+def first_open(study: optuna.Study) -> int:
+    """Where a run's trials start: the oldest trial still waiting or running (the run may claim it, or fail and retry
+    it), else the next trial's number."""
+    open_trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+    return min([count_trials(study), *(trial.number for trial in open_trials)])
+
+
+def set_budget(study: optuna.Study, first: int, n_trials: int) -> None:
+    """Give the run that starts with trial ``first`` room for ``n_trials`` counted trials. The trials below ``first``
+    are counted here, from where the previous run's count stopped: they changed only up to this run's start (its
+    recovery fails and retries what earlier runs left RUNNING)."""
+    earlier_first, earlier_counted = study.user_attrs.get(BUDGET_FROM_ATTR, (0, 0))
+    since_earlier = trials_since(study, earlier_first)
+    retried = retried_numbers(since_earlier)
+    counted = earlier_counted + count([t for t in since_earlier if t.number < first], retried).claimed
+    study.set_user_attr(BUDGET_FROM_ATTR, [first, counted])
+    study.set_user_attr(BUDGET_ATTR, counted + count(trials_since(study, first), retried).claimed + n_trials)
+
+
+def run_counts(study: optuna.Study) -> Counts:
+    """The counts of the run's trials, those below its first trial counted as final (see ``set_budget``)."""
+    first, counted = study.user_attrs.get(BUDGET_FROM_ATTR, (0, 0))
+    run = count(trials_since(study, first))
+    return Counts(counted + run.final, run.running, run.waiting)
+
+
 def has_room(study: optuna.Study) -> bool:
     """Whether a worker may claim a trial now (an enqueued one first: ``ask`` takes the oldest waiting trial)."""
-    return count(study.get_trials(deepcopy=False)).claimed < study.user_attrs.get(BUDGET_ATTR, 0)
+    return run_counts(study).claimed < study.user_attrs.get(BUDGET_ATTR, 0)
 
 
 def _ask(study: optuna.Study, worker: str) -> optuna.Trial:
@@ -131,7 +161,7 @@ def claim_members(
     fails half-way fails the trials it took: none is left RUNNING."""
     members: list[optuna.Trial] = []
     with lock():
-        counts = count(study.get_trials(deepcopy=False))
+        counts = run_counts(study)
         room = 0 if counts.waiting else study.user_attrs.get(BUDGET_ATTR, 0) - counts.claimed
         try:
             for _ in range(max(0, min(n, room))):

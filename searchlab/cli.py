@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from searchlab.cli_search import check, nightly, replay, run, schedule, worker
-from searchlab.cli_view import best, dashboard, report, server, trials, ui
+from searchlab.cli_view import best, compact, dashboard, report, server, trials, ui
 from searchlab.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, RunFailed, exit_code
 
 
@@ -58,5 +58,5 @@ def main() -> None:
     """
 
 
-for command in (run, nightly, schedule, check, worker, server, ui, dashboard, report, replay, trials, best):
+for command in (run, nightly, schedule, check, worker, server, ui, dashboard, report, replay, trials, best, compact):
     main.add_command(command)

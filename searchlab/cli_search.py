@@ -107,13 +107,14 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
     or a PostgreSQL advisory lock).
     """
     study = load_for_search(file, flags["workers"])
-    from searchlab.nightly import run_night  # torch, optuna, mlflow
+    from searchlab.nightly import compact_after_night, run_night  # torch, optuna, mlflow
     from searchlab.summary import StudyInterrupted
 
+    config = resolve_config(study, flags)
     try:
         night, summary = run_night(
             study,
-            resolve_config(study, flags),
+            config,
             study_file=file,
             reevaluate=reevaluate,
             threshold=threshold,
@@ -123,6 +124,9 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
         click.echo("interrupted: every open trial was failed and its MLflow run closed", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo("\n".join([*(summary.lines() if summary else []), *night.lines()]))
+    journal = compact_after_night(config.storage)
+    if journal:
+        click.echo(journal)
     sys.exit(night.exit_code)
 
 

@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from searchlab.cli_options import ALLOWED_HOSTS_HELP, HOST_HELP, TRACKING_HELP, store_options
 from searchlab.endpoints import check_tracking_uri
-from searchlab.errors import ConfigError
+from searchlab.errors import EXIT_FAILED, ConfigError
 from searchlab.registry import load_best
 from searchlab.results import best_trial, format_best, format_trials, open_results, study_name_for
 from searchlab.settings import storage_for, tracking_uri_for
@@ -194,12 +194,36 @@ def report(
 
 
 @click.command()
+@click.option("--storage", help="The journal file to compact [default: searchlab.journal here; env SEARCHLAB_STORAGE].")
+def compact(storage: str | None) -> None:
+    """Rewrite a journal file as one record per study and per trial (the per-epoch values of older trials go: MLflow
+    keeps every curve), so that every process opens it fast. `searchlab nightly` does it after each night. Refused
+    while another process has the journal open; plain Optuna and optuna-dashboard read the result."""
+    from searchlab.compaction import JournalInUse  # optuna
+    from searchlab.compaction import compact as compact_file
+
+    try:
+        click.echo(compact_file(storage_for(storage)))
+    except JournalInUse as busy:
+        click.echo(f"Error: {busy}: close it and try again", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@click.command()
 @click.argument("file", required=False)
 @store_options
-def trials(file: str | None, storage: str | None, study_name: str | None) -> None:
-    """List a study's trials: number, state, value, params and MLflow run id."""
+@click.option("--last", type=click.IntRange(min=1), default=50, show_default=True, help="List the latest N trials.")
+@click.option("--all", "every", is_flag=True, help="List every trial (a study continued nightly holds thousands).")
+def trials(file: str | None, storage: str | None, study_name: str | None, last: int, every: bool) -> None:
+    """List a study's latest trials: number, state, value, params and MLflow run id."""
+    from searchlab.window import count_trials, trials_since
 
-    click.echo(format_trials(open_results(file, storage, study_name).trials))
+    study = open_results(file, storage, study_name)
+    total = count_trials(study)
+    shown = trials_since(study, 0 if every else max(0, total - last))
+    click.echo(format_trials(shown))
+    if len(shown) < total:
+        click.echo(f"({total - len(shown)} earlier trials not listed: --last N or --all)")
 
 
 @click.command()

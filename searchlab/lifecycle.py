@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from searchlab.budget import budget_lock, count
+from searchlab.budget import budget_lock, first_open, set_budget
 from searchlab.config import RunConfig, RunStarted, resolve_config
 from searchlab.devices import Slot
 from searchlab.errors import EXIT_INTERRUPTED, ConfigError, RunFailed, exit_with
@@ -24,7 +24,6 @@ from searchlab.publish import publish
 from searchlab.recovery import is_dead_local_worker, reap_dead_local_trials, worker_name
 from searchlab.results import value_of
 from searchlab.settings import (
-    BUDGET_ATTR,
     EXPERIMENT_ATTR,
     OBJECTIVE_NAME,
     PARENT_RUN_ATTR,
@@ -46,6 +45,7 @@ from searchlab.summary import (
 )
 from searchlab.tracking import MlflowTracker
 from searchlab.unsent import resend_unsent, unsent_runs
+from searchlab.window import best_of, trials_since
 from searchlab.worker import run_worker
 
 
@@ -82,7 +82,7 @@ class OpenRun:
     study: optuna.Study
     tracker: MlflowTracker
     lock: Callable[[], Any]
-    before: set[int]  # the trials the study held before this run
+    first: int  # where the run's trials start: trials numbered below are final (see budget.first_open)
     experiment_id: str
     parent_run_id: str
     summary: RunSummary
@@ -162,7 +162,7 @@ def _start_parent_run(config: RunConfig, storage: Any) -> OpenRun:
     tracker = MlflowTracker(config.tracking_uri, retry_seconds=config.tracking_wait)
     lock = budget_lock(config.storage, storage, config.study_name)
     resent = resend_unsent(config.tracking_uri, wait=config.tracking_wait)  # before the dead runs: it may close some
-    before = {trial.number for trial in study.get_trials(deepcopy=False)}  # retries enqueued next run here
+    first = first_open(study)  # retries enqueued next are among the run's trials
     reap_dead_local_trials(
         study, retries=config.retries, tracker=tracker, lock=lock, reason="its worker died before this run started"
     )
@@ -181,7 +181,7 @@ def _start_parent_run(config: RunConfig, storage: Any) -> OpenRun:
     summary = RunSummary(config.study_name, describe(config.storage), config.tracking_uri, experiment_id, parent_run_id)
     if resent:
         summary.notes.append(f"resent     {resent} trial run(s) an earlier run could not send to MLflow")
-    return OpenRun(storage, study, tracker, lock, before, experiment_id, parent_run_id, summary)
+    return OpenRun(storage, study, tracker, lock, first, experiment_id, parent_run_id, summary)
 
 
 def _search(
@@ -221,12 +221,12 @@ def _search(
                 run.tracker,
                 bar,
                 run.lock,
-                run.before,
+                run.first,
                 experiment_id=run.experiment_id,
             )
     finally:
         bar.close()
-        run.summary.record(optuna_study.get_trials(deepcopy=False), run.before)
+        run.summary.record(trials_since(optuna_study, run.first), best_of(optuna_study))
 
 
 def _record_settings(
@@ -267,7 +267,7 @@ def _record_settings(
     for params in enqueue:
         optuna_study.enqueue_trial(params, skip_if_exists=False)
     # enqueued trials (retries, re-evaluations) are among the run's n_trials, as in Optuna's optimize(n_trials)
-    optuna_study.set_user_attr(BUDGET_ATTR, count(optuna_study.get_trials(deepcopy=False)).claimed + config.n_trials)
+    set_budget(optuna_study, run.first, config.n_trials)
 
 
 def _close_parent_run(run: OpenRun, config: RunConfig, status: str) -> None:

@@ -21,19 +21,28 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from searchlab.budget import first_open
+from searchlab.compaction import JournalInUse, compact
 from searchlab.config import RunConfig
 from searchlab.data import load_split
 from searchlab.errors import ConfigError, RunFailed, describe_error
 from searchlab.lifecycle import run_study
 from searchlab.locks import LockHeld, advisory_lock, file_lock, lock_key
-from searchlab.nights import Night, decide, summary_markdown
+from searchlab.nights import Night, decide, night_key, recorded_nights, summary_markdown
 from searchlab.registry import current_version, load_registered, recorded_value, register, validation_loss
-from searchlab.results import best_complete, best_trials
-from searchlab.settings import NIGHTS_ATTR
-from searchlab.storage import DEFAULT_JOURNAL, close_storage, local_file, open_storage, opened_storage
+from searchlab.results import best_complete
+from searchlab.storage import (
+    DEFAULT_JOURNAL,
+    close_storage,
+    is_database_url,
+    local_file,
+    open_storage,
+    opened_storage,
+)
 from searchlab.study import Study
 from searchlab.summary import RunSummary
 from searchlab.tracking import MlflowTracker
+from searchlab.window import best_completed, trials_since
 
 CHAMPION_ALIAS = "champion"
 NIGHTLY_FOLDER = "nightly"  # the artifact folder of the night's parent run
@@ -74,15 +83,21 @@ def night_lock(url: str | None, study_name: str) -> Iterator[None]:
         yield
 
 
-def best_configurations(trials: list[FrozenTrial], k: int) -> list[dict[str, Any]]:
-    """The params of the ``k`` best completed trials, distinct, best first."""
-    chosen: list[dict[str, Any]] = []
-    for trial in best_trials(trials, len(trials)):
-        if len(chosen) == k:
-            break
-        if trial.params not in chosen:
-            chosen.append(dict(trial.params))
-    return chosen
+def best_configurations(study: optuna.Study, k: int) -> list[dict[str, Any]]:
+    """The params of the ``k`` best completed trials, distinct, best first (a configuration re-evaluated night after
+    night is among the best many times: more are read until ``k`` differ, or none is left)."""
+    if k == 0:
+        return []
+    size = 4 * k
+    while True:
+        best = best_completed(study, size)
+        distinct: list[dict[str, Any]] = []
+        for trial in best:
+            if trial.params not in distinct:
+                distinct.append(dict(trial.params))
+        if len(distinct) >= k or len(best) < size:
+            return distinct[:k]
+        size *= 4
 
 
 def importances(trials: list[Any]) -> dict[str, float]:
@@ -116,8 +131,7 @@ def run_night(
     if not 0 <= threshold < 1:
         raise ConfigError(f"--threshold must be a fraction in [0, 1), e.g. 0.01 for 1%, got {threshold}")
     with night_lock(config.storage, config.study_name), opened_storage(config.storage) as storage:
-        before, nights = _earlier_nights(config, storage)
-        again = best_configurations(before, reevaluate)
+        first, again, nights = _earlier_nights(config, storage, reevaluate)
         if again and config.n_trials <= len(again):
             raise ConfigError(
                 f"--trials {config.n_trials} leaves no room to search after re-evaluating "
@@ -140,28 +154,32 @@ def run_night(
         except KeyError:  # the first night failed before its study was created
             return night, summary
         night.parent_run_id = summary.parent_run_id if summary else None
-        best = _record_tonight(night, optuna_study, {trial.number for trial in before})
+        best = _record_tonight(night, optuna_study, first)
         tracker = MlflowTracker(config.tracking_uri)
         _judge_and_promote(night, best, study, config, study_file, threshold, tracker.client)
         nights.append(dataclasses.asdict(night))
-        optuna_study.set_user_attr(NIGHTS_ATTR, nights)
+        optuna_study.set_user_attr(night_key(night.night), nights[-1])
         if night.parent_run_id is not None:
             _log_night(tracker, night, config.study_name, nights)
     return night, summary
 
 
-def _earlier_nights(config: RunConfig, storage: Any) -> tuple[list[FrozenTrial], list[dict[str, Any]]]:
-    """The study's trials and nights so far (none before the first night, which creates the study)."""
+def _earlier_nights(
+    config: RunConfig, storage: Any, reevaluate: int
+) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Where tonight's trials start, the ``reevaluate`` best configurations and the nights so far (nothing before
+    the first night, which creates the study)."""
     try:
         earlier = optuna.load_study(study_name=config.study_name, storage=storage)
     except KeyError:
-        return [], []
-    return earlier.get_trials(deepcopy=False), list(earlier.user_attrs.get(NIGHTS_ATTR, []))
+        return 0, [], []
+    return first_open(earlier), best_configurations(earlier, reevaluate), recorded_nights(earlier.user_attrs)
 
 
-def _record_tonight(night: Night, study: optuna.Study, earlier: set[int]) -> FrozenTrial | None:
-    """Tonight's trials, best trial and importances, into ``night``; returns tonight's best trial."""
-    tonight = [trial for trial in study.get_trials(deepcopy=False) if trial.number not in earlier]
+def _record_tonight(night: Night, study: optuna.Study, first: int) -> FrozenTrial | None:
+    """Tonight's trials (numbered ``first`` on), best trial and importances, into ``night``; returns tonight's best
+    trial."""
+    tonight = trials_since(study, first)
     night.trials = len(tonight)
     best = best_complete(tonight)
     if best is not None:
@@ -203,10 +221,10 @@ def _judge_and_promote(
 
 
 def _log_night(tracker: Any, night: Night, study_name: str, nights: list[dict[str, Any]]) -> None:
-    """The night-over-night summary and the nights' records on the night's parent run, with tags to filter on."""
+    """The night-over-night summary and tonight's record on the night's parent run, with tags to filter on."""
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "summary.md").write_text(summary_markdown(study_name, nights))
-        (Path(folder) / "nights.json").write_text(json.dumps(nights, indent=2, default=str))
+        (Path(folder) / "night.json").write_text(json.dumps(nights[-1], indent=2, default=str))
         tracker.log_artifacts(night.parent_run_id, folder, NIGHTLY_FOLDER)
     tracker.set_tags(
         night.parent_run_id,
@@ -220,3 +238,15 @@ def _log_night(tracker: Any, night: Night, study_name: str, nights: list[dict[st
     if night.champion_tonight is not None:
         tracker.log_metrics(night.parent_run_id, {"champion_val_loss_tonight": night.champion_tonight}, step=0)
         tracker.flush(night.parent_run_id)
+
+
+def compact_after_night(url: str | None) -> str | None:
+    """Compact the night's journal (a database needs none), once its run and its workers are done; a line saying
+    what became of it. Another process that has it open (a dashboard left running) keeps it as it is until a night
+    finds it free."""
+    if url is not None and is_database_url(url):
+        return None
+    try:
+        return compact(url)
+    except JournalInUse as busy:
+        return f"journal    not compacted tonight: {busy}; a later night compacts it (or: searchlab compact)"

@@ -1,17 +1,27 @@
 """What one nightly sweep decided, and the record of the nights: promote tonight's best, hold the champion, or
-report that the champion got worse on the new data; and the night-over-night summary."""
+report that the champion got worse on the new data; and the night-over-night summary.
+
+Each night is one study attribute of its own (``NIGHT_ATTR_PREFIX`` + its number), written once: a year of nights
+adds a year of records, where one list rewritten every night grew the journal by the square of the nights.
+"""
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from searchlab.errors import EXIT_FAILED, EXIT_OK, EXIT_WORSE, format_value
+from searchlab.settings import NIGHT_ATTR_PREFIX, OLD_NIGHTS_ATTR
+
+DETAILED_NIGHTS = 14  # the summary's table of nights, one row each; earlier nights are summed up by week and month
+WEEKLY_NIGHTS = 91  # nights older than the detailed ones, up to this age, by ISO week; older ones by month
 
 
 @dataclass
 class Night:
-    """What one night did and decided; stored in the study (``NIGHTS_ATTR``) and on the night's parent run."""
+    """What one night did and decided; stored in the study (``night_key``) and on the night's parent run."""
 
     night: int
     started: str
@@ -47,6 +57,18 @@ class Night:
         if self.champion_after is not None:
             lines.append(f"champion   now version {self.champion_after}")
         return lines
+
+
+def night_key(number: int) -> str:
+    """The study attribute holding night ``number``'s record."""
+    return f"{NIGHT_ATTR_PREFIX}{number:05d}"
+
+
+def recorded_nights(study_attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every night recorded in a study's user attributes, in order (the old single list too)."""
+    nights = {night["night"]: night for night in study_attrs.get(OLD_NIGHTS_ATTR, [])}
+    nights.update((value["night"], value) for key, value in study_attrs.items() if key.startswith(NIGHT_ATTR_PREFIX))
+    return [nights[number] for number in sorted(nights)]
 
 
 def decide(night: Night, threshold: float) -> bool:
@@ -95,11 +117,22 @@ def summary_markdown(study_name: str, nights: list[dict[str, Any]]) -> str:
         "| night | started | trials | best val_loss | champion on that night's data | decision |",
         "|---|---|---|---|---|---|",
     ]
+    detailed = nights[-DETAILED_NIGHTS:]
     lines += [
         f"| {n['night']} | {n['started']} | {n['trials']} | {format_value(n['best_value'], none='-')} | "
         f"{format_value(n['champion_tonight'], none='-')} | {n['decision']} |"
-        for n in nights
+        for n in detailed
     ]
+    earlier = nights[: -len(detailed)]
+    if earlier:
+        lines += [
+            "",
+            f"## Earlier nights ({len(earlier)}): by week for {WEEKLY_NIGHTS} nights, by month before",
+            "",
+            "| period | nights | trials | best val_loss | promoted | champion worse | failed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [_period_row(period, group) for period, group in _periods(earlier)]
     previous = next((n for n in reversed(nights[:-1]) if n["best_params"]), None)
     if previous is not None and tonight["best_params"]:
         names = sorted(set(previous["best_params"]) | set(tonight["best_params"]))
@@ -131,3 +164,24 @@ def summary_markdown(study_name: str, nights: list[dict[str, Any]]) -> str:
             old, new = drift_from["importances"].get(name, 0.0), tonight["importances"].get(name, 0.0)
             lines.append(f"| {name} | {old:.3f} | {new:.3f} | {new - old:+.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _periods(nights: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Nights grouped by ISO week (the latest ``WEEKLY_NIGHTS``) or by month (older ones), newest group first."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for age, night in enumerate(reversed(nights)):
+        day = datetime.datetime.strptime(night["started"][:10], "%Y-%m-%d").date()
+        year, week, _ = day.isocalendar()
+        period = f"{year}-W{week:02d}" if age < WEEKLY_NIGHTS else f"{day:%Y-%m}"
+        groups.setdefault(period, []).append(night)
+    return list(groups.items())
+
+
+def _period_row(period: str, nights: list[dict[str, Any]]) -> str:
+    values = [n["best_value"] for n in nights if n["best_value"] is not None]
+    decisions = [n["decision"] for n in nights]
+    return (
+        f"| {period} | {len(nights)} | {sum(n['trials'] for n in nights)} | "
+        f"{format_value(min(values) if values else None, none='-')} | {decisions.count('promoted')} | "
+        f"{decisions.count('champion worse')} | {decisions.count('failed')} |"
+    )

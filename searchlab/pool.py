@@ -33,6 +33,7 @@ from searchlab.signals import interrupt_once, stop_with_the_coordinator
 from searchlab.storage import SYNCER, is_database_url
 from searchlab.study import Study, load_study_file
 from searchlab.summary import show_trials
+from searchlab.window import trials_since
 from searchlab.worker import run_worker
 
 STOP_GRACE_SECONDS = 60  # how long stopped workers get to close their trials before they are killed
@@ -127,13 +128,13 @@ def coordinate(
     tracker: Any,
     bar: Any,
     lock: Any,
-    before: set[int],
+    first: int,
     *,
     experiment_id: str,
 ) -> None:
-    """Watch the started workers until the budget is met; replace the ones that die. ``before``: the trials the
-    study held before this run."""
-    seen = {trial.number for trial in study.get_trials(deepcopy=False) if trial.state.is_finished()}
+    """Watch the started workers until the budget is met; replace the ones that die. ``first``: the number of the
+    run's first trial (its trials are read, not the study's history)."""
+    seen = {trial.number for trial in trials_since(study, first) if trial.state.is_finished()}
     processes = workers.processes
     deaths_in_a_row = 0
     try:
@@ -155,12 +156,12 @@ def coordinate(
                     deadline = workers.run.deadline if workers.run else None
                     if has_room(study) and (deadline is None or time.time() < deadline):
                         processes[slot.index] = workers.start(slot)
-            trials = study.get_trials(deepcopy=False)
+            trials = trials_since(study, first)
             finished = [t for t in trials if t.state.is_finished() and t.number not in seen]
             if finished:
                 deaths_in_a_row = 0
                 seen.update(trial.number for trial in finished)
-                show_trials(bar, finished, final=count([t for t in trials if t.number not in before]).final)
+                show_trials(bar, finished, final=count(trials).final)
     except BaseException as error:
         reason = (
             "stopped with the run (Ctrl-C)"

@@ -9,9 +9,9 @@ from searchlab.data import Data
 from searchlab.errors import describe_error
 from searchlab.registry import BEST_ALIAS, register
 from searchlab.report import REPORT_FOLDER, log_report
-from searchlab.results import best_complete
 from searchlab.study import Study
 from searchlab.tracking import MlflowTracker
+from searchlab.window import best_of
 
 
 def publish(
@@ -50,7 +50,7 @@ def publish(
             if isinstance(error, ConnectionError):
                 tracker.give_up.set()  # the store is unreachable: what follows fails at once, not after a wait
             lines.append(f"report     not written: {describe_error(error)} (try 'searchlab report')")
-    best = best_complete(study.get_trials(deepcopy=False))
+    best = best_of(study)
     if best is not None and not register_best:
         lines.append(
             "model      not registered (--no-register): the best weights are in its trial's run "

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from searchlab.endpoints import check_tracking_uri
 from searchlab.errors import ConfigError, first_line, format_value
 from searchlab.mlflow_ui import artifact_page
-from searchlab.results import best_trials, describe_packs, pack_sizes
+from searchlab.results import describe_packs, pack_sizes
 from searchlab.settings import (
     FAIL_REASON_ATTR,
     OBJECTIVE_NAME,
@@ -30,10 +30,14 @@ from searchlab.settings import (
 )
 from searchlab.storage import mask_password
 from searchlab.tracking import MlflowTracker
+from searchlab.window import best_completed, count_by_state, count_trials, trials_since
 
 REPORT_FOLDER = "report"  # the artifact folder of the parent run
 HTML_PAGE = "report.html"
 TOP_TRIALS = 5  # best trials in the summary table and in the learning-curve plot
+# The latest trials the plots and the reasons tables cover: a study continued every night holds tens of thousands,
+# whose plots would weigh megabytes and take minutes (fANOVA); the best trials and the counts cover the whole study.
+PLOTTED_TRIALS = 1000
 
 # file stem → (title, the optuna.visualization function name); each is drawn with plotly, and with matplotlib
 PLOTS = {
@@ -49,16 +53,30 @@ PLOTS = {
 
 
 def _top(study: optuna.Study) -> list[FrozenTrial]:
-    return best_trials(study.get_trials(deepcopy=False), TOP_TRIALS)
+    return best_completed(study, TOP_TRIALS)
 
 
-def _plot_input(study: optuna.Study, stem: str) -> optuna.Study:
-    """The study a plot draws: the best trials only for their learning curves, else the whole study."""
-    if stem != "best_learning_curves":
+def _latest(study: optuna.Study) -> optuna.Study:
+    """The study, or in memory its latest ``PLOTTED_TRIALS`` trials, numbered as in the study (the plots' axes)."""
+    total = count_trials(study)
+    if total <= PLOTTED_TRIALS:
         return study
-    best = optuna.create_study(direction="minimize")
-    best.add_trials(_top(study))
-    return best
+    return _copy(study, trials_since(study, total - PLOTTED_TRIALS))
+
+
+def _copy(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
+    """An in-memory study of these trials, keeping their numbers (``add_trials`` numbers them from 0)."""
+    copy = optuna.create_study(direction="minimize")
+    copy.set_metric_names(study.metric_names or [OBJECTIVE_NAME])
+    copy.add_trials(trials)
+    for added, trial in zip(copy.get_trials(deepcopy=False), trials, strict=True):
+        added.number = trial.number
+    return copy
+
+
+def _plot_input(study: optuna.Study, latest: optuna.Study, stem: str) -> optuna.Study:
+    """The study a plot draws: the best trials only for their learning curves, else the latest trials."""
+    return _copy(study, _top(study)) if stem == "best_learning_curves" else latest
 
 
 def write_report(
@@ -76,8 +94,9 @@ def write_report(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna's matplotlib backend is "experimental"
+            latest = _latest(study)
             for stem, (title, name) in PLOTS.items():
-                source = _plot_input(study, stem)
+                source = _plot_input(study, latest, stem)
                 try:
                     drawn.append((title, _svg_panels(study, source, stem, name)))
                     if images:
@@ -86,7 +105,7 @@ def write_report(
                     notes.append(f"{title}: not drawn ({first_line(error)})")
     finally:
         optuna.logging.set_verbosity(verbosity)
-    _write_html(study.study_name, drawn, notes, folder / HTML_PAGE)
+    _write_html(study.study_name, drawn, notes, folder / HTML_PAGE, _coverage(study))
     (folder / "summary.md").write_text(summary_markdown(study, notes, images=images, run=run))
     return notes
 
@@ -158,7 +177,17 @@ def _label_curves(axes: Any, trials: list[FrozenTrial]) -> None:
     axes.set_ylabel("val_loss")
 
 
-def _write_html(study_name: str, plots: list[tuple[str, list[str]]], notes: list[str], path: Path) -> None:
+def _coverage(study: optuna.Study) -> str:
+    """What the plots cover, said where they are."""
+    total = count_trials(study)
+    if total <= PLOTTED_TRIALS:
+        return f"The plots cover all {total} trials."
+    return f"The plots cover the latest {PLOTTED_TRIALS:,} of {total:,} trials (the best trials: the whole study)."
+
+
+def _write_html(
+    study_name: str, plots: list[tuple[str, list[str]]], notes: list[str], path: Path, coverage: str
+) -> None:
     """One self-contained page without scripts: it opens offline and in the MLflow UI's artifact viewer, and
     weighs kilobytes, not plotly.js's megabytes (interactive plots: `searchlab dashboard`)."""
     name = html.escape(study_name)
@@ -174,7 +203,7 @@ def _write_html(study_name: str, plots: list[tuple[str, list[str]]], notes: list
         "body{font-family:sans-serif;max-width:980px;margin:0 auto;padding:0 8px}"
         ".panels{display:flex;flex-wrap:wrap;gap:8px}.panel svg{max-width:100%;height:auto}"
         f"</style></head><body><h1>Study {name}</h1>"
-        "<p>Interactive plots of the same study: <code>searchlab dashboard</code>.</p>"
+        f"<p>{html.escape(coverage)} Interactive plots of the same study: <code>searchlab dashboard</code>.</p>"
         f"{''.join(sections)}</body></html>"
     )
 
@@ -189,12 +218,13 @@ def summary_markdown(
     server's root, and shows no images: in a ``run``'s artifacts (experiment id, run id), the page and the images
     are linked where the artifact viewer shows them."""
     page = HTML_PAGE if run is None else artifact_page("", *run, f"{REPORT_FOLDER}/{HTML_PAGE}")
-    trials = study.get_trials(deepcopy=False)
-    states = collections.Counter(trial.state.name for trial in trials)
+    total = count_trials(study)
+    trials = trials_since(study, max(0, total - PLOTTED_TRIALS))  # the latest: their packs and reasons
+    states = {state.name: n for state, n in count_by_state(study).items()}
     lines = [
         f"# Study {study.study_name}",
         "",
-        f"{len(trials)} trials: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(states.items())),
+        f"{total} trials: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(states.items())),
         "",
     ]
     packs = pack_sizes(trials)
@@ -219,18 +249,25 @@ def summary_markdown(
         ]
     else:
         lines.append("No trial completed yet.")
+    latest = "" if len(trials) == total else f" (of the latest {len(trials):,})"
     for state, reason_of in ((TrialState.PRUNED, _pruned_reason), (TrialState.FAIL, _fail_reason)):
         reasons = collections.Counter(reason_of(t) for t in trials if t.state == state)
         if reasons:
             lines += [
                 "",
-                f"## {state.name.capitalize()} trials: {sum(reasons.values())}",
+                f"## {state.name.capitalize()} trials{latest}: {sum(reasons.values())}",
                 "",
                 "| reason | trials |",
                 "|---|---|",
             ]
             lines += [f"| {reason} | {n} |" for reason, n in reasons.most_common()]
-    lines += ["", "## Plots", "", f"Every plot on one page: [{HTML_PAGE}]({page}), beside this file.", ""]
+    lines += [
+        "",
+        "## Plots",
+        "",
+        f"Every plot on one page: [{HTML_PAGE}]({page}), beside this file. {_coverage(study)}",
+        "",
+    ]
     if images:
         lines += [
             f"![{title}]({stem}.png)"

@@ -18,7 +18,10 @@ EXPERIMENT_ATTR = "mlflow_experiment_id"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 RUN_SETTINGS_ATTR = "searchlab_run_settings"  # the run's settings that joining workers adopt
 BUDGET_ATTR = "searchlab_budget"  # how many counted trials the study is to reach
-NIGHTS_ATTR = "searchlab_nights"  # one record per nightly sweep
+# [first, counted]: the run's first trial number, and how many trials numbered below it count (they no longer change)
+BUDGET_FROM_ATTR = "searchlab_budget_from"
+NIGHT_ATTR_PREFIX = "searchlab_night:"  # + the night's number (5 digits): one record per nightly sweep
+OLD_NIGHTS_ATTR = "searchlab_nights"  # every night's record in one list, rewritten each night (before 2026-12)
 
 # Optuna trial attributes
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run

@@ -79,7 +79,51 @@ def open_storage(url: str | None, *, heartbeat: int | None = None, on_stale: Any
         )
     path = Path(url)
     check_journal_path(path, writes=writes)
-    return optuna.storages.JournalStorage(journal_file(str(path)))
+    return journal_storage(str(path.resolve()))
+
+
+READERS_SUFFIX = ".readers"  # beside a journal: every process that has it open holds a shared lock on this file
+# path → (the file's device and inode, its JournalStorage, the open readers file that holds the shared lock)
+JOURNALS: dict[str, tuple[tuple[int, int], Any, Any]] = {}
+os.register_at_fork(after_in_child=JOURNALS.clear)  # a child's journal writes must carry worker ids of its own
+
+
+def journal_storage(path: str) -> Any:
+    """The process's JournalStorage of the journal file ``path``: opening one replays the whole log (seconds for a
+    study continued night after night), and a run opens its study several times (the night, the run, an in-process
+    worker); this one is read on from where it stopped. A file replaced since (compacted, or deleted and made again)
+    is opened anew. While the process has it open, it holds a shared lock that compaction waits for (see
+    ``compaction``)."""
+    import optuna
+
+    def identity() -> tuple[int, int] | None:
+        with contextlib.suppress(FileNotFoundError):
+            found = os.stat(path)
+            return found.st_dev, found.st_ino
+        return None
+
+    cached = JOURNALS.get(path)
+    if cached is not None and cached[0] == identity():
+        return cached[1]
+    forget_journal(path)
+    readers = None
+    with contextlib.suppress(OSError):  # a read-only folder: nobody compacts the journal there
+        readers = open(path + READERS_SUFFIX, "a")  # noqa: SIM115 (held open, and locked, while the process lives)
+        fcntl.flock(readers, fcntl.LOCK_SH)
+    storage = optuna.storages.JournalStorage(journal_file(path))
+    file = identity()
+    if file is not None:
+        JOURNALS[path] = (file, storage, readers)
+    elif readers is not None:
+        readers.close()
+    return storage
+
+
+def forget_journal(path: str) -> None:
+    """Drop this process's JournalStorage of ``path``, and its shared lock."""
+    cached = JOURNALS.pop(path, None)
+    if cached is not None and cached[2] is not None:
+        cached[2].close()
 
 
 def journal_file(path: str) -> Any:

@@ -14,7 +14,7 @@ from searchlab.budget import count
 from searchlab.config import RunConfig
 from searchlab.errors import Interrupted, format_value
 from searchlab.mlflow_ui import charts_page, experiment_page
-from searchlab.results import best_complete, describe_packs, pack_sizes
+from searchlab.results import describe_packs, pack_sizes
 from searchlab.settings import FAIL_REASON_ATTR, OBJECTIVE_NAME, RUN_ID_ATTR, default_tracking_uri
 from searchlab.storage import DEFAULT_JOURNAL, mask_password
 from searchlab.unsent import unsent_folder, unsent_runs
@@ -95,14 +95,13 @@ class RunSummary:
             )
         return lines
 
-    def record(self, trials: list[FrozenTrial], before: set[int]) -> None:
-        """Count the trials this run added (numbers not in ``before``) and take the study's best."""
-        new = [trial for trial in trials if trial.number not in before]
+    def record(self, new: list[FrozenTrial], best: FrozenTrial | None) -> None:
+        """Count the trials this run added, and keep the study's best."""
         self.n_trials = count(new).final
         self.states = {}
         for trial in new:
             self.states[trial.state.name] = self.states.get(trial.state.name, 0) + 1
-        self.best = best_complete(trials)
+        self.best = best
         self.packs = pack_sizes(new)
 
 

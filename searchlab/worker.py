@@ -47,6 +47,7 @@ from searchlab.storage import (
 from searchlab.study import Study
 from searchlab.tracking import MlflowTracker
 from searchlab.unsent import resend_unsent
+from searchlab.window import WindowedSampler, count_trials, windowed_pruner
 
 TRIAL_FLUSH_SECONDS = 2.0  # how often a training trial's curves are sent: a killed trial loses at most this much
 
@@ -123,8 +124,10 @@ def run_worker(
     on_stale = stale_trial_callback(config.retries, tracker, 3 * config.heartbeat)
     storage = open_storage(config.storage, heartbeat=config.heartbeat, on_stale=on_stale)
     optuna_study = optuna.load_study(study_name=config.study_name, storage=storage)
-    optuna_study.sampler = make_sampler(config.sampler, config.seed, len(optuna_study.trials), worker_seed)
-    optuna_study.pruner = make_pruner(config.pruner, config.max_epochs)
+    optuna_study.sampler = WindowedSampler(
+        make_sampler(config.sampler, config.seed, count_trials(optuna_study), worker_seed)
+    )
+    optuna_study.pruner = windowed_pruner(make_pruner(config.pruner, config.max_epochs))
     lock = budget_lock(config.storage, storage, config.study_name)
 
     def reap() -> None:

@@ -16,8 +16,8 @@ from conftest import POSTGRES_URL
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from searchlab.budget import Counts, budget_lock, claim, count, retry_trial
-from searchlab.settings import BUDGET_ATTR
+from searchlab.budget import Counts, budget_lock, claim, count, has_room, retry_trial, run_counts, set_budget
+from searchlab.settings import BUDGET_ATTR, BUDGET_FROM_ATTR
 from searchlab.storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -58,6 +58,41 @@ def test_a_retried_failure_counts_once_through_its_retry() -> None:
     study.tell(retry, state=TrialState.FAIL)  # the retry fails too, with no retry left: now it is final
     assert not retry_trial(study, study.trials[retry.number], max_retries=1)
     assert count(study.get_trials()) == Counts(final=1, running=0, waiting=0)
+
+
+def test_runs_count_only_their_own_trials_and_agree_with_a_count_of_all() -> None:
+    """Each run counts the trials below its first once (from where the previous run stopped), then only its own: the
+    same counts as reading the whole study, a retry crossing the runs' boundary included; on PostgreSQL, a claim
+    never reads the whole study."""
+    storage = open_storage(POSTGRES_URL)
+    study = optuna.create_study(storage=storage, study_name=f"runs-{uuid.uuid4().hex}")
+    try:
+        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+            add(study, state)
+        set_budget(study, 3, n_trials=2)
+        assert study.user_attrs[BUDGET_FROM_ATTR] == [3, 3] and study.user_attrs[BUDGET_ATTR] == 5
+        running = study.ask()  # the first run's worker dies with its trial RUNNING
+        add(study, TrialState.COMPLETE)
+
+        # The next run: its recovery fails the dead trial and enqueues its retry, one of the new run's trials.
+        first = len(study.trials)
+        study.tell(running, state=TrialState.FAIL)
+        assert retry_trial(study, study.trials[running.number], max_retries=1)
+        set_budget(study, first, n_trials=3)
+        assert study.user_attrs[BUDGET_FROM_ATTR] == [first, 4]  # the failed trial counts through its retry only
+        whole_reads: list[object] = []
+        read_all = storage.get_all_trials
+        storage.get_all_trials = lambda *a, **k: whole_reads.append(k.get("states")) or read_all(*a, **k)
+        assert run_counts(study) == Counts(final=4, running=0, waiting=1)
+        taken = [claim(study, contextlib.nullcontext, worker="w") for _ in range(3)]
+        assert not has_room(study)
+        assert [states for states in whole_reads if states is None or TrialState.COMPLETE in states] == []
+        storage.get_all_trials = read_all
+        assert taken[0].number == first  # the retry first
+        assert run_counts(study) == count(study.get_trials()) == Counts(final=4, running=3, waiting=0)
+    finally:
+        optuna.delete_study(study_name=study.study_name, storage=storage)
+        storage.engine.dispose()
 
 
 def test_no_retries_means_no_retry() -> None:

@@ -41,6 +41,8 @@ LAYERS = {
         "unsent",
         "sender",
         "results",
+        "window",
+        "compaction",
         "weights",
         "registry",
         "report",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import subprocess
 import time
 import uuid
@@ -15,8 +17,8 @@ from mlflow import MlflowClient
 
 from searchlab.cli import main
 from searchlab.nightly import CHAMPION_ALIAS, NIGHTLY_FOLDER
-from searchlab.nights import Night, decide
-from searchlab.settings import NIGHTS_ATTR
+from searchlab.nights import Night, decide, night_key, recorded_nights, summary_markdown
+from searchlab.settings import OLD_NIGHTS_ATTR
 from searchlab.storage import close_storage, open_storage
 
 # A study whose validation targets get noisier when noise.txt says so: "the data changed overnight".
@@ -46,7 +48,7 @@ def night(*args: str) -> object:
 
 def nights(workdir: Path) -> tuple[optuna.Study, list[dict]]:
     study = optuna.load_study(study_name="nightly", storage=open_storage(str(workdir / "searchlab.journal")))
-    return study, study.user_attrs[NIGHTS_ATTR]
+    return study, recorded_nights(study.user_attrs)
 
 
 def test_nights_warm_start_reevaluate_promote_hold_and_alert(workdir: Path) -> None:
@@ -201,3 +203,39 @@ def test_the_promotion_rule(
     result = Night(1, "now", best_value=best, champion_tonight=champion_tonight, champion_recorded=champion_recorded)
     promote = decide(result, threshold=0.1)
     assert (result.decision, result.exit_code, promote) == (decision, code, decision == "promoted")
+
+
+def a_night(number: int, day: datetime.date, best: float, decision: str = "held") -> dict:
+    return dataclasses.asdict(
+        Night(number, f"{day:%Y-%m-%d} 02:00:00", decision=decision, trials=50, best_value=best, best_trial=number)
+    )
+
+
+def test_nights_are_read_from_their_own_attributes_and_from_the_old_single_list() -> None:
+    day = datetime.date(2026, 1, 1)
+    attrs = {
+        OLD_NIGHTS_ATTR: [a_night(1, day, 0.5), a_night(2, day, 0.4)],
+        night_key(3): a_night(3, day, 0.3),
+        night_key(10): a_night(10, day, 0.2),
+        "searchlab_budget": 5,
+    }
+    assert night_key(3) == "searchlab_night:00003"
+    assert [night["night"] for night in recorded_nights(attrs)] == [1, 2, 3, 10]
+
+
+def test_a_year_of_nights_sums_up_by_week_and_by_month_before_the_last_two_weeks() -> None:
+    first = datetime.date(2025, 12, 7)
+    nights = [a_night(n, first + datetime.timedelta(days=n - 1), 1.0 / n) for n in range(1, 366)]
+    nights[100]["decision"] = "promoted"
+    text = summary_markdown("regression", nights)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| param")]
+    detailed = [row for row in rows if row.split(" | ")[0][2:].isdigit()]
+    assert [int(row.split(" | ")[0][2:]) for row in detailed] == list(range(352, 366))  # the last 14 nights
+    weeks = [row for row in rows if "-W" in row.split(" | ")[0]]
+    months = [row for row in rows if len(row.split(" | ")[0][2:]) == 7]
+    assert sum(int(row.split(" | ")[1]) for row in weeks) == 91  # nights 261-351, by ISO week
+    assert sum(int(row.split(" | ")[1]) for row in weeks + months) == 365 - 14
+    assert months[0].startswith("| 2026-08 |") and months[-1].startswith("| 2025-12 |")  # newest first
+    march = next(row for row in months if row.startswith("| 2026-03 |"))
+    assert march.split(" | ")[2:5] == ["1550", f"{1 / 115:.6g}", "1"]  # 31 nights, best of the month, a promotion
+    assert len(text) < 12_000  # readable: ~70 table rows, not 365

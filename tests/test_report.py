@@ -193,3 +193,32 @@ def test_the_page_lays_its_plots_out_for_a_narrow_frame_and_labels_the_curves(tm
     assert len(widths) == len(PLOTS) - 1 + len(space)  # the slice plot: one panel per param, side by side
     assert max(widths) * 4 / 3 <= 1000  # pt to CSS px: every plot fits a 1,000 px frame at its own size
     assert all(f">trial {number}<" in html for number in (7, 6, 5, 4, 3))  # the 5 best curves' legend, as text
+
+
+def test_a_long_study_plots_its_latest_trials_and_counts_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study continued every night: the plots draw the latest trials under their own numbers; the counts and the
+    best trials cover the whole study, and the page says what the plots cover."""
+    monkeypatch.setattr("searchlab.report.PLOTTED_TRIALS", 10)
+    study = optuna.create_study(storage=open_storage(str(tmp_path / "searchlab.journal")), study_name="long")
+    space = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    for number in range(30):
+        lr = 10 ** (-4 + 3 * ((number * 7) % 30) / 30)
+        study.add_trial(create_trial(params={"lr": lr}, distributions=space, value=abs(lr - 0.01) + number / 1000))
+    plotted: list[list[int]] = []
+    draw = optuna.visualization.matplotlib.plot_optimization_history
+
+    def spy(source: optuna.Study, **kwargs: object) -> object:
+        plotted.append([trial.number for trial in source.get_trials(deepcopy=False)])
+        return draw(source, **kwargs)
+
+    monkeypatch.setattr(optuna.visualization.matplotlib, "plot_optimization_history", spy)
+    write_report(study, tmp_path / "report", images=False)
+
+    assert plotted == [list(range(20, 30))]
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "30 trials: 30 complete" in summary
+    assert f"(trial {study.best_trial.number})" in summary and study.best_trial.number < 20  # the best of all
+    assert "The plots cover the latest 10 of 30 trials" in summary
+    assert "The plots cover the latest 10 of 30 trials" in (tmp_path / "report" / "report.html").read_text()

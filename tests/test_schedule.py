@@ -16,8 +16,8 @@ from conftest import SEARCHLAB, clean_env, write_study
 from croniter import croniter
 
 from searchlab.cli import main
+from searchlab.nights import recorded_nights
 from searchlab.schedule import serve, systemd_calendar
-from searchlab.settings import NIGHTS_ATTR
 from searchlab.storage import open_storage
 
 
@@ -198,5 +198,5 @@ def test_serve_runs_real_nights_on_an_every_few_seconds_schedule(workdir: Path) 
     assert "night 1 ended: exit 0 (improved or held)" in result.stderr
     assert "night 2 ended: exit 0 (improved or held)" in result.stderr
     study = optuna.load_study(study_name="served", storage=open_storage(str(workdir / "searchlab.journal")))
-    assert [night["night"] for night in study.user_attrs[NIGHTS_ATTR]] == [1, 2]
+    assert [night["night"] for night in recorded_nights(study.user_attrs)] == [1, 2]
     assert len(study.trials) == 4

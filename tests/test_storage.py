@@ -238,7 +238,8 @@ def test_the_journal_file_is_optunas_format(workdir: Path):
 
 def test_journal_appends_wait_for_the_file_lock_and_leave_no_lock_file(workdir: Path):
     """Appends take the kernel's flock on the journal itself: one held elsewhere (another process, or here another
-    open file) makes them wait; none leaves a lock file behind (a killed process's flock goes with it)."""
+    open file) makes them wait; none leaves a lock file behind (a killed process's flock goes with it). Beside the
+    journal stays only the file its readers hold a shared flock on (see compaction)."""
     import fcntl
     import threading
 
@@ -256,7 +257,7 @@ def test_journal_appends_wait_for_the_file_lock_and_leave_no_lock_file(workdir: 
     assert [
         trial.state.name for trial in optuna.load_study(study_name="s", storage=open_storage("locked.journal")).trials
     ] == ["WAITING"]
-    assert sorted(path.name for path in workdir.iterdir()) == ["locked.journal"]
+    assert sorted(path.name for path in workdir.iterdir()) == ["locked.journal", "locked.journal.readers"]
 
 
 def test_journal_in_a_missing_folder_raises_config_error(workdir: Path):
