@@ -143,13 +143,14 @@ def measure(history: Path | None, storage: str) -> dict[str, Any]:
             if name == "nightly":
                 for view in ("trials", "best", "report"):
                     figures[f"{view}_s"] = timed(COMMANDS[view], folder, url)["wall_s"]
-                figures["dashboard_s"] = served(["dashboard", "--storage", url], folder, "/api/studies/0")
+                figures["dashboard_s"] = served(["dashboard", "--storage", url], folder, "/api/studies/{study}")
                 figures["ui_s"] = served(["ui", "--study-name", STUDY_NAME], folder, "/ajax-api/2.0/mlflow/runs/search")
     return figures
 
 
 def served(command: list[str], folder: Path, path: str) -> float:
-    """Seconds from starting ``searchlab COMMAND --port P`` until ``path`` answers 200 (POST for MLflow's search)."""
+    """Seconds from starting ``searchlab COMMAND --port P`` until ``path`` answers 200 (POST for MLflow's search;
+    ``{study}``: the study's id, from the dashboard's list of studies, as its page finds it)."""
     port = free_port()
     start = time.perf_counter()
     server = subprocess.Popen(
@@ -163,6 +164,13 @@ def served(command: list[str], folder: Path, path: str) -> float:
     search = json.dumps({"experiment_ids": ["1"], "max_results": 100}).encode() if "mlflow" in path else None
     try:
         while time.perf_counter() - start < 300:
+            if "{study}" in path:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=60) as answer:
+                        path = path.format(study=json.loads(answer.read())["study_summaries"][0]["study_id"])
+                except OSError:
+                    time.sleep(0.1)
+                continue
             request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=search)
             request.add_header("Content-Type", "application/json")
             try:
@@ -173,8 +181,8 @@ def served(command: list[str], folder: Path, path: str) -> float:
                 time.sleep(0.1)
         raise RuntimeError(f"searchlab {' '.join(command)} did not answer {path}")
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        server.wait()
+        os.killpg(server.pid, signal.SIGTERM)  # SIGINT would be ignored under a shell's background job
+        server.wait(timeout=60)
 
 
 def sizes(folder: Path, storage: str) -> dict[str, float]:

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from searchlab.locks import advisory_lock, file_lock, lock_key
 from searchlab.settings import BUDGET_ATTR, BUDGET_FROM_ATTR, PACK_ATTR, WORKER
 from searchlab.storage import DEFAULT_JOURNAL, local_file
-from searchlab.window import count_trials, trials_since
+from searchlab.window import count_trials, study_attr, trials_since
 
 # what claim() says when it gives no trial
 WAIT: Final = "wait"
@@ -105,7 +105,7 @@ def set_budget(study: optuna.Study, first: int, n_trials: int) -> None:
     """Give the run that starts with trial ``first`` room for ``n_trials`` counted trials. The trials below ``first``
     are counted here, from where the previous run's count stopped: they changed only up to this run's start (its
     recovery fails and retries what earlier runs left RUNNING)."""
-    earlier_first, earlier_counted = study.user_attrs.get(BUDGET_FROM_ATTR, (0, 0))
+    earlier_first, earlier_counted = study_attr(study, BUDGET_FROM_ATTR, (0, 0))
     since_earlier = trials_since(study, earlier_first)
     retried = retried_numbers(since_earlier)
     counted = earlier_counted + count([t for t in since_earlier if t.number < first], retried).claimed
@@ -115,14 +115,14 @@ def set_budget(study: optuna.Study, first: int, n_trials: int) -> None:
 
 def run_counts(study: optuna.Study) -> Counts:
     """The counts of the run's trials, those below its first trial counted as final (see ``set_budget``)."""
-    first, counted = study.user_attrs.get(BUDGET_FROM_ATTR, (0, 0))
+    first, counted = study_attr(study, BUDGET_FROM_ATTR, (0, 0))
     run = count(trials_since(study, first))
     return Counts(counted + run.final, run.running, run.waiting)
 
 
 def has_room(study: optuna.Study) -> bool:
     """Whether a worker may claim a trial now (an enqueued one first: ``ask`` takes the oldest waiting trial)."""
-    return run_counts(study).claimed < study.user_attrs.get(BUDGET_ATTR, 0)
+    return run_counts(study).claimed < study_attr(study, BUDGET_ATTR, 0)
 
 
 def _ask(study: optuna.Study, worker: str) -> optuna.Trial:
@@ -162,7 +162,7 @@ def claim_members(
     members: list[optuna.Trial] = []
     with lock():
         counts = run_counts(study)
-        room = 0 if counts.waiting else study.user_attrs.get(BUDGET_ATTR, 0) - counts.claimed
+        room = 0 if counts.waiting else study_attr(study, BUDGET_ATTR, 0) - counts.claimed
         try:
             for _ in range(max(0, min(n, room))):
                 study.enqueue_trial(shared, user_attrs={PACK_ATTR: {"first": first}})

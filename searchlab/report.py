@@ -37,7 +37,8 @@ HTML_PAGE = "report.html"
 TOP_TRIALS = 5  # best trials in the summary table and in the learning-curve plot
 # The latest trials the plots and the reasons tables cover: a study continued every night holds tens of thousands,
 # whose plots would weigh megabytes and take minutes (fANOVA); the best trials and the counts cover the whole study.
-PLOTTED_TRIALS = 1000
+PLOTTED_TRIALS = 500
+FIRST_PLOTTED = "searchlab_first_plotted"  # on an in-memory copy of the latest trials: the number of its trial 0
 
 # file stem → (title, the optuna.visualization function name); each is drawn with plotly, and with matplotlib
 PLOTS = {
@@ -57,21 +58,31 @@ def _top(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _latest(study: optuna.Study) -> optuna.Study:
-    """The study, or in memory its latest ``PLOTTED_TRIALS`` trials, numbered as in the study (the plots' axes)."""
+    """The study, or in memory its latest ``PLOTTED_TRIALS`` trials (numbered from 0 there: ``FIRST_PLOTTED`` says
+    from which trial, for the axes)."""
     total = count_trials(study)
     if total <= PLOTTED_TRIALS:
         return study
-    return _copy(study, trials_since(study, total - PLOTTED_TRIALS))
+    latest = _copy(study, trials_since(study, total - PLOTTED_TRIALS))
+    latest.set_user_attr(FIRST_PLOTTED, total - PLOTTED_TRIALS)
+    return latest
 
 
 def _copy(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
-    """An in-memory study of these trials, keeping their numbers (``add_trials`` numbers them from 0)."""
+    """An in-memory study of these trials (``add_trials`` numbers them from 0)."""
     copy = optuna.create_study(direction="minimize")
     copy.set_metric_names(study.metric_names or [OBJECTIVE_NAME])
     copy.add_trials(trials)
-    for added, trial in zip(copy.get_trials(deepcopy=False), trials, strict=True):
-        added.number = trial.number
     return copy
+
+
+def _number_axis(axes: Any, source: optuna.Study) -> None:
+    """The optimization history's trial axis in the study's numbers, where the plot drew a copy's."""
+    first = source.user_attrs.get(FIRST_PLOTTED, 0)
+    if first:
+        from matplotlib.ticker import FuncFormatter
+
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x + first:,.0f}"))
 
 
 def _plot_input(study: optuna.Study, latest: optuna.Study, stem: str) -> optuna.Study:
@@ -139,6 +150,8 @@ def _draw_png(study: optuna.Study, source: optuna.Study, stem: str, name: str, f
         axes = _draw(source, name)
         if stem == "best_learning_curves":
             _label_curves(axes, _top(study))
+        if stem == "optimization_history":
+            _number_axis(axes, source)
         _figure(axes).savefig(folder / f"{stem}.png", dpi=100, bbox_inches="tight")
     finally:
         plt.close("all")
@@ -159,6 +172,8 @@ def _svg_panels(study: optuna.Study, source: optuna.Study, stem: str, name: str)
                 figure.set_size_inches(*((2.7, 2.3) if stem == "slice" else (8.6, 4.2)))
                 if stem == "best_learning_curves":
                     _label_curves(axes, _top(study))
+                if stem == "optimization_history":
+                    _number_axis(axes, source)
                 out = io.StringIO()
                 figure.savefig(out, format="svg", bbox_inches="tight")
                 plt.close(figure)

@@ -345,7 +345,7 @@ def load_existing_study(url: str | None, study_name: str | None) -> Any:
     if url and path is not None and not path.is_file():
         raise ConfigError(f"storage {str(path)!r} does not exist: check --storage")  # opening would create it
     storage = open_storage(url, writes=False)
-    names = [summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    names = optuna.get_all_study_names(storage)  # not the summaries: they copy every trial of every study
     if study_name is None:
         if len(names) != 1:
             found = ", ".join(names) if names else "none"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import heapq
+import json
 from collections.abc import Container, Set
 from typing import Any
 
@@ -38,6 +39,22 @@ def count_trials(study: optuna.Study) -> int:
             query = session.query(models.TrialModel).filter(models.TrialModel.study_id == study._study_id)
             return int(query.count())
     return len(storage.get_all_trials(study._study_id, deepcopy=False))
+
+
+def study_attr(study: optuna.Study, key: str, default: Any = None) -> Any:
+    """One user attribute of the study: ``study.user_attrs`` copies them all (a study continued nightly holds a
+    record per night), a database returns them all; this reads the one (a query on a database; not copied)."""
+    storage = study._storage
+    if isinstance(storage, RDBStorage):
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(storage.scoped_session) as session:
+            row = models.StudyUserAttributeModel.find_by_study_and_key(
+                models.StudyModel(study_id=study._study_id), key, session
+            )
+            return default if row is None else json.loads(row.value_json)
+    return storage.get_study_user_attrs(study._study_id).get(key, default)
 
 
 def count_by_state(study: optuna.Study) -> dict[TrialState, int]:

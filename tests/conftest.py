@@ -307,6 +307,18 @@ def start(folder: Path, *args: str, ready: str, env: dict[str, str] | None = Non
             time.sleep(0.5)
 
 
+def stop(server: Server) -> None:
+    """SIGTERM, as a service manager stops it: `searchlab server` and `ui` stop the MLflow server they started (a kill
+    would leave that one running); killed if it has not stopped within 30 s."""
+    if server.process.poll() is None:
+        server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     """Headless Chromium driven through WebDriver (Debian's chromium and chromium-driver; .ci/run installs them),

@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import POSTGRES_URL, clean_env
+from optuna.storages.journal import JournalFileBackend
 
 from searchlab.nights import recorded_nights
 from searchlab.storage import open_storage
@@ -49,8 +50,11 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def load(folder: Path, storage: str) -> optuna.Study:
-    url = storage if "://" in storage else str(folder / storage)
-    return optuna.load_study(study_name="regression", storage=open_storage(url))
+    """The study, read as plain Optuna reads it (the test holds no journal open: the night compacts it)."""
+    if "://" in storage:
+        return optuna.load_study(study_name="regression", storage=open_storage(storage))
+    journal = optuna.storages.JournalStorage(JournalFileBackend(str(folder / storage)))
+    return optuna.load_study(study_name="regression", storage=journal)
 
 
 def test_the_next_night_of_a_long_study_and_what_every_command_shows(tmp_path: Path, storage: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SEARCHLAB, clean_env, run_study, start, write_study
+from conftest import SEARCHLAB, clean_env, run_study, start, stop, write_study
 from mlflow import MlflowClient
 
 from searchlab.mlflow_ui import CHART_VIEW_TAG, SCATTERED_PARAMS, artifact_page, chart_view, charts_page
@@ -33,8 +33,7 @@ def shown(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
     try:
         yield folder, server.url
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=30)
+        stop(server)
 
 
 def client(folder: Path) -> MlflowClient:

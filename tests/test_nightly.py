@@ -16,7 +16,7 @@ from conftest import POSTGRES_URL, SEARCHLAB, clean_env, default_sigint, write_s
 from mlflow import MlflowClient
 
 from searchlab.cli import main
-from searchlab.nightly import CHAMPION_ALIAS, NIGHTLY_FOLDER
+from searchlab.nightly import CHAMPION_ALIAS, NIGHTLY_FOLDER, best_configurations
 from searchlab.nights import Night, decide, night_key, recorded_nights, summary_markdown
 from searchlab.settings import OLD_NIGHTS_ATTR
 from searchlab.storage import close_storage, open_storage
@@ -239,3 +239,21 @@ def test_a_year_of_nights_sums_up_by_week_and_by_month_before_the_last_two_weeks
     march = next(row for row in months if row.startswith("| 2026-03 |"))
     assert march.split(" | ")[2:5] == ["1550", f"{1 / 115:.6g}", "1"]  # 31 nights, best of the month, a promotion
     assert len(text) < 12_000  # readable: ~70 table rows, not 365
+
+
+def test_the_best_configurations_of_all_nights_are_distinct_even_when_one_was_re_evaluated_every_night() -> None:
+    study = optuna.create_study()
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)}
+    for night in range(20):  # the best configuration re-evaluated every night, always near the top
+        study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions=space, value=0.10 + night / 1e4))
+    for number in range(40):
+        lr = 0.001 + number / 1000
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=space, value=0.2 + number / 100))
+    every = sorted(study.trials, key=lambda t: t.value)
+    expected: list[dict] = []
+    for trial in every:
+        if trial.params not in expected:
+            expected.append(trial.params)
+    assert best_configurations(study, 3) == expected[:3]
+    assert best_configurations(study, 100) == expected  # fewer than asked: every distinct one
+    assert best_configurations(study, 0) == []

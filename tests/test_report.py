@@ -198,25 +198,28 @@ def test_the_page_lays_its_plots_out_for_a_narrow_frame_and_labels_the_curves(tm
 def test_a_long_study_plots_its_latest_trials_and_counts_them_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A study continued every night: the plots draw the latest trials under their own numbers; the counts and the
-    best trials cover the whole study, and the page says what the plots cover."""
+    """A study continued every night: the plots draw the latest trials (the history's axis in their numbers); the
+    counts and the best trials cover the whole study, and the page says what the plots cover."""
     monkeypatch.setattr("searchlab.report.PLOTTED_TRIALS", 10)
     study = optuna.create_study(storage=open_storage(str(tmp_path / "searchlab.journal")), study_name="long")
     space = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
     for number in range(30):
         lr = 10 ** (-4 + 3 * ((number * 7) % 30) / 30)
         study.add_trial(create_trial(params={"lr": lr}, distributions=space, value=abs(lr - 0.01) + number / 1000))
-    plotted: list[list[int]] = []
+    plotted: list[list[float]] = []
+    axes: list[object] = []
     draw = optuna.visualization.matplotlib.plot_optimization_history
 
     def spy(source: optuna.Study, **kwargs: object) -> object:
-        plotted.append([trial.number for trial in source.get_trials(deepcopy=False)])
-        return draw(source, **kwargs)
+        plotted.append([trial.value for trial in source.get_trials(deepcopy=False)])
+        axes.append(draw(source, **kwargs))
+        return axes[-1]
 
     monkeypatch.setattr(optuna.visualization.matplotlib, "plot_optimization_history", spy)
-    write_report(study, tmp_path / "report", images=False)
+    assert write_report(study, tmp_path / "report", images=False) == []  # every plot drawn
 
-    assert plotted == [list(range(20, 30))]
+    assert plotted == [[trial.value for trial in study.trials[20:]]]
+    assert axes[0].xaxis.get_major_formatter()(3, 0) == "23"  # the study's trial numbers
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "30 trials: 30 complete" in summary
     assert f"(trial {study.best_trial.number})" in summary and study.best_trial.number < 20  # the best of all

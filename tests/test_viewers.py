@@ -29,6 +29,7 @@ from conftest import (
     clean_env,
     run_study,
     start,
+    stop,
     write_study,
 )
 
@@ -89,11 +90,10 @@ def rendered_text(url: str) -> str:
 
 
 def serving(folder: Path, command: str, ready: str) -> Iterator[Server]:
-    """A module's server for the study in ``folder``, killed at the end if a test did not stop it."""
+    """A module's server for the study in ``folder``, stopped at the end if a test did not stop it."""
     server = start(folder, command, "--study-name", "viewed", ready=ready)
     yield server
-    if server.process.poll() is None:
-        server.process.kill()
+    stop(server)
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +205,7 @@ def running(folder: Path, *args: str, ready: str, env: dict[str, str] | None = N
     try:
         yield server
     finally:
-        server.process.kill()
-        server.process.wait()
+        stop(server)
 
 
 def send(

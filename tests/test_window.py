@@ -14,7 +14,15 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.storage import close_storage, open_storage
-from searchlab.window import HistoryWindow, WindowedPruner, WindowedSampler, best_completed, count_trials, trials_since
+from searchlab.window import (
+    HistoryWindow,
+    WindowedPruner,
+    WindowedSampler,
+    best_completed,
+    count_trials,
+    study_attr,
+    trials_since,
+)
 
 SPACE = {"x": FloatDistribution(-10, 10)}
 
@@ -108,3 +116,13 @@ def test_tpe_and_the_median_pruner_work_through_the_window(url: str) -> None:
         assert trial.should_prune()  # far above the window's median at epoch 1
         study.tell(trial, (x - 3) ** 2)
         assert seen == [sorted({*numbers(best_completed(study, 4)), *range(28, 41)})]  # 40: the trial asked
+
+
+def test_one_study_attribute_is_read_without_the_others(url: str) -> None:
+    with history(url, 1) as study:
+        study.set_user_attr("budget", 5)
+        for night in range(30):
+            study.set_user_attr(f"night:{night}", {"trials": list(range(100))})
+        assert study_attr(study, "budget") == 5
+        assert study_attr(study, "missing", (0, 0)) == (0, 0)
+        assert study_attr(study, "night:3") == {"trials": list(range(100))}
