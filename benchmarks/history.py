@@ -98,8 +98,9 @@ class Writer:
         self.run_params, self.run_tags = dict(template_run.data.params), dict(template_run.data.tags)
 
     def nights(self, count: int, trials: int, say: Any) -> None:
+        from searchlab.budget import set_budget
         from searchlab.nights import night_key, recorded_nights
-        from searchlab.settings import BUDGET_ATTR, PARENT_RUN_ATTR
+        from searchlab.settings import PARENT_RUN_ATTR
 
         nights = recorded_nights(self.study.user_attrs)
         first_day = datetime.date.today() - datetime.timedelta(days=len(nights) + count)
@@ -107,7 +108,7 @@ class Writer:
             night = len(nights) + 1
             parent_id = self.parent_run(night, trials)
             self.study.set_user_attr(PARENT_RUN_ATTR, parent_id)
-            self.study.set_user_attr(BUDGET_ATTR, len(self.study.get_trials(deepcopy=False)) + trials)
+            set_budget(self.study, len(self.study.get_trials(deepcopy=False)), trials)  # as the night's run does
             night_trials = [self.trial(parent_id) for _ in range(trials)]
             if self.journal is None:
                 self.insert(night_trials)

@@ -33,7 +33,7 @@ from searchlab.settings import (
     WORKER,
 )
 from searchlab.signals import interrupt_once
-from searchlab.storage import close_storage, describe, open_storage
+from searchlab.storage import close_storage, describe, open_storage, uncached
 from searchlab.study import Study
 from searchlab.summary import (
     RunSummary,
@@ -147,8 +147,8 @@ def _open_run(config: RunConfig) -> OpenRun:
 
 
 def _start_parent_run(config: RunConfig, storage: Any) -> OpenRun:
-    study = optuna.create_study(
-        storage=storage, study_name=config.study_name, direction="minimize", load_if_exists=True
+    study = uncached(
+        optuna.create_study(storage=storage, study_name=config.study_name, direction="minimize", load_if_exists=True)
     )
     if study.direction != optuna.study.StudyDirection.MINIMIZE:
         raise ConfigError(

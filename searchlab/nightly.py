@@ -38,6 +38,7 @@ from searchlab.storage import (
     local_file,
     open_storage,
     opened_storage,
+    uncached,
 )
 from searchlab.study import Study
 from searchlab.summary import RunSummary
@@ -150,7 +151,7 @@ def run_night(
             night.reason, night.sweep_failed = str(error), True
             summary = None
         try:
-            optuna_study = optuna.load_study(study_name=config.study_name, storage=storage)
+            optuna_study = uncached(optuna.load_study(study_name=config.study_name, storage=storage))
         except KeyError:  # the first night failed before its study was created
             return night, summary
         night.parent_run_id = summary.parent_run_id if summary else None
@@ -170,7 +171,7 @@ def _earlier_nights(
     """Where tonight's trials start, the ``reevaluate`` best configurations and the nights so far (nothing before
     the first night, which creates the study)."""
     try:
-        earlier = optuna.load_study(study_name=config.study_name, storage=storage)
+        earlier = uncached(optuna.load_study(study_name=config.study_name, storage=storage))
     except KeyError:
         return 0, [], []
     return first_open(earlier), best_configurations(earlier, reevaluate), recorded_nights(earlier.user_attrs)

@@ -226,6 +226,18 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def uncached(study: Any) -> Any:
+    """The Optuna study, talking to its database directly. Optuna wraps a database storage in a cache of the study's
+    trials that reads every trial the first time any is asked for (``ask`` does): tens of seconds for a year of
+    nights on PostgreSQL, in every process. searchlab reads the trials it needs itself (``window``)."""
+    from optuna.storages import RDBStorage
+
+    backend = getattr(study._storage, "_backend", None)
+    if isinstance(backend, RDBStorage):
+        study._storage = backend
+    return study
+
+
 def close_storage(storage: Any) -> None:
     """Close a database storage's pooled connections now, when a run is done with it: a process that runs study after
     study (a notebook, a test suite, ``Study.run`` in a loop) would otherwise keep each run's until garbage collection,
@@ -353,4 +365,4 @@ def load_existing_study(url: str | None, study_name: str | None) -> Any:
         study_name = names[0]
     if study_name not in names:
         raise ConfigError(f"no study named {study_name!r} in {describe(url)} (found: {', '.join(names) or 'none'})")
-    return optuna.load_study(study_name=study_name, storage=storage)
+    return uncached(optuna.load_study(study_name=study_name, storage=storage))

@@ -25,12 +25,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 RECENT = 100  # latest finished trials the sampler and pruner see (two nights of 50)
 ELITE = 25  # best completed trials of all time they see too: TPE's largest "good" group (its default gamma's cap)
-NO_TRIAL_ID = 2**62  # an id above every trial's: "none of the later ones" in Optuna's ranged query
+NO_TRIAL_ID = 2**31 - 1  # the largest trial id (a 32-bit column): "none of the later ones" in Optuna's ranged query
+
+
+def _database(storage: Any) -> RDBStorage | None:
+    """The database behind a study's storage (Optuna wraps it in a cache that reads every trial once), or None."""
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, RDBStorage) else None
 
 
 def count_trials(study: optuna.Study) -> int:
     """How many trials the study holds (one COUNT on a database)."""
-    storage = study._storage
+    storage = _database(study._storage) or study._storage
     if isinstance(storage, RDBStorage):
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
@@ -38,13 +44,26 @@ def count_trials(study: optuna.Study) -> int:
         with _create_scoped_session(storage.scoped_session) as session:
             query = session.query(models.TrialModel).filter(models.TrialModel.study_id == study._study_id)
             return int(query.count())
-    return len(storage.get_all_trials(study._study_id, deepcopy=False))
+    journal = _journal_trial_ids(storage, study._study_id)
+    return len(journal if journal is not None else storage.get_all_trials(study._study_id, deepcopy=False))
+
+
+def _journal_trial_ids(storage: Any, study_id: int) -> list[int] | None:
+    """A journal's trial ids of the study in number order, read on from the log; None for other storages. Optuna's
+    replayed state, read directly: its ``get_all_trials`` lists every trial at every call (milliseconds for a year
+    of nights, several times a trial)."""
+    replayed = getattr(storage, "_replay_result", None)
+    if not isinstance(storage, optuna.storages.JournalStorage) or replayed is None:
+        return None
+    with storage._thread_lock:
+        storage._sync_with_backend()
+        return list(replayed._study_id_to_trial_ids[study_id])
 
 
 def study_attr(study: optuna.Study, key: str, default: Any = None) -> Any:
     """One user attribute of the study: ``study.user_attrs`` copies them all (a study continued nightly holds a
     record per night), a database returns them all; this reads the one (a query on a database; not copied)."""
-    storage = study._storage
+    storage = _database(study._storage) or study._storage
     if isinstance(storage, RDBStorage):
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
@@ -59,7 +78,7 @@ def study_attr(study: optuna.Study, key: str, default: Any = None) -> Any:
 
 def count_by_state(study: optuna.Study) -> dict[TrialState, int]:
     """How many trials the study holds in each state (one grouped COUNT on a database)."""
-    storage = study._storage
+    storage = _database(study._storage) or study._storage
     if isinstance(storage, RDBStorage):
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
@@ -82,13 +101,20 @@ def trials_since(
     study: optuna.Study, number: int, states: Container[TrialState] | None = None, *, also: Set[int] = frozenset()
 ) -> list[FrozenTrial]:
     """The trials numbered ``number`` or more (and those numbered in ``also``), oldest first."""
-    storage = study._storage
+    storage = _database(study._storage) or study._storage
     if isinstance(storage, RDBStorage):
         total = count_trials(study)
-        ids = {storage.get_trial_id_from_study_id_trial_number(study._study_id, n) for n in also if n < total}
-        return _rdb_trials(study, states, ids, number, total)
-    trials = storage.get_all_trials(study._study_id, deepcopy=False)  # in memory, ordered by number
-    chosen = [trials[n] for n in sorted(also) if n < min(number, len(trials))] + trials[number:]
+        found = {storage.get_trial_id_from_study_id_trial_number(study._study_id, n) for n in also if n < total}
+        return _rdb_trials(study, states, found, number, total)
+    journal: Any = storage
+    ids = _journal_trial_ids(journal, study._study_id)
+    if ids is not None:  # in memory: the trials of these numbers only
+        replayed = journal._replay_result._trials
+        wanted = [ids[n] for n in sorted(also) if n < min(number, len(ids))] + ids[number:]
+        chosen = [replayed[trial_id] for trial_id in wanted]
+    else:
+        trials = storage.get_all_trials(study._study_id, deepcopy=False)  # ordered by number
+        chosen = [trials[n] for n in sorted(also) if n < min(number, len(trials))] + trials[number:]
     return [t for t in chosen if states is None or t.state in states]
 
 
@@ -96,8 +122,8 @@ def _rdb_trials(
     study: optuna.Study, states: Container[TrialState] | None, ids: set[int], number: int, total: int
 ) -> list[FrozenTrial]:
     """On a database: the trials with these ids, and those numbered ``number`` or more (one query)."""
-    storage = study._storage
-    assert isinstance(storage, RDBStorage)
+    storage = _database(study._storage)
+    assert storage is not None
     if number < total:  # trial ids grow with numbers within a study
         after = storage.get_trial_id_from_study_id_trial_number(study._study_id, number) - 1
     elif ids:
@@ -109,7 +135,7 @@ def _rdb_trials(
 
 def best_completed(study: optuna.Study, k: int) -> list[FrozenTrial]:
     """The ``k`` best completed trials, best first (a sorted query on a database)."""
-    storage, minimize = study._storage, study.direction == StudyDirection.MINIMIZE
+    storage, minimize = _database(study._storage) or study._storage, study.direction == StudyDirection.MINIMIZE
     if isinstance(storage, RDBStorage):
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session

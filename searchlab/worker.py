@@ -43,6 +43,7 @@ from searchlab.storage import (
     local_file,
     open_storage,
     opened_storage,
+    uncached,
 )
 from searchlab.study import Study
 from searchlab.tracking import MlflowTracker
@@ -123,7 +124,7 @@ def run_worker(
     tracker = MlflowTracker(config.tracking_uri, retry_seconds=config.tracking_wait)
     on_stale = stale_trial_callback(config.retries, tracker, 3 * config.heartbeat)
     storage = open_storage(config.storage, heartbeat=config.heartbeat, on_stale=on_stale)
-    optuna_study = optuna.load_study(study_name=config.study_name, storage=storage)
+    optuna_study = uncached(optuna.load_study(study_name=config.study_name, storage=storage))
     optuna_study.sampler = WindowedSampler(
         make_sampler(config.sampler, config.seed, count_trials(optuna_study), worker_seed)
     )

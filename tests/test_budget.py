@@ -18,7 +18,7 @@ from optuna.trial import TrialState, create_trial
 
 from searchlab.budget import Counts, budget_lock, claim, count, has_room, retry_trial, run_counts, set_budget
 from searchlab.settings import BUDGET_ATTR, BUDGET_FROM_ATTR
-from searchlab.storage import open_storage
+from searchlab.storage import open_storage, uncached
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -80,14 +80,23 @@ def test_runs_count_only_their_own_trials_and_agree_with_a_count_of_all() -> Non
         assert retry_trial(study, study.trials[running.number], max_retries=1)
         set_budget(study, first, n_trials=3)
         assert study.user_attrs[BUDGET_FROM_ATTR] == [first, 4]  # the failed trial counts through its retry only
-        whole_reads: list[object] = []
-        read_all = storage.get_all_trials
-        storage.get_all_trials = lambda *a, **k: whole_reads.append(k.get("states")) or read_all(*a, **k)
+        whole_reads: list[object] = []  # queries of every trial, finished ones included
+        storage = open_storage(POSTGRES_URL)  # a worker's process, which has read nothing yet
+        study = uncached(optuna.load_study(study_name=study.study_name, storage=storage))
+        query = storage._get_trials  # what Optuna's cached storage and get_all_trials read with
+
+        def spy(study_id: int, states: object, included_trial_ids: set, trial_id_greater_than: int) -> object:
+            everything = trial_id_greater_than == -1 and not included_trial_ids
+            if everything and (states is None or TrialState.COMPLETE in states):  # type: ignore[operator]
+                whole_reads.append(states)
+            return query(study_id, states, included_trial_ids, trial_id_greater_than)
+
+        storage._get_trials = spy  # type: ignore[method-assign]
         assert run_counts(study) == Counts(final=4, running=0, waiting=1)
         taken = [claim(study, contextlib.nullcontext, worker="w") for _ in range(3)]
         assert not has_room(study)
-        assert [states for states in whole_reads if states is None or TrialState.COMPLETE in states] == []
-        storage.get_all_trials = read_all
+        assert whole_reads == []
+        storage._get_trials = query  # type: ignore[method-assign]
         assert taken[0].number == first  # the retry first
         assert run_counts(study) == count(study.get_trials()) == Counts(final=4, running=3, waiting=0)
     finally:
@@ -221,7 +230,7 @@ CLAIMER = """
 import os, sys, time
 import optuna
 from searchlab.budget import budget_lock, claim
-from searchlab.storage import open_storage
+from searchlab.storage import open_storage, uncached
 url, name, go = sys.argv[1:]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 storage = open_storage(url)
