@@ -106,11 +106,12 @@ def set_budget(study: optuna.Study, first: int, n_trials: int) -> None:
     are counted here, from where the previous run's count stopped: they changed only up to this run's start (its
     recovery fails and retries what earlier runs left RUNNING)."""
     earlier_first, earlier_counted = study_attr(study, BUDGET_FROM_ATTR, (0, 0))
-    since_earlier = trials_since(study, earlier_first)
-    retried = retried_numbers(since_earlier)
-    counted = earlier_counted + count([t for t in since_earlier if t.number < first], retried).claimed
+    read = trials_since(study, min(earlier_first, first))  # one read: the trials to count and the run's own
+    retried = retried_numbers([t for t in read if t.number >= earlier_first])
+    counted = earlier_counted + count([t for t in read if earlier_first <= t.number < first], retried).claimed
+    run = count([t for t in read if t.number >= first], retried)
     study.set_user_attr(BUDGET_FROM_ATTR, [first, counted])
-    study.set_user_attr(BUDGET_ATTR, counted + count(trials_since(study, first), retried).claimed + n_trials)
+    study.set_user_attr(BUDGET_ATTR, counted + run.claimed + n_trials)
 
 
 def run_counts(study: optuna.Study) -> Counts:

@@ -226,15 +226,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def database_of(storage: Any) -> Any:
+    """The RDBStorage a study's storage is, or is wrapped around (Optuna's cache of a database's trials); else None."""
+    from optuna.storages import RDBStorage
+
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, RDBStorage) else None
+
+
 def uncached(study: Any) -> Any:
     """The Optuna study, talking to its database directly. Optuna wraps a database storage in a cache of the study's
     trials that reads every trial the first time any is asked for (``ask`` does): tens of seconds for a year of
     nights on PostgreSQL, in every process. searchlab reads the trials it needs itself (``window``)."""
-    from optuna.storages import RDBStorage
-
-    backend = getattr(study._storage, "_backend", None)
-    if isinstance(backend, RDBStorage):
-        study._storage = backend
+    study._storage = database_of(study._storage) or study._storage
     return study
 
 

@@ -23,20 +23,21 @@ from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from searchlab.storage import database_of
+
 RECENT = 100  # latest finished trials the sampler and pruner see (two nights of 50)
 ELITE = 25  # best completed trials of all time they see too: TPE's largest "good" group (its default gamma's cap)
 NO_TRIAL_ID = 2**31 - 1  # the largest trial id (a 32-bit column): "none of the later ones" in Optuna's ranged query
 
 
-def _database(storage: Any) -> RDBStorage | None:
-    """The database behind a study's storage (Optuna wraps it in a cache that reads every trial once), or None."""
-    backend = getattr(storage, "_backend", storage)
-    return backend if isinstance(backend, RDBStorage) else None
+def _storage(study: optuna.Study) -> Any:
+    """The study's storage, its database unwrapped from Optuna's cache (which reads every trial once)."""
+    return database_of(study._storage) or study._storage
 
 
 def count_trials(study: optuna.Study) -> int:
     """How many trials the study holds (one COUNT on a database)."""
-    storage = _database(study._storage) or study._storage
+    storage = _storage(study)
     if isinstance(storage, RDBStorage):
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
@@ -63,7 +64,7 @@ def _journal_trial_ids(storage: Any, study_id: int) -> list[int] | None:
 def study_attr(study: optuna.Study, key: str, default: Any = None) -> Any:
     """One user attribute of the study: ``study.user_attrs`` copies them all (a study continued nightly holds a
     record per night), a database returns them all; this reads the one (a query on a database; not copied)."""
-    storage = _database(study._storage) or study._storage
+    storage = _storage(study)
     if isinstance(storage, RDBStorage):
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
@@ -78,7 +79,7 @@ def study_attr(study: optuna.Study, key: str, default: Any = None) -> Any:
 
 def count_by_state(study: optuna.Study) -> dict[TrialState, int]:
     """How many trials the study holds in each state (one grouped COUNT on a database)."""
-    storage = _database(study._storage) or study._storage
+    storage = _storage(study)
     if isinstance(storage, RDBStorage):
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
@@ -101,7 +102,7 @@ def trials_since(
     study: optuna.Study, number: int, states: Container[TrialState] | None = None, *, also: Set[int] = frozenset()
 ) -> list[FrozenTrial]:
     """The trials numbered ``number`` or more (and those numbered in ``also``), oldest first."""
-    storage = _database(study._storage) or study._storage
+    storage = _storage(study)
     if isinstance(storage, RDBStorage):
         total = count_trials(study)
         found = {storage.get_trial_id_from_study_id_trial_number(study._study_id, n) for n in also if n < total}
@@ -122,8 +123,8 @@ def _rdb_trials(
     study: optuna.Study, states: Container[TrialState] | None, ids: set[int], number: int, total: int
 ) -> list[FrozenTrial]:
     """On a database: the trials with these ids, and those numbered ``number`` or more (one query)."""
-    storage = _database(study._storage)
-    assert storage is not None
+    storage = _storage(study)
+    assert isinstance(storage, RDBStorage)
     if number < total:  # trial ids grow with numbers within a study
         after = storage.get_trial_id_from_study_id_trial_number(study._study_id, number) - 1
     elif ids:
@@ -135,7 +136,7 @@ def _rdb_trials(
 
 def best_completed(study: optuna.Study, k: int) -> list[FrozenTrial]:
     """The ``k`` best completed trials, best first (a sorted query on a database)."""
-    storage, minimize = _database(study._storage) or study._storage, study.direction == StudyDirection.MINIMIZE
+    storage, minimize = _storage(study), study.direction == StudyDirection.MINIMIZE
     if isinstance(storage, RDBStorage):
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
