@@ -153,6 +153,14 @@ def ui(file: str | None, tracking_uri: str | None, study_name: str | None, host:
     show_default=True,
     help="Refuse every change (create, rename, delete, notes): for a dashboard others can reach.",
 )
+@click.option(
+    "--last",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Show a study's latest N trials (and every later one), with its 25 best.",
+)
+@click.option("--all", "every", is_flag=True, help="Show every trial (optuna-dashboard slows past 10,000).")
 def dashboard(
     file: str | None,
     storage: str | None,
@@ -161,20 +169,25 @@ def dashboard(
     port: int,
     allowed_hosts: str | None,
     read_only: bool,
+    last: int,
+    every: bool,
 ) -> None:
     """Open optuna-dashboard on the study's storage (history, importances, parallel coordinates) until Ctrl-C.
 
     It answers only requests for loopback, --host and --allowed-hosts, and refuses changes sent from other sites."""
 
-    url, serve = serve_dashboard(
+    url, left_out, serve = serve_dashboard(
         storage_for(storage),
         host,
         port,
         study_name_for(file, study_name),
         allowed_hosts=parse_allowed_hosts(allowed_hosts),
         read_only=read_only,
+        last=None if every else last,
     )
     click.echo(f"Optuna dashboard: {url}{' (read-only)' if read_only else ''}; Ctrl-C stops it", err=True)
+    if left_out:
+        click.echo(f"Optuna dashboard: {left_out}", err=True)
     serve()
 
 

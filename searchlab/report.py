@@ -58,13 +58,12 @@ def _top(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _latest(study: optuna.Study) -> optuna.Study:
-    """The study, or in memory its latest ``PLOTTED_TRIALS`` trials (numbered from 0 there: ``FIRST_PLOTTED`` says
-    from which trial, for the axes)."""
-    total = count_trials(study)
-    if total <= PLOTTED_TRIALS:
-        return study
-    latest = _copy(study, trials_since(study, total - PLOTTED_TRIALS))
-    latest.set_user_attr(FIRST_PLOTTED, total - PLOTTED_TRIALS)
+    """In memory, the study's latest ``PLOTTED_TRIALS`` trials (numbered from 0 there: ``FIRST_PLOTTED`` says from
+    which trial, for the axes). Read once: Optuna's plots read the trials again and again (on a database, a query
+    each time)."""
+    first = max(0, count_trials(study) - PLOTTED_TRIALS)
+    latest = _copy(study, trials_since(study, first))
+    latest.set_user_attr(FIRST_PLOTTED, first)
     return latest
 
 
@@ -109,9 +108,7 @@ def write_report(
             for stem, (title, name) in PLOTS.items():
                 source = _plot_input(study, latest, stem)
                 try:
-                    drawn.append((title, _svg_panels(study, source, stem, name)))
-                    if images:
-                        _draw_png(study, source, stem, name, folder)
+                    drawn.append((title, _panels(study, source, stem, name, folder if images else None)))
                 except Exception as error:
                     notes.append(f"{title}: not drawn ({first_line(error)})")
     finally:
@@ -143,23 +140,21 @@ def _figure(axes: Any) -> Any:
     return (axes.flat[0] if hasattr(axes, "flat") else axes).figure  # slice plots: one axes per param
 
 
-def _draw_png(study: optuna.Study, source: optuna.Study, stem: str, name: str, folder: Path) -> None:
-    """Save one plot as ``stem.png``."""
-    plt = _matplotlib()
-    try:
-        axes = _draw(source, name)
-        if stem == "best_learning_curves":
-            _label_curves(axes, _top(study))
-        if stem == "optimization_history":
-            _number_axis(axes, source)
-        _figure(axes).savefig(folder / f"{stem}.png", dpi=100, bbox_inches="tight")
-    finally:
-        plt.close("all")
+def _drawn(study: optuna.Study, source: optuna.Study, stem: str, name: str, **kwargs: Any) -> Any:
+    """One plot's figure, its curves named and its trial axis numbered as in the study."""
+    axes = _draw(source, name, **kwargs)
+    if stem == "best_learning_curves":
+        _label_curves(axes, _top(study))
+    if stem == "optimization_history":
+        _number_axis(axes, source)
+    return _figure(axes)
 
 
-def _svg_panels(study: optuna.Study, source: optuna.Study, stem: str, name: str) -> list[str]:
+def _panels(study: optuna.Study, source: optuna.Study, stem: str, name: str, png_folder: Path | None) -> list[str]:
     """One plot as inline SVG for a page about 1,000 px wide: the slice plot as one small panel per param (they
-    wrap), the others one panel each; text stays text, so the page reads and searches like a page."""
+    wrap), the others one panel each; text stays text, so the page reads and searches like a page. With
+    ``png_folder``, the same figure is saved there as ``stem.png`` (drawn once: importances are a fANOVA fit); the
+    slice PNG is one figure of every param."""
     plt = _matplotlib()
     params = sorted({param for trial in source.get_trials(deepcopy=False) for param in trial.params})
     calls = [{"params": [param]} for param in params] if stem == "slice" and params else [{}]
@@ -167,17 +162,16 @@ def _svg_panels(study: optuna.Study, source: optuna.Study, stem: str, name: str)
     try:
         with plt.rc_context({"svg.fonttype": "none", "font.size": 9}):
             for kwargs in calls:
-                axes = _draw(source, name, **kwargs)
-                figure = _figure(axes)
+                figure = _drawn(study, source, stem, name, **kwargs)
                 figure.set_size_inches(*((2.7, 2.3) if stem == "slice" else (8.6, 4.2)))
-                if stem == "best_learning_curves":
-                    _label_curves(axes, _top(study))
-                if stem == "optimization_history":
-                    _number_axis(axes, source)
                 out = io.StringIO()
                 figure.savefig(out, format="svg", bbox_inches="tight")
-                plt.close(figure)
                 panels.append(out.getvalue()[out.getvalue().index("<svg") :])  # no XML prolog inside HTML
+                if png_folder is not None and stem != "slice":
+                    figure.savefig(png_folder / f"{stem}.png", dpi=100, bbox_inches="tight")
+                plt.close(figure)
+        if png_folder is not None and stem == "slice":
+            _drawn(study, source, stem, name).savefig(png_folder / f"{stem}.png", dpi=100, bbox_inches="tight")
     finally:
         plt.close("all")
     return panels

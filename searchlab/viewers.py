@@ -184,12 +184,16 @@ def serve_dashboard(
     *,
     allowed_hosts: Iterable[str] = (),
     read_only: bool = False,
-) -> tuple[str, Any]:
-    """Open the storage and return (the dashboard URL, a function that serves it until Ctrl-C).
+    last: int | None = None,
+) -> tuple[str, str, Any]:
+    """Open the storage and return (the dashboard URL, what it leaves out, a function that serves it until Ctrl-C).
 
     optuna-dashboard's own app (`optuna_dashboard.wsgi`) behind host_guard, on wsgiref's threaded server as the
-    optuna-dashboard command serves it (its run_server has no way in for the guard)."""
+    optuna-dashboard command serves it (its run_server has no way in for the guard); each study cut to its ``last``
+    latest trials and its best (searchlab.latest), every trial when ``last`` is None."""
     import optuna_dashboard
+
+    from searchlab.latest import SHOWN_BEST, LatestTrials, latest_trials  # optuna
 
     path = local_file(storage_url)
     if path is not None and not path.is_file():
@@ -199,22 +203,29 @@ def serve_dashboard(
         )
     check_port_free(host, port)
     storage = open_storage(storage_url, writes=False)  # showing a study needs no write access
-    url = f"http://{host}:{port}/dashboard/"
+    shown = storage if last is None else latest_trials(storage, last)
+    url, left_out = f"http://{host}:{port}/dashboard/", ""
     if study_name is not None:
         try:
-            url += f"studies/{storage.get_study_id_from_name(study_name)}"
+            study_id = storage.get_study_id_from_name(study_name)
         except KeyError:
             raise ConfigError(
                 f"no study named {study_name!r} in {describe(storage_url)}: check --study-name or --storage"
             ) from None
+        url += f"studies/{study_id}"
+        if isinstance(shown, LatestTrials) and shown.hidden(study_id):
+            left_out = (
+                f"it shows the {last:,} latest trials and the {SHOWN_BEST} best; "
+                f"{shown.hidden(study_id):,} earlier trials are left out (--all shows every trial)"
+            )
 
-    app = host_guard(optuna_dashboard.wsgi(storage), served_names(host, allowed_hosts), read_only=read_only)
+    app = host_guard(optuna_dashboard.wsgi(shown), served_names(host, allowed_hosts), read_only=read_only)
 
     def serve() -> None:
         with make_wsgi_server(host, port, app) as server, contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()  # Ctrl-C is how it stops
 
-    return url, serve
+    return url, left_out, serve
 
 
 def make_wsgi_server(host: str, port: int, app: Callable) -> Any:

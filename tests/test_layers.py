@@ -42,6 +42,7 @@ LAYERS = {
         "sender",
         "results",
         "window",
+        "latest",
         "compaction",
         "weights",
         "registry",

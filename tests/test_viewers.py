@@ -196,6 +196,27 @@ def test_viewers_refuse_bad_input_in_one_line(workdir: Path) -> None:
     assert list(workdir.iterdir()) == []
 
 
+def test_dashboard_shows_a_long_studys_latest_trials_and_says_so(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="long", storage=journal(tmp_path))
+    study.optimize(lambda trial: (trial.suggest_float("x", 0, 1) - 0.5) ** 2, n_trials=60)
+    best = sorted(t.number for t in sorted(study.trials, key=lambda t: t.value)[:25] if t.number < 50)
+    with running(tmp_path, "dashboard", "--study-name", "long", "--last", "10", ready="/api/studies") as server:
+        detail = get_json(f"{server.url}/api/studies/{study._study_id}")
+        assert [trial["number"] for trial in detail["trials"]] == [*best, *range(50, 60)]
+        assert detail["best_trials"][0]["number"] == study.best_trial.number
+        assert (
+            f"the 10 latest trials and the 25 best; {50 - len(best)} earlier trials are left out (--all shows every "
+            "trial)" in server.log.read_text()
+        )
+        if CHROMIUM is not None:  # the trial list as the page draws it: the study's own numbers
+            page = rendered_text(f"{server.url}/dashboard/studies/{study._study_id}/trials")
+            assert f"{len(best) + 10} Trials Trial {best[0]} Complete" in page, page[:2000]
+            assert f"Trial {best[0]} (trial_id={best[0]})" in page  # the first one's page: its own number
+    with running(tmp_path, "dashboard", "--study-name", "long", "--all", ready="/api/studies") as server:
+        assert len(get_json(f"{server.url}/api/studies/{study._study_id}")["trials"]) == 60
+        assert "left out" not in server.log.read_text()
+
+
 # ---------------------------------------------------------------- hosts, origins, read-only, secrets, ports
 
 
