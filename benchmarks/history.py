@@ -78,7 +78,7 @@ class Writer:
 
         MlflowTracker(f"sqlite:///{folder / 'mlflow.db'}")  # its quiet MLflow settings
         self.client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-        self.folder, self.rng = folder, np.random.default_rng(seed)
+        self.folder, self.rng, self.storage_url = folder, np.random.default_rng(seed), storage
         self.journal = None if storage and is_database_url(storage) else folder / (storage or DEFAULT_JOURNAL)
         if self.journal is not None:  # replayed and appended in memory, written back once
             from optuna.storages.journal import JournalFileBackend
@@ -123,6 +123,10 @@ class Writer:
             self.study.set_user_attr(night_key(night), nights[-1])  # as the nightly records it
             if night % 25 == 0:
                 say(f"night {night}")
+        if self.journal is None:  # as each night leaves the database (and autovacuum, where it is on)
+            from searchlab.compaction import refresh_statistics
+
+            say(refresh_statistics(self.storage_url))
         if self.journal is not None:
             temporary = self.journal.with_name(self.journal.name + ".writing")
             with open(temporary, "w") as file:

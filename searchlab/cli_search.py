@@ -124,9 +124,9 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
         click.echo("interrupted: every open trial was failed and its MLflow run closed", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo("\n".join([*(summary.lines() if summary else []), *night.lines()]))
-    journal = compact_after_night(config.storage)
-    if journal:
-        click.echo(journal)
+    kept = compact_after_night(config.storage)  # the journal compacted, or the database's statistics refreshed
+    if kept:
+        click.echo(kept)
     sys.exit(night.exit_code)
 
 

@@ -1,4 +1,4 @@
-"""Compacting a journal file: one record per study and per trial, instead of every operation ever made.
+"""Keeping a long study's storage quick to open: a journal file compacted, a database's statistics refreshed.
 
 A worker writes a trial as some fifty appends (the trial, each param, its attributes, one value per epoch, its end);
 a study continued every night is a journal of tens of megabytes that every process replays when it opens it.
@@ -10,6 +10,10 @@ each study: the pruner and the report's learning curves read those; every trial'
 The file stays an Optuna journal: plain Optuna and optuna-dashboard read it. It is rewritten only while no other
 process has it open (the lock ``storage.READERS_SUFFIX`` that every searchlab process opening it holds), under the
 journal's own lock, into a new file that replaces the old one at once.
+
+On PostgreSQL the reads are queries of their own (searchlab.window), planned from the tables' statistics: autovacuum
+refreshes them, but where it is off a year-old study's queries are planned as if it held a few dozen trials.
+``refresh_statistics`` runs ANALYZE on Optuna's tables after each night (a fraction of a second).
 """
 
 from __future__ import annotations
@@ -23,13 +27,36 @@ from datetime import timezone
 from pathlib import Path
 from typing import Any
 
-from searchlab.errors import ConfigError
-from searchlab.storage import DEFAULT_JOURNAL, READERS_SUFFIX, describe, forget_journal, is_database_url, local_file
+from searchlab.errors import ConfigError, first_line
+from searchlab.storage import (
+    DEFAULT_JOURNAL,
+    READERS_SUFFIX,
+    describe,
+    forget_journal,
+    is_database_url,
+    local_file,
+    opened_storage,
+)
 from searchlab.window import ELITE
 
 CURVES_KEPT = 1000  # latest trials of a study that keep their per-epoch values (ten times the pruner's window)
 WORKER_ID = "searchlab-compaction"
 MB = 1024 * 1024
+
+
+OPTUNA_TABLES = (
+    "studies",
+    "study_directions",
+    "study_user_attributes",
+    "study_system_attributes",
+    "trials",
+    "trial_params",
+    "trial_values",
+    "trial_intermediate_values",
+    "trial_user_attributes",
+    "trial_system_attributes",
+    "trial_heartbeats",
+)
 
 
 class JournalInUse(RuntimeError):
@@ -122,3 +149,20 @@ def compact(url: str | None) -> str:
         raise ConfigError(f"no journal {str(path)!r} here: check --storage")
     before, after = compact_journal(path)
     return f"journal    {path.name} compacted: {before / MB:.1f} MB -> {after / MB:.1f} MB"
+
+
+def is_postgresql(url: str | None) -> bool:
+    return url is not None and url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+def refresh_statistics(url: str) -> str:
+    """ANALYZE Optuna's tables in the PostgreSQL database at ``url``; a line saying so. A role that does not own them
+    gets PostgreSQL's warning and the tables as they were: nothing fails for it."""
+    try:
+        with opened_storage(url) as storage, storage.engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                f"ANALYZE {', '.join(OPTUNA_TABLES)}"
+            )
+    except Exception as error:  # the night is done: its statistics wait for the next one
+        return f"database   statistics not refreshed tonight: {first_line(error)}"
+    return "database   statistics refreshed (ANALYZE of Optuna's tables, for the planner)"

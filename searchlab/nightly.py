@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.budget import first_open
-from searchlab.compaction import JournalInUse, compact
+from searchlab.compaction import JournalInUse, compact, is_postgresql, refresh_statistics
 from searchlab.config import RunConfig
 from searchlab.data import load_split
 from searchlab.errors import ConfigError, RunFailed, describe_error
@@ -242,9 +242,12 @@ def _log_night(tracker: Any, night: Night, study_name: str, nights: list[dict[st
 
 
 def compact_after_night(url: str | None) -> str | None:
-    """Compact the night's journal (a database needs none), once its run and its workers are done; a line saying
-    what became of it. Another process that has it open (a dashboard left running) keeps it as it is until a night
-    finds it free."""
+    """Compact the night's journal, or refresh a PostgreSQL database's statistics, once its run and its workers are
+    done; a line saying what became of it. Another process that has the journal open (a dashboard left running)
+    keeps it as it is until a night finds it free."""
+    if is_postgresql(url):
+        assert url is not None
+        return refresh_statistics(url)
     if url is not None and is_database_url(url):
         return None
     try:

@@ -57,14 +57,15 @@ def _top(study: optuna.Study) -> list[FrozenTrial]:
     return best_completed(study, TOP_TRIALS)
 
 
-def _latest(study: optuna.Study) -> optuna.Study:
-    """In memory, the study's latest ``PLOTTED_TRIALS`` trials (numbered from 0 there: ``FIRST_PLOTTED`` says from
-    which trial, for the axes). Read once: Optuna's plots read the trials again and again (on a database, a query
-    each time)."""
+def _latest(study: optuna.Study) -> tuple[optuna.Study, list[FrozenTrial]]:
+    """The study's latest ``PLOTTED_TRIALS`` trials, and an in-memory study of them (numbered from 0 there:
+    ``FIRST_PLOTTED`` says from which trial, for the axes). Read once: Optuna's plots read the trials again and again
+    (on a database, a query each time)."""
     first = max(0, count_trials(study) - PLOTTED_TRIALS)
-    latest = _copy(study, trials_since(study, first))
+    trials = trials_since(study, first)
+    latest = _copy(study, trials)
     latest.set_user_attr(FIRST_PLOTTED, first)
-    return latest
+    return latest, trials
 
 
 def _copy(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
@@ -104,7 +105,7 @@ def write_report(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna's matplotlib backend is "experimental"
-            latest = _latest(study)
+            latest, trials = _latest(study)
             for stem, (title, name) in PLOTS.items():
                 source = _plot_input(study, latest, stem)
                 try:
@@ -114,7 +115,7 @@ def write_report(
     finally:
         optuna.logging.set_verbosity(verbosity)
     _write_html(study.study_name, drawn, notes, folder / HTML_PAGE, _coverage(study))
-    (folder / "summary.md").write_text(summary_markdown(study, notes, images=images, run=run))
+    (folder / "summary.md").write_text(summary_markdown(study, notes, images=images, run=run, latest=trials))
     return notes
 
 
@@ -218,17 +219,23 @@ def _write_html(
 
 
 def summary_markdown(
-    study: optuna.Study, notes: Sequence[str] = (), *, images: bool = True, run: tuple[str, str] | None = None
+    study: optuna.Study,
+    notes: Sequence[str] = (),
+    *,
+    images: bool = True,
+    run: tuple[str, str] | None = None,
+    latest: list[FrozenTrial] | None = None,
 ) -> str:
     """The best trials with their params and values, the counts and reasons of pruned and failed trials, and the
     plots: ``report.html``, and the PNG images when ``images``, else how to draw them.
 
     The UI renders ``summary.md`` inside its own page, where a path relative to the file would lead to the
     server's root, and shows no images: in a ``run``'s artifacts (experiment id, run id), the page and the images
-    are linked where the artifact viewer shows them."""
+    are linked where the artifact viewer shows them. ``latest``: the study's latest ``PLOTTED_TRIALS`` trials, when
+    they have been read."""
     page = HTML_PAGE if run is None else artifact_page("", *run, f"{REPORT_FOLDER}/{HTML_PAGE}")
     total = count_trials(study)
-    trials = trials_since(study, max(0, total - PLOTTED_TRIALS))  # the latest: their packs and reasons
+    trials = trials_since(study, max(0, total - PLOTTED_TRIALS)) if latest is None else latest  # packs, reasons
     states = {state.name: n for state, n in count_by_state(study).items()}
     lines = [
         f"# Study {study.study_name}",
@@ -258,13 +265,13 @@ def summary_markdown(
         ]
     else:
         lines.append("No trial completed yet.")
-    latest = "" if len(trials) == total else f" (of the latest {len(trials):,})"
+    of_latest = "" if len(trials) == total else f" (of the latest {len(trials):,})"
     for state, reason_of in ((TrialState.PRUNED, _pruned_reason), (TrialState.FAIL, _fail_reason)):
         reasons = collections.Counter(reason_of(t) for t in trials if t.state == state)
         if reasons:
             lines += [
                 "",
-                f"## {state.name.capitalize()} trials{latest}: {sum(reasons.values())}",
+                f"## {state.name.capitalize()} trials{of_latest}: {sum(reasons.values())}",
                 "",
                 "| reason | trials |",
                 "|---|---|",

@@ -1,9 +1,11 @@
-"""Compacting a journal: the same studies and trials for plain Optuna, fewer records, never under another process."""
+"""Compacting a journal: the same studies and trials for plain Optuna, fewer records, never under another process;
+and a PostgreSQL database's statistics refreshed after a night."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -15,7 +17,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from searchlab.cli import main
-from searchlab.compaction import JournalInUse, compact_journal
+from searchlab.compaction import JournalInUse, compact_journal, refresh_statistics
+from searchlab.nightly import compact_after_night
 from searchlab.storage import open_storage
 
 SPACE = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "batch_size": CategoricalDistribution([32, 64])}
@@ -144,3 +147,28 @@ def test_compact_refuses_what_is_not_a_journal(workdir: Path, storage: str, mess
     result = CliRunner().invoke(main, ["compact", "--storage", storage])
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and message in result.output
+
+
+def last_analyzed(table: str) -> float:
+    """When PostgreSQL last analyzed the table by hand (epoch seconds; 0: never)."""
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL) as connection:
+        row = connection.execute(
+            "SELECT extract(epoch FROM last_analyze) FROM pg_stat_user_tables WHERE relname = %s", (table,)
+        ).fetchone()
+    return float(row[0] or 0) if row else 0.0
+
+
+def test_a_night_on_postgresql_refreshes_the_planners_statistics() -> None:
+    optuna.create_study(storage=open_storage(POSTGRES_URL)).ask()  # Optuna's tables exist
+    started = time.time()
+    assert compact_after_night(POSTGRES_URL) == (
+        "database   statistics refreshed (ANALYZE of Optuna's tables, for the planner)"
+    )
+    deadline = time.time() + 10  # the statistics collector reports within a moment
+    while last_analyzed("trials") < started - 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert last_analyzed("trials") >= started - 1 and last_analyzed("trial_intermediate_values") >= started - 1
+    unreachable = refresh_statistics("postgresql://postgres@127.0.0.1:1/test")
+    assert unreachable.startswith("database   statistics not refreshed tonight: ") and "\n" not in unreachable
