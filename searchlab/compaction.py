@@ -151,8 +151,8 @@ def compact(url: str | None) -> str:
     return f"journal    {path.name} compacted: {before / MB:.1f} MB -> {after / MB:.1f} MB"
 
 
-def is_postgresql(url: str | None) -> bool:
-    return url is not None and url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+def is_postgresql(url: str) -> bool:
+    return url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
 
 
 def refresh_statistics(url: str) -> str:

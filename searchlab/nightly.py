@@ -245,11 +245,8 @@ def compact_after_night(url: str | None) -> str | None:
     """Compact the night's journal, or refresh a PostgreSQL database's statistics, once its run and its workers are
     done; a line saying what became of it. Another process that has the journal open (a dashboard left running)
     keeps it as it is until a night finds it free."""
-    if is_postgresql(url):
-        assert url is not None
-        return refresh_statistics(url)
     if url is not None and is_database_url(url):
-        return None
+        return refresh_statistics(url) if is_postgresql(url) else None
     try:
         return compact(url)
     except JournalInUse as busy:

@@ -154,7 +154,7 @@ def _drawn(study: optuna.Study, source: optuna.Study, stem: str, name: str, **kw
 def _panels(study: optuna.Study, source: optuna.Study, stem: str, name: str, png_folder: Path | None) -> list[str]:
     """One plot as inline SVG for a page about 1,000 px wide: the slice plot as one small panel per param (they
     wrap), the others one panel each; text stays text, so the page reads and searches like a page. With
-    ``png_folder``, the same figure is saved there as ``stem.png`` (drawn once: importances are a fANOVA fit); the
+    ``png_folder``, the same figure is saved there as ``stem.png`` (drawn once: the importances are fitted); the
     slice PNG is one figure of every param."""
     plt = _matplotlib()
     params = sorted({param for trial in source.get_trials(deepcopy=False) for param in trial.params})
