@@ -108,7 +108,7 @@ class Writer:
             night = len(nights) + 1
             parent_id = self.parent_run(night, trials)
             self.study.set_user_attr(PARENT_RUN_ATTR, parent_id)
-            set_budget(self.study, len(self.study.get_trials(deepcopy=False)), trials)  # as the night's run does
+            set_budget(self.study, self.next_number, trials)  # as the night's run does
             night_trials = [self.trial(parent_id) for _ in range(trials)]
             if self.journal is None:
                 self.insert(night_trials)
@@ -187,6 +187,7 @@ class Writer:
                 self.storage.set_trial_intermediate_value(trial_id, step, point)
             self.storage.set_trial_state_values(trial_id, state, finished.values)
             finished.number = self.storage.get_trial_number_from_id(trial_id)
+            self.next_number = finished.number + 1
         now = int(time.time() * 1000)
         metrics = [Metric(name, point * (1.1 if name == "train_loss" else 1.0), now, step)
                    for name in CURVES for step, point in enumerate(curve, start=1)]  # fmt: skip
