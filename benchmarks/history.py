@@ -8,7 +8,8 @@ the exact records searchlab writes. Nights 2..N are made from it through the sto
 - MLflow: the night's parent run and a child run per trial (params, tags, five curves, best_val_loss).
 Values are a smooth function of the params with noise, so that a sampler has something to learn.
 
-By hand (``--storage`` a journal path, the default, or a postgresql:// URL; the folder gets mlflow.db):
+By hand (``--storage`` a journal path, the default, or a postgresql:// URL; the folder gets mlflow.db; a folder
+that holds a history is continued up to --nights):
     python benchmarks/history.py FOLDER --nights 365 --trials 50
 """
 
@@ -41,14 +42,20 @@ CURVES = ("train_loss", "val_loss", "val_mae", "val_mse", "val_r2")
 def write_history(
     folder: Path, *, nights: int, trials: int, storage: str | None = None, seed: int = 0, say: Any = print
 ) -> None:
-    """Night 1 for real in ``folder``, then nights 2..``nights`` of ``trials`` trials each, written directly."""
+    """Night 1 for real in ``folder``, then nights 2..``nights`` of ``trials`` trials each, written directly. A folder
+    that holds a history already (on its own storage) is continued up to ``nights``: a year becomes three."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / STORAGE_FILE).write_text(storage or "searchlab.journal")
     started = time.perf_counter()
-    real_night(folder, storage)
-    say(f"night 1 (real): {time.perf_counter() - started:.1f} s")
-    if nights > 1:
-        Writer(folder, storage, seed).nights(nights - 1, trials, say)
+    if (folder / STORAGE_FILE).exists():
+        storage = storage_of(folder)
+    else:
+        (folder / STORAGE_FILE).write_text(storage or "searchlab.journal")
+        real_night(folder, storage)
+        say(f"night 1 (real): {time.perf_counter() - started:.1f} s")
+    writer = Writer(folder, storage, seed)
+    written = writer.nights_written()
+    if nights > written:
+        writer.nights(nights - written, trials, say)
     say(f"{nights} nights of {trials} trials: {time.perf_counter() - started:.1f} s")
 
 
@@ -96,6 +103,11 @@ class Writer:
         self.parent_params, self.parent_tags = dict(parent.data.params), dict(parent.data.tags)
         template_run = self.client.get_run(self.templates[0].user_attrs["mlflow_run_id"])
         self.run_params, self.run_tags = dict(template_run.data.params), dict(template_run.data.tags)
+
+    def nights_written(self) -> int:
+        from searchlab.nights import recorded_nights
+
+        return len(recorded_nights(self.study.user_attrs))
 
     def nights(self, count: int, trials: int, say: Any) -> None:
         from searchlab.budget import set_budget

@@ -133,12 +133,12 @@ def ui(file: str | None, tracking_uri: str | None, study_name: str | None, host:
         return
     check_runs_exist(uri)
     check_port_free(host, port)
-    click.echo(
-        f"MLflow UI: {experiment_url(f'http://{host}:{port}', uri, name)} (runs in {mask_password(uri)}); "
-        "Ctrl-C stops it",
-        err=True,
-    )
-    sys.exit(run_until_interrupted(mlflow_server_command(host, port, workers=1), uri))
+
+    def announce() -> None:
+        page = experiment_url(f"http://{host}:{port}", uri, name)
+        click.echo(f"MLflow UI: {page} (runs in {mask_password(uri)}); Ctrl-C stops it", err=True)
+
+    sys.exit(run_until_interrupted(mlflow_server_command(host, port, workers=1), uri, announce))
 
 
 @click.command()

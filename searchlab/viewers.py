@@ -96,8 +96,12 @@ def mlflow_server_command(
     return [*command, "--workers", str(workers)]
 
 
-def run_until_interrupted(command: list[str], backend_store_uri: str) -> int:
-    """Run `mlflow server` in the foreground; on Ctrl-C (or SIGTERM) stop it gracefully and return 0.
+def run_until_interrupted(
+    command: list[str], backend_store_uri: str, announce: Callable[[], None] = lambda: None
+) -> int:
+    """Run `mlflow server` in the foreground; on Ctrl-C (or SIGTERM) stop it gracefully and return 0. ``announce``
+    runs once the server is starting (what it looks up, e.g. the experiment's page, overlaps with the server's own
+    start-up, which imports MLflow twice).
 
     The backend store URI travels in the environment, not on the command line that any local user can read (it
     may hold a password). MLflow's job runner (GenAI judges and trace rollups: several extra processes) stays off
@@ -110,18 +114,27 @@ def run_until_interrupted(command: list[str], backend_store_uri: str) -> int:
     process = subprocess.Popen(command, env=environment)
     previous = signal.signal(signal.SIGTERM, lambda number, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
+        announce()
         return process.wait()
     except KeyboardInterrupt:
-        if process.poll() is None:
-            process.terminate()  # servers stop gracefully on SIGTERM, even where SIGINT was ignored
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
         return 0
+    except BaseException:
+        _stop(process)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM (servers stop gracefully on it, even where SIGINT was ignored), then a kill after 20 s."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def experiment_url(base: str, tracking_uri: str, study_name: str | None) -> str:
