@@ -20,6 +20,7 @@ from searchlab.viewers import (
     experiment_url,
     mlflow_allowed_hosts,
     mlflow_server_command,
+    mlflow_ui_command,
     parse_allowed_hosts,
     run_until_interrupted,
     serve_dashboard,
@@ -138,7 +139,7 @@ def ui(file: str | None, tracking_uri: str | None, study_name: str | None, host:
         page = experiment_url(f"http://{host}:{port}", uri, name)
         click.echo(f"MLflow UI: {page} (runs in {mask_password(uri)}); Ctrl-C stops it", err=True)
 
-    sys.exit(run_until_interrupted(mlflow_server_command(host, port, workers=1), uri, announce))
+    sys.exit(run_until_interrupted(mlflow_ui_command(host, port), uri, announce))
 
 
 @click.command()
@@ -201,8 +202,9 @@ def report(
 ) -> None:
     """Write the study report (Optuna's plots and a summary table) to the study's latest parent run in MLflow,
     or to --out. `searchlab run` writes it at the end of every run."""
-    from searchlab.report import publish_report  # optuna, plotly
+    from searchlab.report import import_importance_without_fanova, publish_report  # optuna
 
+    import_importance_without_fanova()
     click.echo(publish_report(open_results(file, storage, study_name), tracking_uri, out))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import html
 import io
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,13 +35,14 @@ from searchlab.window import best_completed, count_by_state, count_trials, trial
 
 REPORT_FOLDER = "report"  # the artifact folder of the parent run
 HTML_PAGE = "report.html"
+SLICE_COLUMNS = 3  # the slice plot's panels (one per param) to a row
 TOP_TRIALS = 5  # best trials in the summary table and in the learning-curve plot
 # The latest trials the plots and the reasons tables cover: a study continued every night holds tens of thousands,
 # whose plots would weigh megabytes and take minutes (fANOVA); the best trials and the counts cover the whole study.
 PLOTTED_TRIALS = 500
 FIRST_PLOTTED = "searchlab_first_plotted"  # on an in-memory copy of the latest trials: the number of its trial 0
 
-# file stem → (title, the optuna.visualization function name); each is drawn with plotly, and with matplotlib
+# file stem → (title, the optuna.visualization function name), drawn by its matplotlib backend
 PLOTS = {
     "optimization_history": ("Optimization history", "plot_optimization_history"),
     "param_importances": ("Parameter importances", "plot_param_importances"),
@@ -99,7 +101,7 @@ def write_report(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    drawn: list[tuple[str, list[str]]] = []
+    drawn: list[tuple[str, str]] = []
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" and the like: the summary says it
     try:
@@ -109,7 +111,7 @@ def write_report(
             for stem, (title, name) in PLOTS.items():
                 source = _plot_input(study, latest, stem)
                 try:
-                    drawn.append((title, _panels(study, source, stem, name, folder if images else None)))
+                    drawn.append((title, _svg(study, source, stem, name, folder if images else None)))
                 except Exception as error:
                     notes.append(f"{title}: not drawn ({first_line(error)})")
     finally:
@@ -117,6 +119,20 @@ def write_report(
     _write_html(study.study_name, drawn, notes, folder / HTML_PAGE, _coverage(study))
     (folder / "summary.md").write_text(summary_markdown(study, notes, images=images, run=run, latest=trials))
     return notes
+
+
+def import_importance_without_fanova() -> None:
+    """For a process that only writes a report (`searchlab report`): import Optuna's importance module with
+    scikit-learn held back. Optuna imports scikit-learn there, most of the report's import time, only for its fANOVA
+    evaluator; the report's importances are PED-ANOVA's (Optuna's default), which need none. fANOVA in such a process
+    then says scikit-learn is missing: not for a process that goes on to other work."""
+    if "optuna.importance" in sys.modules or "sklearn.ensemble" in sys.modules:
+        return
+    sys.modules["sklearn.ensemble"] = None  # type: ignore[assignment]  # its import fails at once; Optuna defers it
+    try:
+        import optuna.importance  # noqa: F401
+    finally:
+        del sys.modules["sklearn.ensemble"]
 
 
 def _matplotlib() -> Any:
@@ -141,41 +157,63 @@ def _figure(axes: Any) -> Any:
     return (axes.flat[0] if hasattr(axes, "flat") else axes).figure  # slice plots: one axes per param
 
 
-def _drawn(study: optuna.Study, source: optuna.Study, stem: str, name: str, **kwargs: Any) -> Any:
-    """One plot's figure, its curves named and its trial axis numbered as in the study."""
-    axes = _draw(source, name, **kwargs)
+def _drawn(study: optuna.Study, source: optuna.Study, stem: str, name: str) -> Any:
+    """One plot's axes, its curves named and its trial axis numbered as in the study."""
+    axes = _draw(source, name)
     if stem == "best_learning_curves":
         _label_curves(axes, _top(study))
     if stem == "optimization_history":
         _number_axis(axes, source)
-    return _figure(axes)
+    return axes
 
 
-def _panels(study: optuna.Study, source: optuna.Study, stem: str, name: str, png_folder: Path | None) -> list[str]:
-    """One plot as inline SVG for a page about 1,000 px wide: the slice plot as one small panel per param (they
-    wrap), the others one panel each; text stays text, so the page reads and searches like a page. With
-    ``png_folder``, the same figure is saved there as ``stem.png`` (drawn once: the importances are fitted); the
-    slice PNG is one figure of every param."""
+def _svg(study: optuna.Study, source: optuna.Study, stem: str, name: str, png_folder: Path | None) -> str:
+    """One plot as inline SVG for a page about 1,000 px wide (text stays text, so the page reads and searches like
+    a page); with ``png_folder``, the same figure saved there as ``stem.png``. Drawn once and its bounds found once
+    for both (the importances are fitted; ``bbox_inches="tight"`` lays a figure out again for every file)."""
     plt = _matplotlib()
-    params = sorted({param for trial in source.get_trials(deepcopy=False) for param in trial.params})
-    calls = [{"params": [param]} for param in params] if stem == "slice" and params else [{}]
-    panels = []
     try:
         with plt.rc_context({"svg.fonttype": "none", "font.size": 9}):
-            for kwargs in calls:
-                figure = _drawn(study, source, stem, name, **kwargs)
-                figure.set_size_inches(*((2.7, 2.3) if stem == "slice" else (8.6, 4.2)))
-                out = io.StringIO()
-                figure.savefig(out, format="svg", bbox_inches="tight")
-                panels.append(out.getvalue()[out.getvalue().index("<svg") :])  # no XML prolog inside HTML
-                if png_folder is not None and stem != "slice":
-                    figure.savefig(png_folder / f"{stem}.png", dpi=100, bbox_inches="tight")
-                plt.close(figure)
-        if png_folder is not None and stem == "slice":
-            _drawn(study, source, stem, name).savefig(png_folder / f"{stem}.png", dpi=100, bbox_inches="tight")
+            axes = _drawn(study, source, stem, name)
+            figure = _figure(axes)
+            if stem == "slice":
+                _wrap_panels(axes)
+            else:
+                figure.set_size_inches(8.6, 4.2)
+            bounds = figure.get_tightbbox(figure.canvas.get_renderer()).padded(0.1)  # as "tight" finds them
+            out = io.StringIO()
+            figure.savefig(out, format="svg", bbox_inches=bounds)
+            if png_folder is not None:
+                figure.savefig(png_folder / f"{stem}.png", dpi=100, bbox_inches=bounds)
     finally:
         plt.close("all")
-    return panels
+    return out.getvalue()[out.getvalue().index("<svg") :]  # no XML prolog inside HTML
+
+
+def _wrap_panels(axes: Any) -> None:
+    """Optuna's slice plot is one row of panels, one per param (six params: a figure 19 inches wide): wrap them,
+    ``SLICE_COLUMNS`` to a row, with the colour bar beside them, in one figure the page's width."""
+    panels = list(axes.flat) if hasattr(axes, "flat") else [axes]
+    figure = panels[0].figure
+    others = [other for other in figure.axes if other not in panels]  # the colour bar
+    rows = -(-len(panels) // SLICE_COLUMNS)
+    figure.set_size_inches(8.6, 2.3 * rows + 0.5)
+    figure.set_layout_engine(None)
+    grid = figure.add_gridspec(
+        rows, SLICE_COLUMNS + 1, width_ratios=[1] * SLICE_COLUMNS + [0.06], wspace=0.3, hspace=0.5, top=0.9
+    )
+    ylabel = panels[0].get_ylabel()
+    for index, panel in enumerate(panels):
+        row, column = divmod(index, SLICE_COLUMNS)
+        panel.set_position(grid[row, column].get_position(figure))
+        panel.tick_params(labelleft=column == 0)  # Optuna shares the value axis: its labels on the left only
+        panel.set_ylabel(ylabel if column == 0 else "")
+        if panel.get_xscale() == "log":
+            from matplotlib.ticker import NullFormatter
+
+            panel.xaxis.set_minor_formatter(NullFormatter())  # a narrow log range labels every minor tick
+    for other in others:
+        other.set_position(grid[:, SLICE_COLUMNS].get_position(figure))
 
 
 def _label_curves(axes: Any, trials: list[FrozenTrial]) -> None:
@@ -195,23 +233,16 @@ def _coverage(study: optuna.Study) -> str:
     return f"The plots cover the latest {PLOTTED_TRIALS:,} of {total:,} trials (the best trials: the whole study)."
 
 
-def _write_html(
-    study_name: str, plots: list[tuple[str, list[str]]], notes: list[str], path: Path, coverage: str
-) -> None:
+def _write_html(study_name: str, plots: list[tuple[str, str]], notes: list[str], path: Path, coverage: str) -> None:
     """One self-contained page without scripts: it opens offline and in the MLflow UI's artifact viewer, and
     weighs kilobytes, not plotly.js's megabytes (interactive plots: `searchlab dashboard`)."""
     name = html.escape(study_name)
-    sections = [
-        f"<h2>{html.escape(title)}</h2><div class='panels'>"
-        + "".join(f"<div class='panel'>{svg}</div>" for svg in panels)
-        + "</div>"
-        for title, panels in plots
-    ]
+    sections = [f"<h2>{html.escape(title)}</h2><div class='plot'>{svg}</div>" for title, svg in plots]
     sections += [f"<p>{html.escape(note)}</p>" for note in notes]
     path.write_text(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{name}: searchlab report</title><style>"
         "body{font-family:sans-serif;max-width:980px;margin:0 auto;padding:0 8px}"
-        ".panels{display:flex;flex-wrap:wrap;gap:8px}.panel svg{max-width:100%;height:auto}"
+        ".plot svg{max-width:100%;height:auto}"
         f"</style></head><body><h1>Study {name}</h1>"
         f"<p>{html.escape(coverage)} Interactive plots of the same study: <code>searchlab dashboard</code>.</p>"
         f"{''.join(sections)}</body></html>"

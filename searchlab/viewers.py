@@ -21,6 +21,7 @@ from wsgiref.simple_server import WSGIServer, make_server
 
 from searchlab.endpoints import local_store_path
 from searchlab.errors import ConfigError
+from searchlab.mlflow_app import BACKEND_STORE_ENV
 from searchlab.mlflow_ui import charts_page, experiment_page
 from searchlab.storage import describe, local_file, open_storage
 from searchlab.tracking import MlflowTracker
@@ -96,12 +97,18 @@ def mlflow_server_command(
     return [*command, "--workers", str(workers)]
 
 
+def mlflow_ui_command(host: str, port: int) -> list[str]:
+    """The MLflow UI's server for `searchlab ui`: MLflow's app in one process (searchlab.mlflow_app), where `mlflow
+    server` starts two; its backend store goes in the environment, as for `mlflow server`."""
+    return [sys.executable, "-m", "searchlab.mlflow_app", host, str(port)]
+
+
 def run_until_interrupted(
     command: list[str], backend_store_uri: str, announce: Callable[[], None] = lambda: None
 ) -> int:
-    """Run `mlflow server` in the foreground; on Ctrl-C (or SIGTERM) stop it gracefully and return 0. ``announce``
-    runs once the server is starting (what it looks up, e.g. the experiment's page, overlaps with the server's own
-    start-up, which imports MLflow twice).
+    """Run an MLflow server ``command`` in the foreground; on Ctrl-C (or SIGTERM) stop it gracefully and return 0.
+    ``announce`` runs once the server is starting (what it looks up, e.g. the experiment's page, overlaps with the
+    server's own start-up, which imports MLflow).
 
     The backend store URI travels in the environment, not on the command line that any local user can read (it
     may hold a password). MLflow's job runner (GenAI judges and trace rollups: several extra processes) stays off
@@ -109,7 +116,7 @@ def run_until_interrupted(
     environment = {
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         **os.environ,
-        "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
+        BACKEND_STORE_ENV: backend_store_uri,
     }
     process = subprocess.Popen(command, env=environment)
     previous = signal.signal(signal.SIGTERM, lambda number, frame: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -38,6 +38,7 @@ LAYERS = {
         "tracking",
         "endpoints",
         "mlflow_ui",
+        "mlflow_app",
         "unsent",
         "sender",
         "results",
@@ -86,6 +87,7 @@ HEAVY = {
     "croniter",
     "yaml",
     "tqdm",
+    "uvicorn",
 }
 
 

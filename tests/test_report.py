@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -45,7 +47,7 @@ def check_report(folder: Path, study: optuna.Study, *, images: bool = True, run:
     assert f"[report.html]({link('report.html')})" in summary
     html = (folder / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
-    assert html.count("<svg") >= len(PLOTS) and "<script" not in html  # opens offline, in any viewer
+    assert html.count("<svg") == len(PLOTS) and "<script" not in html  # opens offline, in any viewer
     assert all(title in html for title, _ in PLOTS.values())
     assert len(html) < 1_000_000  # no plotly.js (4.6 MB) in every run's artifacts
     best = re.search(r"Best value \(best_val_loss\): \*\*(\S+)\*\* \(trial (\d+)\)", summary)
@@ -190,8 +192,13 @@ def test_the_page_lays_its_plots_out_for_a_narrow_frame_and_labels_the_curves(tm
     check_report(tmp_path, study, images=False)
     html = (tmp_path / "report.html").read_text()
     widths = [float(width) for width in re.findall(r'<svg[^>]* width="([\d.]+)pt"', html)]
-    assert len(widths) == len(PLOTS) - 1 + len(space)  # the slice plot: one panel per param, side by side
+    assert len(widths) == len(PLOTS)
     assert max(widths) * 4 / 3 <= 1000  # pt to CSS px: every plot fits a 1,000 px frame at its own size
+    slice_plot = html[html.index(PLOTS["slice"][0]) :]
+    slice_plot = slice_plot[: slice_plot.index("</svg>")]
+    assert all(f">{name}<" in slice_plot for name in space)  # a panel per param, in one figure
+    height = float(re.search(r'<svg[^>]* height="([\d.]+)pt"', slice_plot).group(1))
+    assert height > 300  # six panels wrapped in rows (one row of six would be ~180 pt high)
     assert all(f">trial {number}<" in html for number in (7, 6, 5, 4, 3))  # the 5 best curves' legend, as text
 
 
@@ -225,3 +232,23 @@ def test_a_long_study_plots_its_latest_trials_and_counts_them_all(
     assert f"(trial {study.best_trial.number})" in summary and study.best_trial.number < 20  # the best of all
     assert "The plots cover the latest 10 of 30 trials" in summary
     assert "The plots cover the latest 10 of 30 trials" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_the_report_command_imports_importances_without_scikit_learn() -> None:
+    """`searchlab report` draws PED-ANOVA's importances without importing scikit-learn (Optuna imports it for
+    fANOVA only); scikit-learn still imports afterwards."""
+    script = """
+import sys
+import optuna
+from searchlab.report import import_importance_without_fanova
+import_importance_without_fanova()
+study = optuna.create_study()
+study.optimize(lambda trial: trial.suggest_float("x", 0, 1) ** 2 + trial.suggest_float("y", 0, 1) / 100, 30)
+importances = optuna.importance.get_param_importances(study)
+assert "sklearn.ensemble" not in sys.modules and set(importances) == {"x", "y"}, importances
+from sklearn.ensemble import RandomForestRegressor
+print(max(importances, key=importances.get), RandomForestRegressor.__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["x", "RandomForestRegressor"]

@@ -143,6 +143,22 @@ def test_mlflow_ui_serves_the_runs_under_their_names(mlflow_ui: Server) -> None:
     )
 
 
+def test_mlflow_ui_answers_only_its_own_names_and_pages(mlflow_ui: Server) -> None:
+    """MLflow's app served by `searchlab ui` keeps `mlflow server`'s checks: a rebound Host name, or a write from
+    another site's page, is refused; its own page reads and writes."""
+    port = mlflow_ui.url.rsplit(":", 1)[1]
+    assert send(mlflow_ui, "POST", SEARCH, {"Host": f"localhost:{port}"}, {"max_results": 1})[0] == 200
+    assert send(mlflow_ui, "POST", SEARCH, {"Host": f"evil.example:{port}"}, {"max_results": 1})[0] == 403
+    create = "/api/2.0/mlflow/experiments/create"
+    assert send(mlflow_ui, "POST", create, {"Origin": "http://evil.example"}, {"name": "planted"})[0] == 403
+    status, body = send(mlflow_ui, "POST", create, {"Origin": mlflow_ui.url}, {"name": "from-its-own-page"})
+    assert status == 200, body
+    pid = mlflow_ui.process.pid
+    (child,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()  # the server: one process
+    command_line = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
+    assert "searchlab.mlflow_app" in command_line and not any("sqlite" in part for part in command_line)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")
 def test_a_browser_shows_the_runs_and_the_study(mlflow_ui: Server, dashboard: Server) -> None:
     experiment_id, runs = experiment_runs(mlflow_ui)
