@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import fcntl
 import functools
 import json
@@ -94,7 +95,6 @@ def journal_storage(path: str) -> Any:
     worker); this one is read on from where it stopped. A file replaced since (compacted, or deleted and made again)
     is opened anew. While the process has it open, it holds a shared lock that compaction waits for (see
     ``compaction``)."""
-    import optuna
 
     def identity() -> tuple[int, int] | None:
         with contextlib.suppress(FileNotFoundError):
@@ -110,7 +110,7 @@ def journal_storage(path: str) -> Any:
     with contextlib.suppress(OSError):  # a read-only folder: nobody compacts the journal there
         readers = open(path + READERS_SUFFIX, "a")  # noqa: SIM115 (held open, and locked, while the process lives)
         fcntl.flock(readers, fcntl.LOCK_SH)
-    storage = optuna.storages.JournalStorage(journal_file(path))
+    storage = journal_storage_class()(journal_file(path))
     file = identity()
     if file is not None:
         JOURNALS[path] = (file, storage, readers)
@@ -219,10 +219,48 @@ def journal_file_class() -> type:
     return JournalFile
 
 
+@functools.cache
+def journal_storage_class() -> type:
+    """Optuna's JournalStorage, but its lists of open trials (WAITING or RUNNING: what every ``ask`` and the reaper
+    look for) read the trials from the oldest one still open, not the study's whole history at every call. That is
+    exact: trials are numbered as they come, and a finished trial never reopens. It is
+    ``searchlab.storage.JournalStorage`` for pickle."""
+    import optuna
+    from optuna.trial import TrialState
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+    class JournalStorage(optuna.storages.JournalStorage):
+        def __init__(self, log_storage: Any) -> None:
+            self._open_from: dict[int, int] = {}  # study id → the number of its oldest trial that may be open
+            super().__init__(log_storage)
+
+        def get_all_trials(self, study_id: int, deepcopy: bool = True, states: Any = None) -> list[Any]:
+            if states is None or any(state in states for state in finished):
+                return super().get_all_trials(study_id, deepcopy, states)
+            with self._thread_lock:
+                self._sync_with_backend()
+                replayed = self._replay_result
+                if study_id not in replayed._studies:
+                    return super().get_all_trials(study_id, deepcopy, states)  # Optuna's KeyError
+                ids = replayed._study_id_to_trial_ids[study_id]  # in number order
+                trials = [replayed._trials[trial_id] for trial_id in ids[self._open_from.get(study_id, 0) :]]
+                still_open = [trial for trial in trials if not trial.state.is_finished()]
+                self._open_from[study_id] = still_open[0].number if still_open else len(ids)
+                found = [trial for trial in still_open if trial.state in states]
+            return copy.deepcopy(found) if deepcopy else found
+
+    JournalStorage.__qualname__, JournalStorage.__module__ = "JournalStorage", __name__
+    return JournalStorage
+
+
 def __getattr__(name: str) -> Any:
-    """``JournalFile``, made on first use (PEP 562): what pickle finds for a journal storage's backend."""
+    """``JournalFile`` and ``JournalStorage``, made on first use (PEP 562): what pickle finds for a journal storage
+    and its backend."""
     if name == "JournalFile":
         return journal_file_class()
+    if name == "JournalStorage":
+        return journal_storage_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -236,6 +236,44 @@ def test_the_journal_file_is_optunas_format(workdir: Path):
     assert again.trials[4].params == optuna.load_study(study_name="s", storage=plain).trials[4].params
 
 
+def test_the_journal_lists_open_trials_as_optuna_does_without_reading_the_history(workdir: Path):
+    """WAITING and RUNNING trials (every ``ask``, the reaper) come from the oldest open trial on, also as another
+    process's writes arrive and after a pickle; every list equals plain Optuna's of the same file."""
+    from optuna.trial import TrialState
+
+    storage = open_storage("searchlab.journal")
+    study = optuna.create_study(study_name="open", storage=storage)
+    other = optuna.load_study(study_name="open", storage=plain_journal("searchlab.journal"))  # another process
+    asked = []
+    for step in range(40):
+        writer = study if step % 3 else other
+        trial = writer.ask()  # the oldest WAITING trial, if any
+        trial.suggest_float("x", 0, 1)
+        asked.append(trial)
+        if step % 4 != 1:  # some stay RUNNING a while, so the oldest open trial lags behind
+            writer.tell(trial, step)
+        if step % 7 == 6:
+            for old in asked:
+                if writer.trials[old.number].state == TrialState.RUNNING and old.study is writer:
+                    writer.tell(old, state=TrialState.FAIL)
+        if step % 5 == 0:
+            writer.enqueue_trial({"x": step / 40})  # WAITING until an ask takes it
+        reference = plain_journal("searchlab.journal")
+        for states in [(TrialState.WAITING,), (TrialState.RUNNING,), (TrialState.WAITING, TrialState.RUNNING)]:
+            expected = [t.number for t in reference.get_all_trials(study._study_id, states=states)]
+            assert [t.number for t in storage.get_all_trials(study._study_id, states=states)] == expected, step
+    open_from = storage._open_from[study._study_id]
+    running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
+    assert running and open_from == min(running) > 0  # it reads from the oldest open trial, not from trial 0
+    copied = pickle.loads(pickle.dumps(storage))
+    assert [t.number for t in copied.get_all_trials(study._study_id, states=(TrialState.RUNNING,))] == running
+    assert len(storage.get_all_trials(study._study_id)) == len(reference.get_all_trials(study._study_id)) == 40
+
+
+def plain_journal(path: str) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+
+
 def test_journal_appends_wait_for_the_file_lock_and_leave_no_lock_file(workdir: Path):
     """Appends take the kernel's flock on the journal itself: one held elsewhere (another process, or here another
     open file) makes them wait; none leaves a lock file behind (a killed process's flock goes with it). Beside the
