@@ -60,7 +60,7 @@ def recover(study: optuna.Study, trial: FrozenTrial, reason: str, *, retries: in
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if run_id is not None and tracker is not None:
         with contextlib.suppress(ConnectionError):  # unreachable: the next run closes it (close_dead_runs)
-            tracker.close_dead_run(run_id, reason=reason, retried=retried)
+            tracker.close_dead_run(run_id, reason=reason, retried=retried, params=trial.params)
 
 
 def reap_dead_local_trials(

@@ -312,9 +312,16 @@ class MlflowTracker:
             run_id, run_status=RunStatus.from_string(status), end_time=int(time.time() * 1000), run_name=name
         )
 
-    def close_dead_run(self, run_id: str, *, reason: str, retried: bool) -> None:
+    def close_dead_run(
+        self, run_id: str, *, reason: str, retried: bool, params: Mapping[str, Any] | None = None
+    ) -> None:
         """Close a dead worker's run as KILLED. Its curves stay as the worker sent them, all cut at the same last
-        flush (none is completed from the trial's reported values, so that they stay alike)."""
+        flush (none is completed from the trial's reported values, so that they stay alike). ``params``, the trial's:
+        those the run lacks are logged (a worker sends them just after the run's creation, from its background
+        sender, which a kill can stop before they go while the trial's first epochs are already in Optuna)."""
+        if params:
+            sent = self._retry(self.client.get_run, run_id).data.params
+            self.log_params(run_id, {key: value for key, value in params.items() if key not in sent})
         self.set_tags(run_id, {STATE_TAG: "FAIL", REASON: reason, "retried": retried})
         self._retry(self.client.set_terminated, run_id, status="KILLED")
 

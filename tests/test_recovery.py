@@ -34,7 +34,7 @@ class RecordingTracker:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, bool]] = []
 
-    def close_dead_run(self, run_id: str, *, reason: str, retried: bool) -> None:
+    def close_dead_run(self, run_id: str, *, reason: str, retried: bool, params: dict | None = None) -> None:
         self.calls.append((run_id, reason, retried))
 
 

@@ -133,6 +133,18 @@ def test_dead_runs_are_closed_past_the_first_page_of_a_search(tracker: MlflowTra
     assert [run.info.run_name for run in running] == ["trial alive"]
 
 
+def test_a_dead_run_gets_the_params_its_worker_had_no_time_to_send(tracker: MlflowTracker) -> None:
+    """A worker killed between its run's creation and its params: the close logs the trial's params that the run
+    lacks (those it has stay), so that MLflow and Optuna agree on the dead trial."""
+    experiment_id = tracker.experiment_id("dead")
+    run_id = tracker.start_run(experiment_id, "trial-0")
+    tracker.log_params(run_id, {"lr": 0.01})  # sent before the kill
+    tracker.close_dead_run(run_id, reason="its worker process died", retried=True, params={"lr": 0.01, "width": 64})
+    run = tracker.client.get_run(run_id)
+    assert run.data.params == {"lr": "0.01", "width": "64"}
+    assert run.info.status == "KILLED" and run.data.tags["retried"] == "True"
+
+
 def test_weights_of_a_run_started_here_go_straight_to_its_artifact_store(
     tracker: MlflowTracker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
