@@ -144,13 +144,12 @@ def _matplotlib() -> Any:
     return plt
 
 
-def _draw(source: optuna.Study, name: str, **kwargs: Any) -> Any:
+def _draw(source: optuna.Study, name: str) -> Any:
     """One of Optuna's matplotlib plots of ``source``, its value named as the study names it."""
     import optuna.visualization.matplotlib as draw
 
-    if name != "plot_intermediate_values":
-        kwargs["target_name"] = OBJECTIVE_NAME
-    return getattr(draw, name)(source, **kwargs)
+    named = {} if name == "plot_intermediate_values" else {"target_name": OBJECTIVE_NAME}
+    return getattr(draw, name)(source, **named)
 
 
 def _figure(axes: Any) -> Any:
@@ -193,6 +192,8 @@ def _svg(study: optuna.Study, source: optuna.Study, stem: str, name: str, png_fo
 def _wrap_panels(axes: Any) -> None:
     """Optuna's slice plot is one row of panels, one per param (six params: a figure 19 inches wide): wrap them,
     ``SLICE_COLUMNS`` to a row, with the colour bar beside them, in one figure the page's width."""
+    from matplotlib.ticker import NullFormatter
+
     panels = list(axes.flat) if hasattr(axes, "flat") else [axes]
     figure = panels[0].figure
     others = [other for other in figure.axes if other not in panels]  # the colour bar
@@ -209,8 +210,6 @@ def _wrap_panels(axes: Any) -> None:
         panel.tick_params(labelleft=column == 0)  # Optuna shares the value axis: its labels on the left only
         panel.set_ylabel(ylabel if column == 0 else "")
         if panel.get_xscale() == "log":
-            from matplotlib.ticker import NullFormatter
-
             panel.xaxis.set_minor_formatter(NullFormatter())  # a narrow log range labels every minor tick
     for other in others:
         other.set_position(grid[:, SLICE_COLUMNS].get_position(figure))
