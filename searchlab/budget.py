@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from searchlab.locks import advisory_lock, file_lock, lock_key
-from searchlab.settings import BUDGET_ATTR, BUDGET_FROM_ATTR, PACK_ATTR, WORKER
+from searchlab.settings import BUDGET_ATTR, BUDGET_FROM_ATTR, PACK_ATTR, RESUMES_ATTR, WORKER
 from searchlab.storage import DEFAULT_JOURNAL, local_file
 from searchlab.window import count_trials, study_attr, trials_since
 
@@ -62,21 +62,28 @@ def count(trials: list[FrozenTrial], retried: set[int] | None = None) -> Counts:
     )
 
 
-def retry_trial(study: optuna.Study, failed: FrozenTrial, max_retries: int) -> bool:
+def can_retry(failed: FrozenTrial, max_retries: float) -> bool:
+    """Whether the failed trial has a retry left (see ``retry_trial``)."""
+    return len(failed.system_attrs.get("retry_history", [])) < max_retries
+
+
+def retry_trial(study: optuna.Study, failed: FrozenTrial, max_retries: float) -> bool:
     """Enqueue the failed trial's parameters again, unless it has used its retries; True when enqueued.
 
     Like Optuna's RetryFailedTrialCallback (same ``failed_trial``/``retry_history`` system attributes), but the
-    retry does not inherit the dead trial's user attributes (its MLflow run id, seed and failure reason).
+    retry does not inherit the dead trial's user attributes (its MLflow run id, seed and failure reason): it names
+    the trial it resumes (RESUMES_ATTR), whose seed, run and checkpoint it takes up.
     """
-    history = [*failed.system_attrs.get("retry_history", []), failed.number]
-    if len(history) > max_retries:
+    if not can_retry(failed, max_retries):
         return False
+    history = [*failed.system_attrs.get("retry_history", []), failed.number]
     study.add_trial(
         optuna.create_trial(
             state=TrialState.WAITING,
             params=failed.params,
             distributions=failed.distributions,
             system_attrs={"failed_trial": history[0], "retry_history": history},
+            user_attrs={RESUMES_ATTR: failed.number},
         )
     )
     return True

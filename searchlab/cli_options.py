@@ -65,6 +65,12 @@ def search_options(command: Any) -> Any:
             "own lr, momentum, weight decay, dropout and init) [default: 1; env SEARCHLAB_PACK].",
         ),
         device_options,
+        click.option(
+            "--checkpoint-every",
+            type=click.FloatRange(min=0),
+            help="Seconds between a trial's checkpoints, taken at the end of an epoch (0: every epoch); a killed or "
+            "interrupted trial resumes from its last one [default: 60; env SEARCHLAB_CHECKPOINT_EVERY].",
+        ),
         click.option("--no-check", is_flag=True, help="Skip the overfit-one-batch check before the first trial."),
         click.option(
             "--report/--no-report",

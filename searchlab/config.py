@@ -15,8 +15,22 @@ from searchlab.errors import ConfigError
 from searchlab.settings import default_tracking_uri, from_environment
 from searchlab.study import Study, check_int, check_name, check_positive_int, check_seed, check_timeout
 
+# Seconds between two checkpoints of a trial, taken at the end of an epoch: benchmarks/resume.py measures what a
+# checkpoint costs (under 1 % of a trial at this interval).
+CHECKPOINT_EVERY_SECONDS = 60.0
+
 # The run's settings that joining workers adopt (no URLs: those are each host's own).
-RUN_SETTINGS = ("seed", "sampler", "pruner", "max_epochs", "patience", "retries", "heartbeat", "pack")
+RUN_SETTINGS = (
+    "seed",
+    "sampler",
+    "pruner",
+    "max_epochs",
+    "patience",
+    "retries",
+    "heartbeat",
+    "pack",
+    "checkpoint_every",
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,7 @@ class RunConfig:
     register: bool = True  # register the best trial's model (alias best) at the end of the run
     threads: int | None = None  # torch threads per worker; None: 1 per CPU worker, a share of the cores per GPU one
     tracking_wait: float = 120.0  # seconds an unreachable tracking store is waited for before records are saved
+    checkpoint_every: float = CHECKPOINT_EVERY_SECONDS  # at an epoch's end, once this many seconds passed; 0: each
 
     def shared_settings(self) -> dict[str, Any]:
         """The settings that workers joining the run adopt (RUN_SETTINGS)."""
@@ -69,6 +84,7 @@ class TrialSettings:
     max_epochs: int
     patience: int
     run_tags: Mapping[str, str]  # on every trial's MLflow run
+    checkpoint_every: float = CHECKPOINT_EVERY_SECONDS
 
     @classmethod
     def of(cls, config: RunConfig, run: RunStarted) -> TrialSettings:
@@ -79,6 +95,7 @@ class TrialSettings:
             config.max_epochs,
             config.patience,
             {"study_name": config.study_name, "sampler": config.sampler, "pruner": config.pruner},
+            config.checkpoint_every,
         )
 
 
@@ -123,6 +140,8 @@ def _check(config: RunConfig) -> None:
         check_positive_int(name, getattr(config, name))
     if config.threads is not None:
         check_positive_int("threads", config.threads)
+    if not (isinstance(config.checkpoint_every, int | float) and config.checkpoint_every >= 0):
+        raise ConfigError(f"checkpoint_every must be a number of seconds, 0 or more, got {config.checkpoint_every!r}")
     check_int("retries", config.retries)
     if config.retries < 0:
         raise ConfigError(f"retries must be 0 or more, got {config.retries}")

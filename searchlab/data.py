@@ -93,7 +93,7 @@ class LoaderBatches:
         self, dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator, device: torch.device
     ) -> None:
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-        self.device = device
+        self.device, self.generator = device, generator
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from searchlab.budget import retry_trial
 from searchlab.errors import ConfigError, TrialStopped, describe_error
 from searchlab.objective import INTERRUPTED
 from searchlab.settings import FAIL_REASON_ATTR
 
 
 def tell_stopped(study: optuna.Study, trial: optuna.Trial, error: BaseException) -> FrozenTrial:
-    """Tell a trial that raised: PRUNED, or FAIL with its reason (Ctrl-C's, a stopped trial's or the error's)."""
+    """Tell a trial that raised: PRUNED, or FAIL with its reason (Ctrl-C's, a stopped trial's or the error's). An
+    interrupted trial (Ctrl-C, SIGTERM) is enqueued again first, whatever its retries: the next run resumes it."""
     if isinstance(error, optuna.TrialPruned):
         return study.tell(trial, state=TrialState.PRUNED)
     if isinstance(error, KeyboardInterrupt):
         reason = str(error) or INTERRUPTED
+        retry_trial(study, study._storage.get_trial(trial._trial_id), math.inf)
     else:
         reason = str(error) if isinstance(error, TrialStopped) else describe_error(error)
     trial.set_user_attr(FAIL_REASON_ATTR, reason)

@@ -108,6 +108,14 @@ class Member:
     history: list[dict[str, float]] = field(default_factory=list)
     best_state: dict[str, Tensor] | None = None
 
+    def best_weights(self) -> dict[str, Tensor] | None:
+        """Its model with its best epoch's weights loaded, as a state_dict (None before a finite epoch)."""
+        if self.best_state is None:
+            return None
+        wanted = self.model.state_dict()  # a tied weight has one name in best_state: loading it loads its twins too
+        self.model.load_state_dict({n: self.best_state[n] for n in wanted if n in self.best_state}, strict=False)
+        return self.model.state_dict()
+
 
 class Pack:
     """The members' weights stacked (members first), called through one weightless copy of the model."""
@@ -296,8 +304,6 @@ def _epoch(
 
 def _result(member: Member, stop_reason: str, epochs: int) -> FitResult:
     """The member's FitResult, its best weights loaded into its model."""
-    if member.best_state is not None:  # a tied weight has one name here: loading it loads its twins too
-        wanted = member.model.state_dict()
-        member.model.load_state_dict({n: member.best_state[n] for n in wanted if n in member.best_state}, strict=False)
+    member.best_weights()
     stopper = member.stopper
     return FitResult(stopper.best, stopper.best_epoch, epochs, stop_reason, member.history)

@@ -29,7 +29,7 @@ from searchlab.pack import PER_MEMBER, Member, fit_pack, signature
 from searchlab.settings import PACK_ATTR
 from searchlab.storage import Heartbeat
 from searchlab.tasks import get_task
-from searchlab.train import FitResult, build_trial, fit
+from searchlab.train import EarlyStopping, FitResult, FitState, build_trial, fit
 
 ClaimMore = Callable[[dict[str, Any], int, int], list[optuna.Trial]]  # (shared params, how many, first) -> trials
 
@@ -97,7 +97,7 @@ class PackRun:
             claimed.model, claimed.optimizer = build_trial(
                 self.objective.study, claimed.tracked.trial, self.task, self.device, self.objective.start
             )
-            claimed.tracked.on_built(claimed.model)
+            claimed.tracked.log_built(claimed.model)
         except Exception as error:
             self._end(claimed, error)
             if ends_the_search(error):
@@ -130,13 +130,18 @@ class PackRun:
             val = make_batches(objective.val_data, val_size, shuffle=False, seed=seed, device=self.device)
             if len(group) == 1:
                 tracked, model, optimizer = group[0].parts()
-                self._end(group[0], fit(model, optimizer, train, val, self.task, on_epoch=tracked.on_epoch, **epochs))
+                state = FitState(EarlyStopping(settings.patience))
+                tracked.best_weights = lambda: state.best_state
+                result = fit(model, optimizer, train, val, self.task, on_epoch=tracked.on_epoch, state=state, **epochs)
+                self._end(group[0], result)
                 return
             members = []
             for claimed in group:
                 tracked, model, optimizer = claimed.parts()
                 end = lambda outcome, claimed=claimed: self._end(claimed, outcome)  # noqa: E731
-                members.append(Member(model, optimizer, on_epoch=tracked.on_epoch, on_end=end))
+                member = Member(model, optimizer, on_epoch=tracked.on_epoch, on_end=end)
+                tracked.best_weights = member.best_weights
+                members.append(member)
             fit_pack(members, train, val, self.task, **epochs)
         except Exception as error:  # the pack's training failed: every member still in it fails with it
             for claimed in group:

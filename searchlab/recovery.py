@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from searchlab.budget import retry_trial
+from searchlab.budget import can_retry, retry_trial
 from searchlab.settings import FAIL_REASON_ATTR, RUN_ID_ATTR, WORKER
 from searchlab.unsent import process_alive
 
@@ -44,23 +44,25 @@ def dead_local_trials(study: optuna.Study, pids: set[int] | None = None) -> list
 
 
 def recover(study: optuna.Study, trial: FrozenTrial, reason: str, *, retries: int, tracker: Any) -> None:
-    """Retry a dead worker's trial, fail it (if still RUNNING), and close its MLflow run as KILLED.
+    """Fail a dead worker's trial (if still RUNNING), close its MLflow run as KILLED, and retry it.
 
-    The retry is enqueued before the trial is failed, so that no worker ever counts the budget as met in between.
+    The run is closed before the retry is enqueued (the retry reopens it), and the retry is enqueued before the trial
+    is failed, so that no worker ever counts the budget as met in between.
     """
     if trial.state == TrialState.RUNNING:
         try:
             optuna.Trial(study, trial._trial_id).set_user_attr(FAIL_REASON_ATTR, reason)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             return  # another process got there first
-        retried = retry_trial(study, trial, retries)
-        study.tell(trial.number, state=TrialState.FAIL)
-    else:  # failed by Optuna's heartbeat check, which then calls us
-        retried = retry_trial(study, trial, retries)
+    retried = can_retry(trial, retries)
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if run_id is not None and tracker is not None:
         with contextlib.suppress(ConnectionError):  # unreachable: the next run closes it (close_dead_runs)
             tracker.close_dead_run(run_id, reason=reason, retried=retried, params=trial.params)
+    if retried:
+        retry_trial(study, trial, retries)
+    if trial.state == TrialState.RUNNING:
+        study.tell(trial.number, state=TrialState.FAIL)
 
 
 def reap_dead_local_trials(

@@ -19,6 +19,7 @@ next call while it is still training; once the trial has ended, its run keeps th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -34,7 +35,7 @@ from typing import Any
 
 from searchlab.errors import RunFailed, first_line
 from searchlab.settings import REASON, STATE_DICT_FILE, STATE_TAG
-from searchlab.tracking import MlflowTracker, Unreachable
+from searchlab.tracking import MlflowTracker, Resumed, Unreachable
 from searchlab.unsent import Call, save_records, unsent_folder
 
 _STOP: Call = ("stop", "", (), {})
@@ -69,6 +70,8 @@ class BackgroundTracker:
         self._in_memory = threading.BoundedSemaphore(max_in_memory)
         self._unsent = threading.Semaphore(max_unsent)  # ended runs not sent yet: end_run waits beyond that
         self._leftovers: list[Call] = []
+        self._checkpoints: dict[str, Mapping[str, Any]] = {}  # handle -> its latest checkpoint not sent yet
+        self._reader: MlflowTracker | None = None  # for the reads a resumed trial waits for
         self._folder = (
             unsent_folder(tracker.client.tracking_uri) / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
@@ -123,6 +126,34 @@ class BackgroundTracker:
         (self._folder / name).mkdir(mode=0o700, parents=True)
         torch.save(weights, self._folder / name / STATE_DICT_FILE)
         self._put("log_state_dict_file", run, name)
+
+    def log_checkpoint(self, run: str, checkpoint: Mapping[str, Any]) -> None:
+        """Queue the trial's checkpoint; one still queued for the run is replaced (only the latest is worth sending,
+        and an outage keeps one per trial in memory, not one per epoch)."""
+        self._raise_error_of(run)
+        with self._wake:
+            queued = run in self._checkpoints
+            self._checkpoints[run] = checkpoint
+            if not queued:
+                self._calls.append(("log_checkpoint", run, (), {}))
+                self._wake.notify()
+
+    def delete_checkpoints(self, run: str) -> None:
+        with self._wake:
+            self._checkpoints.pop(run, None)
+        self._put("delete_checkpoints", run)
+
+    def resume_run(self, run_id: str, tags: Mapping[str, Any]) -> Resumed:
+        """Reopen a dead trial's run for its retry, and read what the retry needs from it (its latest checkpoint,
+        params and curve steps): the trial waits for these, up to ``wait`` seconds of an unreachable store."""
+        if self._reader is None:
+            self._reader = MlflowTracker(self.tracker.client.tracking_uri, retry_seconds=self.wait)
+        resumed = self._reader.resume_run(run_id, tags)
+        handle = uuid.uuid4().hex
+        with self._created:
+            self._ids[handle] = run_id
+        self._open.add(handle)
+        return dataclasses.replace(resumed, run=handle)
 
     def end_run(self, run: str, status: str, tags: Mapping[str, Any] | None = None) -> None:
         """Queue the run's close. If MLflow refused one of its calls, the run closes FAILED, and a trial that was
@@ -240,6 +271,11 @@ class BackgroundTracker:
                 return  # MLflow refused its creation: its trial knows
             if call == "end_run":
                 self._end(run, run_id, *args, **kwargs)
+            elif call == "log_checkpoint":
+                with self._wake:
+                    checkpoint = self._checkpoints.pop(run, None)
+                if checkpoint is not None:
+                    self.tracker.log_checkpoint(run_id, checkpoint)
             elif call == "log_state_dict_file":
                 self.tracker.log_state_dict_file(run_id, self._folder / args[0] / STATE_DICT_FILE)
                 shutil.rmtree(self._folder / args[0], ignore_errors=True)
@@ -270,6 +306,7 @@ class BackgroundTracker:
 
     def _save_leftovers(self) -> None:
         """Save what the store did not get (calls, and curve points the tracker had buffered) for the next run."""
+        self._leftovers = [entry for entry in self._leftovers if entry[0] != "log_checkpoint"]  # its run has ended
         points = {}
         for handle, run_id in self._ids.items():
             if run_id is not None and self.tracker.pending_points(run_id):

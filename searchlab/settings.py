@@ -30,6 +30,8 @@ FAIL_REASON_ATTR = "fail_reason"
 PRUNED_EPOCH_ATTR = "pruned_epoch"
 PACK_ATTR = "pack"  # a packed trial's pack: its first trial, its members and the seed of their batch order
 SEED_ATTR = "seed"
+RESUMES_ATTR = "resumes"  # a retry's: the number of the trial whose run and checkpoint it continues
+RESUMED_FROM_ATTR = "resumed_from"  # {"trial": that number, "epoch": the checkpoint's epoch (0: none)}
 SETUP_ATTR = "setup"  # the data seed, threads and budget a trial trained with (what a replay needs)
 WORKER = "worker"  # the process (host:pid) running a trial: an Optuna trial attribute and an MLflow run tag
 REASON = "reason"  # why a trial ended: an Optuna trial attribute and an MLflow run tag
@@ -72,6 +74,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError
+    return value
+
+
 # RunConfig field → (environment variable, parser)
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "study_name": ("SEARCHLAB_STUDY_NAME", str),
@@ -93,6 +102,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "register": ("SEARCHLAB_REGISTER", _bool),
     "threads": ("SEARCHLAB_THREADS", int),
     "tracking_wait": ("SEARCHLAB_TRACKING_WAIT", _positive_float),
+    "checkpoint_every": ("SEARCHLAB_CHECKPOINT_EVERY", _non_negative_float),
 }
 
 
@@ -111,7 +121,11 @@ def from_environment(env: Mapping[str, str]) -> dict[str, Any]:
         try:
             values[name] = parse(text)
         except ValueError:
-            kinds: dict[Callable[[str], Any], str] = {_positive_float: "a positive number", _bool: "true or false"}
+            kinds: dict[Callable[[str], Any], str] = {
+                _positive_float: "a positive number",
+                _non_negative_float: "a number of seconds, 0 or more",
+                _bool: "true or false",
+            }
             kind = kinds.get(parse, "an integer")
             raise ConfigError(f"{variable}={text!r} must be {kind}") from None
     if "tracking_uri" not in values and env.get("MLFLOW_TRACKING_URI", "").strip():

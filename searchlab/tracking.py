@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,16 @@ def run_by_token(client: Any, experiment_id: str, token: str) -> Any:
         if found:
             return found[0]
     return None
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """A dead trial's run, reopened for its retry: the handle the retry tracks it by, and what it had."""
+
+    run: str
+    checkpoint: dict[str, Any] | None  # its latest checkpoint (None: it saved none)
+    params: dict[str, str]
+    logged: dict[str, set[int]]  # metric -> the steps it has points at
 
 
 class MlflowTracker:
@@ -278,6 +289,80 @@ class MlflowTracker:
             repository = get_artifact_repository(artifact_uri, tracking_uri=self.client.tracking_uri)
             self._retry(repository.log_artifact, str(path))
 
+    def _repository(self, run_id: str) -> Any:
+        """The run's artifact repository (its URI read from the run once, unless the run was started here)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        artifact_uri = self._artifact_uri.get(run_id)
+        if artifact_uri is None:
+            artifact_uri = self._artifact_uri[run_id] = self._retry(self.client.get_run, run_id).info.artifact_uri
+        return get_artifact_repository(artifact_uri, tracking_uri=self.client.tracking_uri)
+
+    def log_checkpoint(self, run_id: str, saved: Mapping[str, Any]) -> None:
+        """Upload a trial's checkpoint into its run (folder checkpoint.FOLDER), after the curve points buffered so
+        far; then remove the run's older checkpoints. A new file per epoch: a kill during an upload leaves the
+        previous one whole."""
+        from searchlab import checkpoint
+
+        self.flush(run_id)
+        repository = self._repository(run_id)
+        with tempfile.TemporaryDirectory() as folder:
+            path = checkpoint.save(saved, Path(folder))
+            self._retry(repository.log_artifact, str(path), checkpoint.FOLDER)
+        for name in self._checkpoint_files(run_id):
+            if name != path.name:
+                self._retry(repository.delete_artifacts, f"{checkpoint.FOLDER}/{name}")
+
+    def _checkpoint_files(self, run_id: str) -> list[str]:
+        """The run's checkpoint files, the latest first."""
+        from searchlab import checkpoint
+
+        listed = self._retry(self.client.list_artifacts, run_id, checkpoint.FOLDER)
+        names = [Path(item.path).name for item in listed if not item.is_dir]
+        return sorted((name for name in names if checkpoint.epoch_of(name) is not None), reverse=True)
+
+    def latest_checkpoint(self, run_id: str) -> dict[str, Any] | None:
+        """The run's latest checkpoint that loads (one cut short by a kill is passed over); None without one."""
+        from searchlab import checkpoint
+
+        for name in self._checkpoint_files(run_id):
+            with tempfile.TemporaryDirectory() as folder:
+                try:
+                    local = self._retry(self.client.download_artifacts, run_id, f"{checkpoint.FOLDER}/{name}", folder)
+                    return checkpoint.load(Path(local))
+                except Unreachable:
+                    raise
+                except Exception:  # truncated or unreadable: the one before it
+                    continue
+        return None
+
+    def delete_checkpoints(self, run_id: str) -> None:
+        """Remove the run's checkpoints (its trial has ended: its final weights stay)."""
+        from searchlab import checkpoint
+
+        if self._checkpoint_files(run_id):
+            self._retry(self._repository(run_id).delete_artifacts, checkpoint.FOLDER)
+
+    def reopen_run(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set a closed run RUNNING again with ``tags`` (its trial resumes in it)."""
+        self.set_tags(run_id, tags)
+        self._retry(self.client.update_run, run_id, status="RUNNING")
+        self._last_flush[run_id] = time.monotonic()
+
+    def resume_run(self, run_id: str, tags: Mapping[str, Any]) -> Resumed:
+        """Read what a dead trial's run holds for its retry (see ``Resumed``), then reopen it with ``tags``: a read
+        that fails leaves it closed."""
+        run = self._retry(self.client.get_run, run_id)
+        checkpoint = self.latest_checkpoint(run_id)
+        logged = self.logged_steps(run_id, run.data.metrics)
+        self.reopen_run(run_id, tags)
+        return Resumed(run_id, checkpoint, dict(run.data.params), logged)
+
+    def logged_steps(self, run_id: str, metrics: Mapping[str, float]) -> dict[str, set[int]]:
+        """The steps each of the run's ``metrics`` (names) has points at."""
+        history = self.client.get_metric_history
+        return {key: {point.step for point in self._retry(history, run_id, key)} for key in metrics}
+
     def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str) -> None:
         """Upload the files of a local folder under ``artifact_path`` of the run."""
         self._retry(self.client.log_artifacts, run_id, str(folder), artifact_path)
@@ -324,6 +409,8 @@ class MlflowTracker:
             self.log_params(run_id, {key: value for key, value in params.items() if key not in sent})
         self.set_tags(run_id, {STATE_TAG: "FAIL", REASON: reason, "retried": retried})
         self._retry(self.client.set_terminated, run_id, status="KILLED")
+        if not retried:  # no retry will resume from them
+            self.delete_checkpoints(run_id)
 
     def close_dead_runs(self, experiment_id: str, is_dead: Callable[[str], bool]) -> list[str]:
         """Close as KILLED the RUNNING runs (parents and trials) whose process (tag ``worker``) is dead: those

@@ -133,6 +133,16 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass
+class FitState:
+    """Where a fit stands after its last epoch: what a checkpoint keeps and a resumed fit starts from."""
+
+    stopper: EarlyStopping
+    epoch: int = 0
+    best_state: dict[str, Tensor] | None = None  # the best epoch's weights
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -143,19 +153,21 @@ def fit(
     max_epochs: int,
     patience: int,
     on_epoch: EpochCallback | None = None,
+    state: FitState | None = None,
 ) -> FitResult:
     """Train until validation loss stops improving, then restore the best epoch's weights.
 
     A non-finite training or validation loss stops at that epoch (its values are not reported).
-    ``on_epoch(epoch, values)`` sees each finite epoch; it may raise (e.g. ``optuna.TrialPruned``).
+    ``on_epoch(epoch, values)`` sees each finite epoch once ``state`` holds it; it may raise (e.g.
+    ``optuna.TrialPruned``). ``state``, updated as epochs end: where to start (a resumed fit) and where it stands.
     """
     loss_fn = task.loss_fn()
-    stopper = EarlyStopping(patience)
-    best_state: dict[str, Tensor] | None = None
-    history: list[dict[str, float]] = []
-    stop_reason = reached(max_epochs)
-    epoch = 0
-    for epoch in range(1, max_epochs + 1):
+    state = state or FitState(EarlyStopping(patience))
+    stopper = state.stopper
+    stop_reason = stopper.reason if stopper.should_stop else reached(max_epochs)
+    epoch = state.epoch
+    last = state.epoch if stopper.should_stop else max_epochs  # a fit resumed at its end trains no epoch
+    for epoch in range(state.epoch + 1, last + 1):
         values = {"train_loss": train_epoch(model, train, task, loss_fn, optimizer)}
         if stopped := non_finite(values, "train_loss", epoch):
             stop_reason = stopped
@@ -164,17 +176,29 @@ def fit(
         if stopped := non_finite(values, "val_loss", epoch):
             stop_reason = stopped
             break
-        history.append(values)
+        state.history.append(values)
         if stopper.update(values["val_loss"], epoch):
-            best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+            state.best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        state.epoch = epoch
         if on_epoch is not None:
             on_epoch(epoch, values)
         if stopper.should_stop:
             stop_reason = stopper.reason
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return FitResult(stopper.best, stopper.best_epoch, epoch, stop_reason, history)
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    return FitResult(stopper.best, stopper.best_epoch, epoch, stop_reason, state.history)
+
+
+@dataclass
+class Training:
+    """One trial's training as it goes: its model, optimizer, batches and fit state (what a checkpoint saves)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train: Batches
+    val: Batches
+    state: FitState
 
 
 def build_trial(
@@ -197,28 +221,37 @@ def train_trial(
     max_epochs: int,
     patience: int,
     start: Start | None = None,
-    on_built: Callable[[nn.Module], None] = lambda model: None,
+    on_built: Callable[[Training], None] = lambda training: None,
     on_epoch: EpochCallback | None = None,
     batch_seed: int | None = None,
 ) -> tuple[nn.Module, FitResult]:
     """The loop for one trial's params and seed: seed → model → optimizer → batches → fit (best weights kept).
 
     The same code trains a trial in a search and replays it later, so that a CPU replay matches exactly.
-    ``batch_seed`` orders the batches (default: the trial's seed; a packed trial's: its pack's).
+    ``batch_seed`` orders the batches (default: the trial's seed; a packed trial's: its pack's). ``on_built`` sees
+    the training before its first epoch (a resumed trial restores its checkpoint there).
     """
     task = get_task(study.task)
     model, optimizer = build_trial(study, trial, task, device, start)
-    on_built(model)
     size = batch_size(trial.params)
     seed = trial.seed if batch_seed is None else batch_seed
-    result = fit(
+    training = Training(
         model,
         optimizer,
         make_batches(train_data, size, shuffle=True, seed=seed, device=device),
         make_batches(val_data, eval_batch_size(val_data, size), shuffle=False, seed=seed, device=device),
+        FitState(EarlyStopping(patience)),
+    )
+    on_built(training)
+    result = fit(
+        model,
+        optimizer,
+        training.train,
+        training.val,
         task,
         max_epochs=max_epochs,
         patience=patience,
         on_epoch=on_epoch,
+        state=training.state,
     )
     return model, result

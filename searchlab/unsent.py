@@ -25,7 +25,16 @@ from searchlab.tracking import MlflowTracker, Unreachable
 Call = tuple[str, str, tuple[Any, ...], dict[str, Any]]  # a tracker call: (method, run handle, args, kwargs)
 RECORDS_FILE = "records.pt"
 # What a saved record may ask for: nothing else is replayed, whatever the file says.
-REPLAYED = {"start", "log_params", "log_metrics", "log_points", "log_state_dict", "log_state_dict_file", "end_run"}
+REPLAYED = {
+    "start",
+    "log_params",
+    "log_metrics",
+    "log_points",
+    "log_state_dict",
+    "log_state_dict_file",
+    "delete_checkpoints",
+    "end_run",
+}
 
 
 def unsent_folder(tracking_uri: str) -> Path:

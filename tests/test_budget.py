@@ -129,14 +129,14 @@ def test_two_retries_allow_a_retry_of_the_retry_with_its_history() -> None:
     assert second.system_attrs["failed_trial"] == 0 and second.system_attrs["retry_history"] == [0, 1]
 
 
-def test_a_retry_copies_params_but_not_user_attrs() -> None:
+def test_a_retry_copies_params_but_not_user_attrs_and_names_the_trial_it_resumes() -> None:
     study = new_study()
     failed = add(study, TrialState.FAIL, user_attrs={"mlflow_run_id": "abc", "fail_reason": "boom"})
     assert retry_trial(study, failed, max_retries=1)
     retry = study.trials[-1]
     assert retry.state == TrialState.WAITING
     assert retry.params == PARAMS and retry.distributions == DISTRIBUTIONS
-    assert "mlflow_run_id" not in retry.user_attrs and retry.user_attrs == {}
+    assert retry.user_attrs == {"resumes": failed.number}
     assert retry.system_attrs["failed_trial"] == failed.number
     assert retry.system_attrs["retry_history"] == [failed.number]
 

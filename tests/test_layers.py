@@ -27,6 +27,7 @@ LAYERS = {
         "transfer",
         "model",
         "train",
+        "checkpoint",
         "pack_optim",
         "pack_chain",
         "pack",

@@ -130,19 +130,24 @@ def test_kill_9_of_workers_loses_nothing_and_leaves_nothing_running(workdir: Pat
         if "mlflow_run_id" not in dead.user_attrs:
             continue  # killed before it recorded its run id: that run was closed by its worker tag (checked above)
         run_record = client.get_run(dead.user_attrs["mlflow_run_id"])
-        assert run_record.info.status == "KILLED" and run_record.data.tags["retried"] == "True"
+        retry = next(t for t in trials if t.user_attrs.get("resumes") == number)
+        assert retry.params == dead.params and retry.user_attrs["seed"] == dead.user_attrs["seed"]
+        assert run_record.data.tags["retried"] == "True"
         if dead.intermediate_values:  # it trained: its params went with its run's creation, before any epoch
             assert {key: run_record.data.params.get(key) for key in dead.params} == {
                 key: str(value) for key, value in dead.params.items()
             }
-        # every curve is cut at the same last flush (seconds), none filled in afterwards
+        # its retry went on in the same run (one curve, no step twice), or in a new one when it was killed before
+        # it had read the dead run back
         steps = [
             sorted(point.step for point in client.get_metric_history(run_record.info.run_id, name))
             for name in ("train_loss", "val_loss")
         ]
-        assert steps[0] == steps[1] and len(steps[1]) <= len(dead.intermediate_values)
-        retry = next(t for t in trials if number in t.system_attrs.get("retry_history", []))
-        assert retry.params == dead.params
+        assert steps[0] == steps[1] and len(steps[1]) == len(set(steps[1]))
+        if retry.user_attrs.get("mlflow_run_id") == run_record.info.run_id:
+            assert retry.user_attrs["resumed_from"]["trial"] == number
+        if retry.state == TrialState.COMPLETE and retry.user_attrs.get("mlflow_run_id") == run_record.info.run_id:
+            assert run_record.info.status == "FINISHED" and steps[1] == list(range(1, len(steps[1]) + 1))
 
 
 def test_workers_on_other_hosts_join_through_postgresql(workdir: Path) -> None:
@@ -268,10 +273,15 @@ def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(workdir: Path, who
     assert run.returncode == 130, stderr
     assert "parent run" in stdout
     study = load("tiny", journal)
-    assert study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING)) == []
+    assert study.get_trials(states=(TrialState.RUNNING,)) == []
+    interrupted = study.get_trials(states=(TrialState.FAIL,))
+    # each interrupted trial waits for the next run, which resumes it
+    assert sorted(t.user_attrs["resumes"] for t in study.get_trials(states=(TrialState.WAITING,))) == [
+        t.number for t in interrupted
+    ]
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     no_running_runs(client, "tiny")
-    for trial in study.get_trials(states=(TrialState.FAIL,)):
+    for trial in interrupted:
         assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
 
@@ -421,7 +431,9 @@ def test_a_study_reopened_after_its_run_was_killed_recovers_first(workdir: Path)
     # The orphan's retry is one of this run's 2 trials: enqueued trials count in --trials, as in Optuna's n_trials.
     assert count(trials).running == 0 and count(trials).final == 2
     assert trials[-2].system_attrs["failed_trial"] == orphan.number, "the retry runs first"
-    assert client.get_run(orphan.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert trials[-2].user_attrs["resumed_from"]["trial"] == orphan.number
+    continued = client.get_run(orphan.user_attrs["mlflow_run_id"])  # the retry went on in the orphan's run
+    assert continued.info.status == "FINISHED" and trials[-2].user_attrs["mlflow_run_id"] == continued.info.run_id
     no_running_runs(client, "tiny")
 
 
