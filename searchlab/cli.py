@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from searchlab.cli_search import check, nightly, replay, run, schedule, worker
+from searchlab.cli_search import check, nightly, replay, resume, run, schedule, worker
 from searchlab.cli_view import best, compact, dashboard, report, server, trials, ui
 from searchlab.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, RunFailed, exit_code
 
@@ -58,5 +58,20 @@ def main() -> None:
     """
 
 
-for command in (run, nightly, schedule, check, worker, server, ui, dashboard, report, replay, trials, best, compact):
+for command in (
+    run,
+    nightly,
+    schedule,
+    check,
+    worker,
+    server,
+    ui,
+    dashboard,
+    report,
+    replay,
+    resume,
+    trials,
+    best,
+    compact,
+):
     main.add_command(command)

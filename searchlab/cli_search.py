@@ -1,4 +1,4 @@
-"""The ``searchlab`` commands that train: run, nightly, schedule, check, worker, replay."""
+"""The ``searchlab`` commands that train: run, nightly, schedule, check, worker, replay, resume."""
 
 from __future__ import annotations
 
@@ -288,3 +288,35 @@ def replay(trial_number: int, file: str, storage: str | None, study_name: str | 
     result = replay_trial(study, trials[trial_number], start)
     click.echo("\n".join(result.lines()))
     sys.exit(EXIT_OK if result.identical else EXIT_FAILED)
+
+
+@click.command()
+@click.argument("trial_number", type=int)
+@click.argument("file")
+@click.option("--epochs", type=int, required=True, help="Train it until this epoch (early stopping may end it sooner).")
+@store_options
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--checkpoint-every", type=click.FloatRange(min=0), help="Seconds between its checkpoints [default: 60].")
+def resume(trial_number: int, file: str, epochs: int, **flags: Any) -> None:
+    """Go on with pruned (or failed) trial TRIAL_NUMBER of the study in FILE up to --epochs, from its last
+    checkpoint, in its own MLflow run: the result is a new trial of the study, with the same params and seed."""
+    from searchlab.objective import run_name  # torch, optuna
+    from searchlab.resume import resume_trial
+
+    study = load_study_file(file)
+    config = resolve_config(study, flags)
+    try:
+        trial = resume_trial(study, config, trial_number, epochs)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the trial was failed and its MLflow run closed; its checkpoint stays", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    start = trial.user_attrs.get("resumed_from", {}).get("epoch", 0)
+    if trial.state.name != "COMPLETE":
+        click.echo(f"trial {trial.number} ({trial.state.name}): {trial.user_attrs.get('fail_reason')}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(
+        f"trial {trial_number} resumed from epoch {start} as trial {trial.number}: "
+        f"{run_name(trial.number, {'state': 'COMPLETE'}, trial.value).partition(' ')[2]} at epoch "
+        f"{trial.user_attrs.get('best_epoch')} ({trial.user_attrs.get('reason')}); "
+        f"run {trial.user_attrs.get('mlflow_run_id')}"
+    )

@@ -68,7 +68,7 @@ LAYERS = {
         "pool",
         "lifecycle",
     ],
-    "operations": ["nights", "nightly", "schedule", "viewers", "replay"],
+    "operations": ["nights", "nightly", "schedule", "viewers", "replay", "resume"],
     "face": ["cli_options", "cli_search", "cli_view", "cli", "__main__", "__init__"],
 }
 # The documented calls up a layer: (importer, imported) → why.

@@ -178,3 +178,57 @@ def test_a_kill_between_checkpoints_loses_at_most_what_came_after_the_last(tmp_p
     retry = load("resumed", journal).trials[1]
     assert retry.user_attrs["resumed_from"]["epoch"] <= len(dead.intermediate_values) + 1
     check_resumed_as_never_stopped(reference, outcome(tmp_path, tracking, retry))
+
+
+def test_a_pruned_trial_keeps_its_weights_and_checkpoint_and_resume_goes_on_with_it(tmp_path: Path) -> None:
+    journal, tracking = str(tmp_path / "searchlab.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ran = subprocess.run(
+        [SEARCHLAB, "run", str(study_in(tmp_path)), "--trials", "8", "--pruner", "sha", *ARGS],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stderr
+    trials = load("resumed", journal).trials
+    pruned = next(t for t in trials if t.state == TrialState.PRUNED)
+    client = MlflowClient(tracking)
+    run_id = pruned.user_attrs["mlflow_run_id"]
+    record = client.get_run(run_id)
+    assert record.data.metrics["best_val_loss"] == min(pruned.intermediate_values.values())
+    assert "model_state_dict.pt" in [item.path for item in client.list_artifacts(run_id)], "its best weights so far"
+    assert checkpoints(tracking, run_id), "its checkpoint stays, for searchlab resume"
+    assert all(checkpoints(tracking, t.user_attrs["mlflow_run_id"]) == [] for t in trials if t.state.name == "COMPLETE")
+
+    resumed = subprocess.run(
+        [SEARCHLAB, "resume", str(pruned.number), str(tmp_path / "study.py"), "--epochs", "25"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    promoted = load("resumed", journal).trials[-1]
+    assert f"trial {pruned.number} resumed from epoch {max(pruned.intermediate_values)} as trial" in resumed.stdout
+    assert promoted.state == TrialState.COMPLETE and promoted.params == pruned.params
+    assert promoted.user_attrs["seed"] == pruned.user_attrs["seed"] and promoted.user_attrs["mlflow_run_id"] == run_id
+    assert promoted.user_attrs["resumed_from"] == {"trial": pruned.number, "epoch": max(pruned.intermediate_values)}
+    assert {e: v for e, v in promoted.intermediate_values.items() if e in pruned.intermediate_values} == dict(
+        pruned.intermediate_values
+    )
+    assert max(promoted.intermediate_values) == 25
+    steps = sorted(point.step for point in client.get_metric_history(run_id, "val_loss"))
+    assert steps == list(range(1, 26)), "one curve, going on from the pruned epoch"
+    assert client.get_run(run_id).info.status == "FINISHED" and checkpoints(tracking, run_id) == []
+    assert load("resumed", journal).trials[pruned.number].state == TrialState.PRUNED, "its record stays as it was"
+
+    again = subprocess.run(
+        [SEARCHLAB, "resume", str(promoted.number), str(tmp_path / "study.py"), "--epochs", "30"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 2 and "only a pruned or failed trial" in again.stderr
