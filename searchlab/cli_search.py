@@ -17,7 +17,7 @@ import click
 from searchlab import schedule as scheduling
 from searchlab.cli_options import TRACKING_HELP, device_options, search_options, store_options
 from searchlab.config import resolve_config
-from searchlab.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
+from searchlab.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, INTERRUPTED_LINE, ConfigError
 from searchlab.forkserver import start_early
 from searchlab.forkserver import stop as stop_fork_server
 from searchlab.results import open_results
@@ -75,7 +75,7 @@ def run(file: str, no_check: bool, **flags: Any) -> None:
     try:
         summary = run_study(study, resolve_config(study, flags), study_file=file, check=not no_check)
     except StudyInterrupted as interrupted:
-        click.echo("interrupted: every open trial was failed and its MLflow run closed", err=True)
+        click.echo(INTERRUPTED_LINE, err=True)
         click.echo("\n".join(interrupted.summary.lines()))
         sys.exit(EXIT_INTERRUPTED)
     click.echo("\n".join(summary.lines()))
@@ -121,7 +121,7 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
             check=not no_check,
         )
     except StudyInterrupted:
-        click.echo("interrupted: every open trial was failed and its MLflow run closed", err=True)
+        click.echo(INTERRUPTED_LINE, err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo("\n".join([*(summary.lines() if summary else []), *night.lines()]))
     kept = compact_after_night(config.storage)  # the journal compacted, or the database's statistics refreshed
@@ -300,8 +300,7 @@ def replay(trial_number: int, file: str, storage: str | None, study_name: str | 
 def resume(trial_number: int, file: str, epochs: int, **flags: Any) -> None:
     """Go on with pruned (or failed) trial TRIAL_NUMBER of the study in FILE up to --epochs, from its last
     checkpoint, in its own MLflow run: the result is a new trial of the study, with the same params and seed."""
-    from searchlab.objective import run_name  # torch, optuna
-    from searchlab.resume import resume_trial
+    from searchlab.resume import resume_trial  # torch, optuna, mlflow
 
     study = load_study_file(file)
     config = resolve_config(study, flags)
@@ -310,13 +309,12 @@ def resume(trial_number: int, file: str, epochs: int, **flags: Any) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted: the trial was failed and its MLflow run closed; its checkpoint stays", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    start = trial.user_attrs.get("resumed_from", {}).get("epoch", 0)
-    if trial.state.name != "COMPLETE":
-        click.echo(f"trial {trial.number} ({trial.state.name}): {trial.user_attrs.get('fail_reason')}", err=True)
+    attrs = trial.user_attrs
+    if trial.value is None:
+        click.echo(f"trial {trial.number} ({trial.state.name}): {attrs.get('fail_reason')}", err=True)
         sys.exit(EXIT_FAILED)
     click.echo(
-        f"trial {trial_number} resumed from epoch {start} as trial {trial.number}: "
-        f"{run_name(trial.number, {'state': 'COMPLETE'}, trial.value).partition(' ')[2]} at epoch "
-        f"{trial.user_attrs.get('best_epoch')} ({trial.user_attrs.get('reason')}); "
-        f"run {trial.user_attrs.get('mlflow_run_id')}"
+        f"trial {trial_number} resumed from epoch {attrs.get('resumed_from', {}).get('epoch', 0)} as trial "
+        f"{trial.number}: best_val_loss={trial.value:.6g} at epoch {attrs.get('best_epoch')} ({attrs.get('reason')});"
+        f" run {attrs.get('mlflow_run_id')}"
     )

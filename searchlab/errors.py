@@ -6,6 +6,11 @@ import sys
 from typing import Any, NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WORSE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# What `run` and `nightly` say on Ctrl-C (each interrupted trial was enqueued again: outcome.tell_stopped).
+INTERRUPTED_LINE = (
+    "interrupted: every open trial was failed and its MLflow run closed; "
+    "the same command again resumes them from their last checkpoint"
+)
 EXIT_MEANINGS = {
     EXIT_OK: "improved or held",
     EXIT_FAILED: "the sweep failed",

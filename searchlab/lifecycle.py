@@ -16,7 +16,7 @@ import optuna
 from searchlab.budget import budget_lock, first_open, set_budget
 from searchlab.config import RunConfig, RunStarted, resolve_config
 from searchlab.devices import Slot
-from searchlab.errors import EXIT_INTERRUPTED, ConfigError, RunFailed, exit_with
+from searchlab.errors import EXIT_INTERRUPTED, INTERRUPTED_LINE, ConfigError, RunFailed, exit_with
 from searchlab.mlflow_ui import CHART_VIEW_TAG, chart_view
 from searchlab.pool import Workers, coordinate
 from searchlab.preparation import Prepared, check_learns, plan_slots, prepare
@@ -308,7 +308,7 @@ def run_declared(study: Study, overrides: dict[str, Any]) -> RunSummary:
     except StudyInterrupted as interrupted:
         if not as_script:
             raise
-        print("interrupted: every open trial was failed and its MLflow run closed", file=sys.stderr)
+        print(INTERRUPTED_LINE, file=sys.stderr)
         print("\n".join(interrupted.summary.lines()))
         raise SystemExit(EXIT_INTERRUPTED) from None
     print("\n".join(summary.lines()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +53,15 @@ class InMemoryTracker:
 
     def log_state_dict(self, run_id: str, state_dict: Mapping[str, Any]) -> None:
         self.runs[run_id]["state_dict"] = dict(state_dict)
+
+    def log_checkpoint(self, run_id: str, checkpoint: Mapping[str, Any]) -> None:
+        self.runs[run_id].setdefault("checkpoints", []).append(checkpoint["epoch"])
+
+    def delete_checkpoints(self, run_id: str) -> None:
+        self.runs[run_id]["checkpoints"] = []
+
+    def resume_run(self, run_id: str, tags: Mapping[str, Any]) -> Any:
+        raise NotImplementedError("tests/test_resume.py resumes trials on real stores")
 
     def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None) -> None:
         self.runs[run_id]["tags"].update(tags or {})
@@ -188,3 +198,28 @@ def test_dropped_parameters_fall_back_to_defaults() -> None:
     optimizer = build_optimizer(nn.Linear(2, 1), {})
     group = optimizer.param_groups[0]
     assert type(optimizer) is torch.optim.SGD and group["lr"] == 1e-3 and group["momentum"] == 0.0
+
+
+def test_a_pruned_trial_logs_its_best_weights_so_far_and_keeps_its_checkpoint() -> None:
+    tracker = InMemoryTracker()
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0, n_warmup_steps=3))
+    objective = make_objective(tiny_study(), tracker)
+    objective.settings = dataclasses.replace(objective.settings, checkpoint_every=0)
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED and max(trial.intermediate_values) == 3
+    (run,) = tracker.runs.values()
+    best_epoch = min(trial.intermediate_values, key=trial.intermediate_values.__getitem__)
+    assert (best_epoch, {"best_val_loss": trial.intermediate_values[best_epoch]}) in run["metrics"]
+    assert set(run["state_dict"]) == {"0.weight", "0.bias", "3.weight", "3.bias"}
+    assert run["checkpoints"] == [1, 2, 3], "kept for searchlab resume"
+    assert run["tags"]["state"] == "PRUNED" and run["status"] == "FINISHED"
+
+
+def test_a_complete_trial_deletes_its_checkpoints() -> None:
+    tracker = InMemoryTracker()
+    objective = make_objective(tiny_study(), tracker)
+    objective.settings = dataclasses.replace(objective.settings, checkpoint_every=0)
+    optuna.create_study().optimize(objective, n_trials=1)
+    (run,) = tracker.runs.values()
+    assert run["status"] == "FINISHED" and run["checkpoints"] == []

@@ -62,6 +62,10 @@ def searchlab_run(folder: Path, *args: str, env: dict[str, str] | None = None) -
     )
 
 
+def searchlab(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SEARCHLAB, *args], cwd=folder, env=clean_env(), capture_output=True, text=True, timeout=600)
+
+
 def finished(process: subprocess.Popen) -> None:
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
@@ -182,14 +186,7 @@ def test_a_kill_between_checkpoints_loses_at_most_what_came_after_the_last(tmp_p
 
 def test_a_pruned_trial_keeps_its_weights_and_checkpoint_and_resume_goes_on_with_it(tmp_path: Path) -> None:
     journal, tracking = str(tmp_path / "searchlab.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
-    ran = subprocess.run(
-        [SEARCHLAB, "run", str(study_in(tmp_path)), "--trials", "8", "--pruner", "sha", *ARGS],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    ran = searchlab(tmp_path, "run", str(study_in(tmp_path)), "--trials", "8", "--pruner", "sha", *ARGS)
     assert ran.returncode == 0, ran.stderr
     trials = load("resumed", journal).trials
     pruned = next(t for t in trials if t.state == TrialState.PRUNED)
@@ -201,14 +198,7 @@ def test_a_pruned_trial_keeps_its_weights_and_checkpoint_and_resume_goes_on_with
     assert checkpoints(tracking, run_id), "its checkpoint stays, for searchlab resume"
     assert all(checkpoints(tracking, t.user_attrs["mlflow_run_id"]) == [] for t in trials if t.state.name == "COMPLETE")
 
-    resumed = subprocess.run(
-        [SEARCHLAB, "resume", str(pruned.number), str(tmp_path / "study.py"), "--epochs", "25"],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = searchlab(tmp_path, "resume", str(pruned.number), str(tmp_path / "study.py"), "--epochs", "25")
     assert resumed.returncode == 0, resumed.stderr
     promoted = load("resumed", journal).trials[-1]
     assert f"trial {pruned.number} resumed from epoch {max(pruned.intermediate_values)} as trial" in resumed.stdout
@@ -224,11 +214,5 @@ def test_a_pruned_trial_keeps_its_weights_and_checkpoint_and_resume_goes_on_with
     assert client.get_run(run_id).info.status == "FINISHED" and checkpoints(tracking, run_id) == []
     assert load("resumed", journal).trials[pruned.number].state == TrialState.PRUNED, "its record stays as it was"
 
-    again = subprocess.run(
-        [SEARCHLAB, "resume", str(promoted.number), str(tmp_path / "study.py"), "--epochs", "30"],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-    )
+    again = searchlab(tmp_path, "resume", str(promoted.number), str(tmp_path / "study.py"), "--epochs", "30")
     assert again.returncode == 2 and "only a pruned or failed trial" in again.stderr

@@ -277,3 +277,26 @@ def test_unreadable_or_planted_records_are_left_alone_and_the_run_goes_on(
     assert torn.with_name(f"{torn.name}.unreadable").is_dir()  # kept for a person to look at, never retried
     (run,) = tracker.client.search_runs([experiment])
     assert run.info.status == "FINISHED" and tracker.client.list_artifacts(run.info.run_id) == []
+
+
+def test_only_the_latest_queued_checkpoint_of_a_run_is_sent(gated: GatedTracker) -> None:
+    """An outage (or a slow store) keeps one checkpoint per trial in memory, not one per epoch."""
+    experiment = gated.experiment_id("study")
+    uploaded: list[int] = []
+    real = gated.log_checkpoint
+
+    def log_checkpoint(run_id: str, checkpoint: Any) -> None:
+        uploaded.append(checkpoint["epoch"])
+        real(run_id, checkpoint)
+
+    gated.log_checkpoint = log_checkpoint  # type: ignore[method-assign]
+    with BackgroundTracker(gated) as background:
+        run = background.start_run(experiment, "trial-0")  # the sender waits at the gate, creating it
+        gated.entered.wait(10)
+        for epoch in (1, 2, 3):
+            background.log_checkpoint(run, {"format": 1, "epoch": epoch, "seed": 0, "model": {}})
+        gated.gate.set()
+        assert background.run_id(run, wait=True)
+        background.end_run(run, "KILLED")
+    assert uploaded == [3]
+    assert gated.latest_checkpoint(background.run_id(run))["epoch"] == 3

@@ -283,3 +283,51 @@ def test_a_run_renamed_as_it_ends_is_renamed_by_its_closing_update(
     assert ended.info.status == "FINISHED" and ended.info.end_time >= ended.info.start_time
     assert ended.data.tags["state"] == "COMPLETE" and ended.data.metrics["val_loss"] == 0.5
     assert [[tag.key for tag in batch["tags"]] for batch in batches] == [["state"]]
+
+
+def fake_checkpoint(epoch: int) -> dict:
+    return {"format": 1, "epoch": epoch, "seed": 7, "model": {"w": torch.full((2,), float(epoch))}}
+
+
+def test_a_run_keeps_its_latest_checkpoint_only_after_its_curve_and_a_cut_one_is_passed_over(
+    tracker: MlflowTracker,
+) -> None:
+    run_id = tracker.start_run(tracker.experiment_id("study"), "trial-0")
+    tracker.log_metrics(run_id, {"val_loss": 0.5}, step=1)  # buffered (flush_seconds=3600)
+    tracker.log_checkpoint(run_id, fake_checkpoint(1))
+    assert [p.step for p in tracker.client.get_metric_history(run_id, "val_loss")] == [1], "the curve went first"
+    tracker.log_checkpoint(run_id, fake_checkpoint(2))
+    files = [item.path for item in tracker.client.list_artifacts(run_id, "checkpoints")]
+    assert files == ["checkpoints/epoch-00002.pt"], "the older one is removed once the new one is in"
+    assert torch.equal(tracker.latest_checkpoint(run_id)["model"]["w"], torch.full((2,), 2.0))
+
+    # a kill in the middle of an upload leaves a cut file beside the whole one before it
+    local = Path(tracker.client.get_run(run_id).info.artifact_uri.removeprefix("file://")) / "checkpoints"
+    (local / "epoch-00003.pt").write_bytes(b"cut short")
+    assert tracker.latest_checkpoint(run_id)["epoch"] == 2
+
+    tracker.delete_checkpoints(run_id)
+    assert tracker.client.list_artifacts(run_id, "checkpoints") == [] and tracker.latest_checkpoint(run_id) is None
+
+
+def test_a_dead_run_reopened_for_its_retry_says_what_it_holds(tracker: MlflowTracker) -> None:
+    run_id = tracker.start_run(tracker.experiment_id("study"), "trial-0")
+    tracker.log_params(run_id, {"lr": 0.01})
+    for step in (1, 2, 3):
+        tracker.log_metrics(run_id, {"train_loss": 1.0 / step, "val_loss": 2.0 / step}, step=step)
+    tracker.log_checkpoint(run_id, fake_checkpoint(2))
+    tracker.flush(run_id)
+    tracker.close_dead_run(run_id, reason="its worker process died", retried=True)
+
+    resumed = tracker.resume_run(run_id, {"worker": "here:1", "trial_number": 1})
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "RUNNING" and run.data.tags["worker"] == "here:1"
+    assert resumed.run == run_id and resumed.params == {"lr": "0.01"} and resumed.checkpoint["epoch"] == 2
+    assert resumed.logged == {"train_loss": {1, 2, 3}, "val_loss": {1, 2, 3}}
+
+
+def test_a_dead_run_with_no_retry_left_loses_its_checkpoints(tracker: MlflowTracker) -> None:
+    run_id = tracker.start_run(tracker.experiment_id("study"), "trial-0")
+    tracker.log_checkpoint(run_id, fake_checkpoint(4))
+    tracker.close_dead_run(run_id, reason="its worker process died", retried=False)
+    assert tracker.client.list_artifacts(run_id, "checkpoints") == []
