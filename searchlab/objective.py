@@ -107,17 +107,22 @@ class Objective:
         return TrackedTrial(self, optuna_trial)
 
 
-def resumed_trial(optuna_trial: optuna.Trial, data_seed: int) -> FrozenTrial | None:
-    """The trial a retry resumes (RESUMES_ATTR): the one before it, when it trained on the same data split."""
+def resumed_trial(optuna_trial: optuna.Trial, data_seed: int) -> tuple[FrozenTrial, str | None] | None:
+    """The trial a retry resumes (RESUMES_ATTR), when it trained on the same data split, and its MLflow run. One
+    killed before it had named its run (while reading it back) passes on the run of the trial it resumed in turn."""
     number = optuna_trial.user_attrs.get(RESUMES_ATTR)
-    if number is None:
-        return None
     study = optuna_trial.study
     storage = study._storage
-    source = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
-    if SEED_ATTR not in source.user_attrs or source.user_attrs.get(SETUP_ATTR, {}).get("data_seed") != data_seed:
-        return None
-    return source
+    source = None
+    while number is not None:
+        trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+        if SEED_ATTR not in trial.user_attrs or trial.user_attrs.get(SETUP_ATTR, {}).get("data_seed") != data_seed:
+            break
+        source = source or trial
+        if RUN_ID_ATTR in trial.user_attrs:
+            return source, trial.user_attrs[RUN_ID_ATTR]
+        number = trial.user_attrs.get(RESUMES_ATTR)
+    return None if source is None else (source, None)
 
 
 class TrackedTrial:
@@ -127,7 +132,8 @@ class TrackedTrial:
     def __init__(self, objective: Objective, optuna_trial: optuna.Trial) -> None:
         self.objective, self.optuna_trial = objective, optuna_trial
         settings, tracker = objective.settings, objective.tracker
-        source = resumed_trial(optuna_trial, settings.seed)
+        resumes = resumed_trial(optuna_trial, settings.seed)
+        source = None if resumes is None else resumes[0]
         seed = source.user_attrs[SEED_ATTR] if source else trial_seed(settings.seed, optuna_trial.number)
         optuna_trial.set_user_attr(SEED_ATTR, seed)
         optuna_trial.set_user_attr(
@@ -141,7 +147,7 @@ class TrackedTrial:
         )
         self.trial = Trial(optuna_trial, sample_params(objective.study.space, optuna_trial, objective.start), seed)
         tags = {**settings.run_tags, "trial_number": optuna_trial.number, WORKER: worker_name()}
-        self.resumed = None if source is None else self._continue_run(source, tags)
+        self.resumed = None if resumes is None else self._continue_run(*resumes, tags)
         if self.resumed is None:
             self.run = tracker.start_run(
                 settings.experiment_id, f"trial-{optuna_trial.number}", parent_run_id=settings.parent_run_id, tags=tags
@@ -159,9 +165,8 @@ class TrackedTrial:
         self.schedule = Schedule(settings.checkpoint_every)
         self.checkpointed = self.resumed is not None  # whether its run may hold checkpoints
 
-    def _continue_run(self, source: FrozenTrial, tags: dict[str, Any]) -> Resumed | None:
+    def _continue_run(self, source: FrozenTrial, run_id: str | None, tags: dict[str, Any]) -> Resumed | None:
         """Reopen the run of the trial this one resumes; None (a new run) when it has none or cannot be read."""
-        run_id = source.user_attrs.get(RUN_ID_ATTR)
         if run_id is None:
             return None
         try:

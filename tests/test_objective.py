@@ -17,7 +17,7 @@ from searchlab.data import prepare_split
 from searchlab.devices import Slot
 from searchlab.errors import TrialStopped
 from searchlab.model import build_optimizer, trial_seed
-from searchlab.objective import Objective
+from searchlab.objective import Objective, resumed_trial
 from searchlab.tasks import ModelError, get_task
 
 
@@ -223,3 +223,20 @@ def test_a_complete_trial_deletes_its_checkpoints() -> None:
     optuna.create_study().optimize(objective, n_trials=1)
     (run,) = tracker.runs.values()
     assert run["status"] == "FINISHED" and run["checkpoints"] == []
+
+
+def test_a_retry_takes_up_the_run_of_the_trial_it_resumes_even_through_one_that_died_before_naming_it() -> None:
+    study = optuna.create_study()
+    setup = {"data_seed": 0, "threads": 1, "max_epochs": 5, "patience": 2}
+    attrs = [
+        {"seed": 11, "setup": setup, "mlflow_run_id": "run-a"},  # A: died; its run holds the checkpoint
+        {"seed": 11, "setup": setup, "resumes": 0},  # B: A's retry, killed while it read A's run back
+        {"resumes": 1},  # C: B's retry
+    ]
+    for user_attrs in attrs:
+        study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, user_attrs=user_attrs))
+    trial_c = optuna.Trial(study, study.trials[2]._trial_id)
+    source, run_id = resumed_trial(trial_c, data_seed=0)
+    assert (source.number, source.user_attrs["seed"], run_id) == (1, 11, "run-a")
+    assert resumed_trial(trial_c, data_seed=1) is None, "another data split: a fresh trial"
+    assert resumed_trial(optuna.Trial(study, study.trials[0]._trial_id), data_seed=0) is None
