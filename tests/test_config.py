@@ -50,6 +50,7 @@ VALUES = {
     "register": ("no", False, True),
     "threads": ("3", 3, 4),
     "tracking_wait": ("5", 5.0, 7.5),
+    "checkpoint_every": ("0", 0.0, 30.0),
 }
 
 

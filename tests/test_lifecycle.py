@@ -55,11 +55,14 @@ def test_ctrl_c_leaves_nothing_running(workdir: Path) -> None:
 
     study = optuna.load_study(study_name="tiny", storage=open_storage(str(workdir / "searchlab.journal")))
     assert study.get_trials(states=(TrialState.RUNNING,)) == []
-    assert study.trials[-1].state == TrialState.FAIL
+    interrupted, retry = study.trials[-2:]
+    assert interrupted.state == TrialState.FAIL
+    assert retry.state == TrialState.WAITING and retry.user_attrs["resumes"] == interrupted.number, "for the next run"
+    assert "the same command again resumes them" in stderr
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert runs and not [run for run in runs if run.info.status == "RUNNING"]
-    killed = client.get_run(study.trials[-1].user_attrs["mlflow_run_id"])
+    killed = client.get_run(interrupted.user_attrs["mlflow_run_id"])
     assert killed.info.status == "KILLED"
     assert client.get_metric_history(killed.info.run_id, "val_loss"), "the curve so far is kept"
 
