@@ -8,7 +8,8 @@ Run by benchmarks/suite.py; by hand:
 - ``searchlab``: ``lifecycle.run_study(study, config, check=False, progress=False)``: one worker, the default journal
   storage (in the working directory), full tracking to ``--tracking-uri`` (parent and child runs, params,
   per-epoch curves, state_dict); the study report only with ``--report`` and the best model's registration only
-  with ``--register`` (work the other variants do not do, at the end of a run: as run by default, both). The
+  with ``--register`` (work the other variants do not do, at the end of a run: as run by default, both);
+  ``--checkpoint-every SECONDS`` sets its trials' checkpoint interval (benchmarks/resume.py compares 60, 0 and 1e9). The
   overfit check is not counted (it is start-up, measured by the start-up benchmark); the preflight is.
 - ``bare``: the same trials (params, seeds, epochs from ``--params``: a searchlab variant's output) trained with
   ``objective.train_trial`` and nothing else: no Optuna, no tracking.
@@ -99,6 +100,8 @@ def variant_searchlab(study: Any, args: argparse.Namespace) -> dict[str, Any]:
             "devices": "cpu",
             "report": args.report,
             "register": args.register,
+            # only when given: a searchlab from before checkpoints (commit 655ee04 and older) has no such setting
+            **({} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}),
         },
     )
     started = time.perf_counter()
@@ -384,6 +387,9 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true", help="time the parts (searchlab, naive)")
     parser.add_argument("--report", action="store_true", help="searchlab: write the study report too")
     parser.add_argument("--register", action="store_true", help="searchlab: register the best model too")
+    parser.add_argument(
+        "--checkpoint-every", type=float, help="searchlab: seconds between a trial's checkpoints [default: searchlab's]"
+    )
     parser.add_argument("--period", type=float, default=0.8, help="bare+traffic: seconds per replayed trial")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()

@@ -22,6 +22,7 @@ from searchlab.train import Training
 FORMAT = 1
 FOLDER = "checkpoints"  # the artifact folder of a trial's MLflow run that holds its latest checkpoint
 NAME = re.compile(r"epoch-(\d+)\.pt")
+MAX_SHARE = 0.01  # of a trial's time that its checkpoints may take (benchmarks/resume.py: what one costs)
 
 
 def file_name(epoch: int) -> str:
@@ -119,15 +120,22 @@ def load(path: Path) -> dict[str, Any]:
 
 class Schedule:
     """When a trial saves a checkpoint: at the end of an epoch, once ``every`` seconds have passed since its start
-    or its last checkpoint (0: every epoch)."""
+    or its last checkpoint (0: every epoch), and, unless ``every`` is 0, never so often that checkpoints take more
+    than ``MAX_SHARE`` of the trial's time: ``cost``, what the last one took (its copy on the training thread, its
+    upload on the sender's), sets a longer interval for a large model."""
 
     def __init__(self, every: float) -> None:
         self.every = every
+        self.cost = 0.0
         self.last = time.monotonic()
+
+    @property
+    def interval(self) -> float:
+        return self.every if self.every == 0 else max(self.every, self.cost / MAX_SHARE)
 
     def due(self) -> bool:
         now = time.monotonic()
-        if now - self.last < self.every:
+        if now - self.last < self.interval:
             return False
         self.last = now
         return True

@@ -15,8 +15,8 @@ from searchlab.errors import ConfigError
 from searchlab.settings import default_tracking_uri, from_environment
 from searchlab.study import Study, check_int, check_name, check_positive_int, check_seed, check_timeout
 
-# Seconds between two checkpoints of a trial, taken at the end of an epoch: benchmarks/resume.py measures what a
-# checkpoint costs (under 1 % of a trial at this interval).
+# Seconds between two checkpoints of a trial, taken at the end of an epoch (at least 100x what the last one cost:
+# checkpoint.Schedule); benchmarks/resume.py measures what a checkpoint costs against the model's size.
 CHECKPOINT_EVERY_SECONDS = 60.0
 
 # The run's settings that joining workers adopt (no URLs: those are each host's own).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -55,6 +56,8 @@ class Tracker(Protocol):
     def log_metrics(self, run: str, values: Mapping[str, float], step: int) -> None: ...
     def log_state_dict(self, run: str, state_dict: Mapping[str, Any]) -> None: ...
     def log_checkpoint(self, run: str, checkpoint: Mapping[str, Any]) -> None: ...
+    @property
+    def checkpoint_seconds(self) -> float: ...  # what its latest checkpoint's upload took off the trial's thread
     def delete_checkpoints(self, run: str) -> None: ...
     def end_run(self, run: str, status: str, tags: Mapping[str, Any] | None = None) -> None: ...
 
@@ -242,7 +245,9 @@ class TrackedTrial:
         self.naming.record(wait=False)
         self.optuna_trial.report(values["val_loss"], epoch)
         if self.training is not None and self.schedule.due():
-            self.objective.tracker.log_checkpoint(self.run, snapshot(self.training, self.trial.seed))
+            tracker, started = self.objective.tracker, time.perf_counter()
+            tracker.log_checkpoint(self.run, snapshot(self.training, self.trial.seed))
+            self.schedule.cost = time.perf_counter() - started + tracker.checkpoint_seconds
             self.checkpointed = True
         if self.optuna_trial.should_prune():
             self.optuna_trial.set_user_attr(PRUNED_EPOCH_ATTR, epoch)

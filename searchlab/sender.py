@@ -138,6 +138,11 @@ class BackgroundTracker:
                 self._calls.append(("log_checkpoint", run, (), {}))
                 self._wake.notify()
 
+    @property
+    def checkpoint_seconds(self) -> float:
+        """What the sender's latest checkpoint upload took (the trial's thread only queued it)."""
+        return self.tracker.upload_seconds
+
     def delete_checkpoints(self, run: str) -> None:
         with self._wake:
             self._checkpoints.pop(run, None)

@@ -146,3 +146,18 @@ def test_the_schedule_saves_at_most_once_per_interval(monkeypatch: pytest.Monkey
     assert not every_minute.due()
     now[0] += 1
     assert every_minute.due() and not every_minute.due()
+
+
+def test_a_costly_checkpoint_spaces_the_next_ones_to_keep_them_under_one_percent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: now[0])
+    schedule, every_epoch = checkpoint.Schedule(60), checkpoint.Schedule(0)
+    schedule.cost = every_epoch.cost = 2.0  # a large model's copy and upload
+    assert schedule.interval == pytest.approx(2.0 / checkpoint.MAX_SHARE) == pytest.approx(200)
+    now[0] += 199
+    assert not schedule.due()
+    now[0] += 1
+    assert schedule.due()
+    assert every_epoch.due() and every_epoch.interval == 0, "0 asks for every epoch, whatever it costs"

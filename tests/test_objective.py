@@ -57,6 +57,8 @@ class InMemoryTracker:
     def log_checkpoint(self, run_id: str, checkpoint: Mapping[str, Any]) -> None:
         self.runs[run_id].setdefault("checkpoints", []).append(checkpoint["epoch"])
 
+    checkpoint_seconds = 0.0
+
     def delete_checkpoints(self, run_id: str) -> None:
         self.runs[run_id]["checkpoints"] = []
 
