@@ -30,7 +30,7 @@ from searchlab.settings import (
     WORKER,
 )
 from searchlab.signals import interrupt_once
-from searchlab.storage import Heartbeat, close_storage, open_storage, uncached
+from searchlab.storage import Heartbeat, close_storage, load_existing_study, open_storage, uncached
 from searchlab.study import Study
 from searchlab.tracking import MlflowTracker
 
@@ -54,12 +54,12 @@ def resumable(trials: list[FrozenTrial], number: int, epochs: int) -> FrozenTria
 
 def resume_trial(study: Study, config: RunConfig, number: int, epochs: int) -> FrozenTrial:
     """Train trial ``number`` of the study on to ``epochs`` as a new trial (see the module's docstring)."""
+    source = resumable(load_existing_study(config.storage, config.study_name).get_trials(), number, epochs)
     storage = open_storage(config.storage, heartbeat=config.heartbeat)
     try:
         optuna_study = uncached(
             optuna.load_study(study_name=config.study_name, storage=storage, pruner=optuna.pruners.NopPruner())
         )
-        source = resumable(optuna_study.get_trials(deepcopy=False), number, epochs)
         setup = source.user_attrs[SETUP_ATTR]
         config = dataclasses.replace(config, seed=setup["data_seed"], max_epochs=epochs, patience=setup["patience"])
         prepared = prepare(study, config, check_tracking=True)

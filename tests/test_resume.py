@@ -216,3 +216,9 @@ def test_a_pruned_trial_keeps_its_weights_and_checkpoint_and_resume_goes_on_with
 
     again = searchlab(tmp_path, "resume", str(promoted.number), str(tmp_path / "study.py"), "--epochs", "30")
     assert again.returncode == 2 and "only a pruned or failed trial" in again.stderr
+
+
+def test_resume_without_a_study_says_so_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    result = searchlab(tmp_path, "resume", "0", str(study_in(tmp_path)), "--epochs", "5")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "searchlab run" in result.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["study.py"]
