@@ -46,11 +46,15 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
+def _device(training: Training) -> torch.device:
+    return next((tensor.device for tensor in training.model.state_dict().values()), torch.device("cpu"))
+
+
 def snapshot(training: Training, seed: int) -> dict[str, Any]:
     """The training's checkpoint now (between epochs), copied off the device."""
     state = training.state
     stopper = state.stopper
-    device = next((tensor.device for tensor in training.model.state_dict().values()), torch.device("cpu"))
+    device = _device(training)
     return {
         "format": FORMAT,
         "seed": seed,
@@ -84,8 +88,7 @@ def mismatch(checkpoint: Mapping[str, Any], training: Training, seed: int) -> st
 
 def restore(training: Training, checkpoint: Mapping[str, Any]) -> None:
     """Put the training back where ``checkpoint`` left it (check ``mismatch`` first)."""
-    model, state = training.model, training.state
-    device = next((tensor.device for tensor in model.state_dict().values()), torch.device("cpu"))
+    model, state, device = training.model, training.state, _device(training)
     model.load_state_dict(checkpoint["model"])
     training.optimizer.load_state_dict(checkpoint["optimizer"])  # moves its state to the params' device
     best = checkpoint["best_state"]

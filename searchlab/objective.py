@@ -150,6 +150,7 @@ class TrackedTrial:
         )
         self.trial = Trial(optuna_trial, sample_params(objective.study.space, optuna_trial, objective.start), seed)
         tags = {**settings.run_tags, "trial_number": optuna_trial.number, WORKER: worker_name()}
+        self.resumes: int | None = None  # the trial whose run this one went on in
         self.resumed = None if resumes is None else self._continue_run(*resumes, tags)
         if self.resumed is None:
             self.run = tracker.start_run(
@@ -177,6 +178,7 @@ class TrackedTrial:
         except Exception as error:
             self.optuna_trial.set_user_attr("resume_failed", describe_error(error))
             return None
+        self.resumes = source.number
         self.optuna_trial.set_user_attr(RESUMED_FROM_ATTR, {"trial": source.number, "epoch": 0})
         return resumed
 
@@ -198,8 +200,7 @@ class TrackedTrial:
             self.optuna_trial.set_user_attr("resume_failed", f"its checkpoint does not fit: {why_not}")
             return
         restore(training, checkpoint)
-        source = self.optuna_trial.user_attrs[RESUMED_FROM_ATTR]["trial"]
-        self.optuna_trial.set_user_attr(RESUMED_FROM_ATTR, {"trial": source, "epoch": training.state.epoch})
+        self.optuna_trial.set_user_attr(RESUMED_FROM_ATTR, {"trial": self.resumes, "epoch": training.state.epoch})
         for epoch, values in enumerate(training.state.history, start=1):  # the whole curve, in Optuna and MLflow
             self._log(values, epoch)
             self._note_best(values, epoch)

@@ -281,14 +281,10 @@ class MlflowTracker:
 
     def log_state_dict_file(self, run_id: str, path: str | Path) -> None:
         """Upload a state_dict file saved already (named STATE_DICT_FILE)."""
-        artifact_uri = self._artifact_uri.get(run_id)
-        if artifact_uri is None:
+        if run_id not in self._artifact_uri:
             self._retry(self.client.log_artifact, run_id, str(path))
         else:  # straight to the run's artifact store: MlflowClient would look the run up first (one more call)
-            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-            repository = get_artifact_repository(artifact_uri, tracking_uri=self.client.tracking_uri)
-            self._retry(repository.log_artifact, str(path))
+            self._retry(self._repository(run_id).log_artifact, str(path))
 
     def _repository(self, run_id: str) -> Any:
         """The run's artifact repository (its URI read from the run once, unless the run was started here)."""
