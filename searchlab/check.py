@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from searchlab.data import Data, first_examples
 from searchlab.errors import ConfigError, describe_error
-from searchlab.model import DROPPED_DEFAULTS, build_model, build_optimizer, sample_params
+from searchlab.model import DROPPED_DEFAULTS, build_model, build_optimizer, inherited_params, new_trial
 from searchlab.pack import Member, Pack, PackError
 from searchlab.space import Choice, Distribution, Fixed, Float, Int
 from searchlab.study import Study
@@ -81,7 +81,7 @@ def preflight_model(study: Study, task: Task, val_data: Data, start: Start | Non
 
     probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     try:
-        model = build_model(study, Trial(probe, sample_params(study.space, probe, start), seed=0), task, start)
+        model = build_model(study, new_trial(study.space, probe, 0, start), task, start)
         inputs, targets = first_examples(val_data, 8)
         model.eval()
         with torch.no_grad():
@@ -102,12 +102,12 @@ def preflight_pack(study: Study, task: Task, train_data: Data, start: Start | No
     import optuna
 
     probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    params = sample_params(study.space, probe, start)
     members = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        model = build_model(study, Trial(probe, dict(params), seed), task, start)
-        members.append(Member(model, build_optimizer(model, params)))
+        trial = new_trial(study.space, probe, seed, start)
+        model = build_model(study, trial, task, start)
+        members.append(Member(model, build_optimizer(model, trial.params)))
     examples = [first_examples(train_data, EXAMPLES)]
     try:
         pack = Pack(members, task)
@@ -147,13 +147,14 @@ def _overfit(
     study: Study, train_data: Data, *, examples: int, steps: int, seed: int, start: Start | None
 ) -> CheckResult:
     task = get_task(study.task)
-    params = {**(start.params if start else {}), **{name: first_value(dist) for name, dist in study.space.items()}}
+    inherited = inherited_params(study.space, start)
+    params = {**inherited, **{name: first_value(dist) for name, dist in study.space.items()}}
     params.update({name: 0.0 for name in ("dropout", "weight_decay") if name in params})  # memorise, no regularising
     params["lr"] = highest_lr(study.space.get("lr"))
     setting = f"{params.get('optimizer', DROPPED_DEFAULTS['optimizer'])}, lr {params['lr']:g}"
     torch.manual_seed(seed)
     try:
-        model = build_model(study, Trial(DefaultsTrial(), dict(params), seed), task, start)
+        model = build_model(study, Trial(DefaultsTrial(), dict(params), seed, inherited), task, start)
         optimizer = build_optimizer(model, params)
     except ModelError as error:
         return CheckResult(False, f"check failed: {error}")

@@ -25,11 +25,22 @@ def trial_seed(study_seed: int, number: int) -> int:
     return int(np.random.SeedSequence([study_seed, number]).generate_state(1)[0])
 
 
+def inherited_params(space: Mapping[str, Distribution], start: Start | None) -> dict[str, Any]:
+    """The model params of the weights a trial starts from (e.g. their width) that the space does not search: they
+    win over the builder's own ``suggest_*`` of the same names, so that the layers they size fit the weights."""
+    return {k: v for k, v in (start.params if start else {}).items() if k not in space}
+
+
 def sample_params(space: Mapping[str, Distribution], optuna_trial: Any, start: Start | None = None) -> dict[str, Any]:
-    """Every value of the space for this trial (sampled through Optuna, or fixed), after the model params of the
-    weights it starts from (e.g. their width), which the space does not search."""
-    inherited = {k: v for k, v in (start.params if start else {}).items() if k not in space}
-    return {**inherited, **{name: suggest(optuna_trial, name, dist) for name, dist in space.items()}}
+    """Every value of the space for this trial (sampled through Optuna, or fixed), after the inherited ones."""
+    sampled = {name: suggest(optuna_trial, name, dist) for name, dist in space.items()}
+    return {**inherited_params(space, start), **sampled}
+
+
+def new_trial(space: Mapping[str, Distribution], optuna_trial: Any, seed: int, start: Start | None = None) -> Trial:
+    """The Trial a builder sees: the space sampled, and the starting weights' own params kept."""
+    params = sample_params(space, optuna_trial, start)
+    return Trial(optuna_trial, params, seed, inherited=inherited_params(space, start))
 
 
 def build_model(study: Study, trial: Trial, task: Task, start: Start | None = None) -> nn.Module:
@@ -42,7 +53,7 @@ def build_model(study: Study, trial: Trial, task: Task, start: Start | None = No
     initialise(model, trial.params.get("init", "default"))
     if start is not None:
         load_start(model, start)
-    freeze(model, study.freeze)
+    freeze(model, study.freeze, start)
     return model
 
 

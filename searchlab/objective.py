@@ -17,7 +17,7 @@ from searchlab.config import TrialSettings
 from searchlab.data import Data
 from searchlab.devices import Slot
 from searchlab.errors import TrialStopped, describe_error
-from searchlab.model import sample_params, trial_seed
+from searchlab.model import new_trial, trial_seed
 from searchlab.recovery import worker_name
 from searchlab.settings import (
     OBJECTIVE_NAME,
@@ -36,8 +36,7 @@ from searchlab.settings import (
 from searchlab.study import Study
 from searchlab.tracking import Resumed
 from searchlab.train import FitResult, Training, train_trial
-from searchlab.transfer import Start
-from searchlab.trial import Trial
+from searchlab.transfer import Start, fitting, loaded_summary
 
 INTERRUPTED = "interrupted (Ctrl-C)"
 
@@ -148,7 +147,7 @@ class TrackedTrial:
                 "patience": settings.patience,
             },
         )
-        self.trial = Trial(optuna_trial, sample_params(objective.study.space, optuna_trial, objective.start), seed)
+        self.trial = new_trial(objective.study.space, optuna_trial, seed, objective.start)
         tags = {**settings.run_tags, "trial_number": optuna_trial.number, WORKER: worker_name()}
         self.resumes: int | None = None  # the trial whose run this one went on in
         self.resumed = None if resumes is None else self._continue_run(*resumes, tags)
@@ -211,7 +210,10 @@ class TrackedTrial:
         objective, trial = self.objective, self.trial
         settings, start = objective.settings, objective.start
         n_params = sum(parameter.numel() for parameter in model.parameters())
-        lineage = {"start_from": start.source, "frozen": ",".join(objective.study.freeze)} if start else {}
+        lineage = {}
+        if start is not None:
+            frozen, loaded = ",".join(objective.study.freeze), loaded_summary(fitting(model, start))
+            lineage = {"start_from": start.source, "frozen": frozen, "loaded": loaded}
         params = {
             **trial.params,
             "seed": trial.seed,

@@ -16,12 +16,11 @@ from torch import nn
 
 from searchlab.data import load_split
 from searchlab.errors import ConfigError
-from searchlab.model import sample_params
+from searchlab.model import new_trial
 from searchlab.settings import PACK_ATTR, SEED_ATTR, SETUP_ATTR
 from searchlab.study import Study
 from searchlab.train import train_trial
 from searchlab.transfer import Start
-from searchlab.trial import Trial
 
 # A packed trial's curve against its replay alone, relative (tests/test_pack.py holds 1e-5 over a few epochs).
 PACKED_TOLERANCE = 1e-4
@@ -67,13 +66,12 @@ def replay_trial(study: Study, trial: FrozenTrial, start: Start | None = None) -
     torch.set_num_threads(setup["threads"])  # the same reduction order as the recorded run
     train_data, val_data = load_split(study, setup["data_seed"])
     fixed = optuna.trial.FixedTrial(trial.params, number=trial.number)
-    params = sample_params(study.space, fixed, start)
     replayed: dict[int, float] = {}
     pack: dict[str, Any] = trial.user_attrs.get(PACK_ATTR) or {}
     packed = len(pack.get("members", ())) > 1
     model, _ = train_trial(
         study,
-        Trial(fixed, params, trial.user_attrs[SEED_ATTR]),
+        new_trial(study.space, fixed, trial.user_attrs[SEED_ATTR], start),
         train_data,
         val_data,
         torch.device("cpu"),

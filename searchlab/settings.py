@@ -47,7 +47,7 @@ STATE_DICT_FILE = "model_state_dict.pt"
 OBJECTIVE_NAME = "best_val_loss"  # a trial's value: its best epoch's validation loss (Optuna's metric name too)
 # Params a trial's run logs that are not hyperparameters of its model.
 NOT_MODEL_PARAMS = frozenset(
-    {"seed", "n_params", "device", "threads", "max_epochs", "patience", "start_from", "frozen"}
+    {"seed", "n_params", "device", "threads", "max_epochs", "patience", "start_from", "frozen", "loaded"}
 )
 
 

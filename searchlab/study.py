@@ -77,6 +77,11 @@ class Study:
         if isinstance(self.freeze, str) or not all(isinstance(prefix, str) and prefix for prefix in self.freeze):
             raise ConfigError("Study(freeze=...) must be a tuple of parameter-name prefixes, e.g. ('0.',)")
         object.__setattr__(self, "freeze", tuple(self.freeze))
+        if self.freeze and self.start_from is None:
+            raise ConfigError(
+                "Study(freeze=...) needs Study(start_from=...): without starting weights a frozen layer keeps its "
+                "random initialisation"
+            )
         for name in ("max_epochs", "patience", "n_trials", "pack"):
             check_positive_int(f"Study({name}=...)", getattr(self, name))
         check_timeout("Study(timeout=...)", self.timeout)

@@ -9,6 +9,7 @@ import optuna
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import write_study
 from mlflow import MlflowClient
 from torch import nn
 
@@ -139,3 +140,61 @@ def test_finetune_study_starts_from_the_best_multiclass_weights(workdir: Path) -
         assert weights["3.weight"].shape == (1, source.params["width"])  # the new head
     replay = CliRunner().invoke(main, ["replay", "0", "finetune.py"])
     assert replay.exit_code == 0 and "identical" in replay.output.splitlines()[-1]
+
+
+SIZED_BODY = """    width = trial.suggest_int("width", {low}, {high}, log=True)
+    return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Dropout(trial.params["dropout"]), nn.Linear(width, 1))"""
+
+
+def test_a_builder_sizing_its_layers_with_suggest_gets_the_source_sizes(workdir: Path) -> None:
+    """The regression study's pattern (width from suggest_int) fine-tuned from a study: the source's width wins
+    over the builder's own suggest_int, so the frozen layer is the source's, and each run says what loaded."""
+    write_study(workdir, name="source", body=SIZED_BODY.format(low=4, high=32), filename="source.py")
+    assert CliRunner().invoke(main, ["run", "source.py", "--trials", "2"]).exit_code == 0
+    extra = "start_from='study:source', freeze=('0.',)"
+    write_study(workdir, name="tuned", body=SIZED_BODY.format(low=4, high=32), extra=extra, filename="tuned.py")
+    result = CliRunner().invoke(main, ["run", "tuned.py", "--trials", "3", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+
+    storage = open_storage(None)
+    source = optuna.load_study(study_name="source", storage=storage).best_trial
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    source_weights = torch.load(
+        client.download_artifacts(source.user_attrs["mlflow_run_id"], "model_state_dict.pt"), weights_only=True
+    )
+    for trial in optuna.load_study(study_name="tuned", storage=storage).trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.params["width"] == str(source.params["width"]), "the builder's suggest_int won"
+        assert run.data.params["loaded"] == "0.bias,0.weight,3.bias,3.weight"
+        weights = torch.load(client.download_artifacts(run.info.run_id, "model_state_dict.pt"), weights_only=True)
+        assert torch.equal(weights["0.weight"], source_weights["0.weight"])
+
+
+def test_a_frozen_layer_the_weights_do_not_fit_is_refused_before_anything_is_written(workdir: Path) -> None:
+    """Weights from a file bring no params: a sampled width that differs from theirs would freeze layer 0 at its
+    random initialisation, so the run is refused, in one line, with no study and no MLflow run."""
+    torch.save(nn.Sequential(nn.Linear(4, 70), nn.ReLU(), nn.Dropout(0.0), nn.Linear(70, 1)).state_dict(), "w.pt")
+    write_study(workdir, body=SIZED_BODY.format(low=80, high=256), extra="start_from='w.pt', freeze=('0.',)")
+    result = CliRunner().invoke(main, ["run", "tiny_study.py", "--trials", "2"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "freeze=('0.',) would freeze 0.weight, 0.bias" in lines[0], result.output
+    assert "w.pt" in lines[0] and "(70, 4) there" in lines[0]
+    assert sorted(path.name for path in workdir.iterdir() if path.name != "__pycache__") == ["tiny_study.py", "w.pt"]
+
+
+def test_load_start_and_freeze_refuse_a_frozen_layer_left_at_random() -> None:
+    source = mlp(width=8)
+    model = mlp(width=5)
+    start = Start("source", source.state_dict())
+    assert load_start(model, start) == ["2.bias"]
+    with pytest.raises(ModelError, match=r"would freeze 0\.weight, 0\.bias at their random init.*\(8, 4\) there"):
+        freeze(model, ("0.",), start)
+    with pytest.raises(ModelError, match=r"would freeze 2\.weight at"):  # 2.bias fits and loaded
+        freeze(model, ("2.",), start)
+    assert freeze(mlp(width=8), ("0.",), start) == ["0.weight", "0.bias"]
+
+
+def test_freeze_without_weights_to_start_from_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"freeze=\.\.\.\) needs Study\(start_from=\.\.\.\)"):
+        sl.Study(name="s", task="regression", data=lambda seed: None, model=lambda trial: mlp(), freeze=("0.",))
