@@ -177,6 +177,9 @@ def _train_steps(
     """Full-batch steps on the examples: the loss of each, or the failed check that stopped them."""
     loss_fn = task.loss_fn()
     model.train()
+    for module in model.modules():  # memorise: no dropout, whatever knob sized it (BatchNorm still trains)
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.eval()
     losses: list[float] = []
     for step in range(1, steps + 1):
         optimizer.zero_grad(set_to_none=True)

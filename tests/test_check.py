@@ -157,3 +157,18 @@ def test_a_run_checks_on_one_workers_threads_not_on_all_of_the_cores(workdir: Pa
     result = CliRunner().invoke(main, ["run", str(write_study(workdir)), "--trials", "1", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert check_threads == [1]
+
+
+OWN_DROPOUT = """    p_drop = trial.suggest_float("p_drop", 0.0, 0.5)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(p_drop), nn.Linear(16, 1))"""
+
+
+def test_a_model_with_its_own_dropout_knob_passes_and_is_swept(workdir: Path) -> None:
+    """Whatever the dropout is named, the check memorises with every dropout module off: the default space's
+    `dropout` dropped and the builder's own `p_drop` in its place must not fail the check (nor stop `run`)."""
+    path = write_study(workdir, body=OWN_DROPOUT, extra="space=sl.default_space(dropout=None)")
+    result = check_file(path)
+    assert result.passed, result.summary
+    swept = CliRunner().invoke(main, ["run", str(path), "--trials", "2"])
+    assert swept.exit_code == 0, swept.output
+    assert "2 trials this run (2 complete)" in swept.output
