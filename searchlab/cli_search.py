@@ -79,6 +79,10 @@ def run(file: str, no_check: bool, **flags: Any) -> None:
         click.echo("\n".join(interrupted.summary.lines()))
         sys.exit(EXIT_INTERRUPTED)
     click.echo("\n".join(summary.lines()))
+    failure = summary.failure()
+    if failure:
+        click.echo(f"Error: {failure}", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 @click.command()
@@ -223,13 +227,14 @@ def schedule(
 @click.option("--tracking-uri", help=TRACKING_HELP)
 def check(file: str, seed: int | None, storage: str | None, tracking_uri: str | None) -> None:
     """Try to overfit one tiny batch with the study's model: exit 0 when the loss falls near zero, 1 with the
-    likely cause when it does not (wrong head or output shape, no gradient, a loss that never moves, NaN)."""
+    likely cause when it does not (no gradient, a loss that never moves, NaN); 2, as for `run`, when the model
+    does not fit the task (wrong head or output shape)."""
     from searchlab.check import check_study  # torch
     from searchlab.preparation import prepare
 
     study = load_study_file(file)
     config = resolve_config(study, {"seed": seed, "storage": storage, "tracking_uri": tracking_uri})
-    prepared = prepare(study, config, preflight=False)
+    prepared = prepare(study, config)  # a model that does not fit the task is bad input (exit 2), as for `run`
     result = check_study(study, prepared.train, seed=config.seed, start=prepared.start)
     click.echo(result.summary)
     sys.exit(EXIT_OK if result.passed else EXIT_FAILED)

@@ -312,4 +312,7 @@ def run_declared(study: Study, overrides: dict[str, Any]) -> RunSummary:
         print("\n".join(interrupted.summary.lines()))
         raise SystemExit(EXIT_INTERRUPTED) from None
     print("\n".join(summary.lines()))
+    failure = summary.failure()
+    if failure and as_script:
+        exit_with(RunFailed(failure))
     return summary

@@ -57,6 +57,14 @@ class RunSummary:
     published: list[str] = field(default_factory=list)  # where the report and the registered model are
     notes: list[str] = field(default_factory=list)  # what the tracking store did not get yet
     packs: list[int] = field(default_factory=list)  # members per pack of this run's packed trials
+    first_failure: str = ""  # the first failed trial of this run and why
+
+    def failure(self) -> str | None:
+        """Why this run produced nothing (some trial failed and none completed), or None: ``run`` exits 1 on it."""
+        if self.states.get("COMPLETE") or not self.states.get("FAIL"):
+            return None
+        counts = ", ".join(f"{n} {'failed' if state == 'FAIL' else state.lower()}" for state, n in self.states.items())
+        return f"no trial completed this run: {counts} ({self.first_failure})"
 
     def lines(self) -> list[str]:
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.states.items())) or "none"
@@ -103,6 +111,10 @@ class RunSummary:
             self.states[trial.state.name] = self.states.get(trial.state.name, 0) + 1
         self.best = best
         self.packs = pack_sizes(new)
+        failed = [trial for trial in new if trial.state == TrialState.FAIL]
+        if failed:
+            reason = failed[0].user_attrs.get(FAIL_REASON_ATTR, "its worker died")
+            self.first_failure = f"trial {failed[0].number}: {reason}"
 
 
 class StudyInterrupted(Interrupted):

@@ -13,7 +13,7 @@ import optuna
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import POSTGRES_URL, by_host_name, write_study
+from conftest import DEFAULT_BODY, POSTGRES_URL, by_host_name, clean_env, write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -414,3 +414,49 @@ def test_python_dash_m_searchlab_is_the_same_command() -> None:
     done = subprocess.run([sys.executable, "-m", "searchlab", "run", "--help"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "Usage: python -m searchlab run" in done.stdout and "--trials-per-device" in done.stdout
+
+
+FAILS_IN_TRAINING = """    class FailsInTraining(nn.Module):  # but on the check's batch of 8 examples
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+
+        def forward(self, x):
+            if self.training and len(x) != 8:
+                raise RuntimeError("planted failure")
+            return self.layers(x)
+
+    return FailsInTraining()"""
+
+
+def test_a_run_where_no_trial_completes_exits_1_and_says_so(workdir: Path) -> None:
+    """A CI job or a scheduler must tell a sweep that produced nothing from one that did: every trial failing is
+    exit 1 and one line on stderr (the summary still says where everything is), from the CLI and from the study
+    file run as a script."""
+    path = write_study(workdir, body=FAILS_IN_TRAINING)
+    result = CliRunner().invoke(main, ["run", str(path), "--trials", "2"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == ["Error: no trial completed this run: 2 failed (trial 0: RuntimeError: planted failure)"]
+    assert "study      tiny: 2 trials this run (2 fail)" in result.stdout
+    script = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, env=clean_env(SEARCHLAB_TRIALS="1")
+    )
+    assert script.returncode == 1, script.stderr
+    assert "Error: no trial completed this run: 1 failed (trial 2: RuntimeError: planted failure)" in script.stderr
+    planted = "    if trial.number == 1:\n        raise RuntimeError('planted')\n" + DEFAULT_BODY
+    mixed = write_study(workdir, body=planted, name="mixed", filename="mixed.py")
+    assert CliRunner().invoke(main, ["run", str(mixed), "--trials", "2"]).exit_code == 0  # one completed
+
+
+def test_check_and_run_give_a_model_error_and_a_failed_check_the_same_exit_code(workdir: Path) -> None:
+    """One meaning per code: 2 for a model that does not fit the task (refused before training), 1 for a model
+    that fits but cannot learn, from `check` and from `run` alike."""
+    softmax = "    return nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())"
+    detached = "    return nn.Sequential(nn.Linear(4, 1), nn.Flatten(0), nn.Unflatten(0, (-1, 1))).requires_grad_(False)"
+    for body, code, message in ((softmax, 2, "ends in nn.Sigmoid"), (detached, 1, "requires grad")):
+        path = write_study(workdir, body=body, name="s", filename="s.py")
+        for command in (["check", str(path)], ["run", str(path), "--trials", "1"]):
+            result = CliRunner().invoke(main, command)
+            assert result.exit_code == code, (command, result.output)
+            assert message in result.output, result.output
