@@ -48,6 +48,8 @@ from searchlab.unsent import resend_unsent, unsent_runs
 from searchlab.window import best_of, trials_since
 from searchlab.worker import run_worker
 
+Enqueued = tuple[dict[str, Any], dict[str, Any]]  # a trial to run first: its params and user attributes
+
 
 def run_study(
     study: Study,
@@ -56,11 +58,11 @@ def run_study(
     study_file: str | None = None,
     check: bool = True,
     progress: bool = True,
-    enqueue: Sequence[dict[str, Any]] = (),
+    enqueue: Sequence[Enqueued] = (),
 ) -> RunSummary:
     """Run ``config.n_trials`` more trials of ``study`` and track them; bad input, or (with ``check``) a model
     that cannot overfit one tiny batch, fails before anything is written. ``study_file`` (the file declaring
-    ``study``) is needed to start worker processes. ``enqueue``: params to run first, on top of ``n_trials``."""
+    ``study``) is needed to start worker processes. ``enqueue``: trials to run first, among ``n_trials``."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and summary say it all
     slots = plan_slots(config)
     if len(slots) == 1:
@@ -96,7 +98,7 @@ def _run_study(
     study_file: str | None,
     check: bool,
     progress: bool,
-    enqueue: Sequence[dict[str, Any]],
+    enqueue: Sequence[Enqueued],
 ) -> RunSummary:
     prepared = prepare(study, config, check_tracking=True)
     if check:
@@ -192,7 +194,7 @@ def _search(
     workers: Workers | None,
     prepared: Prepared,
     progress: bool,
-    enqueue: Sequence[dict[str, Any]],
+    enqueue: Sequence[Enqueued],
 ) -> None:
     """Record the run's settings and budget, then run its trials: here, or in the worker pool."""
     _record_settings(run, study, config, slots, enqueue, searched=prepared.searched or tuple(study.searched))
@@ -234,7 +236,7 @@ def _record_settings(
     study: Study,
     config: RunConfig,
     slots: list[Slot],
-    enqueue: Sequence[dict[str, Any]],
+    enqueue: Sequence[Enqueued],
     *,
     searched: Sequence[str],
 ) -> None:
@@ -264,8 +266,8 @@ def _record_settings(
     optuna_study.set_user_attr(EXPERIMENT_ATTR, run.experiment_id)
     optuna_study.set_user_attr(PARENT_RUN_ATTR, run.parent_run_id)
     optuna_study.set_user_attr(RUN_SETTINGS_ATTR, config.shared_settings())
-    for params in enqueue:
-        optuna_study.enqueue_trial(params, skip_if_exists=False)
+    for params, user_attrs in enqueue:
+        optuna_study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=False)
     # enqueued trials (retries, re-evaluations) are among the run's n_trials, as in Optuna's optimize(n_trials)
     set_budget(optuna_study, run.first, config.n_trials)
 

@@ -1,5 +1,6 @@
-"""One night's sweep: continue the study, re-evaluate the best configurations first, then promote tonight's best
-model to the ``champion`` alias only when it beats the champion on tonight's data by a threshold.
+"""One night's sweep: continue the study, re-evaluate the best configurations first (each with its recorded seed),
+then promote tonight's best model to the ``champion`` alias only when it beats the champion on tonight's data by a
+threshold, and is not the champion's configuration with another seed.
 
 Exit codes, for a scheduler or a CI to alert on: 0 improved or held, 1 the sweep failed (or another night of
 the same study was still running), 3 the champion got worse on the new data and nothing replaced it.
@@ -26,11 +27,12 @@ from searchlab.compaction import JournalInUse, compact, is_postgresql, refresh_s
 from searchlab.config import RunConfig
 from searchlab.data import load_split
 from searchlab.errors import ConfigError, RunFailed, describe_error
-from searchlab.lifecycle import run_study
+from searchlab.lifecycle import Enqueued, run_study
 from searchlab.locks import LockHeld, advisory_lock, file_lock, lock_key
 from searchlab.nights import Night, decide, night_key, recorded_nights, summary_markdown
 from searchlab.registry import current_version, load_registered, recorded_value, register, validation_loss
 from searchlab.results import best_complete
+from searchlab.settings import REEVALUATES_ATTR, SEED_ATTR
 from searchlab.storage import (
     DEFAULT_JOURNAL,
     close_storage,
@@ -84,21 +86,31 @@ def night_lock(url: str | None, study_name: str) -> Iterator[None]:
         yield
 
 
-def best_configurations(study: optuna.Study, k: int) -> list[dict[str, Any]]:
-    """The params of the ``k`` best completed trials, distinct, best first (a configuration re-evaluated night after
-    night is among the best many times: more are read until ``k`` differ, or none is left)."""
+def best_configurations(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The best completed trial of each of the ``k`` best configurations (distinct params), best first (a
+    configuration re-evaluated night after night is among the best many times: more are read until ``k`` differ,
+    or none is left)."""
     if k == 0:
         return []
     size = 4 * k
     while True:
         best = best_completed(study, size)
-        distinct: list[dict[str, Any]] = []
+        distinct: list[FrozenTrial] = []
         for trial in best:
-            if trial.params not in distinct:
-                distinct.append(dict(trial.params))
+            if all(trial.params != other.params for other in distinct):
+                distinct.append(trial)
         if len(distinct) >= k or len(best) < size:
             return distinct[:k]
         size *= 4
+
+
+def reevaluation(trial: FrozenTrial) -> Enqueued:
+    """A trial to run first tonight: ``trial``'s configuration with its own seed, so that tonight's value differs
+    from its recorded one by what tonight's data changed, not by another initialisation."""
+    reevaluates: dict[str, Any] = {"trial": trial.number}
+    if SEED_ATTR in trial.user_attrs:
+        reevaluates["seed"] = trial.user_attrs[SEED_ATTR]
+    return dict(trial.params), {REEVALUATES_ATTR: reevaluates}
 
 
 def importances(trials: list[Any]) -> dict[str, float]:
@@ -167,14 +179,15 @@ def run_night(
 
 def _earlier_nights(
     config: RunConfig, storage: Any, reevaluate: int
-) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
-    """Where tonight's trials start, the ``reevaluate`` best configurations and the nights so far (nothing before
-    the first night, which creates the study)."""
+) -> tuple[int, list[Enqueued], list[dict[str, Any]]]:
+    """Where tonight's trials start, the re-evaluations of the ``reevaluate`` best configurations and the nights so
+    far (nothing before the first night, which creates the study)."""
     try:
         earlier = uncached(optuna.load_study(study_name=config.study_name, storage=storage))
     except KeyError:
         return 0, [], []
-    return first_open(earlier), best_configurations(earlier, reevaluate), recorded_nights(earlier.user_attrs)
+    again = [reevaluation(trial) for trial in best_configurations(earlier, reevaluate)]
+    return first_open(earlier), again, recorded_nights(earlier.user_attrs)
 
 
 def _record_tonight(night: Night, study: optuna.Study, first: int) -> FrozenTrial | None:
@@ -209,6 +222,7 @@ def _judge_and_promote(
                 f"models:/{config.study_name}@{CHAMPION_ALIAS}", tracking_uri=config.tracking_uri, study_file=study_file
             )
             night.champion_tonight = validation_loss(loaded, val_data)
+            night.champion_configuration = same_configuration(best, client.get_run(champion.run_id).data.params)
         except Exception as error:  # e.g. the study's model changed: the champion cannot be compared
             night.reason = (
                 f"the champion could not be evaluated ({describe_error(error)}), so tonight's best replaces it"
@@ -219,6 +233,14 @@ def _judge_and_promote(
         ).version
     else:
         night.champion_after = night.champion_before
+
+
+def same_configuration(trial: FrozenTrial, champion_params: dict[str, str]) -> str:
+    """Whether ``trial`` retrains the champion's configuration (its run's params): "same seed", "another seed", or
+    "" (another configuration)."""
+    if any(champion_params.get(name) != str(value) for name, value in trial.params.items()):
+        return ""
+    return "same seed" if champion_params.get(SEED_ATTR) == str(trial.user_attrs.get(SEED_ATTR)) else "another seed"
 
 
 def _log_night(tracker: Any, night: Night, study_name: str, nights: list[dict[str, Any]]) -> None:

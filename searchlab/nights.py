@@ -39,6 +39,7 @@ class Night:
     champion_recorded: float | None = None  # its value when it was promoted
     champion_tonight: float | None = None  # its value on tonight's data
     champion_after: str | None = None
+    champion_configuration: str = ""  # tonight's best is the champion's configuration: "same seed", "another seed"
     importances: dict[str, float] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -81,10 +82,13 @@ def decide(night: Night, threshold: float) -> bool:
         night.decision, night.exit_code = "promoted", EXIT_OK
         night.reason = night.reason or "the first champion"
         return True
-    if night.best_value <= night.champion_tonight * (1 - threshold):
+    beats = night.best_value <= night.champion_tonight * (1 - threshold)
+    if beats and night.champion_configuration != "another seed":
         night.decision, night.exit_code = "promoted", EXIT_OK
+        retrained = "the champion's configuration retrained on tonight's data: " * bool(night.champion_configuration)
         night.reason = (
-            f"{night.best_value:.6g} beats the champion's {night.champion_tonight:.6g} by more than {threshold:.0%}"
+            f"{retrained}{night.best_value:.6g} beats the champion's {night.champion_tonight:.6g} by more than "
+            f"{threshold:.0%}"
         )
         return True
     if night.champion_recorded is not None and night.champion_tonight > night.champion_recorded * (1 + threshold):
@@ -100,6 +104,11 @@ def decide(night: Night, threshold: float) -> bool:
         f"tonight's best {night.best_value:.6g} does not beat the champion's {night.champion_tonight:.6g} "
         f"by {threshold:.0%}"
     )
+    if beats:  # another seed of the same configuration: what it gains is the seed's luck
+        night.reason = (
+            f"tonight's best ({night.best_value:.6g}) is the champion's configuration with another seed: it beats "
+            f"the champion's {night.champion_tonight:.6g} by seed noise, not by a better configuration"
+        )
     return False
 
 

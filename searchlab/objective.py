@@ -23,6 +23,7 @@ from searchlab.settings import (
     OBJECTIVE_NAME,
     PRUNED_EPOCH_ATTR,
     REASON,
+    REEVALUATES_ATTR,
     RESUMED_FROM_ATTR,
     RESUMES_ATTR,
     RUN_ID_ATTR,
@@ -137,6 +138,9 @@ class TrackedTrial:
         resumes = resumed_trial(optuna_trial, settings.seed)
         source = None if resumes is None else resumes[0]
         seed = source.user_attrs[SEED_ATTR] if source else trial_seed(settings.seed, optuna_trial.number)
+        reevaluates = optuna_trial.user_attrs.get(REEVALUATES_ATTR) or {}
+        if source is None and "seed" in reevaluates:  # the configuration's own seed: no seed noise in the comparison
+            seed = reevaluates["seed"]
         optuna_trial.set_user_attr(SEED_ATTR, seed)
         optuna_trial.set_user_attr(
             SETUP_ATTR,

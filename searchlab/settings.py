@@ -31,6 +31,7 @@ PRUNED_EPOCH_ATTR = "pruned_epoch"
 PACK_ATTR = "pack"  # a packed trial's pack: its first trial, its members and the seed of their batch order
 SEED_ATTR = "seed"
 RESUMES_ATTR = "resumes"  # a retry's: the number of the trial whose run and checkpoint it continues
+REEVALUATES_ATTR = "reevaluates"  # a nightly re-evaluation's: {"trial": the trial it retrains, "seed": its seed}
 RESUMED_FROM_ATTR = "resumed_from"  # {"trial": that number, "epoch": the checkpoint's epoch (0: none)}
 SETUP_ATTR = "setup"  # the data seed, threads and budget a trial trained with (what a replay needs)
 WORKER = "worker"  # the process (host:pid) running a trial: an Optuna trial attribute and an MLflow run tag

@@ -453,7 +453,9 @@ def test_check_and_run_give_a_model_error_and_a_failed_check_the_same_exit_code(
     """One meaning per code: 2 for a model that does not fit the task (refused before training), 1 for a model
     that fits but cannot learn, from `check` and from `run` alike."""
     softmax = "    return nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())"
-    detached = "    return nn.Sequential(nn.Linear(4, 1), nn.Flatten(0), nn.Unflatten(0, (-1, 1))).requires_grad_(False)"
+    detached = (
+        "    return nn.Sequential(nn.Linear(4, 1), nn.Flatten(0), nn.Unflatten(0, (-1, 1))).requires_grad_(False)"
+    )
     for body, code, message in ((softmax, 2, "ends in nn.Sigmoid"), (detached, 1, "requires grad")):
         path = write_study(workdir, body=body, name="s", filename="s.py")
         for command in (["check", str(path)], ["run", str(path), "--trials", "1"]):

@@ -16,7 +16,7 @@ from conftest import POSTGRES_URL, SEARCHLAB, clean_env, default_sigint, write_s
 from mlflow import MlflowClient
 
 from searchlab.cli import main
-from searchlab.nightly import CHAMPION_ALIAS, NIGHTLY_FOLDER, best_configurations
+from searchlab.nightly import CHAMPION_ALIAS, NIGHTLY_FOLDER, best_configurations, same_configuration
 from searchlab.nights import Night, decide, night_key, recorded_nights, summary_markdown
 from searchlab.settings import OLD_NIGHTS_ATTR
 from searchlab.storage import close_storage, open_storage
@@ -254,6 +254,53 @@ def test_the_best_configurations_of_all_nights_are_distinct_even_when_one_was_re
     for trial in every:
         if trial.params not in expected:
             expected.append(trial.params)
-    assert best_configurations(study, 3) == expected[:3]
-    assert best_configurations(study, 100) == expected  # fewer than asked: every distinct one
+    assert [trial.params for trial in best_configurations(study, 3)] == expected[:3]
+    assert [trial.params for trial in best_configurations(study, 100)] == expected  # fewer than asked: all of them
     assert best_configurations(study, 0) == []
+
+
+def test_a_re_evaluation_retrains_the_configuration_with_its_own_seed(workdir: Path) -> None:
+    """The champion's configuration re-evaluated on the same data must score what it scored, not what another
+    initialisation gives: a new seed made seed noise look like an improvement (and promoted it)."""
+    study_file = nightly_study(workdir)
+    assert night(str(study_file), "--trials", "4").exit_code == 0
+    study, _ = nights(workdir)
+    champion = study.best_trial
+    second = night(str(study_file), "--trials", "2", "--reevaluate", "1")
+    assert second.exit_code == 0, second.output
+    study, records = nights(workdir)
+    again = study.trials[4]
+    assert again.params == champion.params
+    assert again.user_attrs["reevaluates"] == {"trial": champion.number, "seed": champion.user_attrs["seed"]}
+    assert again.user_attrs["seed"] == champion.user_attrs["seed"]
+    assert again.value == pytest.approx(champion.value, rel=1e-6)  # same data, same seed, on the CPU
+    assert records[1]["champion_tonight"] == pytest.approx(champion.value, rel=1e-5)
+    if records[1]["decision"] == "promoted":  # only a new configuration can beat it
+        assert records[1]["best_trial"] == 5, records[1]
+
+
+def test_the_champion_s_configuration_with_another_seed_is_not_promoted() -> None:
+    lucky = Night(2, "now", best_value=0.40, champion_tonight=0.50, champion_recorded=0.50)
+    lucky.champion_configuration = "another seed"
+    assert decide(lucky, threshold=0.1) is False
+    assert (lucky.decision, lucky.exit_code) == ("held", 0) and "seed noise" in lucky.reason
+    retrained = Night(2, "now", best_value=0.40, champion_tonight=0.50, champion_recorded=0.45)
+    retrained.champion_configuration = "same seed"  # the data changed: the same configuration, retrained on it
+    assert decide(retrained, threshold=0.1) is True
+    assert retrained.reason.startswith("the champion's configuration retrained on tonight's data: 0.4 beats")
+
+
+def test_same_configuration_compares_the_champion_run_s_params_and_seed() -> None:
+    trial = optuna.trial.create_trial(
+        params={"lr": 0.01, "batch_size": 32},
+        distributions={
+            "lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
+            "batch_size": optuna.distributions.CategoricalDistribution([32, 64]),
+        },
+        value=0.1,
+        user_attrs={"seed": 7},
+    )
+    params = {"lr": "0.01", "batch_size": "32", "seed": "7", "width": "12"}
+    assert same_configuration(trial, params) == "same seed"
+    assert same_configuration(trial, {**params, "seed": "8"}) == "another seed"
+    assert same_configuration(trial, {**params, "lr": "0.02"}) == ""
