@@ -175,7 +175,9 @@ def schedule(
     """Run `searchlab nightly FILE` on a cron schedule: print (or --install) a crontab line, systemd units or a
     Kubernetes CronJob, or --serve: an in-process scheduler loop that logs each night's start and outcome.
 
-    Storage and tracking come from each night's environment (SEARCHLAB_STORAGE, SEARCHLAB_TRACKING_URI)."""
+    Storage and tracking come from each night's environment (SEARCHLAB_STORAGE, SEARCHLAB_TRACKING_URI): the file
+    ~/.config/searchlab/env for cron and systemd (--install adds this shell's to it), the Secret searchlab-env for
+    a CronJob."""
     scheduling.check_cron(cron, seconds=serve)
     if install and output_format == "k8s":
         raise ConfigError("--install does not apply a CronJob: pipe the manifest to kubectl apply -f -")
@@ -197,8 +199,10 @@ def schedule(
         click.echo(f"{nights} night(s) ran", err=True)
         return
     if output_format == "k8s":
-        # in the image, the study file is where it is here, relative to its working directory (docker/Dockerfile)
-        click.echo(scheduling.cronjob_manifest(cron, ["searchlab", "nightly", file, *args], name, image), nl=False)
+        command = ["searchlab", "nightly", scheduling.image_path(file), *args]
+        click.echo(scheduling.cronjob_manifest(cron, command, name, image), nl=False)
+        secret, env_file = scheduling.SECRET, scheduling.ENV_FILE
+        click.echo(f"# its settings: kubectl create secret generic {secret} --from-env-file ~/{env_file}", err=True)
         return
     command = scheduling.nightly_command(file, args)
     if output_format == "cron":
@@ -208,16 +212,37 @@ def schedule(
             click.echo(f"added to your crontab: {line}")
         else:
             click.echo(line)
-        return
-    units = scheduling.systemd_units(cron, command, Path.cwd(), name)
-    if install:
-        paths = scheduling.install_systemd(units, Path(systemd_dir).expanduser())
-        click.echo(
-            "wrote " + ", ".join(map(str, paths)) + "\nthen: systemctl --user daemon-reload && "
-            f"systemctl --user enable --now {scheduling.unit_name(name)}.timer"
-        )
     else:
-        click.echo("\n".join(f"# {unit}\n{text}" for unit, text in units.items()))
+        units = scheduling.systemd_units(cron, command, Path.cwd(), name)
+        if install:
+            paths = scheduling.install_systemd(units, Path(systemd_dir).expanduser())
+            click.echo(
+                "wrote " + ", ".join(map(str, paths)) + "\nthen: systemctl --user daemon-reload && "
+                f"systemctl --user enable --now {scheduling.unit_name(name)}.timer"
+            )
+        else:
+            click.echo("\n".join(f"# {unit}\n{text}" for unit, text in units.items()))
+    _share_environment(install)
+
+
+def _share_environment(install: bool) -> None:
+    """A scheduled night sees the environment file, not this shell: --install adds this shell's storage and
+    tracking URI to it; otherwise a note says what it lacks."""
+    if install:
+        carried = scheduling.carry_environment(dict(os.environ))
+        if carried:
+            click.echo(
+                f"wrote {', '.join(carried)} from this shell to {scheduling.env_file()} (readable by you only), "
+                "which each night loads"
+            )
+        return
+    missing = scheduling.missing_from_env_file(dict(os.environ))
+    if missing:
+        click.echo(
+            f"note: {', '.join(missing)} is set in this shell but not in ~/{scheduling.ENV_FILE}, which each night "
+            "loads: add it there, or schedule with --install",
+            err=True,
+        )
 
 
 @click.command()

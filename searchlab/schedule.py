@@ -16,6 +16,11 @@ from pathlib import Path
 from searchlab.errors import EXIT_MEANINGS, ConfigError
 
 FORMATS = ("cron", "systemd", "k8s")  # what `searchlab schedule --format` writes
+# Where a night's settings come from, in every format: this file for cron and systemd (KEY=VALUE lines), the Secret
+# searchlab-env (made from it) for a CronJob. A night started by cron or systemd has none of the shell's variables.
+ENV_FILE = ".config/searchlab/env"  # under the user's home
+SECRET = "searchlab-env"
+CARRIED = ("SEARCHLAB_STORAGE", "SEARCHLAB_TRACKING_URI")  # what a night must share with the shell that scheduled it
 DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
@@ -45,11 +50,60 @@ def unit_name(study_name: str) -> str:
 
 
 def crontab_line(cron: str, command: list[str], workdir: Path, study_name: str) -> str:
+    """The line: in ``workdir``, with the environment file's variables exported (as systemd's EnvironmentFile
+    does), the night appends to its log."""
     log = workdir / f"{unit_name(study_name)}.log"
+    env_file = f'"$HOME/{ENV_FILE}"'
+    load = f"{{ set -a; [ ! -r {env_file} ] || . {env_file}; set +a; }}"
     return (
-        f"{cron} cd {shlex.quote(str(workdir))} && {shlex.join(command)} >> {shlex.quote(str(log))} 2>&1  "
+        f"{cron} cd {shlex.quote(str(workdir))} && {load} && {shlex.join(command)} >> {shlex.quote(str(log))} 2>&1  "
         f"# {unit_name(study_name)}"
     )
+
+
+def env_file() -> Path:
+    return Path.home() / ENV_FILE
+
+
+def _defined(path: Path) -> set[str]:
+    """The variables a KEY=VALUE file sets."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return {line.split("=", 1)[0].strip() for line in lines if "=" in line and not line.lstrip().startswith("#")}
+
+
+def missing_from_env_file(environ: dict[str, str]) -> list[str]:
+    """The CARRIED variables set here that the environment file does not set: a night would not see them."""
+    defined = _defined(env_file())
+    return [name for name in CARRIED if environ.get(name) and name not in defined]
+
+
+def carry_environment(environ: dict[str, str]) -> list[str]:
+    """Add the CARRIED variables set here that the environment file lacks to it (created readable by its owner
+    only: they hold passwords); returns their names."""
+    names = missing_from_env_file(environ)
+    if not names:
+        return []
+    path = env_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    text = path.read_text()
+    lines = [f"{name}={shlex.quote(environ[name])}" for name in names]
+    path.write_text(text + ("\n" if text and not text.endswith("\n") else "") + "\n".join(lines) + "\n")
+    return names
+
+
+def image_path(study_file: str) -> str:
+    """The study file as a CronJob names it: relative to this folder, as the image holds it under its working
+    directory (docker/Dockerfile copies studies/ to /app/studies)."""
+    path = Path(study_file).resolve()
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        raise ConfigError(
+            f"--format k8s: {study_file} is not under this folder: run schedule from the folder the image is built "
+            "from (where the study file's path is its path in the image)"
+        ) from None
 
 
 NAMED = {name: str(number) for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))} | {
@@ -106,7 +160,7 @@ def systemd_units(cron: str, command: list[str], workdir: Path, study_name: str)
         f"[Unit]\nDescription=searchlab nightly sweep of study {study_name}\n"
         "Wants=network-online.target\nAfter=network-online.target\n\n"
         f"[Service]\nType=oneshot\nWorkingDirectory={workdir}\n"
-        "EnvironmentFile=-%h/.config/searchlab/env\n"
+        f"EnvironmentFile=-%h/{ENV_FILE}\n"
         f"ExecStart={shlex.join(command)}\n"
         "# exit 1: the sweep failed; exit 3: the champion got worse on the new data\n"
     )
@@ -144,7 +198,7 @@ def cronjob_manifest(cron: str, command: list[str], study_name: str, image: str)
                                     "name": "nightly",
                                     "image": image,
                                     "command": command,
-                                    "envFrom": [{"secretRef": {"name": "searchlab-env"}}],
+                                    "envFrom": [{"secretRef": {"name": SECRET}}],
                                     "resources": {"requests": {"cpu": "2", "memory": "4Gi"}},
                                 }
                             ],

@@ -38,7 +38,7 @@ def test_cron_format_prints_one_crontab_line(workdir: Path, study_file: Path) ->
     assert result.exit_code == 0, result.output
     (line,) = result.output.strip().splitlines()
     assert line.startswith("0 2 * * * cd ") and line.endswith("# searchlab-nightly-tiny")
-    command = line.split(" && ", 1)[1].split(" >> ")[0].split()
+    command = line.split(" && ")[-1].split(" >> ")[0].split()
     assert command[1:] == ["nightly", str(study_file.resolve()), "--trials", "30", "--reevaluate", "3"]
     parses(command)
 
@@ -200,3 +200,66 @@ def test_serve_runs_real_nights_on_an_every_few_seconds_schedule(workdir: Path) 
     study = optuna.load_study(study_name="served", storage=open_storage(str(workdir / "searchlab.journal")))
     assert [night["night"] for night in recorded_nights(study.user_attrs)] == [1, 2]
     assert len(study.trials) == 4
+
+
+def test_a_cron_night_reads_the_same_environment_file_as_systemd(
+    workdir: Path, study_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cron starts a night with next to no environment: the crontab line loads ~/.config/searchlab/env (systemd's
+    EnvironmentFile), so the night's SEARCHLAB_STORAGE is the one set there, not a journal in the working folder."""
+    home, elsewhere = workdir / "home", workdir / "stores"
+    (home / ".config" / "searchlab").mkdir(parents=True)
+    elsewhere.mkdir()
+    journal = elsewhere / "nights.journal"
+    (home / ".config" / "searchlab" / "env").write_text(f"SEARCHLAB_STORAGE={journal}\n")
+    result = invoke("schedule", str(study_file), "--cron", "0 2 * * *", "--trials", "1")
+    assert result.exit_code == 0, result.output
+    (line,) = result.output.strip().splitlines()
+    command = line.removeprefix("0 2 * * * ").rsplit("  # ", 1)[0]
+    cron_env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh", "LOGNAME": "root"}
+    subprocess.run(["/bin/sh", "-c", command], env=cron_env, cwd="/", check=True, timeout=300)
+    study = optuna.load_study(study_name="tiny", storage=open_storage(str(journal)))
+    assert len(study.trials) == 1
+    assert not (workdir / "searchlab.journal").exists()
+    log = (workdir / "searchlab-nightly-tiny.log").read_text()
+    assert "night      1: promoted (exit 0)" in log and str(journal) in log
+
+
+def test_install_puts_this_shell_s_storage_in_the_environment_file_every_format_reads(
+    workdir: Path, study_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scheduled from a shell with SEARCHLAB_STORAGE set, the night must use that storage: --install writes it
+    (and the tracking URI) into ~/.config/searchlab/env, readable by its owner only, and never prints it."""
+    monkeypatch.setenv("HOME", str(workdir / "home"))
+    monkeypatch.setenv("SEARCHLAB_STORAGE", "postgresql://bob:s3cret@db/nights")
+    units = workdir / "units"
+    result = invoke("schedule", str(study_file), "--cron", "0 2 * * *", "--format", "systemd", "--install",
+                    "--systemd-dir", str(units))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    env_file = workdir / "home" / ".config" / "searchlab" / "env"
+    assert env_file.read_text() == "SEARCHLAB_STORAGE=postgresql://bob:s3cret@db/nights\n"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert "s3cret" not in result.output and str(env_file) in result.output
+    assert "s3cret" not in (units / "searchlab-nightly-tiny.service").read_text()
+    printed = invoke("schedule", str(study_file), "--cron", "0 2 * * *", "--format", "k8s")
+    assert "s3cret" not in printed.output  # the Secret searchlab-env holds it
+    assert "kubectl create secret generic searchlab-env --from-env-file" in printed.stderr
+
+
+def test_k8s_command_names_the_study_file_inside_the_image(
+    workdir: Path, study_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The CronJob runs in the image, whose working directory holds the study files where they are under the
+    build context: the command names the file relative to here, never by this host's absolute path."""
+    (workdir / "studies").mkdir()
+    inside = write_study(workdir / "studies", filename="night.py")
+    for given in (str(inside), "studies/night.py", "./studies/../studies/night.py"):
+        result = invoke("schedule", given, "--cron", "0 2 * * *", "--format", "k8s")
+        assert result.exit_code == 0, result.output
+        (container,) = yaml.safe_load(result.stdout)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        assert container["command"][:3] == ["searchlab", "nightly", "studies/night.py"]
+    outside = write_study(tmp_path_factory.mktemp("elsewhere"))
+    refused = CliRunner().invoke(main, ["schedule", str(outside), "--cron", "0 2 * * *", "--format", "k8s"])
+    assert refused.exit_code == 2
+    (line,) = refused.output.strip().splitlines()
+    assert "is not under this folder" in line
