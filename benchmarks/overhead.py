@@ -284,7 +284,7 @@ def variant_naive(study: Any, args: argparse.Namespace) -> dict[str, Any]:
     train_data, val_data = load_split(study, study.seed)
     mlflow.set_experiment(name)
     # The searchlab worker's sampler, seeded alike, so that both sample the same params.
-    optuna_study = optuna.create_study(direction="minimize", sampler=make_sampler(study.sampler, study.seed, 0, 0))
+    optuna_study = optuna.create_study(direction="minimize", sampler=make_sampler(study.sampler, study.seed, 0))
 
     def objective(trial: optuna.Trial) -> float:
         seed = trial_seed(study.seed, trial.number)

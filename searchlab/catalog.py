@@ -56,12 +56,13 @@ PRUNERS: dict[str, Callable[[int], Any]] = {
 }
 
 
-def make_sampler(name: str, seed: int, n_existing: int, worker: int = 0) -> Any:
-    """A seeded sampler. Its seed also depends on the trials already in the study (a continued study does not
-    replay the first invocation's samples) and on the worker (parallel workers do not sample alike)."""
+def make_sampler(name: str, seed: int, number: int) -> Any:
+    """The seeded sampler that samples trial ``number``: its seed depends on the study seed and the trial number, so
+    that trial N samples alike whichever worker asks for it, and a continued study's new trials sample anew."""
     import numpy as np
 
-    return SAMPLERS[name](int(np.random.SeedSequence([seed, n_existing, worker]).generate_state(1)[0]))
+    # "sampler": not the seed the trial's own initialisation derives from the same two numbers (model.trial_seed)
+    return SAMPLERS[name](int(np.random.SeedSequence([seed, number, *b"sampler"]).generate_state(1)[0]))
 
 
 def make_pruner(name: str, max_epochs: int) -> Any:

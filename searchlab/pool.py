@@ -50,7 +50,6 @@ class Workers:
         self.context = worker_context()
         self.study_file, self.config = study_file, config
         self.run: RunStarted | None = None  # what go() sent
-        self.launched = 0
         self.processes: dict[int, Any] = {}
         self._start_error: BaseException | None = None
         self._cancelled = False
@@ -74,12 +73,11 @@ class Workers:
 
     def start(self, slot: Slot) -> Any:
         """A new worker on ``slot`` (a replacement starts at once if the run has started)."""
-        self.launched += 1
         orders, send = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=worker_process,
             name=f"searchlab-worker-{slot.index}",
-            args=(self.study_file, self.config, slot, orders, self.launched, dict(os.environ)),
+            args=(self.study_file, self.config, slot, orders, dict(os.environ)),
         )
         process.start()
         orders.close()
@@ -242,9 +240,7 @@ def wait_for_go(orders: Any) -> RunStarted | None:
         return None
 
 
-def worker_process(
-    study_file: str, config: RunConfig, slot: Slot, orders: Any, worker_seed: int, environment: dict[str, str]
-) -> None:
+def worker_process(study_file: str, config: RunConfig, slot: Slot, orders: Any, environment: dict[str, str]) -> None:
     """Entry point of a worker process: take the coordinator's environment (a forked worker has its fork server's)
     and pin the device before torch starts any, get ready, then wait for the coordinator's go (``orders``, a pipe)
     and run the worker. Getting ready fails quietly when the run never starts: the coordinator meets the same bad
@@ -267,7 +263,7 @@ def worker_process(
                 raise prepared
             study, ready = prepared
             stop_with_the_coordinator(orders)
-            run_worker(study, config, slot, go, prepared=ready, worker_seed=worker_seed)
+            run_worker(study, config, slot, go, prepared=ready)
         except KeyboardInterrupt:
             sys.exit(EXIT_INTERRUPTED)
         except (ConfigError, RunFailed) as error:  # e.g. MLflow unreachable when the worker sent its last runs

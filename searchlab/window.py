@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import heapq
 import json
-from collections.abc import Container, Set
+from collections.abc import Callable, Container, Set
 from typing import Any
 
 import optuna
@@ -256,6 +256,19 @@ class WindowedSampler(_Windowed, optuna.samplers.BaseSampler):
 
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()
+
+
+class TrialSeededSampler(WindowedSampler):
+    """A WindowedSampler whose sampler is made afresh for each trial, seeded by its number (``make(number)``): with
+    several workers, which worker asks for trial N no longer decides its params."""
+
+    def __init__(self, make: Callable[[int], Any]) -> None:
+        super().__init__(make(0))
+        self.make = make
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.inner = self.make(trial.number)
+        super().before_trial(study, trial)
 
 
 class WindowedPruner(_Windowed, optuna.pruners.BasePruner):

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import gc
 import importlib
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -48,7 +47,7 @@ from searchlab.storage import (
 from searchlab.study import Study
 from searchlab.tracking import MlflowTracker
 from searchlab.unsent import resend_unsent
-from searchlab.window import WindowedSampler, count_trials, windowed_pruner
+from searchlab.window import TrialSeededSampler, windowed_pruner
 
 TRIAL_FLUSH_SECONDS = 2.0  # how often a training trial's curves are sent: a killed trial loses at most this much
 
@@ -112,7 +111,6 @@ def run_worker(
     slot: Slot,
     run: RunStarted,
     *,
-    worker_seed: int = 0,
     prepared: Prepared | None = None,
     on_trial_end: Callable[[FrozenTrial], None] = lambda trial: None,
 ) -> None:
@@ -125,9 +123,7 @@ def run_worker(
     on_stale = stale_trial_callback(config.retries, tracker, 3 * config.heartbeat)
     storage = open_storage(config.storage, heartbeat=config.heartbeat, on_stale=on_stale)
     optuna_study = uncached(optuna.load_study(study_name=config.study_name, storage=storage))
-    optuna_study.sampler = WindowedSampler(
-        make_sampler(config.sampler, config.seed, count_trials(optuna_study), worker_seed)
-    )
+    optuna_study.sampler = TrialSeededSampler(lambda number: make_sampler(config.sampler, config.seed, number))
     optuna_study.pruner = windowed_pruner(make_pruner(config.pruner, config.max_epochs))
     lock = budget_lock(config.storage, storage, config.study_name)
 
@@ -181,7 +177,7 @@ def join_study(study: Study, config: RunConfig) -> int:
     )
     finished: list[FrozenTrial] = []
     with interrupt_once():
-        run_worker(study, config, slot, run, prepared=prepared, worker_seed=os.getpid(), on_trial_end=finished.append)
+        run_worker(study, config, slot, run, prepared=prepared, on_trial_end=finished.append)
     return len(finished)
 
 

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from searchlab.catalog import make_sampler
 from searchlab.cli import main
 from searchlab.storage import open_storage
+from searchlab.window import TrialSeededSampler
 
 
 def wait_for_running_trial(storage_path: Path, name: str, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -96,16 +97,43 @@ def test_a_study_script_reports_bad_input_in_one_line(workdir: Path) -> None:
     assert not (workdir / "searchlab.journal").exists()
 
 
-def test_sampler_seed_depends_on_study_seed_history_and_worker() -> None:
-    def first_values(seed: int, existing: int, worker: int = 0) -> list[float]:
-        study = optuna.create_study(sampler=make_sampler("random", seed, existing, worker))
-        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+def test_trial_n_samples_the_same_params_whichever_worker_asks_for_it() -> None:
+    """Two workers, two interleavings: trial N's params depend on the study seed and N, not on which worker's
+    sampler asked first (each worker's own seeded sampler made the same set land on other trial numbers)."""
 
-    assert first_values(1, 0) == first_values(1, 0)
-    assert first_values(1, 0) != first_values(2, 0)
-    assert first_values(1, 0) != first_values(1, 3)
-    assert first_values(1, 0, worker=0) != first_values(1, 0, worker=1), "parallel workers must not sample alike"
+    def by_number(seed: int, order: list[int], sampler: str = "random") -> dict[int, dict]:
+        study = optuna.create_study()
+        workers = [TrialSeededSampler(lambda number: make_sampler(sampler, seed, number)) for _ in range(2)]
+        found = {}
+        for worker in order:
+            study.sampler = workers[worker]
+            trial = study.ask()
+            trial.suggest_float("x", 0, 1)
+            trial.suggest_categorical("b", [16, 32, 64])
+            study.tell(trial, trial.params["x"])
+            found[trial.number] = trial.params
+        return found
+
+    assert by_number(1, [0, 1, 0, 1, 1, 0]) == by_number(1, [1, 0, 1, 1, 0, 0])
+    assert by_number(1, [0, 1, 0]) != by_number(2, [0, 1, 0])
+    first = by_number(1, [0, 0, 0])
+    assert len({params["x"] for params in first.values()}) == 3, "trials must not sample alike"
+    assert by_number(1, [0, 1, 0, 1], "tpe") == by_number(1, [1, 1, 0, 0], "tpe")  # TPE's random start-up
     assert isinstance(make_sampler("tpe", 0, 0), optuna.samplers.TPESampler)
+
+
+def test_a_seeded_run_with_two_workers_is_reproducible_trial_by_trial(workdir: Path) -> None:
+    """The same command twice, in two folders: each trial number gets the same params, seed and value."""
+    results = []
+    for folder in ("first", "second"):
+        (workdir / folder).mkdir()
+        path = write_study(workdir / folder, max_epochs=3)
+        command = [SEARCHLAB, "run", str(path), "--workers", "2", "--sampler", "random", "--seed", "5", "--trials", "6"]
+        done = subprocess.run(command, cwd=workdir / folder, env=clean_env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        study = optuna.load_study(study_name="tiny", storage=open_storage(str(workdir / folder / "searchlab.journal")))
+        results.append({t.number: (t.params, t.user_attrs["seed"], t.value) for t in study.trials})
+    assert results[0] == results[1]
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
