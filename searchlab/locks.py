@@ -1,5 +1,6 @@
 """The two locks every worker of a study can take, wherever it runs: a ``flock`` on a file beside a journal or
-sqlite storage (it dies with its process), and a PostgreSQL advisory lock (it dies with its session).
+sqlite storage (it dies with its process; the file is there only while it is held), and a PostgreSQL advisory lock
+(it dies with its session).
 
 Waiting, a lock blocks until it is free; not waiting, a held lock raises ``LockHeld`` with what its holder wrote.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +27,23 @@ def lock_key(name: str) -> int:
 
 @contextlib.contextmanager
 def file_lock(path: Path, *, wait: bool = True, holder: str | None = None) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path``; ``holder`` is written in the file while it is held."""
-    with path.open("a+") as handle:
+    """Hold an exclusive ``flock`` on ``path``; ``holder`` is written in the file while it is held.
+
+    The file exists only while the lock is held (nothing is left beside the storage): the holder removes it before
+    it lets go, and a process that then gets the lock on the removed file tries again on the path's new one."""
+    while True:
+        handle = path.open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
-            raise LockHeld(handle.read().strip() or f"see {path}") from None
+            text = handle.read().strip()
+            handle.close()
+            raise LockHeld(text or f"see {path}") from None
+        if _is_current(handle, path):
+            break
+        handle.close()  # its holder removed it while this process waited: lock the path's new file
+    with handle:
         if holder is not None:
             handle.truncate(0)
             handle.write(holder)
@@ -39,9 +51,18 @@ def file_lock(path: Path, *, wait: bool = True, holder: str | None = None) -> It
         try:
             yield
         finally:
-            if holder is not None:
-                handle.truncate(0)
+            path.unlink(missing_ok=True)  # still held: a process waiting on this file sees it gone and tries again
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_current(handle: Any, path: Path) -> bool:
+    """Whether the open ``handle`` is the file ``path`` names now."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(handle.fileno())
+    return (mine.st_dev, mine.st_ino) == (named.st_dev, named.st_ino)
 
 
 @contextlib.contextmanager

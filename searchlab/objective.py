@@ -35,7 +35,7 @@ from searchlab.settings import (
     WORKER,
 )
 from searchlab.study import Study
-from searchlab.tracking import Resumed
+from searchlab.tracking import Resumed, run_name
 from searchlab.train import FitResult, Training, train_trial
 from searchlab.transfer import Start, fitting, loaded_summary
 
@@ -60,15 +60,6 @@ class Tracker(Protocol):
     def checkpoint_seconds(self) -> float: ...  # what its latest checkpoint's upload took off the trial's thread
     def delete_checkpoints(self, run: str) -> None: ...
     def end_run(self, run: str, status: str, tags: Mapping[str, Any] | None = None) -> None: ...
-
-
-def run_name(number: int, tags: Mapping[str, Any], value: float | None = None) -> str:
-    """A trial run's name in the MLflow UI: its number and its headline (value, pruned epoch or failure)."""
-    if tags.get(STATE_TAG) == "COMPLETE" and value is not None:
-        return f"trial-{number} {OBJECTIVE_NAME}={value:.4g}"
-    if tags.get(STATE_TAG) == "PRUNED":
-        return f"trial-{number} pruned@{tags[PRUNED_EPOCH_ATTR]}"
-    return f"trial-{number} failed"
 
 
 @dataclass

@@ -25,8 +25,10 @@ from typing import Any
 from searchlab.errors import RunFailed, first_line
 from searchlab.settings import (
     CREATE_TOKEN_TAG,
+    OBJECTIVE_NAME,
     OLD_CREATE_TOKEN_TAG,
     PARENT_RUN_TAG,
+    PRUNED_EPOCH_ATTR,
     REASON,
     RUN_NAME_TAG,
     STATE_DICT_FILE,
@@ -76,6 +78,20 @@ class Resumed:
     checkpoint: dict[str, Any] | None  # its latest checkpoint (None: it saved none)
     params: dict[str, str]
     logged: dict[str, set[int]]  # metric -> the steps it has points at
+
+
+def run_name(number: int | str, tags: Mapping[str, Any], value: float | None = None) -> str:
+    """A trial run's name in the MLflow UI: its number and its headline (value, pruned epoch or failure)."""
+    if tags.get(STATE_TAG) == "COMPLETE" and value is not None:
+        return f"trial-{number} {OBJECTIVE_NAME}={value:.4g}"
+    if tags.get(STATE_TAG) == "PRUNED":
+        return f"trial-{number} pruned@{tags[PRUNED_EPOCH_ATTR]}"
+    return f"trial-{number} failed"
+
+
+def _dead_name(tags: Mapping[str, Any]) -> str | None:
+    """The name of a trial's run closed after its worker died (None for a run that is not a trial's)."""
+    return run_name(tags["trial_number"], {STATE_TAG: "FAIL"}) if "trial_number" in tags else None
 
 
 class MlflowTracker:
@@ -350,7 +366,8 @@ class MlflowTracker:
     def reopen_run(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set a closed run RUNNING again with ``tags`` (its trial resumes in it)."""
         self.set_tags(run_id, tags)
-        self._retry(self.client.update_run, run_id, status="RUNNING")
+        name = f"trial-{tags['trial_number']}" if "trial_number" in tags else None  # no longer "failed"
+        self._retry(self.client.update_run, run_id, status="RUNNING", name=name)
         self._last_flush[run_id] = time.monotonic()
 
     def resume_run(self, run_id: str, tags: Mapping[str, Any]) -> Resumed:
@@ -408,11 +425,11 @@ class MlflowTracker:
         flush (none is completed from the trial's reported values, so that they stay alike). ``params``, the trial's:
         those the run lacks are logged (a worker sends them just after the run's creation, from its background
         sender, which a kill can stop before they go while the trial's first epochs are already in Optuna)."""
+        run = self._retry(self.client.get_run, run_id)
         if params:
-            sent = self._retry(self.client.get_run, run_id).data.params
-            self.log_params(run_id, {key: value for key, value in params.items() if key not in sent})
+            self.log_params(run_id, {key: value for key, value in params.items() if key not in run.data.params})
         self.set_tags(run_id, {STATE_TAG: "FAIL", REASON: reason, "retried": retried})
-        self._retry(self.client.set_terminated, run_id, status="KILLED")
+        self._retry(self._terminate, run_id, "KILLED", _dead_name(run.data.tags))
         if not retried:  # no retry will resume from them
             self.delete_checkpoints(run_id)
 
@@ -420,11 +437,11 @@ class MlflowTracker:
         """Close as KILLED the RUNNING runs (parents and trials) whose process (tag ``worker``) is dead: those
         its trial's recovery cannot name (killed before the trial recorded its run id, or a killed run)."""
         runs = self._retry(every_page, self.client.search_runs, [experiment_id], "attributes.status = 'RUNNING'")
-        dead = [run.info.run_id for run in runs if is_dead(run.data.tags.get(WORKER, ""))]
-        for run_id in dead:
-            self.set_tags(run_id, {STATE_TAG: "FAIL", REASON: "its searchlab process died"})
-            self._retry(self.client.set_terminated, run_id, status="KILLED")
-        return dead
+        dead = [run for run in runs if is_dead(run.data.tags.get(WORKER, ""))]
+        for run in dead:
+            self.set_tags(run.info.run_id, {STATE_TAG: "FAIL", REASON: "its searchlab process died"})
+            self._retry(self._terminate, run.info.run_id, "KILLED", _dead_name(run.data.tags))
+        return [run.info.run_id for run in dead]
 
     def download_state_dict(self, run_id: str, destination: str | Path) -> Path:
         """Fetch a run's state_dict artifact into the folder ``destination``."""

@@ -7,6 +7,7 @@ import fcntl
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from searchlab.budget import Counts, budget_lock, claim, count, has_room, retry_trial, run_counts, set_budget
+from searchlab.locks import file_lock
 from searchlab.settings import BUDGET_ATTR, BUDGET_FROM_ATTR
 from searchlab.storage import open_storage, uncached
 
@@ -182,19 +184,43 @@ def test_enqueued_trials_are_claimed_first_and_within_the_budget_as_in_optunas_n
     assert study.trials[2].state == TrialState.WAITING
 
 
-def test_budget_lock_files_sit_next_to_the_storage(workdir: Path) -> None:
-    with budget_lock(str(workdir / "s.journal"), None, "s")():
-        pass
-    with budget_lock(f"sqlite:///{workdir / 's.db'}", None, "s")():
-        pass
-    with budget_lock(None, None, "s")():
-        pass
-    assert {p.name for p in workdir.iterdir()} == {
-        "s.journal.budget-lock",
-        "s.db.budget-lock",
-        "searchlab.journal.budget-lock",
-    }
+def test_budget_lock_files_sit_next_to_the_storage_while_held_and_are_gone_after(workdir: Path) -> None:
+    held = set()
+    for url in (str(workdir / "s.journal"), f"sqlite:///{workdir / 's.db'}", None):
+        with budget_lock(url, None, "s")():
+            held |= {p.name for p in workdir.iterdir()}
+    assert held == {"s.journal.budget-lock", "s.db.budget-lock", "searchlab.journal.budget-lock"}
+    assert list(workdir.iterdir()) == [], "a lock file left in the user's working folder"
     assert budget_lock("mysql://u@h/db", None, "s") is contextlib.nullcontext
+
+
+def test_a_lock_file_left_by_a_killed_holder_is_ignored_by_git() -> None:
+    """kill -9 while a lock is held leaves its file: the repository's .gitignore ignores it."""
+    root = Path(__file__).resolve().parent.parent
+    names = ["searchlab.journal.budget-lock", "mlflow.db.budget-lock", "searchlab.journal.regression.nightly-lock"]
+    ignored = subprocess.run(["git", "check-ignore", *names], cwd=root, capture_output=True, text=True)
+    assert ignored.stdout.split() == names
+
+
+def test_a_waiter_on_a_removed_lock_file_takes_the_new_one(tmp_path: Path) -> None:
+    """The holder removes the file as it lets go: a process that was waiting on it must not hold that removed file
+    while another locks the path's new one."""
+    path = tmp_path / "s.journal.budget-lock"
+    inside, order = threading.Lock(), []
+
+    def take(name: str) -> None:
+        with file_lock(path):
+            assert inside.acquire(blocking=False), "two holders at once"
+            order.append(name)
+            time.sleep(0.05)
+            inside.release()
+
+    threads = [threading.Thread(target=take, args=(str(n),)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(order) == [str(n) for n in range(8)] and not path.exists()
 
 
 HOLDER = """

@@ -137,12 +137,24 @@ def test_a_dead_run_gets_the_params_its_worker_had_no_time_to_send(tracker: Mlfl
     """A worker killed between its run's creation and its params: the close logs the trial's params that the run
     lacks (those it has stay), so that MLflow and Optuna agree on the dead trial."""
     experiment_id = tracker.experiment_id("dead")
-    run_id = tracker.start_run(experiment_id, "trial-0")
+    run_id = tracker.start_run(experiment_id, "trial-0", tags={"trial_number": 0})
     tracker.log_params(run_id, {"lr": 0.01})  # sent before the kill
     tracker.close_dead_run(run_id, reason="its worker process died", retried=True, params={"lr": 0.01, "width": 64})
     run = tracker.client.get_run(run_id)
     assert run.data.params == {"lr": "0.01", "width": "64"}
     assert run.info.status == "KILLED" and run.data.tags["retried"] == "True"
+    assert run.info.run_name == "trial-0 failed", "named as the runs of the trials that failed in their worker"
+    tracker.reopen_run(run_id, {"trial_number": 0})  # its retry resumes in it
+    assert tracker.client.get_run(run_id).info.run_name == "trial-0"
+
+
+def test_runs_of_dead_processes_are_named_failed(tracker: MlflowTracker) -> None:
+    experiment_id = tracker.experiment_id("dead processes")
+    trial = tracker.start_run(experiment_id, "trial-4", tags={WORKER: "gone:1", "trial_number": 4})
+    parent = tracker.start_run(experiment_id, "regression-run", tags={WORKER: "gone:1"})
+    assert sorted(tracker.close_dead_runs(experiment_id, lambda worker: worker == "gone:1")) == sorted([trial, parent])
+    assert tracker.client.get_run(trial).info.run_name == "trial-4 failed"
+    assert tracker.client.get_run(parent).info.run_name == "regression-run"
 
 
 def test_weights_of_a_run_started_here_go_straight_to_its_artifact_store(
