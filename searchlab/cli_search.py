@@ -102,7 +102,12 @@ def run(file: str, no_check: bool, **flags: Any) -> None:
     show_default=True,
     help="Promote tonight's best to the champion only when its val_loss is lower by this fraction.",
 )
-def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flags: Any) -> None:
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False),
+    help="Set the variables of this KEY=VALUE file first, as systemd's EnvironmentFile does (a crontab line's night).",
+)
+def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, env_file: str | None, **flags: Any) -> None:
     """Run one night's sweep of FILE's study: continue it, compare tonight's best with the registered champion
     (alias 'champion') on tonight's data, promote it if it is better by --threshold, and summarise the night.
 
@@ -110,6 +115,8 @@ def nightly(file: str, no_check: bool, reevaluate: int, threshold: float, **flag
     got worse on the new data and nothing replaced it. One night per study at a time (a lock beside the storage,
     or a PostgreSQL advisory lock).
     """
+    if env_file is not None:
+        os.environ.update(scheduling.read_env_file(Path(env_file)))
     study = load_for_search(file, flags["workers"])
     from searchlab.nightly import compact_after_night, run_night  # torch, optuna, mlflow
     from searchlab.summary import StudyInterrupted
@@ -199,8 +206,11 @@ def schedule(
         click.echo(f"{nights} night(s) ran", err=True)
         return
     if output_format == "k8s":
-        command = ["searchlab", "nightly", scheduling.image_path(file), *args]
-        click.echo(scheduling.cronjob_manifest(cron, command, name, image), nl=False)
+        in_image = scheduling.image_path(file)
+        click.echo(scheduling.cronjob_manifest(cron, ["searchlab", "nightly", in_image, *args], name, image), nl=False)
+        if not in_image.startswith("studies/"):
+            note = f"# note: docker/Dockerfile copies only studies/ into the image: add {in_image} to yours"
+            click.echo(note, err=True)
         secret, env_file = scheduling.SECRET, scheduling.ENV_FILE
         click.echo(f"# its settings: kubectl create secret generic {secret} --from-env-file ~/{env_file}", err=True)
         return

@@ -40,6 +40,9 @@ def file_lock(path: Path, *, wait: bool = True, holder: str | None = None) -> It
             text = handle.read().strip()
             handle.close()
             raise LockHeld(text or f"see {path}") from None
+        except BaseException:  # e.g. Ctrl-C while waiting
+            handle.close()
+            raise
         if _is_current(handle, path):
             break
         handle.close()  # its holder removed it while this process waited: lock the path's new file
@@ -51,7 +54,8 @@ def file_lock(path: Path, *, wait: bool = True, holder: str | None = None) -> It
         try:
             yield
         finally:
-            path.unlink(missing_ok=True)  # still held: a process waiting on this file sees it gone and tries again
+            with contextlib.suppress(OSError):  # still held: a process waiting on this file sees it gone, tries again
+                path.unlink()  # (a file this user may not remove stays, and is locked as it is)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

@@ -32,7 +32,7 @@ from searchlab.locks import LockHeld, advisory_lock, file_lock, lock_key
 from searchlab.nights import Night, decide, night_key, recorded_nights, summary_markdown
 from searchlab.registry import current_version, load_registered, recorded_value, register, validation_loss
 from searchlab.results import best_complete
-from searchlab.settings import REEVALUATES_ATTR, SEED_ATTR
+from searchlab.settings import PACK_ATTR, REEVALUATES_ATTR, SEED_ATTR
 from searchlab.storage import (
     DEFAULT_JOURNAL,
     close_storage,
@@ -169,7 +169,7 @@ def run_night(
         night.parent_run_id = summary.parent_run_id if summary else None
         best = _record_tonight(night, optuna_study, first)
         tracker = MlflowTracker(config.tracking_uri)
-        _judge_and_promote(night, best, study, config, study_file, threshold, tracker.client)
+        _judge_and_promote(night, best, study, config, study_file, threshold, tracker.client, optuna_study)
         nights.append(dataclasses.asdict(night))
         optuna_study.set_user_attr(night_key(night.night), nights[-1])
         if night.parent_run_id is not None:
@@ -210,6 +210,7 @@ def _judge_and_promote(
     study_file: str,
     threshold: float,
     client: Any,
+    optuna_study: optuna.Study,
 ) -> None:
     """Score the champion on tonight's data, decide, and point the champion alias at tonight's best if it wins."""
     champion = current_version(client, config.study_name, CHAMPION_ALIAS)
@@ -222,11 +223,13 @@ def _judge_and_promote(
                 f"models:/{config.study_name}@{CHAMPION_ALIAS}", tracking_uri=config.tracking_uri, study_file=study_file
             )
             night.champion_tonight = validation_loss(loaded, val_data)
-            night.champion_configuration = same_configuration(best, client.get_run(champion.run_id).data.params)
         except Exception as error:  # e.g. the study's model changed: the champion cannot be compared
             night.reason = (
                 f"the champion could not be evaluated ({describe_error(error)}), so tonight's best replaces it"
             )
+        champion_trial = _trial_numbered(optuna_study, champion.tags.get("trial_number"))
+        if champion_trial is not None:
+            night.champion_configuration = same_configuration(best, champion_trial)
     if decide(night, threshold) and best is not None:
         night.champion_after = register(
             client, config.study_name, best, study, study_file, val_data, alias=CHAMPION_ALIAS
@@ -235,12 +238,27 @@ def _judge_and_promote(
         night.champion_after = night.champion_before
 
 
-def same_configuration(trial: FrozenTrial, champion_params: dict[str, str]) -> str:
-    """Whether ``trial`` retrains the champion's configuration (its run's params): "same seed", "another seed", or
-    "" (another configuration)."""
-    if any(champion_params.get(name) != str(value) for name, value in trial.params.items()):
+def same_configuration(trial: FrozenTrial, champion: FrozenTrial) -> str:
+    """Whether ``trial`` retrains the champion trial's configuration: "same seed" (its initialisation and batch
+    order too: a re-evaluation), "another seed", or "" (another configuration)."""
+    if trial.params != champion.params:
         return ""
-    return "same seed" if champion_params.get(SEED_ATTR) == str(trial.user_attrs.get(SEED_ATTR)) else "another seed"
+    return "same seed" if _training_seeds(trial) == _training_seeds(champion) else "another seed"
+
+
+def _training_seeds(trial: FrozenTrial) -> tuple[Any, Any]:
+    """A trial's seed and the seed of its batch order (its pack's, when it trained in one)."""
+    seed = trial.user_attrs.get(SEED_ATTR)
+    return seed, (trial.user_attrs.get(PACK_ATTR) or {}).get("batch_seed", seed)
+
+
+def _trial_numbered(study: optuna.Study, number: Any) -> FrozenTrial | None:
+    """The study's trial ``number`` (a model version's ``trial_number`` tag), or None."""
+    storage = study._storage
+    try:
+        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, int(number)))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _log_night(tracker: Any, night: Night, study_name: str, nights: list[dict[str, Any]]) -> None:

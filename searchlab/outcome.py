@@ -12,6 +12,7 @@ from searchlab.budget import retry_trial
 from searchlab.errors import ConfigError, TrialStopped, describe_error
 from searchlab.objective import INTERRUPTED
 from searchlab.settings import FAIL_REASON_ATTR
+from searchlab.transfer import FrozenNotLoaded
 
 
 def tell_stopped(study: optuna.Study, trial: optuna.Trial, error: BaseException) -> FrozenTrial:
@@ -29,7 +30,10 @@ def tell_stopped(study: optuna.Study, trial: optuna.Trial, error: BaseException)
 
 
 def ends_the_search(error: BaseException) -> bool:
-    """Bad input and Ctrl-C stop the worker once their trial is told; any other error fails only its trial."""
+    """Bad input and Ctrl-C stop the worker once their trial is told; any other error fails only its trial, as does
+    a frozen layer that this trial's params sized so that the starting weights do not fit it."""
+    if isinstance(error, FrozenNotLoaded):
+        return False
     return isinstance(error, ConfigError | KeyboardInterrupt) or not isinstance(error, Exception)
 
 

@@ -50,30 +50,38 @@ def unit_name(study_name: str) -> str:
 
 
 def crontab_line(cron: str, command: list[str], workdir: Path, study_name: str) -> str:
-    """The line: in ``workdir``, with the environment file's variables exported (as systemd's EnvironmentFile
-    does), the night appends to its log."""
+    """The line: in ``workdir``, the night reads the environment file (``nightly --env-file``, as systemd's
+    EnvironmentFile does: cron starts it with next to no environment) and appends to its log."""
     log = workdir / f"{unit_name(study_name)}.log"
-    env_file = f'"$HOME/{ENV_FILE}"'
-    load = f"{{ set -a; [ ! -r {env_file} ] || . {env_file}; set +a; }}"
-    return (
-        f"{cron} cd {shlex.quote(str(workdir))} && {load} && {shlex.join(command)} >> {shlex.quote(str(log))} 2>&1  "
-        f"# {unit_name(study_name)}"
-    )
+    program, subcommand, *rest = command
+    with_env = f'{shlex.join([program, subcommand])} --env-file "$HOME/{ENV_FILE}" {shlex.join(rest)}'
+    marker = unit_name(study_name)
+    return f"{cron} cd {shlex.quote(str(workdir))} && {with_env} >> {shlex.quote(str(log))} 2>&1  # {marker}"
 
 
 def env_file() -> Path:
     return Path.home() / ENV_FILE
 
 
-def _defined(path: Path) -> set[str]:
-    """The variables a KEY=VALUE file sets."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    return {line.split("=", 1)[0].strip() for line in lines if "=" in line and not line.lstrip().startswith("#")}
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables a KEY=VALUE file sets, read as systemd's EnvironmentFile is: blank lines and # or ; comments
+    skipped, each value taken as written but for one pair of surrounding quotes (nothing is expanded); none when
+    there is no such file."""
+    variables = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        line = line.strip()
+        if not line or line.startswith(("#", ";")) or "=" not in line:
+            continue
+        key, value = (part.strip() for part in line.removeprefix("export ").split("=", 1))
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        variables[key] = value
+    return variables
 
 
 def missing_from_env_file(environ: dict[str, str]) -> list[str]:
     """The CARRIED variables set here that the environment file does not set: a night would not see them."""
-    defined = _defined(env_file())
+    defined = read_env_file(env_file())
     return [name for name in CARRIED if environ.get(name) and name not in defined]
 
 
@@ -83,12 +91,15 @@ def carry_environment(environ: dict[str, str]) -> list[str]:
     names = missing_from_env_file(environ)
     if not names:
         return []
+    for name in names:  # written as they are: kubectl's --from-env-file, unlike systemd, removes no quotes
+        if "\n" in environ[name] or environ[name].startswith(("'", '"')):
+            raise ConfigError(f"{name} starts with a quote or holds a newline: write it to ~/{ENV_FILE} by hand")
     path = env_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
     text = path.read_text()
-    lines = [f"{name}={shlex.quote(environ[name])}" for name in names]
+    lines = [f"{name}={environ[name]}" for name in names]
     path.write_text(text + ("\n" if text and not text.endswith("\n") else "") + "\n".join(lines) + "\n")
     return names
 

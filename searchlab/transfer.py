@@ -76,6 +76,11 @@ def freeze(model: nn.Module, prefixes: Sequence[str], start: Start | None = None
     return frozen
 
 
+class FrozenNotLoaded(ModelError):
+    """A frozen layer the starting weights do not fit. Refused before a run writes anything when the preflight's
+    model meets it; met by a trial (its params sized the layer otherwise), it fails that trial only."""
+
+
 def _refuse_unloaded(model: nn.Module, start: Start, prefixes: tuple[str, ...], frozen: list[str]) -> None:
     loaded = set(fitting(model, start))
     fresh = [name for name in frozen if name not in loaded]
@@ -83,7 +88,7 @@ def _refuse_unloaded(model: nn.Module, start: Start, prefixes: tuple[str, ...], 
         return
     first, own = fresh[0], model.state_dict()[fresh[0]]
     there = f"is {tuple(start.state_dict[first].shape)} there" if first in start.state_dict else "is not there"
-    raise ModelError(
+    raise FrozenNotLoaded(
         f"freeze={prefixes!r} would freeze {', '.join(fresh)} at their random initialisation: the weights in "
         f"{start.source} do not fit them ({first} {there}, {tuple(own.shape)} here): build those layers as the "
         "source model did (same names and sizes)"

@@ -237,38 +237,52 @@ class _Windowed:
 class WindowedSampler(_Windowed, optuna.samplers.BaseSampler):
     """A sampler (e.g. TPE) that learns from the study's history window, not from every trial."""
 
+    def sampler_of(self, trial: FrozenTrial) -> Any:
+        """The sampler that samples ``trial``."""
+        return self.inner
+
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-        return self.inner.infer_relative_search_space(self._view(study), trial)
+        return self.sampler_of(trial).infer_relative_search_space(self._view(study), trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
-        return self.inner.sample_relative(self._view(study), trial, search_space)
+        return self.sampler_of(trial).sample_relative(self._view(study), trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: Any) -> Any:
-        return self.inner.sample_independent(self._view(study), trial, name, distribution)
+        return self.sampler_of(trial).sample_independent(self._view(study), trial, name, distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         view = self._view(study)
         view.refresh()  # once per trial, as Optuna's own cache of the trials (TPE reads them once per param)
-        self.inner.before_trial(view, trial)
+        self.sampler_of(trial).before_trial(view, trial)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
-        self.inner.after_trial(self._view(study), trial, state, values)
+        self.sampler_of(trial).after_trial(self._view(study), trial, state, values)
 
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()
 
 
 class TrialSeededSampler(WindowedSampler):
-    """A WindowedSampler whose sampler is made afresh for each trial, seeded by its number (``make(number)``): with
-    several workers, which worker asks for trial N no longer decides its params."""
+    """A WindowedSampler with a sampler of its own for each trial, seeded by the trial's number (``make(number)``):
+    with several workers, which worker asks for trial N no longer decides its params, nor, in a pack (whose
+    trials are all asked before any samples), the order they were asked in."""
+
+    KEPT = 256  # samplers of the latest trials (a pack's members sample after all of them were asked)
 
     def __init__(self, make: Callable[[int], Any]) -> None:
         super().__init__(make(0))
         self.make = make
+        self._samplers: dict[int, Any] = {}
 
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.inner = self.make(trial.number)
-        super().before_trial(study, trial)
+    def sampler_of(self, trial: FrozenTrial) -> Any:
+        if trial.number not in self._samplers:
+            if len(self._samplers) >= self.KEPT:
+                del self._samplers[next(iter(self._samplers))]
+            self._samplers[trial.number] = self.make(trial.number)
+        return self._samplers[trial.number]
+
+    def reseed_rng(self) -> None:
+        """Nothing: a trial's sampler is seeded by its number, so that it samples alike wherever it runs."""
 
 
 class WindowedPruner(_Windowed, optuna.pruners.BasePruner):

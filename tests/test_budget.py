@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import random
 import subprocess
 import sys
 import threading
@@ -204,23 +205,28 @@ def test_a_lock_file_left_by_a_killed_holder_is_ignored_by_git() -> None:
 
 def test_a_waiter_on_a_removed_lock_file_takes_the_new_one(tmp_path: Path) -> None:
     """The holder removes the file as it lets go: a process that was waiting on it must not hold that removed file
-    while another locks the path's new one."""
+    while another locks the path's new one (threads arriving at random times, each taking the lock many times)."""
     path = tmp_path / "s.journal.budget-lock"
-    inside, order = threading.Lock(), []
+    inside, taken, overlaps = threading.Lock(), [], []
 
-    def take(name: str) -> None:
-        with file_lock(path):
-            assert inside.acquire(blocking=False), "two holders at once"
-            order.append(name)
-            time.sleep(0.05)
-            inside.release()
+    def take(name: int) -> None:
+        chance = random.Random(name)
+        for _ in range(40):
+            time.sleep(chance.uniform(0, 0.003))
+            with file_lock(path):
+                if not inside.acquire(blocking=False):
+                    overlaps.append(name)
+                    continue
+                taken.append(name)
+                time.sleep(chance.uniform(0, 0.002))
+                inside.release()
 
-    threads = [threading.Thread(target=take, args=(str(n),)) for n in range(8)]
+    threads = [threading.Thread(target=take, args=(n,)) for n in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(order) == [str(n) for n in range(8)] and not path.exists()
+    assert overlaps == [] and len(taken) == 240 and not path.exists()
 
 
 HOLDER = """

@@ -119,6 +119,12 @@ def test_trial_n_samples_the_same_params_whichever_worker_asks_for_it() -> None:
     first = by_number(1, [0, 0, 0])
     assert len({params["x"] for params in first.values()}) == 3, "trials must not sample alike"
     assert by_number(1, [0, 1, 0, 1], "tpe") == by_number(1, [1, 1, 0, 0], "tpe")  # TPE's random start-up
+
+    # A pack asks all its trials before any of them samples: each still samples as it would alone.
+    study = optuna.create_study(sampler=TrialSeededSampler(lambda number: make_sampler("random", 1, number)))
+    asked = [study.ask() for _ in range(3)]
+    packed = {trial.number: trial.suggest_float("x", 0, 1) for trial in reversed(asked)}
+    assert packed == {number: params["x"] for number, params in by_number(1, [0, 1, 0]).items()}
     assert isinstance(make_sampler("tpe", 0, 0), optuna.samplers.TPESampler)
 
 

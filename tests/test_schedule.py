@@ -17,7 +17,7 @@ from croniter import croniter
 
 from searchlab.cli import main
 from searchlab.nights import recorded_nights
-from searchlab.schedule import serve, systemd_calendar
+from searchlab.schedule import read_env_file, serve, systemd_calendar
 from searchlab.storage import open_storage
 
 
@@ -39,7 +39,8 @@ def test_cron_format_prints_one_crontab_line(workdir: Path, study_file: Path) ->
     (line,) = result.output.strip().splitlines()
     assert line.startswith("0 2 * * * cd ") and line.endswith("# searchlab-nightly-tiny")
     command = line.split(" && ")[-1].split(" >> ")[0].split()
-    assert command[1:] == ["nightly", str(study_file.resolve()), "--trials", "30", "--reevaluate", "3"]
+    assert command[1:4] == ["nightly", "--env-file", '"$HOME/.config/searchlab/env"']
+    assert command[4:] == [str(study_file.resolve()), "--trials", "30", "--reevaluate", "3"]
     parses(command)
 
 
@@ -263,3 +264,22 @@ def test_k8s_command_names_the_study_file_inside_the_image(
     assert refused.exit_code == 2
     (line,) = refused.output.strip().splitlines()
     assert "is not under this folder" in line
+
+
+def test_the_environment_file_is_read_as_systemd_reads_it(tmp_path: Path) -> None:
+    """Values are taken as written, one pair of surrounding quotes removed; nothing is expanded or run (sourced by
+    a shell, `$`, backticks and `&` would be)."""
+    path = tmp_path / "env"
+    path.write_text(
+        "# storage for the nights\n; another comment\n\n"
+        "SEARCHLAB_STORAGE=postgresql://bob:pa$$w&rd`id`@db/x?sslmode=require\n"
+        "SEARCHLAB_TRACKING_URI = 'http://127.0.0.1:5000'\n"
+        'export SEARCHLAB_TRIALS="30"\n'
+        "not a setting\n"
+    )
+    assert read_env_file(path) == {
+        "SEARCHLAB_STORAGE": "postgresql://bob:pa$$w&rd`id`@db/x?sslmode=require",
+        "SEARCHLAB_TRACKING_URI": "http://127.0.0.1:5000",
+        "SEARCHLAB_TRIALS": "30",
+    }
+    assert read_env_file(tmp_path / "missing") == {}

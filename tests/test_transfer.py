@@ -198,3 +198,17 @@ def test_load_start_and_freeze_refuse_a_frozen_layer_left_at_random() -> None:
 def test_freeze_without_weights_to_start_from_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"freeze=\.\.\.\) needs Study\(start_from=\.\.\.\)"):
         sl.Study(name="s", task="regression", data=lambda seed: None, model=lambda trial: mlp(), freeze=("0.",))
+
+
+def test_a_trial_whose_params_size_a_frozen_layer_otherwise_fails_alone(workdir: Path) -> None:
+    """The preflight's model fits the weights, but a trial's own params size the frozen layer otherwise: that trial
+    fails with the reason, and the search carries on."""
+    torch.save(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, 1)).state_dict(), "w.pt")
+    body = """    width = 8 if trial.number % 2 == 0 else 12
+    return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Dropout(trial.params["dropout"]), nn.Linear(width, 1))"""
+    write_study(workdir, body=body, extra="start_from='w.pt', freeze=('0.',)")
+    result = CliRunner().invoke(main, ["run", "tiny_study.py", "--trials", "2"])
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="tiny", storage=open_storage(None)).trials
+    assert [trial.state.name for trial in trials] == ["COMPLETE", "FAIL"]
+    assert "would freeze 0.weight, 0.bias at their random initialisation" in trials[1].user_attrs["fail_reason"]
