@@ -178,7 +178,7 @@ def _train_steps(
     loss_fn = task.loss_fn()
     model.train()
     for module in model.modules():  # memorise: no dropout, whatever knob sized it (BatchNorm still trains)
-        if isinstance(module, nn.modules.dropout._DropoutNd):
+        if isinstance(module, nn.modules.dropout._DropoutNd | nn.MultiheadAttention):
             module.eval()
     losses: list[float] = []
     for step in range(1, steps + 1):
