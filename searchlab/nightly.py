@@ -45,7 +45,7 @@ from searchlab.storage import (
 from searchlab.study import Study
 from searchlab.summary import RunSummary
 from searchlab.tracking import MlflowTracker
-from searchlab.window import best_completed, trials_since
+from searchlab.window import best_completed, trial_numbered, trials_since
 
 CHAMPION_ALIAS = "champion"
 NIGHTLY_FOLDER = "nightly"  # the artifact folder of the night's parent run
@@ -254,9 +254,8 @@ def _training_seeds(trial: FrozenTrial) -> tuple[Any, Any]:
 
 def _trial_numbered(study: optuna.Study, number: Any) -> FrozenTrial | None:
     """The study's trial ``number`` (a model version's ``trial_number`` tag), or None."""
-    storage = study._storage
     try:
-        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, int(number)))
+        return trial_numbered(study, int(number))
     except (KeyError, TypeError, ValueError):
         return None
 

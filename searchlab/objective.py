@@ -38,6 +38,7 @@ from searchlab.study import Study
 from searchlab.tracking import Resumed, run_name
 from searchlab.train import FitResult, Training, train_trial
 from searchlab.transfer import Start, fitting, loaded_summary
+from searchlab.window import trial_numbered
 
 INTERRUPTED = "interrupted (Ctrl-C)"
 
@@ -105,11 +106,9 @@ def resumed_trial(optuna_trial: optuna.Trial, data_seed: int) -> tuple[FrozenTri
     """The trial a retry resumes (RESUMES_ATTR), when it trained on the same data split, and its MLflow run. One
     killed before it had named its run (while reading it back) passes on the run of the trial it resumed in turn."""
     number = optuna_trial.user_attrs.get(RESUMES_ATTR)
-    study = optuna_trial.study
-    storage = study._storage
     source = None
     while number is not None:
-        trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+        trial = trial_numbered(optuna_trial.study, number)
         if SEED_ATTR not in trial.user_attrs or trial.user_attrs.get(SETUP_ATTR, {}).get("data_seed") != data_seed:
             break
         source = source or trial

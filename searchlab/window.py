@@ -35,6 +35,12 @@ def _storage(study: optuna.Study) -> Any:
     return database_of(study._storage) or study._storage
 
 
+def trial_numbered(study: optuna.Study, number: int) -> FrozenTrial:
+    """The study's trial ``number``, read alone (a KeyError when it has none)."""
+    storage = study._storage
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+
+
 def count_trials(study: optuna.Study) -> int:
     """How many trials the study holds (one COUNT on a database)."""
     storage = _storage(study)

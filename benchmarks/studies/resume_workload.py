@@ -9,35 +9,16 @@ exactly 40 epochs, whichever params the sampler draws, and the epochs a run trai
 Run: searchlab run benchmarks/studies/resume_workload.py --workers 2
 """
 
-import torch
-from sklearn.datasets import make_friedman1
-from torch import nn
+import dataclasses
+from pathlib import Path
 
 import searchlab as sl
+from searchlab.study import load_study_file
 
-
-def data(seed: int) -> sl.Split:
-    x, y = make_friedman1(n_samples=25_000, n_features=16, noise=0.5, random_state=seed)
-    x, y = torch.tensor(x, dtype=torch.float32), torch.tensor((y - y.mean()) / y.std(), dtype=torch.float32)
-    return sl.Split(train=(x[:20_000], y[:20_000]), val=(x[20_000:], y[20_000:]))
-
-
-def model(trial: sl.Trial) -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(16, 64),
-        nn.ReLU(),
-        nn.Dropout(trial.params["dropout"]),
-        nn.Linear(64, 64),
-        nn.ReLU(),
-        nn.Linear(64, 1),
-    )
-
-
-study = sl.Study(
+# batch32_workload.py's data and model (the shape described above), with a budget and space of its own
+study = dataclasses.replace(
+    load_study_file(Path(__file__).with_name("batch32_workload.py")),
     name="resume-workload",
-    task="regression",
-    data=data,
-    model=model,
     space=sl.default_space(lr=sl.Float(1e-3, 3e-2, log=True), momentum=sl.Float(0.8, 0.95), batch_size=32),
     max_epochs=40,
     patience=40,
