@@ -21,7 +21,7 @@ from searchlab.mlflow_ui import CHART_VIEW_TAG, chart_view
 from searchlab.pool import Workers, coordinate
 from searchlab.preparation import Prepared, check_learns, plan_slots, prepare
 from searchlab.publish import publish
-from searchlab.recovery import is_dead_local_worker, reap_dead_local_trials, worker_name
+from searchlab.recovery import ended_trial, is_dead_local_worker, reap_dead_local_trials, worker_name
 from searchlab.results import value_of
 from searchlab.settings import (
     EXPERIMENT_ATTR,
@@ -169,7 +169,7 @@ def _start_parent_run(config: RunConfig, storage: Any) -> OpenRun:
         study, retries=config.retries, tracker=tracker, lock=lock, reason="its worker died before this run started"
     )
     experiment_id = tracker.experiment_id(config.study_name)  # once, before any worker starts
-    tracker.close_dead_runs(experiment_id, is_dead_local_worker)
+    tracker.close_dead_runs(experiment_id, is_dead_local_worker, lambda number: ended_trial(study, number))
     parent_run_id = tracker.start_run(
         experiment_id,
         f"{config.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",

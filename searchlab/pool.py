@@ -28,7 +28,7 @@ from searchlab.devices import Slot
 from searchlab.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, RunFailed, describe_error, exit_with
 from searchlab.forkserver import worker_context
 from searchlab.preparation import Prepared, prepare
-from searchlab.recovery import is_dead_local_worker, reap_dead_local_trials
+from searchlab.recovery import ended_trial, is_dead_local_worker, reap_dead_local_trials
 from searchlab.signals import interrupt_once, stop_with_the_coordinator
 from searchlab.storage import SYNCER, is_database_url
 from searchlab.study import Study, load_study_file
@@ -188,7 +188,9 @@ def _recover_dead_worker(
         study, retries=config.retries, tracker=tracker, lock=lock, pids={process.pid}, reason=reason
     )
     with contextlib.suppress(ConnectionError):  # unreachable: the next run closes it
-        tracker.close_dead_runs(experiment_id, is_dead_local_worker)  # one it could not name
+        tracker.close_dead_runs(  # one it could not name, or one of a trial it had ended
+            experiment_id, is_dead_local_worker, lambda number: ended_trial(study, number)
+        )
     bar.write(
         f"worker {slot.index} died ({_exit_reason(process.exitcode)}); "
         f"trial(s) {numbers or 'none'} failed and retried where retries remain",

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from searchlab.budget import can_retry, retry_trial
 from searchlab.settings import FAIL_REASON_ATTR, RUN_ID_ATTR, WORKER
 from searchlab.unsent import process_alive
+from searchlab.window import trial_numbered
 
 
 def worker_name(pid: int | None = None) -> str:
@@ -41,6 +42,15 @@ def dead_local_trials(study: optuna.Study, pids: set[int] | None = None) -> list
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     return [trial for trial in running if dead(str(trial.user_attrs.get(WORKER, "")))]
+
+
+def ended_trial(study: optuna.Study, number: int) -> FrozenTrial | None:
+    """Trial ``number`` when it completed or was pruned (a dead worker's run of it closes as it ended), else None."""
+    try:
+        trial = trial_numbered(study, number)
+    except KeyError:
+        return None
+    return trial if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) else None
 
 
 def recover(study: optuna.Study, trial: FrozenTrial, reason: str, *, retries: int, tracker: Any) -> None:

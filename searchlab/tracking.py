@@ -433,15 +433,35 @@ class MlflowTracker:
         if not retried:  # no retry will resume from them
             self.delete_checkpoints(run_id)
 
-    def close_dead_runs(self, experiment_id: str, is_dead: Callable[[str], bool]) -> list[str]:
-        """Close as KILLED the RUNNING runs (parents and trials) whose process (tag ``worker``) is dead: those
-        its trial's recovery cannot name (killed before the trial recorded its run id, or a killed run)."""
+    def close_dead_runs(
+        self, experiment_id: str, is_dead: Callable[[str], bool], ended: Callable[[int], Any] = lambda number: None
+    ) -> list[str]:
+        """Close the RUNNING runs (parents and trials) whose process (tag ``worker``) is dead: those its trial's
+        recovery cannot name (killed before the trial recorded its run id, or a killed run). Each is KILLED, but for
+        a run whose trial ``ended`` (its number → the Optuna trial when it completed or was pruned): its worker died
+        after telling Optuna, before its sender closed the run, which then closes as the trial ended."""
         runs = self._retry(every_page, self.client.search_runs, [experiment_id], "attributes.status = 'RUNNING'")
         dead = [run for run in runs if is_dead(run.data.tags.get(WORKER, ""))]
         for run in dead:
-            self.set_tags(run.info.run_id, {STATE_TAG: "FAIL", REASON: "its searchlab process died"})
-            self._retry(self._terminate, run.info.run_id, "KILLED", _dead_name(run.data.tags))
+            number = run.data.tags.get("trial_number", "")
+            trial = ended(int(number)) if number.isdigit() else None
+            if trial is None:
+                self.set_tags(run.info.run_id, {STATE_TAG: "FAIL", REASON: "its searchlab process died"})
+                self._retry(self._terminate, run.info.run_id, "KILLED", _dead_name(run.data.tags))
+            else:
+                self._close_as_ended(run, trial)
         return [run.info.run_id for run in dead]
+
+    def _close_as_ended(self, run: Any, trial: Any) -> None:
+        """Close a dead worker's run as its Optuna ``trial`` ended (COMPLETE or PRUNED), with the value it has."""
+        tags: dict[str, Any] = {STATE_TAG: trial.state.name, REASON: "its worker died after the trial ended"}
+        if PRUNED_EPOCH_ATTR in trial.user_attrs:
+            tags[PRUNED_EPOCH_ATTR] = trial.user_attrs[PRUNED_EPOCH_ATTR]
+        if trial.value is not None and OBJECTIVE_NAME not in run.data.metrics:
+            self._buffer_metrics(run.info.run_id, {OBJECTIVE_NAME: trial.value}, trial.user_attrs.get("best_epoch", 0))
+        self.flush(run.info.run_id, tags=tags)
+        name = run_name(trial.number, tags, trial.value)
+        self._retry(self._terminate, run.info.run_id, "FINISHED", name)
 
     def download_state_dict(self, run_id: str, destination: str | Path) -> Path:
         """Fetch a run's state_dict artifact into the folder ``destination``."""

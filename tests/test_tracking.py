@@ -343,3 +343,28 @@ def test_a_dead_run_with_no_retry_left_loses_its_checkpoints(tracker: MlflowTrac
     tracker.log_checkpoint(run_id, fake_checkpoint(4))
     tracker.close_dead_run(run_id, reason="its worker process died", retried=False)
     assert tracker.client.list_artifacts(run_id, "checkpoints") == []
+
+
+def test_a_dead_workers_run_of_a_trial_it_had_ended_closes_as_the_trial_ended(tracker: MlflowTracker) -> None:
+    """kill -9 just after a worker told Optuna its trial COMPLETE, before its sender closed the run: the reaper
+    closes that run FINISHED, with the trial's value and name, so that the two stores agree."""
+    import optuna
+
+    experiment_id = tracker.experiment_id("ended")
+    done = tracker.start_run(experiment_id, "trial-4", tags={WORKER: "gone:1", "trial_number": 4})
+    tracker.log_metrics(done, {"val_loss": 0.7}, step=1)
+    tracker.flush(done)
+    cut = tracker.start_run(experiment_id, "trial-5", tags={WORKER: "gone:1", "trial_number": 5})
+    completed = optuna.trial.create_trial(value=0.5, user_attrs={"best_epoch": 1})
+    completed.number = 4
+    ended = {4: completed}
+    assert sorted(tracker.close_dead_runs(experiment_id, lambda w: w == "gone:1", ended.get)) == sorted([done, cut])
+    run = tracker.client.get_run(done)
+    assert (run.info.status, run.data.tags["state"], run.info.run_name) == (
+        "FINISHED",
+        "COMPLETE",
+        "trial-4 best_val_loss=0.5",
+    )
+    assert run.data.metrics["best_val_loss"] == 0.5 and run.data.metrics["val_loss"] == 0.7
+    killed = tracker.client.get_run(cut)
+    assert (killed.info.status, killed.data.tags["state"], killed.info.run_name) == ("KILLED", "FAIL", "trial-5 failed")
