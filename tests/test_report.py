@@ -242,7 +242,7 @@ import sys
 import optuna
 from searchlab.report import import_importance_without_fanova
 import_importance_without_fanova()
-study = optuna.create_study()
+study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
 study.optimize(lambda trial: trial.suggest_float("x", 0, 1) ** 2 + trial.suggest_float("y", 0, 1) / 100, 30)
 importances = optuna.importance.get_param_importances(study)
 assert "sklearn.ensemble" not in sys.modules and set(importances) == {"x", "y"}, importances
